@@ -1,0 +1,197 @@
+"""One checkpoint format: a safetensors file of weights whose header carries JSON metadata.
+
+- kind "base": the whole open_clip model (``arch`` names the architecture), e.g. clip-tiny.
+- kind "finetune": only the image encoder's tensors (keys ``visual.*``) and ``base``, the spec
+  of the model they fine-tune; the text tower comes from the base.
+Training state for exact resume (optimizer, scheduler, RNG) is a second safetensors file next
+to it. Files are written atomically (temp file + rename) and read without unpickling anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import UserError, check
+
+FORMAT_VERSION = 1
+META_KEY = "pmg_core"
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write weights + metadata atomically. metadata must say kind ('base'|'finetune')."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    check(metadata.get("kind") in ("base", "finetune"), "Checkpoint metadata must say kind 'base' or 'finetune'.")
+    meta = {"format_version": FORMAT_VERSION, "pmg_core_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **metadata}
+    _atomic_save(tensors, path, {META_KEY: json.dumps(meta, sort_keys=True)})
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a checkpoint, read from the header only (cheap)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    check(path.is_file(), f"Checkpoint file '{path}' does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise UserError(f"'{path.name}' is not a readable safetensors checkpoint (truncated or corrupt?): {e}") from None
+    check(raw is not None, f"'{path.name}' has no pmg_core metadata; import foreign checkpoints with `python -m pmg_core import`.")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise UserError(f"'{path.name}' has corrupt metadata (not JSON).") from None
+    check(isinstance(meta, dict) and meta.get("kind") in ("base", "finetune"),
+          f"'{path.name}' has metadata without a valid kind ('base' or 'finetune').")
+    return meta
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise UserError(f"'{Path(path).name}' is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def visual_state(model) -> dict[str, torch.Tensor]:
+    return {f"visual.{k}": v for k, v in model.visual.state_dict().items()}
+
+
+def save_finetune(path: str | Path, model, metadata: dict) -> Path:
+    """Save the image encoder of `model` (a ClipModel) as a fine-tune of its base."""
+    return save_checkpoint(path, visual_state(model), {"kind": "finetune", "base": model.base, **metadata})
+
+
+def save_base(path: str | Path, model, metadata: dict) -> Path:
+    """Save a whole model (e.g. a pretrained tiny CLIP) as a base checkpoint."""
+    arch = metadata.get("arch") or model.spec
+    return save_checkpoint(path, dict(model.clip.state_dict()), {"kind": "base", "arch": arch, **metadata})
+
+
+def load_visual_into(model, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load `visual.*` tensors into model.visual, refusing any key or shape mismatch in one sentence."""
+    state = {k[len("visual."):]: v for k, v in tensors.items() if k.startswith("visual.")}
+    own = model.visual.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or bad_shapes:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected and {len(bad_shapes)} mis-shaped tensors"
+                  f" (e.g. {(missing + unexpected + bad_shapes)[0]})")
+        raise UserError(f"{source} does not fit the image encoder of {model.base}: {detail}.")
+    model.visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_checkpoint_model(path: str | Path, device="cpu", base=None):
+    """Load a checkpoint file as a ClipModel (fine-tunes load their base first, or reuse `base`)."""
+    from .models import _open_clip, _wrap, load_model
+
+    path = Path(path)
+    meta = read_metadata(path)
+    tensors = load_tensors(path)
+    if meta["kind"] == "base":
+        oc = _open_clip()
+        arch = meta.get("arch", "")
+        check(arch in oc.list_models(), f"'{path.name}' needs architecture '{arch}', which this install does not know.")
+        model = oc.create_model(arch, pretrained=None, device="cpu")
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise UserError(f"'{path.name}' does not fit architecture '{arch}': {str(e).splitlines()[0]}") from None
+        out = _wrap(path.stem, model, oc.get_tokenizer(arch), path.stem, path.stem,
+                    mean=meta.get("mean"), std=meta.get("std"))
+        out.metadata = meta
+        return out.to(device)
+    base_spec = meta.get("base")
+    check(bool(base_spec), f"'{path.name}' is a fine-tune that does not name its base model.")
+    if base is None or base.spec != base_spec:
+        base = load_model(base_spec, device=device)
+    model = base.fork(path.stem, str(path) if path.parent.resolve() != _ckpt_dir() else path.stem, meta)
+    load_visual_into(model, tensors, f"'{path.name}'")
+    model.metadata = meta
+    return model.to(device)
+
+
+def _ckpt_dir() -> Path:
+    from .models import CHECKPOINT_DIR
+
+    return Path(CHECKPOINT_DIR).resolve()
+
+
+# --- training state for exact resume -------------------------------------------------------------
+
+def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, step: int,
+                        extra: dict | None = None) -> Path:
+    """Optimizer buffers, scheduler and RNG state, written atomically beside the checkpoint."""
+    path = Path(path)
+    opt = optimizer.state_dict()
+    tensors, state_meta = {}, {}
+    for pid, st in opt["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{pid}.{name}"] = val
+            else:
+                state_meta[f"{pid}.{name}"] = val
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {"step": step, "param_groups": opt["param_groups"], "opt_scalars": state_meta,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, **(extra or {})}
+    _atomic_save(tensors, path, {META_KEY: json.dumps(meta)})
+    return path
+
+
+def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Restore what save_training_state wrote; returns its JSON part (step, extra fields)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    check(path.is_file(), f"Training state '{path}' does not exist; resume needs the .state.safetensors file.")
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[META_KEY])
+    state: dict = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = val
+    for key, val in meta["opt_scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = val
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise UserError(f"Training state '{path.name}' does not fit this run's optimizer: {e}") from None
+    if scheduler is not None and meta.get("scheduler") is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return meta

@@ -1,0 +1,28 @@
+"""One exception type for mistakes a person can fix: its message is one sentence meant for them."""
+
+
+class UserError(ValueError):
+    """Bad input (unknown name, out-of-range number, missing file, mismatched checkpoint...)."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def check_number(name: str, value, *, low=None, high=None, integer=False, low_open=False) -> None:
+    """Reject NaN/inf and values outside [low, high] with one sentence naming the accepted range."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        lo = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
+        hi = "" if high is None else f"{' and' if lo else ''} <= {high}"
+        raise UserError(f"{name} must be {kind}{lo}{hi}; got {value!r}.")

@@ -1,0 +1,308 @@
+"""Loading CLIP models and the one contract every attack, method and metric uses: ZeroShotClassifier.
+
+A model spec is one of
+- a checkpoint name in checkpoints/ (``clip-tiny``, ``tecoa-tiny``...) or a path to a
+  ``.safetensors`` checkpoint in this project's format (see checkpoints.py);
+- ``hf-hub:org/repo`` (an open_clip model on the Hugging Face hub);
+- ``ARCH:TAG`` with an open_clip architecture and pretrained tag (``ViT-B-32-quickgelu:openai``)
+  or one of the aliases in ``ALIASES``;
+- a bare architecture name (``pmg-tiny``, ``pmg-test``, ``ViT-B-32``...): random initialisation.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DEFAULT_TEMPLATES
+from .errors import UserError, check
+from .presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+CHECKPOINT_DIR = Path(os.environ.get("PMG_CHECKPOINT_DIR", Path(__file__).resolve().parent.parent / "checkpoints"))
+OPENAI_VIT_B32 = "ViT-B-32-quickgelu:openai"
+ALIASES = {"openai": OPENAI_VIT_B32, "clip": OPENAI_VIT_B32, "clip-vit-b-32": OPENAI_VIT_B32}
+
+
+@functools.cache
+def _open_clip():
+    import open_clip
+
+    for cfg in sorted(CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(cfg)
+    return open_clip
+
+
+def is_offline() -> bool:
+    """True when told to stay offline or when the hub cannot be reached (probed once, 1.5 s max)."""
+    for var in ("PMG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
+            return True
+    return not _hub_reachable()
+
+
+@functools.cache
+def _hub_reachable() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=1.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    # Make huggingface_hub answer from its cache instead of retrying downloads for ~45 s.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+@dataclass
+class ClipModel:
+    """A CLIP split the way this project uses it: a trainable image tower and a frozen text side.
+
+    Fine-tunes of one base share the base's open_clip model (text tower) and text-feature cache
+    and own only their `visual`.
+    """
+
+    name: str
+    clip: nn.Module  # open_clip model; owns the text tower
+    visual: nn.Module  # this model's image encoder (is clip.visual for a base model)
+    tokenizer: Callable
+    image_size: int
+    mean: tuple
+    std: tuple
+    spec: str  # what load_model() takes to load it again
+    base: str  # spec of the base model (== spec for a base model)
+    metadata: dict = field(default_factory=dict)
+    text_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.visual.parameters()).device
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+
+    def to(self, device) -> "ClipModel":
+        self.clip.to(device)
+        self.visual.to(device)
+        return self
+
+    @torch.no_grad()
+    def text_features(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        """L2-normalised class embeddings, one per class (template ensemble averaged as in CLIP)."""
+        classes, templates = _check_classes(classes), tuple(templates) or DEFAULT_TEMPLATES
+        key = (classes, templates, str(self.device))
+        if key not in self.text_cache:
+            prompts = [t.format(c) for c in classes for t in templates]
+            feats = []
+            was_training = self.clip.training
+            self.clip.eval()
+            for i in range(0, len(prompts), 256):
+                tokens = self.tokenizer(prompts[i : i + 256]).to(self.device)
+                feats.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
+            self.clip.train(was_training)
+            feats = torch.cat(feats).view(len(classes), len(templates), -1).mean(1)
+            self.text_cache[key] = F.normalize(feats, dim=-1)
+        return self.text_cache[key]
+
+    def classifier(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                   preset: str | Preset = "paper") -> "ZeroShotClassifier":
+        preset = get_preset(preset)
+        mean, std = (self.mean, self.std) if preset.normalization == "model" else (IMAGENET_MEAN, IMAGENET_STD)
+        scale = self.logit_scale if preset.logits == "scaled" else 1.0
+        return ZeroShotClassifier(self.visual, self.text_features(classes, templates), scale,
+                                  self.image_size, mean, std)
+
+    def fork(self, name: str, spec: str, metadata: dict | None = None) -> "ClipModel":
+        """A model with its own copy of the image encoder that shares this one's text side."""
+        return ClipModel(name, self.clip, copy.deepcopy(self.visual), self.tokenizer, self.image_size, self.mean,
+                         self.std, spec, self.base, dict(metadata or {}), self.text_cache)
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",")]
+    classes = tuple(str(c).strip() for c in classes)
+    check(len(classes) > 0 and all(classes), "Give at least one class name, none of them empty.")
+    check(len(set(classes)) == len(classes), "Class names must be distinct; remove the duplicates.")
+    return classes
+
+
+class ZeroShotClassifier(nn.Module):
+    """Images in [0,1] (NCHW, any size) -> zero-shot logits.
+
+    Resizes to the model's input size and normalises inside, so attacks work in pixel space with
+    eps in units of the image's own pixels. logits = scale * cos(image_feature, text_feature)
+    against text features computed once (they are a buffer: no grad, moved with the module).
+    """
+
+    def __init__(self, visual: nn.Module, text_features: torch.Tensor, logit_scale: float, image_size: int,
+                 mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("text_features", text_features.detach().clone(), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.logit_scale = float(logit_scale)
+        self.image_size = int(image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.text_features.shape[0]
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        check(x.dim() == 4 and x.shape[1] in (1, 3), f"Images must be a batch NCHW with 1 or 3 channels; got shape {tuple(x.shape)}.")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            down = min(x.shape[-2:]) > self.image_size
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
+                              antialias=down)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def encode(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = self.visual(self.preprocess(x))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(feats.float(), dim=-1)
+        return self.logit_scale * feats @ self.text_features.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.visual(self.preprocess(x)))
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with no trainable parameters, in eval mode: the 'original model' f_o."""
+    out = copy.deepcopy(module).eval()
+    out.requires_grad_(False)
+    return out
+
+
+def list_architectures() -> list[str]:
+    return _open_clip().list_models()
+
+
+def list_checkpoints(directory: str | Path | None = None) -> list[Path]:
+    d = Path(directory) if directory else CHECKPOINT_DIR
+    return sorted(d.glob("*.safetensors")) if d.is_dir() else []
+
+
+def create_architecture(arch: str, device="cpu") -> ClipModel:
+    """An open_clip architecture with random weights (tests, pretraining from scratch)."""
+    oc = _open_clip()
+    check(arch in oc.list_models(), f"Unknown model architecture '{arch}'; `python -m pmg_core models` lists them.")
+    model = oc.create_model(arch, pretrained=None, device=device)
+    return _wrap(arch, model, oc.get_tokenizer(arch), arch, arch)
+
+
+def _wrap(name: str, model: nn.Module, tokenizer, spec: str, base: str, mean=None, std=None) -> ClipModel:
+    from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    model.eval()
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean = tuple(mean or pp.get("mean") or OPENAI_DATASET_MEAN)
+    std = tuple(std or pp.get("std") or OPENAI_DATASET_STD)
+    return ClipModel(name, model, model.visual, tokenizer, int(size), mean, std, spec, base)
+
+
+def _load_pretrained(arch: str, tag: str, device) -> ClipModel:
+    oc = _open_clip()
+    check(arch in oc.list_models(), f"Unknown model architecture '{arch}'; `python -m pmg_core models` lists them.")
+    cfg = oc.get_pretrained_cfg(arch, tag)
+    check(bool(cfg) or os.path.isfile(tag),
+          f"Unknown pretrained tag '{tag}' for {arch}; open_clip knows: {', '.join(oc.list_pretrained_tags_by_model(arch)) or 'none'}.")
+    weights = tag
+    if is_offline():
+        _go_offline()
+        weights = _cached_hub_file(cfg.get("hf_hub", "")) if cfg else tag
+        if not weights:
+            raise UserError(f"Weights for {arch}:{tag} are not in the local cache and this machine is offline; "
+                            "connect once to download them, or use the embedded default 'clip-tiny'.")
+    model = oc.create_model(arch, pretrained=weights, device=device)
+    return _wrap(f"{arch}:{tag}", model, oc.get_tokenizer(arch), f"{arch}:{tag}", f"{arch}:{tag}")
+
+
+def _cached_hub_file(hub: str) -> str | None:
+    if not hub:
+        return None
+    from huggingface_hub import hf_hub_download
+
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith((".bin", ".pt", ".pth")):
+        names.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
+    for name in names:
+        try:
+            return hf_hub_download(repo, name, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any failure means "not cached"
+            continue
+    return None
+
+
+def _load_hf_hub(spec: str, device) -> ClipModel:
+    oc = _open_clip()
+    if is_offline():
+        _go_offline()
+        if not _cached_hub_file(spec[len("hf-hub:"):] + "/open_clip_config.json"):
+            raise UserError(f"'{spec}' is not in the local Hugging Face cache and this machine is offline; "
+                            "connect once to download it, or use the embedded default 'clip-tiny'.")
+    try:
+        model = oc.create_model(spec, device=device)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        raise UserError(f"Could not load '{spec}' from the Hugging Face hub: {e}") from None
+    return _wrap(spec, model, oc.get_tokenizer(spec), spec, spec)
+
+
+def load_model(spec: str, device="cpu", base: ClipModel | None = None) -> ClipModel:
+    """Load a model by spec (see module docstring). `base` lets fine-tunes share a loaded base."""
+    check(isinstance(spec, str) and spec.strip() != "", "Give a model name.")
+    spec = ALIASES.get(spec.strip(), spec.strip())
+    path = _checkpoint_path(spec)
+    if path is not None:
+        from .checkpoints import load_checkpoint_model
+
+        return load_checkpoint_model(path, device=device, base=base)
+    if spec.startswith("hf-hub:"):
+        return _load_hf_hub(spec, device)
+    if ":" in spec:
+        arch, tag = spec.split(":", 1)
+        return _load_pretrained(arch, tag, device)
+    if spec in _open_clip().list_models():
+        return create_architecture(spec, device)
+    names = ", ".join(p.stem for p in list_checkpoints()) or "none"
+    raise UserError(f"Unknown model '{spec}': use a checkpoint ({names}), a .safetensors path, 'hf-hub:org/repo', "
+                    f"'ARCH:TAG' such as {OPENAI_VIT_B32}, or an architecture name.")
+
+
+def _checkpoint_path(spec: str) -> Path | None:
+    p = Path(spec)
+    if p.suffix == ".safetensors":
+        check(p.is_file(), f"Checkpoint file '{spec}' does not exist.")
+        return p
+    if "/" not in spec and ":" not in spec:
+        candidate = CHECKPOINT_DIR / f"{spec}.safetensors"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,38 @@
+"""The two numerics presets of DESIGN.md: the paper done right, and the public code's numerics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    logits: str  # "scaled": exp(logit_scale) * cosine; "cosine": plain cosine in [-1, 1]
+    normalization: str  # "model": the CLIP model's own mean/std; "imagenet": ImageNet's
+    kl_reduction: str  # torch KLDivLoss reduction for the PMG-AFT KL terms
+    attack_fp16: bool  # run attack forward/backward passes under fp16 autocast
+
+    @property
+    def attack_dtype(self) -> torch.dtype | None:
+        return torch.float16 if self.attack_fp16 else None
+
+
+PRESETS = {
+    "paper": Preset("paper", logits="scaled", normalization="model", kl_reduction="batchmean", attack_fp16=False),
+    "public-code": Preset("public-code", logits="cosine", normalization="imagenet", kl_reduction="sum", attack_fp16=True),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise UserError(f"Unknown preset '{preset}': choose one of {', '.join(PRESETS)}.")
+    return PRESETS[preset]
