@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -60,7 +60,7 @@ def read_metadata(path: str | Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"'{path.name}' is not a readable safetensors checkpoint (truncated or corrupt?): {e}") from None
     check(raw is not None, f"'{path.name}' has no pmg_core metadata; import foreign checkpoints with `python -m pmg_core import`.")
     try:
@@ -75,7 +75,7 @@ def read_metadata(path: str | Path) -> dict:
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"'{Path(path).name}' is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 

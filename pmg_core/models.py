@@ -275,7 +275,7 @@ def load_model(spec: str, device="cpu", base: ClipModel | None = None) -> ClipMo
     """Load a model by spec (see module docstring). `base` lets fine-tunes share a loaded base."""
     check(isinstance(spec, str) and spec.strip() != "", "Give a model name.")
     spec = ALIASES.get(spec.strip(), spec.strip())
-    path = _checkpoint_path(spec)
+    path = checkpoint_path(spec)
     if path is not None:
         from .checkpoints import load_checkpoint_model
 
@@ -292,7 +292,7 @@ def load_model(spec: str, device="cpu", base: ClipModel | None = None) -> ClipMo
                     f"'ARCH:TAG' such as {OPENAI_VIT_B32}, or an architecture name.")
 
 
-def _checkpoint_path(spec: str) -> Path | None:
+def checkpoint_path(spec: str) -> Path | None:
     p = Path(spec)
     if p.suffix == ".safetensors":
         check(p.is_file(), f"Checkpoint file '{spec}' does not exist.")

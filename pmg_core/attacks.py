@@ -1,0 +1,266 @@
+"""Attacks on images in [0,1]: PGD (Linf / L2, CE or CW-margin loss), a feature-space attack for
+FARE, and AutoAttack through torchattacks.
+
+All attacks follow torchattacks' call convention, ``attack(images, labels) -> adv_images``, and
+PGD also has ``run()`` returning per-sample results. eps and step sizes are in pixel units of the
+image given (1/255 is one 8-bit level). Gradients are taken with torch.autograd.grad w.r.t. the
+input only, so an attack never touches the model's .grad.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError, check, check_number
+
+NORMS = ("Linf", "L2")
+LOSSES = ("ce", "margin")
+
+
+def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, dtype=dtype)
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CW margin per sample: best other logit minus the true logit (> 0 iff misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - true
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, targeted: bool) -> torch.Tensor:
+    """Per-sample loss the attack ascends (targeted: descends the loss toward y = target)."""
+    logits = logits.float()
+    loss = F.cross_entropy(logits, y, reduction="none") if kind == "ce" else margin_loss(logits, y)
+    return -loss if targeted else loss
+
+
+def _lp_norm(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _lp_norm(delta)).clamp(max=1.0)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    if norm == "Linf":
+        u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+        return (2 * u - 1) * eps
+    d = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+    r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device="cpu").to(x.device)
+    return d / _lp_norm(d) * r * eps
+
+
+@dataclass
+class AttackResult:
+    adv: torch.Tensor  # adversarial images, inside the eps-ball and [0,1]
+    fooled: torch.Tensor  # bool per sample: attack succeeded at some iterate (or the clean input)
+    adv_pred: torch.Tensor  # prediction on `adv`
+    loss: torch.Tensor  # per-sample attack loss at `adv`
+
+
+class PGD:
+    """Projected gradient descent (Madry et al.) under Linf or L2.
+
+    - loss: "ce" (cross-entropy) or "margin" (CW margin); targeted=True steers to `target`.
+    - random_start, restarts: restart r > 0 always starts at a random point.
+    - select: "best" returns, per sample, the iterate with the highest attack loss (so more steps
+      never lower it); "last" returns the final iterate (as adversarial training uses).
+    - early_stop: stop iterating on samples already fooled (their result is final); results do
+      not change, only time does.
+    - dtype: e.g. torch.float16 to run passes under autocast (the public code's numerics).
+    `fooled` is "ever fooled": misclassified (or, targeted, classified as the target) at any
+    iterate, the stronger and cheaper robust-accuracy criterion.
+    """
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float, alpha: float | None = None,
+                 steps: int = 10, norm: str = "Linf", loss: str = "ce", random_start: bool = True,
+                 restarts: int = 1, select: str = "best", early_stop: bool = False,
+                 dtype: torch.dtype | None = None, seed: int | None = None):
+        check_number("eps", eps, low=0)
+        check_number("steps", steps, low=0, integer=True)
+        check_number("restarts", restarts, low=1, integer=True)
+        check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+        check(loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
+        check(select in ("best", "last"), f"select must be 'best' or 'last'; got {select!r}.")
+        if alpha is None:
+            alpha = eps if steps <= 2 else 2.5 * eps / max(steps, 1)
+        check_number("step size", alpha, low=0)
+        if norm == "Linf":
+            check(eps <= 1, f"A Linf eps of {eps} exceeds the whole [0,1] pixel range; eps is in pixel units (1/255 per level).")
+        self.model, self.eps, self.alpha, self.steps = model, float(eps), float(alpha), int(steps)
+        self.norm, self.loss, self.random_start, self.restarts = norm, loss, random_start, int(restarts)
+        self.select, self.early_stop, self.dtype, self.seed = select, early_stop, dtype, seed
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.select == "last" and self.restarts == 1 and not self.early_stop:
+            return self.perturb(images, labels)
+        return self.run(images, labels).adv
+
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The final PGD iterate and nothing else: exactly `steps` forward-backward passes (training)."""
+        x0 = images.detach().clamp(0, 1)
+        y = labels.to(x0.device)
+        gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        x = x0
+        if self.random_start and self.eps > 0:
+            x = (x0 + random_start(x0, self.eps, self.norm, gen)).clamp(0, 1)
+        for _ in range(self.steps):
+            grad, _, _ = self._grad(x, y, False)
+            step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
+            x = (x0 + project(x + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
+        return x.detach()
+
+    def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
+        x = x.detach().requires_grad_(True)
+        with _autocast(x, self.dtype):
+            logits = self.model(x)
+        loss = attack_loss(logits, y, self.loss, targeted)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return grad, loss.detach(), logits.detach().argmax(1)
+
+    @torch.no_grad()
+    def _eval(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
+        with _autocast(x, self.dtype):
+            logits = self.model(x)
+        return attack_loss(logits, y, self.loss, targeted), logits.argmax(1)
+
+    def _success(self, pred: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+        return pred == y if targeted else pred != y
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None,
+            init: torch.Tensor | None = None) -> AttackResult:
+        """Attack a batch. `init`: the first restart's starting perturbation (overrides random_start),
+        e.g. per-sample seeded noise so results do not depend on how samples are batched."""
+        check(images.dim() == 4, f"images must be NCHW; got shape {tuple(images.shape)}.")
+        check(images.shape[0] == labels.shape[0], "images and labels must have the same batch size.")
+        x0 = images.detach().clamp(0, 1)
+        targeted = target is not None
+        y = (target if targeted else labels).to(x0.device)
+        gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+
+        best_loss, best_pred = self._eval(x0, y, targeted)
+        best_adv, fooled = x0.clone(), self._success(best_pred, y, targeted)
+        everyone = torch.arange(x0.shape[0], device=x0.device)
+        for r in range(self.restarts):
+            # Restarts after the first only retry samples not fooled yet.
+            active = everyone if r == 0 and not self.early_stop else everyone[~fooled]
+            started = active
+            delta = torch.zeros_like(x0)
+            if r == 0 and init is not None:
+                delta = project(init.to(x0), self.eps, self.norm)
+            elif (self.random_start or r > 0) and self.eps > 0:
+                delta = random_start(x0, self.eps, self.norm, gen)
+            x = (x0 + delta).clamp(0, 1)
+            for _ in range(self.steps):
+                if active.numel() == 0:
+                    break
+                grad, loss, pred = self._grad(x[active], y[active], targeted)
+                self._keep(best_adv, best_loss, best_pred, fooled, active, x[active], loss, pred, y, targeted)
+                if self.early_stop:  # a fooled sample keeps the iterate that fooled it
+                    keep = ~fooled[active]
+                    active, grad = active[keep], grad[keep]
+                step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
+                xa = x[active] + self.alpha * step
+                x[active] = (x0[active] + project(xa - x0[active], self.eps, self.norm)).clamp(0, 1)
+            if active.numel():
+                loss, pred = self._eval(x[active], y[active], targeted)
+                self._keep(best_adv, best_loss, best_pred, fooled, active, x[active], loss, pred, y, targeted)
+            if self.select == "last":
+                best_adv[started] = x[started]
+        if self.select == "last":
+            best_loss, best_pred = self._eval(best_adv, y, targeted)
+        return AttackResult(best_adv, fooled, best_pred, best_loss)
+
+    def _keep(self, best_adv, best_loss, best_pred, fooled, idx, x, loss, pred, y, targeted) -> None:
+        # Per sample: remember the highest-loss iterate so far and whether any iterate succeeded.
+        better = loss > best_loss[idx]
+        sel = idx[better]
+        best_adv[sel], best_loss[sel], best_pred[sel] = x[better], loss[better], pred[better]
+        fooled[idx] |= self._success(pred, y[idx], targeted)
+
+
+class FeatureAttack:
+    """PGD maximising ||phi(x_adv) - target_features||_2^2 (FARE's unsupervised inner attack).
+
+    `encoder` maps images in [0,1] to unnormalised embeddings; labels are ignored.
+    """
+
+    def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], eps: float, alpha: float | None = None,
+                 steps: int = 10, norm: str = "Linf", random_start: bool = True, dtype: torch.dtype | None = None):
+        check_number("eps", eps, low=0)
+        check_number("steps", steps, low=0, integer=True)
+        check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+        self.encoder, self.eps, self.steps, self.norm = encoder, float(eps), int(steps), norm
+        self.alpha = float(alpha if alpha is not None else (eps if steps <= 2 else 2.5 * eps / steps))
+        self.random_start, self.dtype = random_start, dtype
+
+    def __call__(self, images: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
+        x0 = images.detach()
+        target = target_features.detach().float()
+        delta = random_start(x0, self.eps, self.norm) if self.random_start and self.eps > 0 else torch.zeros_like(x0)
+        x = (x0 + delta).clamp(0, 1)
+        for _ in range(self.steps):
+            x.requires_grad_(True)
+            with _autocast(x, self.dtype):
+                feats = self.encoder(x)
+            loss = (feats.float() - target).pow(2).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
+            x = (x0 + project(x.detach() + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
+        return x.detach()
+
+
+class AutoAttackAdapter:
+    """torchattacks' AutoAttack on a ZeroShotClassifier.
+
+    version "standard": torchattacks.AutoAttack (APGD-CE, APGD-T, FAB-T, Square);
+    version "fast": APGD-CE then APGD-T (the two gradient attacks), much cheaper.
+    """
+
+    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", version: str = "fast",
+                 n_classes: int | None = None, seed: int = 0):
+        import torchattacks
+
+        check_number("eps", eps, low=0)
+        check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+        check(version in ("standard", "fast"), f"AutoAttack version must be 'standard' or 'fast'; got {version!r}.")
+        n_classes = n_classes or getattr(model, "num_classes", 10)
+        if version == "standard":
+            self.attack = torchattacks.AutoAttack(model, norm=norm, eps=eps, version="standard",
+                                                  n_classes=n_classes, seed=seed)
+        else:
+            n_target = max(1, min(9, n_classes - 1))
+            attacks = [torchattacks.APGD(model, norm=norm, eps=eps, loss="ce", seed=seed, n_restarts=1),
+                       torchattacks.APGDT(model, norm=norm, eps=eps, seed=seed, n_classes=n_classes, n_restarts=1)]
+            attacks[1].n_target_classes = n_target
+            self.attack = torchattacks.MultiAttack(attacks)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.attack(images, labels).detach()
+
+
+ATTACKS = ("pgd", "cw", "autoattack", "autoattack-standard")
+
+
+def make_attack(name: str, model: nn.Module, eps: float, steps: int = 10, alpha: float | None = None,
+                norm: str = "Linf", **kwargs):
+    """Attack registry by name: pgd (CE), cw (PGD on the CW margin), autoattack(-standard)."""
+    if name == "pgd":
+        return PGD(model, eps, alpha, steps, norm, loss="ce", **kwargs)
+    if name == "cw":
+        return PGD(model, eps, alpha, steps, norm, loss="margin", **kwargs)
+    if name in ("autoattack", "autoattack-standard"):
+        return AutoAttackAdapter(model, eps, norm, "standard" if name.endswith("standard") else "fast",
+                                 seed=kwargs.get("seed") or 0)
+    raise UserError(f"Unknown attack '{name}': choose one of {', '.join(ATTACKS)}.")

@@ -1,0 +1,242 @@
+"""`python -m pmg_core <command>`: train, eval, attack, models, datasets (and pretrain, bench, import
+where those modules provide them). eps and step sizes are given in /255 units on the command
+line and converted to pixel units for the library."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .errors import UserError
+
+
+def _e(v: str) -> float:
+    """/255 units -> pixel units."""
+    try:
+        return float(v) / 255
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of 1/255 steps, got {v!r}") from None
+
+
+def _csv(v: str) -> list[str]:
+    return [s.strip() for s in v.split(",") if s.strip()]
+
+
+def _add_train(sub) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, FARE, clean)",
+                       description="Fine-tune model.visual adversarially. eps/step sizes in /255 units.")
+    p.add_argument("--config", help="YAML/JSON recipe; command-line flags override it")
+    p.add_argument("--model", default=d.model, help="base model spec (default %(default)s)")
+    p.add_argument("--method", default=d.method, help="clean | tecoa | pmg-aft | fare (default %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, help="registered dataset or ImageFolder path")
+    p.add_argument("--data-root", default=None, help="where on-disk datasets live")
+    p.add_argument("--eps", type=_e, default=d.eps, help="Linf radius in /255 (default 1)")
+    p.add_argument("--steps", dest="attack_steps", type=int, default=d.attack_steps, help="PGD steps (default 2)")
+    p.add_argument("--step-size", type=_e, default=d.step_size, help="PGD step in /255 (default 1)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="PMG-AFT weight of KL to the original model")
+    p.add_argument("--beta", type=float, default=d.beta, help="PMG-AFT weight of KL to its clean output")
+    p.add_argument("--preset", default=d.preset, help="paper | public-code (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up steps of the cosine schedule")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--limit", type=int, default=None, help="use at most N training samples")
+    p.add_argument("--train-last-n", type=int, default=None, help="train only the last N tensors of the encoder")
+    p.add_argument("--out", default=None, help="checkpoint path (.safetensors)")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (with resume state)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    p.add_argument("--keep-state", action="store_true", help="keep the .state resume file after the run")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from dataclasses import fields
+
+    from .train import TrainConfig, train
+
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if args.config:
+        from .recipes import load_recipe
+
+        recipe = load_recipe(args.config, "train")
+        defaults = vars(args.parser_defaults)
+        given = {**recipe, **{k: v for k, v in given.items() if v != defaults.get(k)}}
+    cfg = TrainConfig(**given)
+    ev = train(cfg)
+    print(json.dumps({k: v for k, v in ev.items() if k != "event"}, indent=2))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    from .evaluate import EvalConfig
+
+    d = EvalConfig()
+    p = sub.add_parser("eval", help="zero-shot clean and robust accuracy over models x datasets",
+                       description="Evaluate models on datasets under an attack. eps/step sizes in /255 units.")
+    p.add_argument("--config", help="YAML/JSON evaluation recipe; command-line flags override it")
+    p.add_argument("--models", type=_csv, default=d.models, help="comma-separated model specs")
+    p.add_argument("--datasets", type=_csv, default=d.datasets, help="comma-separated datasets or groups (mini)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--eps", type=_e, default=d.eps, help="attack radius in /255 (default 1)")
+    p.add_argument("--steps", type=int, default=d.steps, help="attack steps (default 10)")
+    p.add_argument("--step-size", type=_e, default=d.step_size, help="PGD step in /255 (default 1)")
+    p.add_argument("--attack", default=d.attack, help="pgd | cw | autoattack | autoattack-standard")
+    p.add_argument("--norm", default=d.norm, help="Linf | L2")
+    p.add_argument("--no-random-start", dest="random_start", action="store_false")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="attack every sample for all steps (same result, slower)")
+    p.add_argument("--limit", type=int, default=None, help="samples per dataset")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--preset", default=d.preset)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from dataclasses import fields
+
+    from .evaluate import EvalConfig, evaluate, to_markdown, write_report
+
+    names = {f.name for f in fields(EvalConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if args.config:
+        from .recipes import load_recipe
+
+        recipe = load_recipe(args.config, "eval")
+        defaults = vars(args.parser_defaults)
+        given = {**recipe, **{k: v for k, v in given.items() if v != defaults.get(k)}}
+    report = evaluate(EvalConfig(**given), progress=True)
+    print(to_markdown(report["results"]))
+    if args.out:
+        print("wrote " + ", ".join(write_report(report, args.out)))
+    return 0
+
+
+def _add_attack(sub) -> None:
+    p = sub.add_parser("attack", help="attack one image file and print clean vs adversarial predictions")
+    p.add_argument("image", help="image file")
+    p.add_argument("--models", type=_csv, default=["clip-tiny"], help="comma-separated model specs")
+    p.add_argument("--labels", required=True, type=_csv, help="comma-separated class names")
+    p.add_argument("--true", default=None, help="the true label (one of --labels)")
+    p.add_argument("--target", default=None, help="target label for a targeted attack")
+    p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 (default 4)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--step-size", type=_e, default=None, help="in /255 (default 2.5*eps/steps)")
+    p.add_argument("--norm", default="Linf")
+    p.add_argument("--loss", default="ce", help="ce | margin")
+    p.add_argument("--source", default=None, help="attack this model only and transfer the image to all")
+    p.add_argument("--out", default=None, help="write the adversarial image (PNG, lossless) here")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_attack)
+
+
+def _run_attack(args) -> int:
+    from .evaluate import load_models
+    from .explore import AttackSettings, compare
+    from .images import load_image, save_png
+    from .models import default_device
+
+    models = load_models(args.models, args.device or default_device())
+    image = load_image(args.image)
+    source = None
+    if args.source:
+        source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
+    res = compare(models, image, args.labels, args.true,
+                  AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source))
+    for v in res.verdicts:
+        print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")
+        for kind, pred in (("clean", v.clean), ("adversarial", v.adversarial)):
+            mark = "" if pred.correct is None else ("  [right]" if pred.correct else "  [wrong]")
+            top = ", ".join(f"{lab} {p:.1%}" for lab, p in zip(pred.labels, pred.probs))
+            print(f"  {kind:>11}: {top}{mark}")
+    if args.out:
+        print(f"wrote {save_png(res.verdicts[0].adv_image, args.out)}")
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list checkpoints and architectures")
+    p.add_argument("--all", action="store_true", help="also list every open_clip architecture")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from .checkpoints import read_metadata
+    from .models import OPENAI_VIT_B32, list_architectures, list_checkpoints
+
+    print("checkpoints:")
+    for path in list_checkpoints():
+        try:
+            meta = read_metadata(path)
+            desc = meta.get("method", "base") + (f" of {meta['base']}" if meta.get("base") else f" ({meta.get('arch')})")
+        except UserError as e:
+            desc = f"unreadable: {e}"
+        print(f"  {path.stem:<20} {desc}")
+    print(f"pretrained (needs network once): {OPENAI_VIT_B32}, hf-hub:ORG/REPO")
+    archs = list_architectures()
+    print("architectures: " + (", ".join(archs) if args.all else ", ".join(a for a in archs if a.startswith("pmg-"))
+                               + f" (+{len(archs)} open_clip architectures: --all)"))
+    return 0
+
+
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="list registered datasets and groups")
+    p.set_defaults(func=_run_datasets)
+
+
+def _run_datasets(args) -> int:
+    from .data import list_datasets, list_groups
+
+    for e in list_datasets():
+        print(f"  {e.name:<24} {e.group:<10} {e.description}")
+    for g, members in list_groups().items():
+        print(f"group {g}: {', '.join(members)}")
+    return 0
+
+
+OPTIONAL = ("pretrain", "bench", "importers")  # modules that add their own sub-command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pmg_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_attack, _add_models, _add_datasets):
+        add(sub)
+    for name in OPTIONAL:
+        try:
+            mod = importlib.import_module(f"pmg_core.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"pmg_core.{name}":
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    args.parser_defaults = argparse.Namespace(**{a.dest: a.default for a in sub_parser._actions})  # noqa: SLF001
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,223 @@
+"""Zero-shot clean and robust accuracy of several models over several datasets -> tables.
+
+Robust accuracy counts a sample as robust only if it is classified correctly clean and at every
+attack iterate ("ever fooled" criterion). Samples misclassified clean are not attacked, and
+samples fooled mid-attack stop being attacked (early stop): both change time, not the result.
+PGD's random start is drawn per sample from (seed, sample index), so results do not depend on
+the batch size.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from .attacks import ATTACKS, PGD, make_attack, random_start
+from .data import ZeroShotDataset, expand_names, get_dataset
+from .errors import check, check_number
+from .checkpoints import read_metadata
+from .models import ClipModel, ZeroShotClassifier, checkpoint_path, default_device, load_model
+from .presets import get_preset
+
+
+@dataclass
+class EvalConfig:
+    models: list[str] = field(default_factory=lambda: ["clip-tiny"])
+    datasets: list[str] = field(default_factory=lambda: ["mini"])
+    eps: float = 1 / 255  # pixel units
+    steps: int = 10
+    step_size: float | None = 1 / 255
+    attack: str = "pgd"  # pgd | cw | autoattack | autoattack-standard
+    norm: str = "Linf"
+    random_start: bool = True
+    early_stop: bool = True
+    limit: int | None = None  # samples per dataset (a fixed seeded subset)
+    batch_size: int = 128
+    seed: int = 0
+    preset: str = "paper"
+    data_root: str | None = None
+    device: str | None = None
+
+    def validate(self) -> None:
+        check(len(self.models) > 0, "Give at least one model to evaluate.")
+        check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else None)
+        check_number("attack steps", self.steps, low=0, integer=True)
+        if self.step_size is not None:
+            check_number("step size", self.step_size, low=0)
+        check(self.attack in ATTACKS, f"Unknown attack '{self.attack}': choose one of {', '.join(ATTACKS)}.")
+        check_number("batch size", self.batch_size, low=1, integer=True)
+        if self.limit is not None:
+            check_number("limit", self.limit, low=1, integer=True)
+        get_preset(self.preset)
+
+
+def sample_noise(indices: Sequence[int], shape: tuple, eps: float, norm: str, seed: int) -> torch.Tensor:
+    """Random-start perturbations drawn per sample from (seed, index): batching-independent."""
+    out = [random_start(torch.empty((1, *shape)), eps, norm, torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+           for i in indices]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
+    return clf(x)
+
+
+def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                   cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample clean-correct and robust-correct flags for one batch."""
+    clean = _clean_logits(clf, x).argmax(1) == y
+    robust = clean.clone()
+    todo = clean.nonzero().squeeze(1)
+    if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and cfg.attack in ("pgd", "cw"):
+        return clean, robust
+    xs, ys = x[todo], y[todo]
+    dtype = get_preset(cfg.preset).attack_dtype
+    if cfg.attack in ("pgd", "cw"):
+        attack = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce" if cfg.attack == "pgd" else "margin",
+                     random_start=False, early_stop=cfg.early_stop, dtype=dtype)
+        init = sample_noise(idx[todo].tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x) \
+            if cfg.random_start else None
+        robust[todo] = ~attack.run(xs, ys, init=init).fooled
+    else:
+        adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
+        robust[todo] = _clean_logits(clf, adv).argmax(1) == ys
+    return clean, robust
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x, y, i
+
+
+def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> Iterator[dict]:
+    """Events for one model on one dataset: progress after each batch, then the result row."""
+    start = time.time()
+    clf = model.classifier(data.classes, data.templates, cfg.preset).eval()
+    loader = DataLoader(_Indexed(data.data), batch_size=cfg.batch_size, shuffle=False)
+    n = clean_n = robust_n = 0
+    for x, y, idx in loader:
+        x, y = x.to(model.device), y.to(model.device)
+        clean, robust = evaluate_batch(clf, x, y, idx, cfg)
+        n, clean_n, robust_n = n + len(y), clean_n + int(clean.sum()), robust_n + int(robust.sum())
+        yield {"event": "progress", "model": model.name, "dataset": data.name, "done": n, "total": len(data)}
+    yield {"event": "result", "model": model.name, "dataset": data.name, "n": n, "clean_correct": clean_n,
+           "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
+           "seconds": round(time.time() - start, 3)}
+
+
+def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> dict:
+    """Clean and robust accuracy of one model on one dataset (one result row)."""
+    *_, row = iter_evaluate_model(model, data, cfg)
+    return {k: v for k, v in row.items() if k != "event"}
+
+
+def load_models(specs: Sequence[str], device) -> list[ClipModel]:
+    """Load models, letting fine-tunes of an already loaded base share its text side."""
+    out: list[ClipModel] = []
+    for spec in specs:
+        bases = {m.spec: m for m in out if m.spec == m.base}
+        path = checkpoint_path(spec)
+        base = bases.get(read_metadata(path).get("base")) if path is not None else None
+        out.append(load_model(spec, device=device, base=base))
+    return out
+
+
+def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None) -> Iterator[dict]:
+    """Progress and result events over every model x dataset (stop by closing the generator)."""
+    cfg.validate()
+    device = torch.device(cfg.device or default_device())
+    names = expand_names(cfg.datasets)
+    datasets = [get_dataset(n, split="test", root=cfg.data_root).limited(cfg.limit, cfg.seed) for n in names]
+    models = list(models) if models is not None else load_models(cfg.models, device)
+    for model in models:
+        for data in datasets:
+            yield from iter_evaluate_model(model, data, cfg)
+
+
+def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progress: bool = False) -> dict:
+    """Run the whole evaluation; returns {"config": ..., "results": [...]} (accuracies as fractions)."""
+    results = []
+    bar = None
+    for ev in iter_evaluate(cfg, models):
+        if ev["event"] == "result":
+            results.append({k: v for k, v in ev.items() if k != "event"})
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = bar or tqdm(desc="evaluating", unit="model x dataset")
+                bar.update(1)
+                bar.set_postfix(model=ev["model"], dataset=ev["dataset"], robust=f"{ev['robust_acc']:.3f}")
+    if bar is not None:
+        bar.close()
+    config = asdict(cfg)
+    config["eps_255"] = round(cfg.eps * 255, 4)
+    return {"config": config, "results": results}
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def _pivot(results: list[dict]) -> tuple[list[str], list[str], dict]:
+    models = list(dict.fromkeys(r["model"] for r in results))
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    cell = {(r["model"], r["dataset"]): r for r in results}
+    return models, datasets, cell
+
+
+def to_markdown(results: list[dict]) -> str:
+    """The paper's table layout: one row per model and metric, one column per dataset, plus Average."""
+    models, datasets, cell = _pivot(results)
+    lines = ["| model | metric | " + " | ".join(datasets) + " | Average |",
+             "|---|---|" + "---:|" * (len(datasets) + 1)]
+    for m in models:
+        for metric, key in (("robust", "robust_acc"), ("clean", "clean_acc")):
+            vals = [cell[(m, d)][key] * 100 if (m, d) in cell else None for d in datasets]
+            known = [v for v in vals if v is not None]
+            avg = sum(known) / len(known) if known else float("nan")
+            row = " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
+            lines.append(f"| {m} | {metric} | {row} | {avg:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(results: list[dict]) -> str:
+    buf = io.StringIO()
+    cols = ["model", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "seconds"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(results)
+    return buf.getvalue()
+
+
+def averages(results: list[dict]) -> dict[str, dict[str, float]]:
+    models, datasets, cell = _pivot(results)
+    out = {}
+    for m in models:
+        rows = [cell[(m, d)] for d in datasets if (m, d) in cell]
+        out[m] = {k: sum(r[k] for r in rows) / len(rows) for k in ("clean_acc", "robust_acc")}
+    return out
+
+
+def write_report(report: dict, path: str) -> list[str]:
+    """Write FILE.json plus FILE.csv and FILE.md beside it; returns the paths written."""
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(report, indent=2))
+    csv_p, md_p = p.with_suffix(".csv"), p.with_suffix(".md")
+    csv_p.write_text(to_csv(report["results"]))
+    md_p.write_text(to_markdown(report["results"]))
+    return [str(p), str(csv_p), str(md_p)]

@@ -1,0 +1,125 @@
+"""Attack one image and compare models on it: the logic behind `pmg_core attack` and the app's
+first tab. Adversarial images are quantized to 8 bits before they are judged, so what a person
+downloads as PNG is exactly what the models were shown.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .attacks import PGD
+from .data import DEFAULT_TEMPLATES
+from .errors import check, check_number
+from .images import center_square, quantize
+from .models import ClipModel
+
+
+@dataclass
+class Prediction:
+    labels: list[str]  # top-k labels, best first
+    probs: list[float]
+    true_prob: float | None
+    correct: bool | None  # top-1 == true label
+
+
+@dataclass
+class ModelVerdict:
+    model: str
+    clean: Prediction
+    adversarial: Prediction
+    attacked_by: str  # the model whose gradients made the adversarial image
+    adv_image: torch.Tensor  # [3,H,W], quantized
+
+    @property
+    def confidence_drop(self) -> float | None:
+        if self.clean.true_prob is None:
+            return None
+        return self.clean.true_prob - self.adversarial.true_prob
+
+
+@dataclass
+class AttackSettings:
+    eps: float = 4 / 255  # pixel units
+    steps: int = 10
+    step_size: float | None = None
+    norm: str = "Linf"
+    loss: str = "ce"
+    target: str | None = None  # a class name for a targeted attack
+    source: str | None = None  # attack this model and transfer to all; None: each attacked itself
+    max_side: int = 224  # attack at most at this resolution (the models see 224 px or less)
+
+    def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
+        check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
+        check_number("steps", self.steps, low=0, high=500, integer=True)
+        if self.step_size is not None:
+            check_number("step size", self.step_size, low=0, high=1)
+        check(self.target is None or self.target in classes, f"The target class '{self.target}' is not among the labels.")
+        check(self.source is None or self.source in model_names,
+              f"The source model '{self.source}' is not loaded; choose one of {', '.join(model_names)}.")
+
+
+@dataclass
+class Comparison:
+    image: torch.Tensor  # the clean image as attacked, [3,H,W]
+    classes: list[str]
+    true_label: str | None
+    verdicts: list[ModelVerdict] = field(default_factory=list)
+
+
+def prepare_image(image: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Center-square crop and downscale to max_side, then quantize: the exact clean input."""
+    x = center_square(image)
+    if x.shape[-1] > max_side:
+        x = torch.nn.functional.interpolate(x[None], size=(max_side, max_side), mode="bicubic",
+                                            antialias=True, align_corners=False)[0]
+    return quantize(x)
+
+
+@torch.no_grad()
+def predict(clf, x: torch.Tensor, classes: Sequence[str], true_idx: int | None, k: int = 5) -> Prediction:
+    probs = clf(x[None]).softmax(1)[0]
+    top = probs.topk(min(k, len(classes)))
+    return Prediction([classes[i] for i in top.indices.tolist()], [round(float(p), 6) for p in top.values],
+                      None if true_idx is None else float(probs[true_idx]),
+                      None if true_idx is None else int(top.indices[0]) == true_idx)
+
+
+def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[str], true_label: str | None,
+            settings: AttackSettings, templates: Sequence[str] = DEFAULT_TEMPLATES) -> Comparison:
+    """Attack `image` (each model itself, or one source model transferred) and collect top-k verdicts."""
+    check(len(models) > 0, "Load at least one model.")
+    classes = [c.strip() for c in classes]
+    names = [m.name for m in models]
+    settings.validate(classes, names)
+    check(true_label is not None or settings.target is not None,
+          "Give the true label (untargeted attack) or a target class (targeted attack).")
+    check(true_label is None or true_label in classes, f"The true label '{true_label}' is not among the labels.")
+    x = prepare_image(image, settings.max_side)
+    true_idx = classes.index(true_label) if true_label is not None else None
+    clfs = {m.name: m.classifier(classes, templates).eval() for m in models}
+
+    def attack(clf) -> torch.Tensor:
+        device = next(clf.parameters()).device
+        xb = x[None].to(device)
+        if settings.target is not None:
+            y = torch.tensor([classes.index(settings.target)], device=device)
+            res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
+                      random_start=False).run(xb, y, target=y)
+        else:
+            y = torch.tensor([true_idx], device=device)
+            res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
+                      random_start=False).run(xb, y)
+        return quantize(res.adv[0].cpu())
+
+    out = Comparison(x, classes, true_label)
+    shared = attack(clfs[settings.source]) if settings.source else None
+    for m in models:
+        clf = clfs[m.name]
+        adv = shared if shared is not None else attack(clf)
+        dev = m.device
+        out.verdicts.append(ModelVerdict(m.name, predict(clf, x.to(dev), classes, true_idx),
+                                         predict(clf, adv.to(dev), classes, true_idx),
+                                         settings.source or m.name, adv))
+    return out

@@ -1,0 +1,101 @@
+"""Reading images people give us, and writing adversarial images without losing the perturbation."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError, check
+
+MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+MAX_SIDE = 1024  # larger images are downscaled (the models see at most 336 px anyway)
+
+
+def load_image(src, max_side: int = MAX_SIDE) -> torch.Tensor:
+    """A path, bytes, numpy array or PIL image -> float tensor [3,H,W] in [0,1].
+
+    Any PIL mode (1, L, P, RGBA, I;16, CMYK...) is converted to RGB (alpha composited on white,
+    16-bit scaled down); images with a side above `max_side` are downscaled keeping aspect.
+    """
+    img = _open(src)  # header only: the size is checked before any pixel is decoded
+    check(img.width >= 1 and img.height >= 1, "The image is empty (0 pixels).")
+    check(img.width * img.height <= MAX_PIXELS,
+          f"The image is {img.width}x{img.height} pixels, above the {MAX_PIXELS // 1_000_000} megapixel limit.")
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"That image file is damaged and cannot be decoded: {type(e).__name__}.") from None
+    img = ImageOps.exif_transpose(img) or img
+    img = _to_rgb(img)
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+
+
+def _open(src) -> Image.Image:
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, np.ndarray):
+        return _from_array(src)
+    try:
+        if isinstance(src, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(src))
+        else:
+            check(Path(src).is_file(), f"Image file '{src}' does not exist.")
+            img = Image.open(src)
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"That file is not a readable image (PNG, JPEG, WebP, BMP, GIF, TIFF...): {type(e).__name__}.") from None
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    check(a.ndim in (2, 3) and a.size > 0, f"An image array must be HxW or HxWxC; got shape {a.shape}.")
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        hi = 1.0 if a.max(initial=0) <= 1.0 else (255.0 if a.max() <= 255 else 65535.0)
+        a = np.clip(np.nan_to_num(a) / hi * 255.0, 0, 255).round().astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    check(a.ndim == 2 or a.shape[2] in (3, 4), f"An image array needs 1, 3 or 4 channels; got {a.shape[2]}.")
+    return Image.fromarray(a)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def center_square(x: torch.Tensor) -> torch.Tensor:
+    """Center crop [C,H,W] to a square (what CLIP's preprocessing does before resizing)."""
+    h, w = x.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return x[..., top : top + s, left : left + s]
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit grid: what a PNG stores. Stays in an eps-ball whose eps is k/255."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[3,H,W] in [0,1] -> HxWx3 uint8."""
+    return (quantize(x) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def save_png(x: torch.Tensor, path: str | Path) -> Path:
+    """Write losslessly; load_image(path) gives back quantize(x) exactly."""
+    path = Path(path)
+    Image.fromarray(to_uint8(x)).save(path, format="PNG")
+    return path

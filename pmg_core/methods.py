@@ -1,0 +1,176 @@
+"""Fine-tuning objectives, one small unit each, registered by name.
+
+Every method has one signature: ``method(model, original, x, y) -> StepOutput`` where `model` is
+the ZeroShotClassifier being trained (f_t), `original` a frozen copy of the pre-trained one (f_o;
+None for methods that do not need it), x images in [0,1] and y labels. Adding a method is one
+class with ``@register_method("name")``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import PGD, FeatureAttack
+from .errors import UserError, check, check_number
+from .models import ZeroShotClassifier
+from .presets import Preset, get_preset
+
+
+@dataclass
+class MethodSettings:
+    eps: float = 1 / 255  # pixel units
+    steps: int = 2  # PGD steps of the inner attack
+    step_size: float | None = None  # default: 1/255 in the paper's recipe; here eps if None
+    alpha: float = 1.0  # PMG-AFT: weight of KL(f_o(x_adv) || f_t(x_adv))
+    beta: float = 1.0  # PMG-AFT: weight of KL(f_t(x) || f_t(x_adv))
+    preset: str = "paper"
+
+    def validate(self) -> None:
+        check_number("eps", self.eps, low=0, high=1)
+        check_number("PGD steps", self.steps, low=0, integer=True)
+        if self.step_size is not None:
+            check_number("step size", self.step_size, low=0)
+        check_number("alpha", self.alpha, low=0)
+        check_number("beta", self.beta, low=0)
+        get_preset(self.preset)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar to minimise
+    logits: torch.Tensor  # logits on the inputs the method trains on (adversarial for AT), detached
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+_METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def list_methods() -> list[str]:
+    return list(_METHODS)
+
+
+def get_method(name: str, settings: MethodSettings | None = None, **kwargs) -> "Method":
+    if name not in _METHODS:
+        raise UserError(f"Unknown method '{name}': choose one of {', '.join(_METHODS)}.")
+    settings = settings or MethodSettings(**kwargs)
+    settings.validate()
+    return _METHODS[name](settings)
+
+
+class Method:
+    name = "base"
+    needs_original = False  # whether the frozen pre-trained model f_o is used
+    adversarial = True
+
+    def __init__(self, settings: MethodSettings):
+        self.settings = settings
+        self.preset: Preset = get_preset(settings.preset)
+
+    def pgd(self, model: ZeroShotClassifier) -> PGD:
+        s = self.settings
+        return PGD(model, s.eps, s.step_size if s.step_size is not None else s.eps, s.steps, "Linf", "ce",
+                   random_start=True, select="last", dtype=self.preset.attack_dtype)
+
+    def __call__(self, model: ZeroShotClassifier, original: ZeroShotClassifier | None, x: torch.Tensor,
+                 y: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+
+def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: str) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) as torch's KLDivLoss(input=log_softmax(q), target=softmax(p))."""
+    return F.kl_div(F.log_softmax(q_logits.float(), 1), F.softmax(p_logits.float(), 1), reduction=reduction)
+
+
+def pmg_aft_loss(logits_adv: torch.Tensor, logits_clean: torch.Tensor, logits_orig_adv: torch.Tensor,
+                 y: torch.Tensor, alpha: float, beta: float, reduction: str = "batchmean"):
+    """L = CE(f_t(x_adv), y) + alpha KL(f_o(x_adv) || f_t(x_adv)) + beta KL(f_t(x) || f_t(x_adv))."""
+    ce = F.cross_entropy(logits_adv.float(), y)
+    kl_gen = kl(logits_orig_adv, logits_adv, reduction)
+    kl_clean = kl(logits_clean, logits_adv, reduction)
+    return ce + alpha * kl_gen + beta * kl_clean, ce, kl_gen, kl_clean
+
+
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+@register_method("clean")
+class CleanFineTune(Method):
+    """Cross-entropy on clean images (no attack)."""
+
+    adversarial = False
+
+    def __call__(self, model, original, x, y):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        return StepOutput(loss, logits.detach(), {"ce": loss.item(), "acc": _acc(logits, y)})
+
+
+@register_method("tecoa")
+class TeCoA(Method):
+    """Text-guided contrastive adversarial training: CE of the zero-shot logits on x_adv."""
+
+    def __call__(self, model, original, x, y):
+        x_adv = self.pgd(model)(x, y)
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), y)
+        return StepOutput(loss, logits.detach(), {"ce": loss.item(), "adv_acc": _acc(logits, y)})
+
+
+@register_method("pmg-aft")
+class PMGAFT(Method):
+    """PMG-AFT: TeCoA's CE plus KL to the frozen original model and KL to its own clean output."""
+
+    needs_original = True
+
+    def __call__(self, model, original, x, y):
+        check(original is not None, "PMG-AFT needs the frozen original model.")
+        x_adv = self.pgd(model)(x, y)
+        # One forward of f_t over [x_adv; x]: gradients flow through both branches.
+        logits_adv, logits_clean = model(torch.cat([x_adv, x])).split(x.shape[0])
+        with torch.no_grad():
+            logits_orig = original(x_adv)
+        s = self.settings
+        loss, ce, kl_gen, kl_clean = pmg_aft_loss(logits_adv, logits_clean, logits_orig, y, s.alpha, s.beta,
+                                                  self.preset.kl_reduction)
+        return StepOutput(loss, logits_adv.detach(), {
+            "ce": ce.item(), "kl_original": kl_gen.item(), "kl_clean": kl_clean.item(),
+            "adv_acc": _acc(logits_adv, y), "acc": _acc(logits_clean, y)})
+
+
+def fare_loss(feats_adv: torch.Tensor, feats_orig_clean: torch.Tensor) -> torch.Tensor:
+    """||phi_t(x_adv) - phi_o(x)||_2^2 on unnormalised embeddings: sum over dims, mean over batch."""
+    return (feats_adv.float() - feats_orig_clean.float()).pow(2).sum(1).mean()
+
+
+@register_method("fare")
+class FARE(Method):
+    """FARE: unsupervised; keep adversarial embeddings where the original model puts clean ones."""
+
+    needs_original = True
+
+    def __call__(self, model, original, x, y):
+        check(original is not None, "FARE needs the frozen original model.")
+        s = self.settings
+        with torch.no_grad():
+            target = original.encode(x, normalize=False).float()
+        attack = FeatureAttack(lambda z: model.encode(z, normalize=False), s.eps,
+                               s.step_size if s.step_size is not None else s.eps, s.steps,
+                               dtype=self.preset.attack_dtype)
+        x_adv = attack(x, target)
+        feats = model.encode(x_adv, normalize=False)
+        loss = fare_loss(feats, target)
+        logits = model.logits_from_features(feats.detach())
+        return StepOutput(loss, logits, {"fare": loss.item(), "adv_acc": _acc(logits, y)})

@@ -1,0 +1,29 @@
+"""Shared fixtures: everything offline, tiny models, tiny generated images."""
+import os
+
+os.environ.setdefault("PMG_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from toy import register_toy  # noqa: E402
+
+register_toy()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised pmg-test CLIP (fresh copy per use via .fork())."""
+    from pmg_core.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("pmg-test")
+
+
+@pytest.fixture
+def model(tiny_model):
+    return tiny_model.fork("pmg-test", "pmg-test")
