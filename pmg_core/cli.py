@@ -8,7 +8,7 @@ import importlib
 import json
 import sys
 
-from .errors import UserError
+from .errors import UserError, check
 
 
 def _e(v: str) -> float:
@@ -150,8 +150,9 @@ def _run_attack(args) -> int:
     from .images import load_image, save_png
     from .models import default_device
 
-    models = load_models(args.models, args.device or default_device())
+    check(bool(args.labels), "Give the class labels with --labels, comma-separated.")
     image = load_image(args.image)
+    models = load_models(args.models, args.device or default_device())
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)

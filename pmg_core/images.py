@@ -41,13 +41,10 @@ def _open(src) -> Image.Image:
         return src
     if isinstance(src, np.ndarray):
         return _from_array(src)
+    if not isinstance(src, (bytes, bytearray)):
+        check(Path(src).is_file(), f"Image file '{src}' does not exist.")
     try:
-        if isinstance(src, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(src))
-        else:
-            check(Path(src).is_file(), f"Image file '{src}' does not exist.")
-            img = Image.open(src)
-        return img
+        return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"That file is not a readable image (PNG, JPEG, WebP, BMP, GIF, TIFF...): {type(e).__name__}.") from None
 

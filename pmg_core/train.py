@@ -177,7 +177,9 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def _loader(self, epoch: int, skip: int) -> DataLoader:
         sampler = EpochBatches(len(self.data), self.cfg.batch_size, self.cfg.seed, epoch, skip, self.rank, self.world)
-        return DataLoader(self.data.data, batch_sampler=sampler, num_workers=self.cfg.num_workers)
+        # Its own generator: creating a loader must not draw from the global RNG that PGD uses.
+        return DataLoader(self.data.data, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def _autocast(self):
         enabled = self.cfg.amp and self.device.type == "cuda"

@@ -26,4 +26,7 @@ def tiny_model():
 
 @pytest.fixture
 def model(tiny_model):
-    return tiny_model.fork("pmg-test", "pmg-test")
+    """An independent copy (text side and logit scale included) that a test may change freely."""
+    import copy
+
+    return copy.deepcopy(tiny_model)

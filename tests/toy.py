@@ -4,7 +4,8 @@ from torch.utils.data import TensorDataset
 
 from pmg_core.data import ZeroShotDataset, register_dataset
 
-COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.1), "blue": (0.1, 0.1, 0.9), "grey": (0.5, 0.5, 0.5)}
+# Close colours: learnable at a glance, but an eps of a few /255 can push one toward another.
+COLOURS = {"red": (0.62, 0.45, 0.45), "green": (0.45, 0.62, 0.45), "blue": (0.45, 0.45, 0.62), "grey": (0.5, 0.5, 0.5)}
 
 
 def make_toy(n: int, seed: int, size: int = 32) -> TensorDataset:

@@ -1,0 +1,161 @@
+"""PGD and friends: eps-ball, monotone loss, batch-size independence, clean .grad, torchattacks parity."""
+import pytest
+import torch
+
+from pmg_core.attacks import PGD, AutoAttackAdapter, FeatureAttack, make_attack
+from pmg_core.errors import UserError
+from pmg_core.evaluate import EvalConfig, evaluate
+from toy import make_toy
+
+CLASSES = ["red", "green", "blue", "grey"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A pmg-test model briefly trained on the toy task, so attacks have real work to do."""
+    from pmg_core.models import load_model
+    from pmg_core.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    m = load_model("pmg-test")
+    train(TrainConfig(model="pmg-test", method="clean", dataset="toy-colours", max_steps=100, batch_size=32, lr=0.05,
+                      warmup=5), progress=False, model=m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch():
+    ds = make_toy(64, seed=5)
+    return ds.tensors
+
+
+@pytest.fixture
+def clf(trained):
+    return trained.classifier(CLASSES, ("a {} image",)).eval()
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 4 / 255), ("L2", 0.5)])
+def test_pgd_stays_in_ball_and_range(clf, batch, norm, eps):
+    x, y = batch
+    for select in ("best", "last"):
+        adv = PGD(clf, eps, steps=5, norm=norm, select=select, seed=0)(x, y)
+        assert adv.min() >= 0 and adv.max() <= 1
+        d = (adv - x).flatten(1)
+        size = d.abs().max(1).values if norm == "Linf" else d.norm(dim=1)
+        assert (size <= eps + 1e-6).all()
+
+
+def test_pgd_lowers_accuracy(clf, batch):
+    x, y = batch
+    clean = (clf(x).argmax(1) == y).float().mean()
+    res = PGD(clf, 16 / 255, steps=10).run(x, y)
+    assert clean > 0.9
+    assert (~res.fooled).float().mean() < clean - 0.3
+    # the fooled flag is honest: every sample whose returned adversarial prediction is wrong counts as fooled
+    assert res.fooled[res.adv_pred != y].all()
+
+
+def test_eps_zero_robust_equals_clean(clf, batch):
+    x, y = batch
+    res = PGD(clf, 0.0, steps=5).run(x, y)
+    assert torch.equal(res.fooled, clf(x).argmax(1) != y)
+    assert torch.equal(res.adv, x)
+
+
+def test_more_steps_never_lower_the_loss(clf, batch):
+    x, y = batch
+    prev = None
+    for steps in (0, 1, 2, 5, 10):
+        loss = PGD(clf, 2 / 255, steps=steps, seed=3).run(x, y).loss
+        if prev is not None:
+            assert (loss >= prev - 1e-6).all()
+        prev = loss
+
+
+def test_targeted_attack_reaches_target(clf, batch):
+    x, y = batch
+    target = (y + 1) % 4
+    res = PGD(clf, 48 / 255, steps=20).run(x, y, target=target)
+    assert res.fooled.float().mean() > 0.5
+    assert torch.equal(res.fooled[res.adv_pred == target], torch.ones(int((res.adv_pred == target).sum()), dtype=torch.bool))
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_robust_accuracy_independent_of_batch_size(trained, random_start):
+    counts = set()
+    for bs in (1, 7, 64):
+        cfg = EvalConfig(models=["x"], datasets=["toy-colours"], eps=3 / 255, steps=5, batch_size=bs, limit=64,
+                         random_start=random_start)
+        r = evaluate(cfg, models=[trained])["results"][0]
+        counts.add((r["clean_correct"], r["robust_correct"]))
+    assert len(counts) == 1, counts
+
+
+def test_early_stop_gives_same_result(clf, batch):
+    x, y = batch
+    a = PGD(clf, 3 / 255, steps=8, random_start=False).run(x, y)
+    b = PGD(clf, 3 / 255, steps=8, random_start=False, early_stop=True).run(x, y)
+    assert torch.equal(a.fooled, b.fooled)
+
+
+def test_attacks_leave_model_grads_untouched(trained, batch):
+    x, y = batch
+    clf = trained.classifier(CLASSES, ("a {} image",))
+    params = list(clf.parameters())
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, float(i))
+    before = [p.grad.clone() for p in params]
+    PGD(clf, 4 / 255, steps=3)(x, y)
+    PGD(clf, 4 / 255, steps=3, select="last")(x, y)
+    FeatureAttack(lambda z: clf.encode(z, normalize=False), 4 / 255, steps=2)(x, clf.encode(x, False).detach())
+    for p, g in zip(params, before):
+        assert torch.equal(p.grad, g)
+    for p in params:
+        p.grad = None
+
+
+def test_matches_torchattacks_pgd(clf, batch):
+    import torchattacks
+
+    x, y = batch
+    eps, alpha, steps = 3 / 255, 1 / 255, 7
+    theirs = torchattacks.PGD(clf, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+    ours = PGD(clf, eps, alpha, steps, random_start=False, select="last")(x, y)
+    with torch.no_grad():
+        acc_theirs = (clf(theirs).argmax(1) == y).float().mean().item()
+        acc_ours = (clf(ours).argmax(1) == y).float().mean().item()
+    assert abs(acc_theirs - acc_ours) <= 2 / 64
+    assert (theirs - ours).abs().max() <= 1 / 255 + 1e-6 or (theirs != ours).float().mean() < 0.01
+
+
+def test_feature_attack_increases_feature_distance(clf, batch):
+    x, _ = batch
+    target = clf.encode(x, normalize=False).detach()
+    adv = FeatureAttack(lambda z: clf.encode(z, normalize=False), 4 / 255, steps=5)(x, target)
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6
+    dist = (clf.encode(adv, normalize=False) - target).pow(2).sum(1)
+    assert dist.mean() > 0
+
+
+def test_autoattack_fast_lowers_accuracy(clf, batch):
+    x, y = batch
+    x, y = x[:16], y[:16]
+    adv = AutoAttackAdapter(clf, 16 / 255, version="fast", n_classes=4)(x, y)
+    assert (adv - x).abs().max() <= 16 / 255 + 1e-5
+    with torch.no_grad():
+        assert (clf(adv).argmax(1) == y).float().mean() < (clf(x).argmax(1) == y).float().mean()
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"eps": -3 / 255}, "eps"), ({"eps": float("nan")}, "eps"), ({"eps": 4 / 255, "steps": -1}, "steps"),
+    ({"eps": 4 / 255, "norm": "L3"}, "norm"), ({"eps": 4 / 255, "loss": "hinge"}, "loss"), ({"eps": 3.0}, "eps"),
+])
+def test_bad_attack_settings_are_one_sentence(clf, kwargs, words):
+    with pytest.raises(UserError) as e:
+        PGD(clf, **kwargs)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_attack_name(clf):
+    with pytest.raises(UserError, match="Unknown attack"):
+        make_attack("deepfool", clf, 1 / 255)

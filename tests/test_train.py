@@ -1,0 +1,128 @@
+"""The fine-tuning loop: what trains, what stays frozen, robustness gained, checkpoints and resume."""
+import copy
+import math
+
+import pytest
+import torch
+
+from pmg_core.checkpoints import load_tensors, read_metadata
+from pmg_core.errors import UserError
+from pmg_core.evaluate import EvalConfig, evaluate
+from pmg_core.models import load_model
+from pmg_core.train import LOGIT_SCALE_MAX, Trainer, TrainConfig, state_path, train
+
+
+def cfg(**kw):
+    base = dict(model="pmg-test", dataset="toy-colours", eps=4 / 255, attack_steps=2, step_size=2 / 255,
+                max_steps=12, batch_size=32, lr=0.05, warmup=3, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def robust_acc(m, eps=12 / 255):
+    ev = EvalConfig(models=["x"], datasets=["toy-colours"], eps=eps, steps=5, step_size=eps / 3, batch_size=96)
+    return evaluate(ev, models=[m])["results"][0]["robust_acc"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_model):
+    """The toy's 'pre-trained CLIP': clean-trained, accurate but not robust at eps 12/255."""
+    m = copy.deepcopy(tiny_model)
+    train(cfg(method="clean", max_steps=100, warmup=5), progress=False, model=m)
+    return m
+
+
+@pytest.mark.parametrize("method", ["tecoa", "pmg-aft", "fare"])
+def test_only_the_image_encoder_changes(model, method):
+    text_before = {k: v.clone() for k, v in model.clip.state_dict().items() if not k.startswith("visual.")}
+    visual_before = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    train(cfg(method=method, max_steps=3, lr=0.01 if method == "fare" else 0.05), progress=False, model=model)
+    for k, v in model.clip.state_dict().items():
+        if not k.startswith("visual."):
+            assert torch.equal(v, text_before[k]), k
+    assert any(not torch.equal(v, visual_before[k]) for k, v in model.visual.state_dict().items())
+    assert 0 <= model.clip.logit_scale.item() <= LOGIT_SCALE_MAX
+
+
+def test_logit_scale_is_clamped(model):
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(10.0)  # exp(10) far above 100
+    train(cfg(method="clean", max_steps=1), progress=False, model=model)
+    assert model.clip.logit_scale.item() == pytest.approx(LOGIT_SCALE_MAX)
+
+
+@pytest.mark.parametrize("method", ["tecoa", "pmg-aft"])
+def test_adversarial_fine_tuning_raises_robust_accuracy(pretrained, method):
+    model = copy.deepcopy(pretrained)
+    before = robust_acc(model)
+    train(cfg(method=method, eps=12 / 255, step_size=6 / 255, max_steps=80, lr=0.02), progress=False, model=model)
+    after = robust_acc(model)
+    assert after >= before + 0.15, (before, after)
+
+
+def test_train_last_n_freezes_the_rest(model):
+    names = [n for n, _ in model.visual.named_parameters()]
+    before = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    train(cfg(method="clean", max_steps=2, train_last_n=2), progress=False, model=model)
+    changed = {k for k, v in model.visual.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= set(names[-2:])
+
+
+def test_checkpoint_round_trips_bit_for_bit(model, tmp_path):
+    out = tmp_path / "ft.safetensors"
+    ev = train(cfg(method="tecoa", max_steps=2, out=str(out)), progress=False, model=model)
+    assert ev["path"] == str(out)
+    meta = read_metadata(out)
+    assert meta["kind"] == "finetune" and meta["base"] == "pmg-test" and meta["method"] == "tecoa"
+    assert meta["eps_255"] == pytest.approx(4.0) and meta["steps"] == 2 and "loss" in meta["metrics"]
+    loaded = load_model(str(out))
+    for (k, a), (k2, b) in zip(model.visual.state_dict().items(), loaded.visual.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert set(load_tensors(out)) == {f"visual.{k}" for k in model.visual.state_dict()}
+    assert not state_path(out).exists()  # finished runs drop their resume state unless asked to keep it
+
+
+def test_resume_ends_identical_to_uninterrupted_run(tiny_model, tmp_path):
+    full = tiny_model.fork("a", "pmg-test")
+    train(cfg(method="pmg-aft", max_steps=8), progress=False, model=full)
+
+    out = tmp_path / "resumed.safetensors"
+    first = tiny_model.fork("b", "pmg-test")
+    trainer = Trainer(cfg(method="pmg-aft", max_steps=8, out=str(out)), model=first)
+    events = list(trainer.run(should_stop=lambda: trainer.step >= 3))
+    assert events[-1]["event"] == "stopped" and state_path(out).exists()
+
+    second = tiny_model.fork("c", "pmg-test")
+    done = list(Trainer(cfg(method="pmg-aft", max_steps=8, out=str(out), resume=True), model=second).run())[-1]
+    assert done["event"] == "done" and done["step"] == 8
+    for a, b in zip(full.visual.state_dict().values(), second.visual.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_events_report_progress(model):
+    events = list(Trainer(cfg(method="tecoa", max_steps=3), model=model).run())
+    kinds = [e["event"] for e in events]
+    assert kinds == ["start", "step", "step", "step", "done"]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
+    assert all(math.isfinite(e["loss"]) and "adv_acc" in e for e in events if e["event"] == "step")
+
+
+@pytest.mark.parametrize("bad,words", [
+    ({"method": "magic"}, "Unknown method"), ({"eps": -3 / 255}, "eps"), ({"attack_steps": -1}, "steps"),
+    ({"dataset": "/no/such/dir"}, "Unknown dataset"), ({"batch_size": 10_000}, "fewer than one batch"),
+    ({"lr": 0.0}, "learning rate"), ({"resume": True}, "resume"), ({"model": "no-such-model"}, "Unknown model"),
+])
+def test_bad_config_is_one_sentence(bad, words):
+    with pytest.raises(UserError) as e:
+        Trainer(cfg(**bad))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_mismatched_checkpoint_is_refused(model, tmp_path):
+    out = tmp_path / "ft.safetensors"
+    train(cfg(method="clean", max_steps=1, out=str(out)), progress=False, model=model)
+    other = load_model("pmg-tiny")
+    from pmg_core.checkpoints import load_visual_into
+
+    with pytest.raises(UserError, match="does not fit the image encoder"):
+        load_visual_into(other, load_tensors(out), "ft.safetensors")
