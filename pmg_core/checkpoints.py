@@ -114,6 +114,8 @@ def load_checkpoint_model(path: str | Path, device="cpu", base=None):
     path = Path(path)
     meta = read_metadata(path)
     tensors = load_tensors(path)
+    # Checkpoints in checkpoints/ are known by name; others by path, so the spec loads them again.
+    spec = path.stem if path.parent.resolve() == _ckpt_dir() else str(path)
     if meta["kind"] == "base":
         oc = _open_clip()
         arch = meta.get("arch", "")
@@ -123,15 +125,14 @@ def load_checkpoint_model(path: str | Path, device="cpu", base=None):
             model.load_state_dict(tensors)
         except RuntimeError as e:
             raise UserError(f"'{path.name}' does not fit architecture '{arch}': {str(e).splitlines()[0]}") from None
-        out = _wrap(path.stem, model, oc.get_tokenizer(arch), path.stem, path.stem,
-                    mean=meta.get("mean"), std=meta.get("std"))
+        out = _wrap(path.stem, model, oc.get_tokenizer(arch), spec, spec, mean=meta.get("mean"), std=meta.get("std"))
         out.metadata = meta
         return out.to(device)
     base_spec = meta.get("base")
     check(bool(base_spec), f"'{path.name}' is a fine-tune that does not name its base model.")
     if base is None or base.spec != base_spec:
         base = load_model(base_spec, device=device)
-    model = base.fork(path.stem, str(path) if path.parent.resolve() != _ckpt_dir() else path.stem, meta)
+    model = base.fork(path.stem, spec, meta)
     load_visual_into(model, tensors, f"'{path.name}'")
     model.metadata = meta
     return model.to(device)

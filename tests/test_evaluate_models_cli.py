@@ -133,6 +133,8 @@ def test_cli_train_and_attack(model, tmp_path, capsys):
     rc = cli.main(["train", "--model", str(base), "--method", "tecoa", "--dataset", "toy-colours", "--eps", "4",
                    "--max-steps", "2", "--batch-size", "16", "--warmup", "1", "--out", str(ft)])
     assert rc == 0 and ft.exists()
+    alone = load_model(str(ft))  # a fine-tune finds its base by the path it was trained from
+    assert alone.base == str(base) and torch.equal(alone.clip.logit_scale, model.clip.logit_scale)
     img = tmp_path / "img.png"
     save_png(make_toy(1, seed=0).tensors[0][0], img)
     adv = tmp_path / "adv.png"
