@@ -176,7 +176,14 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, sche
     check(path.is_file(), f"Training state '{path}' does not exist; resume needs the .state.safetensors file.")
     tensors = load_tensors(path)
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()[META_KEY])
+        raw = (f.metadata() or {}).get(META_KEY)
+    try:
+        meta = json.loads(raw or "")
+    except json.JSONDecodeError:
+        meta = None
+    # A checkpoint or foreign file put where the state belongs must not surface as a KeyError.
+    check(isinstance(meta, dict) and {"step", "param_groups", "opt_scalars"} <= set(meta) and "rng.torch" in tensors,
+          f"Training state '{path.name}' is incomplete or not a training state; resume needs the file a stopped run wrote.")
     state: dict = {}
     for key, val in tensors.items():
         if key.startswith("opt."):
