@@ -1,0 +1,644 @@
+"""PMG-AFT Studio: attack CLIP live and compare the original model with its robust fine-tunes.
+
+`python app.py [--host H] [--port P] [--share]`. Every handler is a thin call into pmg_core; this
+file only loads models, checks inputs (pmg_core.inputs), and formats results for Gradio.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import inspect
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import gradio as gr
+import torch
+
+from pmg_core import analysis, inputs, plots
+from pmg_core.checkpoints import load_checkpoint_model, read_metadata
+from pmg_core.data import expand_names, list_datasets, list_groups
+from pmg_core.errors import UserError
+from pmg_core.evaluate import EvalConfig, iter_evaluate
+from pmg_core.explore import AttackSettings, Comparison, compare
+from pmg_core.images import load_image, save_png, to_uint8
+from pmg_core.models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, default_device, is_offline,
+                             list_checkpoints, load_model)
+from pmg_core.train import TrainConfig, Trainer
+
+log = logging.getLogger("pmg_studio")
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+EACH_MODEL = "each model attacks itself"
+NORMS = ["Linf", "L2"]
+LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
+METHODS = ["pmg-aft", "tecoa", "fare", "clean"]
+KNOWN_ORDER = ("clip", "tecoa", "pmg-aft", "fare")  # how checkpoints are listed: original first
+
+try:  # Hugging Face ZeroGPU: run heavy handlers on a borrowed GPU; a no-op everywhere else.
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn: Callable) -> Callable:
+        return fn
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGENET_FIRST_20 = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",
+                     "stingray", "rooster", "hen", "ostrich", "brambling", "goldfinch", "house finch", "junco",
+                     "indigo bunting", "American robin", "bulbul", "jay", "magpie", "chickadee"]
+
+PMG_AFT_IN_PLAIN_WORDS = """
+**PMG-AFT in plain words.** CLIP recognises almost anything you name, but an invisible change of a
+few grey levels per pixel (an *adversarial perturbation*) can make it say something else.
+Adversarial fine-tuning (TeCoA) retrains CLIP's image encoder on such attacked images, which makes
+it robust but also makes it forget part of what it knew about other kinds of images.
+**PMG-AFT** (Wang et al., CVPR 2024) adds two reminders to that training: keep the answers on
+attacked images close to what the *original* CLIP says about them (so general knowledge is kept),
+and keep the answers on clean and attacked images consistent with each other. The text encoder
+never changes. **FARE** instead keeps the attacked image's embedding where the original model put
+the clean one, without using labels.
+"""
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+def _order_key(model: ClipModel) -> tuple:
+    name = model.name.lower()
+    rank = next((i for i, k in enumerate(KNOWN_ORDER) if name.startswith(k)), len(KNOWN_ORDER))
+    return (model.spec != model.base, rank, name)
+
+
+def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), device=None) -> list[ClipModel]:
+    """Every fine-tune checkpoint in `directory` whose base is `base` (unreadable files are skipped and logged)."""
+    out = []
+    for path in list_checkpoints(directory):
+        if path.stem in skip:
+            continue
+        try:
+            meta = read_metadata(path)
+            if meta["kind"] == "finetune" and meta.get("base") in (base.spec, base.name):
+                out.append(load_checkpoint_model(path, device=device or base.device, base=base))
+        except UserError as e:
+            log.warning("skipping checkpoint %s: %s", path.name, e)
+    return out
+
+
+def load_default_models(directory: Path = CHECKPOINT_DIR) -> tuple[list[ClipModel], str]:
+    """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort."""
+    device = default_device()
+    if not is_offline():
+        try:
+            base = load_model(OPENAI_VIT_B32, device=device)
+            return [base] + finetunes_of(base, directory), (
+                "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
+        except UserError as e:
+            log.warning("real CLIP unavailable (%s); using the embedded default", e)
+    if (directory / "clip-tiny.safetensors").is_file():
+        base = load_model(str(directory / "clip-tiny.safetensors"), device=device)
+        base.name = "clip-tiny"
+        return [base] + finetunes_of(base, directory, skip=("clip-tiny",)), (
+            "**Embedded tiny world** (offline): a tiny CLIP pretrained by this project on procedurally drawn "
+            "32x32 scenes, with its fine-tunes from checkpoints/. Labels outside that world mean little to it.")
+    torch.manual_seed(0)
+    base = load_model("pmg-tiny", device=device)
+    base.name = "pmg-tiny (random weights)"
+    return [base] + finetunes_of(base, directory), (
+        "**Fallback: random weights.** Neither real CLIP nor the embedded checkpoint clip-tiny was found, so "
+        "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
+
+
+@dataclass
+class Studio:
+    """The app's state: loaded models (the one global cache) and per-session stop flags."""
+
+    models: dict[str, ClipModel]
+    mode: str
+    checkpoint_dir: Path = CHECKPOINT_DIR
+    allow_folders: bool = True  # ImageFolder paths on the server's disk (off when serving in public)
+    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
+    stops: dict[str, threading.Event] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None, **kw) -> "Studio":
+        directory = Path(checkpoint_dir or CHECKPOINT_DIR)
+        if models is None:
+            models, mode = load_default_models(directory)
+        else:
+            mode = "**Custom models** given by the caller: " + ", ".join(m.name for m in models) + "."
+        ordered = sorted(models, key=_order_key)
+        return cls({m.name: m for m in ordered}, mode, directory, **kw)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def pick(self, names) -> list[ClipModel]:
+        names = [names] if isinstance(names, str) else list(names or [])
+        if not names:
+            raise UserError("Choose at least one model.")
+        unknown = [n for n in names if n not in self.models]
+        if unknown:
+            raise UserError(f"The model '{unknown[0]}' is not loaded; press 'Refresh model lists'.")
+        return [self.models[n] for n in names]
+
+    def rescan(self) -> list[str]:
+        """Load fine-tunes that appeared in the checkpoint folder since start; returns the new names."""
+        added = []
+        with self.lock:
+            for base in [m for m in self.models.values() if m.spec == m.base]:
+                for m in finetunes_of(base, self.checkpoint_dir, skip=self.names):
+                    self.models[m.name] = m
+                    added.append(m.name)
+            self.models = {m.name: m for m in sorted(self.models.values(), key=_order_key)}
+        return added
+
+    def stop_flag(self, request: gr.Request | None, kind: str) -> threading.Event:
+        key = f"{kind}:{getattr(request, 'session_hash', None) or 'local'}"
+        flag = self.stops.setdefault(key, threading.Event())
+        return flag
+
+    # -- attack & compare ----------------------------------------------------------------------
+    def _attack_inputs(self, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
+                       model_names) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
+        models = self.pick(model_names)
+        x = load_image(inputs.upload_path(image))
+        classes = inputs.parse_labels(labels)
+        norm = inputs.parse_choice("norm", norm, NORMS)
+        loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
+        eps = inputs.parse_number("eps (/255)", eps_255, 0, 64 if norm == "Linf" else 2550) / 255
+        steps = inputs.parse_number("steps", steps, 0, 200, integer=True)
+        step = None if step_size_255 in (None, "", 0) else inputs.parse_number("step size (/255)", step_size_255, 0, 255) / 255
+        true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
+        target = inputs.parse_choice("target class", target, classes, optional=True)
+        source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
+        return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source)
+
+    def attack(self, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names):
+        """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details)."""
+        models, x, classes, true_label, settings = self._attack_inputs(
+            image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
+        comp = compare(models, x, classes, true_label, settings)
+        advs = _distinct_adversarials(comp)
+        folder = Path(tempfile.mkdtemp(dir=self.out_dir))
+        files = [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs]
+        gallery = [(to_uint8(adv), f"attacked via {name}") for name, adv in advs]
+        perturb = [(to_uint8(analysis.amplify_perturbation(comp.image, adv)), f"via {name} (amplified)")
+                   for name, adv in advs]
+        return gallery, perturb, verdict_html(comp, settings), files, comparison_data(comp, settings)
+
+    def eps_sweep(self, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
+                  model_names):
+        """-> (plotly figure of true-class confidence vs eps, rows)."""
+        models, x, classes, true_label, settings = self._attack_inputs(
+            image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names)
+        eps = [e / 255 for e in inputs.parse_number_list("eps (/255)", eps_list, 0, 64 if settings.norm == "Linf" else 2550)]
+        rows = analysis.sweep_rows(analysis.eps_sweep(models, x, classes, true_label, eps, settings), eps)
+        return plots.sweep_figure(rows), rows
+
+    def distances(self, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, model_names,
+                  reference):
+        """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
+        models, x, classes, true_label, settings = self._attack_inputs(
+            image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names)
+        eps = [e / 255 for e in inputs.parse_number_list("eps (/255)", eps_list, 0, 64 if settings.norm == "Linf" else 2550)]
+        reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
+        comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+        rows = analysis.feature_distances(models, comps, eps, reference)
+        proj = analysis.projection(models, comps[-1])
+        return (plots.distance_figure(rows), plots.reference_figure(rows), plots.projection_figure(proj),
+                {"distances": rows, "projection_eps_255": round(eps[-1] * 255, 4), **proj})
+
+    # -- evaluate ------------------------------------------------------------------------------
+    def dataset_choices(self) -> list[str]:
+        return list(list_groups()) + [d.name for d in list_datasets()]
+
+    def evaluate(self, model_names, dataset, folder, eps_255, steps, step_size_255, limit,
+                 request: gr.Request | None = None, progress=gr.Progress()) -> Iterator[tuple]:
+        """Yields (status, result rows, bar chart) after each model x dataset; stops when cancelled."""
+        models = self.pick(model_names)
+        if isinstance(folder, str) and folder.strip():
+            datasets = [inputs.folder_path(folder, self.allow_folders)]
+        else:
+            datasets = expand_names([inputs.parse_choice("dataset", dataset, self.dataset_choices())])
+        cfg = EvalConfig(models=[m.name for m in models], datasets=datasets,
+                         eps=inputs.parse_number("eps (/255)", eps_255, 0, 64) / 255,
+                         steps=inputs.parse_number("steps", steps, 0, 200, integer=True),
+                         step_size=inputs.parse_number("step size (/255)", step_size_255, 0, 64) / 255,
+                         limit=inputs.parse_number("sample limit", limit, 1, 100_000, integer=True),
+                         batch_size=64, device=str(models[0].device))
+        stop = self.stop_flag(request, "evaluate")
+        stop.clear()
+        total, results = len(models) * len(datasets), []
+        yield f"Evaluating {len(models)} model(s) on {len(datasets)} dataset(s)...", [], None
+        events = iter_evaluate(cfg, models)
+        try:
+            for ev in events:
+                if stop.is_set():
+                    yield (f"**Cancelled** after {len(results)} of {total} model x dataset runs.", _table(results),
+                           plots.eval_figure(results) if results else None)
+                    return
+                if ev["event"] == "progress":
+                    progress((len(results) + ev["done"] / max(ev["total"], 1)) / total,
+                             desc=f"{ev['model']} on {ev['dataset']}")
+                else:
+                    results.append(ev)
+                    yield (f"{len(results)} of {total} done", _table(results), plots.eval_figure(results))
+        finally:
+            events.close()
+        yield f"**Done**: {total} model x dataset runs, eps {cfg.eps * 255:g}/255, PGD-{cfg.steps}.", \
+            _table(results), plots.eval_figure(results)
+
+    # -- train ---------------------------------------------------------------------------------
+    def train(self, base_name, method, dataset, eps_255, attack_steps, lr, max_steps, batch_size, alpha, beta, name,
+              request: gr.Request | None = None) -> Iterator[tuple]:
+        """Yields (status, loss/accuracy figure) while a short fine-tune runs; the checkpoint lands in checkpoints/."""
+        (base,) = self.pick([base_name])
+        method = inputs.parse_choice("method", method, METHODS)
+        out = inputs.new_checkpoint_path(name, self.checkpoint_dir)
+        cfg = TrainConfig(
+            model=base.spec, method=method, dataset=inputs.parse_choice("dataset", dataset, [d.name for d in list_datasets()]),
+            eps=inputs.parse_number("eps (/255)", eps_255, 0, 32) / 255,
+            attack_steps=inputs.parse_number("PGD steps", attack_steps, 0, 20, integer=True),
+            lr=inputs.parse_number("learning rate", lr, 1e-8, 1.0), epochs=1000,
+            max_steps=inputs.parse_number("training steps", max_steps, 1, 10_000, integer=True),
+            batch_size=inputs.parse_number("batch size", batch_size, 1, 512, integer=True),
+            alpha=inputs.parse_number("alpha", alpha, 0, 100), beta=inputs.parse_number("beta", beta, 0, 100),
+            warmup=0, out=str(out), device=str(base.device),
+            extra_metadata={"trained_in": "PMG-AFT Studio app", "base_name": base.name})
+        model = base.fork(out.stem, base.spec)
+        stop = self.stop_flag(request, "train")
+        stop.clear()
+        trainer = Trainer(cfg, model=model)
+        history: list[dict] = []
+        status = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
+        yield status, plots.train_figure(history)
+        last_plot = 0.0
+        for ev in trainer.run(should_stop=stop.is_set):
+            if ev["event"] == "step":
+                history.append(ev)
+                if time.time() - last_plot > 0.5 or ev["step"] == ev["total"]:  # throttle redraws
+                    last_plot = time.time()
+                    yield (f"Step {ev['step']} / {ev['total']}: loss {ev['loss']:.4f}", plots.train_figure(history))
+            elif ev["event"] in ("stopped", "done"):
+                word = "Stopped" if ev["event"] == "stopped" else "Done"
+                self.rescan()
+                yield (f"**{word}** after {ev['step']} steps. Checkpoint **{out.stem}** saved to {out.parent.name}/ "
+                       "and added to the model lists.", plots.train_figure(history))
+
+    def cancel(self, kind: str, request: gr.Request | None = None) -> str:
+        self.stop_flag(request, kind).set()
+        return f"Stopping the {kind} run..."
+
+    # -- about ---------------------------------------------------------------------------------
+    def about(self) -> str:
+        rows = ["| model | kind | base | method | eps (/255) | steps | data | file |", "|---|---|---|---|---|---|---|---|"]
+        for m in self.models.values():
+            meta = m.metadata or {}
+            kind = meta.get("kind", "base" if m.spec == m.base else "finetune")
+            rows.append("| " + " | ".join(html.escape(str(v)) for v in (
+                m.name, kind, m.base, meta.get("method", "-"), meta.get("eps_255", "-"), meta.get("steps", "-"),
+                meta.get("data", "-"), Path(m.spec).name if m.spec.endswith(".safetensors") else m.spec)) + " |")
+        details = "\n".join(f"<details><summary>{html.escape(m.name)} metadata</summary>\n\n```json\n"
+                            f"{_json(m.metadata)}\n```\n</details>" for m in self.models.values() if m.metadata)
+        return (f"### Mode\n{self.mode}\n\nDevice: `{next(iter(self.models.values())).device}`.\n\n"
+                f"### Loaded models\n" + "\n".join(rows) + "\n\n" + details + "\n\n### What this is\n" + PMG_AFT_IN_PLAIN_WORDS)
+
+    def presets(self) -> dict[str, list[str]]:
+        """Label presets: the embedded world's tasks, plus common sets when a real CLIP is loaded."""
+        from pmg_core import synthetic
+
+        out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
+               if name in synthetic.TASKS}
+        if any(m.image_size >= 128 for m in self.models.values()):
+            out = {"CIFAR-10": CIFAR10, "ImageNet (first 20 classes)": IMAGENET_FIRST_20, **out}
+        return out
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+
+
+def _json(d: dict) -> str:
+    import json
+
+    return json.dumps(d, indent=2, default=str)
+
+
+def _distinct_adversarials(comp: Comparison) -> list[tuple[str, torch.Tensor]]:
+    seen: dict[str, torch.Tensor] = {}
+    for v in comp.verdicts:
+        seen.setdefault(v.attacked_by, v.adv_image)
+    return list(seen.items())
+
+
+def _top5_html(pred, true_label: str | None) -> str:
+    items = []
+    for label, p in zip(pred.labels, pred.probs):
+        cls = "pmg-true" if label == true_label else ""
+        items.append(f"<div class='pmg-bar {cls}'><span style='width:{100 * p:.1f}%'></span>"
+                     f"<b>{html.escape(label)}</b> {100 * p:.1f}%</div>")
+    return "".join(items)
+
+
+def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
+    """Clean vs adversarial top-5 per model, a right/wrong mark and the confidence drop."""
+    head = (f"<p>Attack: PGD-{settings.steps} {settings.norm}, eps {settings.eps * 255:g}/255, "
+            f"{'targeted at ' + html.escape(settings.target) if settings.target else 'untargeted'}; "
+            f"true label: <b>{html.escape(comp.true_label or '-')}</b>.</p>")
+    rows = []
+    for v in comp.verdicts:
+        def mark(pred) -> str:
+            if pred.correct is None:
+                return ""
+            return "<span class='pmg-ok'>&#10004; right</span>" if pred.correct else "<span class='pmg-bad'>&#10008; wrong</span>"
+        drop = v.confidence_drop
+        drop_txt = "-" if drop is None else f"{100 * drop:+.1f} pts".replace("+", "&minus;" if drop > 0 else "+", 1) \
+            if drop != 0 else "0 pts"
+        rows.append(f"<tr class='pmg-model' data-model='{html.escape(v.model)}'><td><b>{html.escape(v.model)}</b>"
+                    f"<br><small>attacked via {html.escape(v.attacked_by)}</small></td>"
+                    f"<td>{mark(v.clean)}{_top5_html(v.clean, comp.true_label)}</td>"
+                    f"<td>{mark(v.adversarial)}{_top5_html(v.adversarial, comp.true_label)}</td>"
+                    f"<td class='pmg-drop'>{drop_txt}</td></tr>")
+    return (head + "<table class='pmg-verdicts'><tr><th>model</th><th>clean top-5</th><th>adversarial top-5</th>"
+            "<th>true-class confidence drop</th></tr>" + "".join(rows) + "</table>")
+
+
+def comparison_data(comp: Comparison, settings: AttackSettings) -> dict:
+    return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
+            "true_label": comp.true_label, "target": settings.target,
+            "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
+                          "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop}
+                         for v in comp.verdicts]}
+
+
+def _table(results: list[dict]) -> list[list]:
+    return [[r["model"], r["dataset"], r["n"], round(100 * r["clean_acc"], 2), round(100 * r["robust_acc"], 2),
+             r["seconds"]] for r in results]
+
+
+# --- turning handlers into safe Gradio callbacks ----------------------------------------------------
+
+GENERIC_ERROR = "Something went wrong on the server while doing that; the details are in the server log."
+
+
+def _as_gr_error(e: Exception) -> gr.Error:
+    if isinstance(e, UserError):
+        return gr.Error(str(e), print_exception=False)
+    log.exception("handler failed")
+    return gr.Error(GENERIC_ERROR, print_exception=False)
+
+
+def safe(fn: Callable) -> Callable:
+    """Bad input -> one readable sentence in the UI (gr.Error); anything else -> a generic sentence + log."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - the server keeps serving whatever happened
+                raise _as_gr_error(e) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _as_gr_error(e) from None
+    return wrapper
+
+
+# --- the UI ----------------------------------------------------------------------------------------
+
+CSS = """
+.pmg-verdicts {width: 100%; border-collapse: collapse;}
+.pmg-verdicts td, .pmg-verdicts th {border-bottom: 1px solid #ddd; padding: 6px; vertical-align: top;}
+.pmg-bar {position: relative; font-size: 0.85em; margin: 2px 0; padding: 1px 4px; z-index: 0;}
+.pmg-bar span {position: absolute; left: 0; top: 0; bottom: 0; background: #cfe0f5; z-index: -1; border-radius: 3px;}
+.pmg-bar.pmg-true span {background: #bfe6c2;}
+.pmg-ok {color: #1a7f37; font-weight: bold;} .pmg-bad {color: #c62828; font-weight: bold;}
+.pmg-drop {font-weight: bold; white-space: nowrap;}
+.pmg-pixelated img {image-rendering: pixelated;}
+"""
+
+
+def _examples(presets: dict[str, list[str]]) -> list[list]:
+    # (file, task whose labels it goes with, true label): see assets/make_examples.py
+    known = [("example.png", "synth-shape", "circle"), ("purple-star.png", "synth-shape", "star"),
+             ("striped-diamond.png", "synth-pattern", "striped shape"), ("digit-seven.png", "synth-digit", "digit 7")]
+    return [[str(EXAMPLES_DIR / f), ", ".join(presets[t]), true] for f, t, true in known
+            if (EXAMPLES_DIR / f).is_file() and t in presets]
+
+
+def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | Path | None = None,
+              allow_folders: bool = True, queue_size: int = 16) -> gr.Blocks:
+    """The whole UI. `models`: use these instead of loading the default ones (tests pass tiny models)."""
+    studio = Studio.create(models, Path(checkpoint_dir) if checkpoint_dir else None, allow_folders=allow_folders)
+    presets = studio.presets()
+    first_preset = next(iter(presets), None)
+    default_labels = ", ".join(presets[first_preset]) if first_preset else "cat, dog, bird"
+    heavy = dict(concurrency_id="heavy", concurrency_limit=1)
+
+    with gr.Blocks(title="PMG-AFT Studio") as demo:
+        demo.studio = studio  # tests reach the state through the app
+        gr.Markdown("# PMG-AFT Studio\nAttack CLIP live and see how the original model and its robust "
+                    "fine-tunes (TeCoA, PMG-AFT, FARE, yours) answer.")
+        mode_md = gr.Markdown(studio.mode)
+
+        with gr.Tab("Attack & compare"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = gr.Image(label="Image", type="filepath", image_mode=None, format="png",
+                                     sources=["upload", "clipboard"], elem_classes="pmg-pixelated", height=260)
+                    preset = gr.Dropdown(list(presets), value=first_preset, label="Label preset")
+                    labels = gr.Textbox(default_labels, label="Class labels (comma-separated)", lines=2)
+                    with gr.Row():
+                        true_label = gr.Dropdown(default_labels.split(", "), value=None, allow_custom_value=True,
+                                                 label="True label")
+                        target = gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
+                                             label="Target class (optional: targeted attack)")
+                    with gr.Row():
+                        norm = gr.Radio(NORMS, value="Linf", label="Norm")
+                        loss = gr.Radio(list(LOSSES), value="cross-entropy", label="Attack loss")
+                    with gr.Row():
+                        eps = gr.Number(4, label="eps (/255)", minimum=0)
+                        steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
+                        step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0)
+                    source = gr.Dropdown([EACH_MODEL, *studio.names], value=EACH_MODEL, label="Who is attacked",
+                                         info="Each model white-box, or one model's adversarial image transferred to all.")
+                    chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
+                    attack_btn = gr.Button("Attack", variant="primary")
+                with gr.Column(scale=2):
+                    verdicts = gr.HTML(label="Predictions", elem_id="pmg-verdicts")
+                    with gr.Row():
+                        adv_gallery = gr.Gallery(label="Adversarial image(s)", format="png", columns=3, height=240,
+                                                 elem_classes="pmg-pixelated")
+                        pert_gallery = gr.Gallery(label="Perturbation, amplified", format="png", columns=3,
+                                                  height=240, elem_classes="pmg-pixelated")
+                    adv_files = gr.File(label="Download adversarial PNG (bit-exact)", file_count="multiple")
+                    with gr.Accordion("Details (JSON)", open=False):
+                        details = gr.JSON()
+                    with gr.Row():
+                        sweep_eps = gr.Textbox("0, 1, 2, 4, 8", label="eps sweep (/255)")
+                        sweep_btn = gr.Button("Run eps sweep")
+                    sweep_plot = gr.Plot(label="eps sweep")
+                    sweep_rows = gr.JSON(visible=False)
+            examples = _examples(presets)
+            if examples:
+                gr.Examples(examples, [image, labels, true_label], label="Examples from the embedded world")
+
+        with gr.Tab("Feature distances"):
+            gr.Markdown("Uses the image, labels and attack settings of the first tab. Each model is attacked "
+                        "itself at every eps; the projection shows the largest eps.")
+            with gr.Row():
+                dist_eps = gr.Textbox("0, 1, 2, 4, 8", label="eps sweep (/255)")
+                reference = gr.Dropdown(studio.names, value=studio.names[0], label="Reference (original) model")
+                dist_btn = gr.Button("Compute distances", variant="primary")
+            with gr.Row():
+                dist_plot = gr.Plot(label="adversarial vs clean embedding")
+                ref_plot = gr.Plot(label="distance from the original model")
+            proj_plot = gr.Plot(label="2-D projection")
+            dist_data = gr.JSON(visible=False)
+
+        with gr.Tab("Evaluate"):
+            with gr.Row():
+                eval_models = gr.CheckboxGroup(studio.names, value=studio.names, label="Models")
+                eval_data = gr.Dropdown(studio.dataset_choices(), value=_pick_default(studio.dataset_choices(), "mini"),
+                                        label="Dataset (a registered task or group)")
+                eval_folder = gr.Textbox("", label="...or an ImageFolder path on this machine",
+                                         visible=allow_folders, placeholder="/data/my_images (one folder per class)")
+            with gr.Row():
+                eval_eps = gr.Number(1, label="eps (/255)", minimum=0)
+                eval_steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
+                eval_step_size = gr.Number(1, label="step size (/255)", minimum=0)
+                eval_limit = gr.Number(100, label="samples per dataset", precision=0, minimum=1)
+            with gr.Row():
+                eval_btn = gr.Button("Evaluate", variant="primary")
+                eval_cancel = gr.Button("Cancel", variant="stop")
+            eval_status = gr.Markdown()
+            eval_table = gr.Dataframe(headers=["model", "dataset", "n", "clean %", "robust %", "seconds"],
+                                      label="Results", interactive=False)
+            eval_plot = gr.Plot(label="Accuracy")
+
+        with gr.Tab("Train"):
+            with gr.Row():
+                train_base = gr.Dropdown(studio.names, value=studio.names[0], label="Start from")
+                train_method = gr.Dropdown(METHODS, value="pmg-aft", label="Method")
+                train_data = gr.Dropdown([d.name for d in list_datasets()],
+                                         value=_pick_default([d.name for d in list_datasets()], "synth-finetune"),
+                                         label="Training set")
+                train_name = gr.Textbox("my-pmg-aft", label="Checkpoint name (saved in checkpoints/)")
+            with gr.Row():
+                train_eps = gr.Number(1, label="eps (/255)", minimum=0)
+                train_attack_steps = gr.Number(2, label="PGD steps", precision=0, minimum=0)
+                train_lr = gr.Number(0.01, label="learning rate")
+                train_steps = gr.Number(50, label="training steps", precision=0, minimum=1)
+                train_batch = gr.Number(32, label="batch size", precision=0, minimum=1)
+                train_alpha = gr.Number(1.0, label="alpha (stay near the original)")
+                train_beta = gr.Number(1.0, label="beta (clean/adversarial consistency)")
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary")
+                train_cancel = gr.Button("Cancel", variant="stop")
+            train_status = gr.Markdown()
+            train_plot = gr.Plot(label="Loss and accuracy")
+
+        with gr.Tab("About"):
+            about_md = gr.Markdown(studio.about())
+            refresh_btn = gr.Button("Refresh model lists")
+
+        # -- events ------------------------------------------------------------------------------
+        def on_preset(name):
+            classes = presets.get(name, [])
+            return (", ".join(classes), gr.update(choices=classes, value=classes[0] if classes else None),
+                    gr.update(choices=["", *classes], value=""))
+
+        def on_labels(text):
+            try:
+                classes = inputs.parse_labels(text)
+            except UserError:
+                return gr.update(), gr.update()
+            return gr.update(choices=classes), gr.update(choices=["", *classes])
+
+        def refresh():
+            studio.rescan()
+            names = studio.names
+            return (gr.update(choices=names, value=names), gr.update(choices=[EACH_MODEL, *names]),
+                    gr.update(choices=names), gr.update(choices=names), gr.update(choices=names, value=names),
+                    studio.about())
+
+        def cancel_evaluate(request: gr.Request) -> str:
+            return studio.cancel("evaluate", request)
+
+        def cancel_train(request: gr.Request) -> str:
+            return studio.cancel("train", request)
+
+        refresh_outputs = [chosen, source, reference, train_base, eval_models, about_md]
+        preset.change(on_preset, preset, [labels, true_label, target], api_name="preset", queue=False)
+        labels.change(on_labels, labels, [true_label, target], api_name="labels", queue=False)
+        attack_inputs = [image, labels, true_label, norm, eps, steps, step_size, loss, target, source, chosen]
+        attack_btn.click(gpu(safe(studio.attack)), attack_inputs,
+                         [adv_gallery, pert_gallery, verdicts, adv_files, details], api_name="attack", **heavy)
+        sweep_btn.click(gpu(safe(studio.eps_sweep)),
+                        [image, labels, true_label, norm, sweep_eps, steps, step_size, loss, target, source, chosen],
+                        [sweep_plot, sweep_rows], api_name="eps_sweep", **heavy)
+        dist_btn.click(gpu(safe(studio.distances)),
+                       [image, labels, true_label, norm, dist_eps, steps, step_size, loss, chosen, reference],
+                       [dist_plot, ref_plot, proj_plot, dist_data], api_name="distances", **heavy)
+        eval_btn.click(gpu(safe(studio.evaluate)),
+                       [eval_models, eval_data, eval_folder, eval_eps, eval_steps, eval_step_size, eval_limit],
+                       [eval_status, eval_table, eval_plot], api_name="evaluate", **heavy)
+        eval_cancel.click(safe(cancel_evaluate), None, eval_status,
+                          api_name="cancel_evaluate", queue=False)
+        train_btn.click(gpu(safe(studio.train)),
+                        [train_base, train_method, train_data, train_eps, train_attack_steps, train_lr, train_steps,
+                         train_batch, train_alpha, train_beta, train_name],
+                        [train_status, train_plot], api_name="train", **heavy
+                        ).then(refresh, None, refresh_outputs, api_name="refresh_after_train", queue=False)
+        train_cancel.click(safe(cancel_train), None, train_status,
+                           api_name="cancel_train", queue=False)
+        refresh_btn.click(refresh, None, refresh_outputs, api_name="refresh_models", queue=False)
+        demo.load(refresh, None, refresh_outputs, api_name="on_load", queue=False)
+        demo.queue(max_size=queue_size)
+    return demo
+
+
+def launch_options() -> dict:
+    """What every launch of the app passes (tests too): look, upload limit, error display."""
+    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=inputs.MAX_UPLOAD_BYTES, show_error=True)
+
+
+def _pick_default(choices: list[str], preferred: str) -> str | None:
+    return preferred if preferred in choices else (choices[0] if choices else None)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="PMG-AFT Studio: attack CLIP live and compare robust fine-tunes.")
+    p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1; 0.0.0.0 on a Space)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
+    public = args.share or host not in ("127.0.0.1", "localhost") or bool(os.environ.get("SPACE_ID"))
+    start = time.time()
+    demo = build_app(allow_folders=not public)
+    log.info("models loaded in %.1f s: %s", time.time() - start, ", ".join(demo.studio.names))
+    demo.launch(server_name=host, server_port=args.port, share=args.share, **launch_options())
+
+
+if __name__ == "__main__":
+    main()

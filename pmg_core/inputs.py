@@ -1,0 +1,124 @@
+"""Checking what people type or upload in the app, one readable sentence per mistake.
+
+Everything here turns raw UI values (strings, floats that may be NaN, file payloads) into clean
+Python values or raises `UserError`. Nothing here knows about Gradio.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import unicodedata
+from pathlib import Path
+from typing import Sequence
+
+from .errors import UserError, check
+
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 200
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also passed to Gradio's launch(max_file_size=...)
+CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def parse_labels(text: str | Sequence[str] | None) -> list[str]:
+    """'cat, dog ,bird' (or a list) -> ['cat', 'dog', 'bird']; refuses empty, duplicate and control characters."""
+    if text is None:
+        text = ""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    labels = [str(p).strip() for p in parts]
+    if isinstance(text, str) and labels and labels[-1] == "" and len(labels) > 1:
+        labels = labels[:-1]  # a trailing comma is harmless
+    check(any(labels), "Give the class labels as comma-separated text, e.g. 'cat, dog, bird'.")
+    check(all(labels), "One of the labels is empty: remove the doubled or stray comma.")
+    check(len(labels) <= MAX_LABELS, f"Give at most {MAX_LABELS} labels; got {len(labels)}.")
+    for label in labels:
+        check(not _has_control_chars(label), f"The label {label[:40]!r} contains control characters; use plain text.")
+        check(len(label) <= MAX_LABEL_CHARS, f"A label is longer than {MAX_LABEL_CHARS} characters: {label[:40]!r}...")
+    seen: set[str] = set()
+    dupes = [lab for lab in labels if lab in seen or seen.add(lab)]
+    check(not dupes, f"The label '{dupes[0] if dupes else ''}' appears more than once; each label must be distinct.")
+    return labels
+
+
+def parse_choice(name: str, value, choices: Sequence[str], optional: bool = False) -> str | None:
+    """A value that must be one of `choices` (None/'' allowed when optional)."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        check(optional, f"Choose the {name}.")
+        return None
+    value = str(value).strip()
+    shown = ", ".join(list(choices)[:10]) + ("..." if len(choices) > 10 else "")
+    check(value in choices, f"The {name} '{value[:60]}' is not among the choices ({shown}).")
+    return value
+
+
+def parse_number(name: str, value, low: float | None = None, high: float | None = None,
+                 integer: bool = False) -> float | int:
+    """A finite number (from a float, int or numeric string) inside [low, high]."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise UserError(f"{name} must be a number; got {value[:30]!r}.") from None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer())
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        bounds = " between {} and {}".format(low, high) if low is not None and high is not None else \
+            (f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
+        raise UserError(f"{name} must be {kind}{bounds}; got {value!r}.")
+    return int(value) if integer else float(value)
+
+
+def parse_number_list(name: str, text, low: float, high: float, max_items: int = 12) -> list[float]:
+    """'0, 1, 2, 4' -> sorted distinct floats in [low, high] (at most max_items)."""
+    check(isinstance(text, str) and text.strip() != "", f"Give the {name} as comma-separated numbers, e.g. '0, 1, 2, 4'.")
+    values = sorted({parse_number(name, part, low, high) for part in text.split(",") if part.strip()})
+    check(0 < len(values) <= max_items, f"Give between 1 and {max_items} {name} values; got {len(values)}.")
+    return values
+
+
+def checkpoint_name(name) -> str:
+    """A name for a new checkpoint file in checkpoints/: letters, digits, '.', '_', '-' (no paths)."""
+    check(isinstance(name, str) and name.strip() != "", "Give the new checkpoint a name, e.g. 'my-pmg-aft'.")
+    name = name.strip()
+    if name.endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    check(CHECKPOINT_NAME.fullmatch(name) is not None and ".." not in name,
+          f"The checkpoint name {name[:40]!r} is not allowed: use up to 64 letters, digits, '.', '_' or '-', "
+          "starting with a letter or digit (no folders).")
+    return name
+
+
+def new_checkpoint_path(name, directory: str | Path) -> Path:
+    """The file a new checkpoint called `name` goes to; stays inside `directory` and never overwrites."""
+    directory = Path(directory).resolve()
+    path = (directory / f"{checkpoint_name(name)}.safetensors").resolve()
+    check(path.parent == directory, "The checkpoint must be saved inside the checkpoints folder.")
+    check(not path.exists(), f"A checkpoint named '{path.stem}' already exists; choose another name.")
+    return path
+
+
+def upload_path(value, max_bytes: int = MAX_UPLOAD_BYTES) -> str:
+    """The local file of an uploaded image (a path, or Gradio's {'path': ...}); refuses missing or huge files."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    check(value is not None and str(value) != "", "Upload an image first (or pick one of the examples).")
+    path = str(value)
+    check(os.path.isfile(path), "The uploaded file is gone; upload the image again.")
+    size = os.path.getsize(path)
+    check(size <= max_bytes, f"The file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB upload limit.")
+    return path
+
+
+def folder_path(value, allowed: bool) -> str:
+    """An ImageFolder directory typed by a person (only when the app runs for its owner, not in public)."""
+    check(allowed, "Reading folders from the server's disk is switched off on a public server; choose a registered dataset.")
+    check(isinstance(value, str) and value.strip() != "", "Give the ImageFolder directory.")
+    path = os.path.expanduser(value.strip())
+    check(os.path.isdir(path), f"The directory '{path[:200]}' does not exist.")
+    return path

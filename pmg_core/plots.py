@@ -1,0 +1,118 @@
+"""Plotly figures for the app, built from the plain data of analysis.py, evaluate.py and train.py."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+_LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=50, r=20, t=50, b=45),
+               legend=dict(orientation="h", y=-0.2))
+
+
+def _by_model(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["model"], []).append(r)
+    return out
+
+
+def sweep_figure(rows: Sequence[dict]) -> go.Figure:
+    """True-class probability on the adversarial image against eps, one line per model (x: wrong)."""
+    fig = go.Figure()
+    for model, rs in _by_model(rows).items():
+        fig.add_trace(go.Scatter(
+            x=[r["eps_255"] for r in rs], y=[r["true_prob"] for r in rs], mode="lines+markers", name=model,
+            marker=dict(symbol=["circle" if r["correct"] else "x" for r in rs], size=9),
+            text=[f"top-1: {r['top1']}" for r in rs], hovertemplate="eps %{x}/255<br>p(true) %{y:.3f}<br>%{text}"))
+    fig.update_layout(title="True-class confidence under attack (x marks a wrong top-1)",
+                      xaxis_title="eps (/255)", yaxis_title="p(true label)", yaxis_range=[0, 1.02], **_LAYOUT)
+    return fig
+
+
+def distance_figure(rows: Sequence[dict]) -> go.Figure:
+    """Cosine and L2 distance between each model's adversarial and clean image embedding, vs eps."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine distance", "L2 distance"))
+    for i, (model, rs) in enumerate(_by_model(rows).items()):
+        x = [r["eps_255"] for r in rs]
+        for col, key in ((1, "cosine"), (2, "l2")):
+            fig.add_trace(go.Scatter(x=x, y=[r[key] for r in rs], mode="lines+markers", name=model,
+                                     legendgroup=model, showlegend=col == 1,
+                                     line=dict(color=_colour(i))), row=1, col=col)
+    fig.update_layout(title="How far the attack moves each model's image embedding", **_LAYOUT)
+    fig.update_xaxes(title_text="eps (/255)")
+    return fig
+
+
+def reference_figure(rows: Sequence[dict]) -> go.Figure:
+    """Distance of each model's adversarial embedding from the reference model's clean embedding."""
+    ref = rows[0]["reference"] if rows else "original"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine distance", "L2 distance"))
+    for i, (model, rs) in enumerate(_by_model(rows).items()):
+        x = [r["eps_255"] for r in rs]
+        for col, key in ((1, "ref_cosine"), (2, "ref_l2")):
+            fig.add_trace(go.Scatter(x=x, y=[r[key] for r in rs], mode="lines+markers", name=model,
+                                     legendgroup=model, showlegend=col == 1,
+                                     line=dict(color=_colour(i))), row=1, col=col)
+    fig.update_layout(title=f"Distance from {ref}'s clean embedding (eps 0: drift from fine-tuning)", **_LAYOUT)
+    fig.update_xaxes(title_text="eps (/255)")
+    return fig
+
+
+def projection_figure(data: dict) -> go.Figure:
+    """Text embeddings as labelled stars, clean (circle) and adversarial (x) image embeddings per model."""
+    pts = data["points"]
+    fig = go.Figure()
+    text = [p for p in pts if p["kind"] == "text"]
+    fig.add_trace(go.Scatter(x=[p["x"] for p in text], y=[p["y"] for p in text], mode="markers+text",
+                             text=[p["label"] for p in text], textposition="top center", name="class text",
+                             marker=dict(symbol="star", size=12, color="#555")))
+    models = list(dict.fromkeys(p["model"] for p in pts if p["kind"] != "text"))
+    for i, model in enumerate(models):
+        for kind, symbol in (("clean", "circle"), ("adversarial", "x")):
+            sel = [p for p in pts if p["model"] == model and p["kind"] == kind]
+            fig.add_trace(go.Scatter(x=[p["x"] for p in sel], y=[p["y"] for p in sel], mode="markers",
+                                     name=f"{model} ({kind})", legendgroup=model,
+                                     marker=dict(symbol=symbol, size=12, color=_colour(i)),
+                                     text=[f"top-1: {p['label']}" for p in sel], hovertemplate="%{text}"))
+    var = data.get("explained_variance", [0, 0]) + [0, 0]
+    fig.update_layout(title="Image embeddings among the class text embeddings (PCA)",
+                      xaxis_title=f"PC1 ({var[0]:.0%})", yaxis_title=f"PC2 ({var[1]:.0%})", **_LAYOUT)
+    return fig
+
+
+def eval_figure(results: Sequence[dict]) -> go.Figure:
+    """Clean and robust accuracy (%) per model, grouped by dataset."""
+    fig = go.Figure()
+    models = list(dict.fromkeys(r["model"] for r in results))
+    for i, model in enumerate(models):
+        rs = [r for r in results if r["model"] == model]
+        x = [r["dataset"] for r in rs]
+        fig.add_trace(go.Bar(x=x, y=[100 * r["clean_acc"] for r in rs], name=f"{model} clean",
+                             marker=dict(color=_colour(i), opacity=0.45), offsetgroup=f"{model}c"))
+        fig.add_trace(go.Bar(x=x, y=[100 * r["robust_acc"] for r in rs], name=f"{model} robust",
+                             marker=dict(color=_colour(i)), offsetgroup=f"{model}r"))
+    fig.update_layout(title="Zero-shot accuracy: clean (light) and robust (solid)", yaxis_title="accuracy (%)",
+                      yaxis_range=[0, 100], barmode="group", **_LAYOUT)
+    return fig
+
+
+def train_figure(history: Sequence[dict]) -> go.Figure:
+    """Loss and (adversarial) training accuracy per optimizer step."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "training accuracy"))
+    steps = [h["step"] for h in history]
+    fig.add_trace(go.Scatter(x=steps, y=[h["loss"] for h in history], mode="lines", name="loss"), row=1, col=1)
+    acc_keys = [k for k in ("adv_acc", "acc", "clean_acc") if history and k in history[-1]]
+    for i, key in enumerate(acc_keys):
+        fig.add_trace(go.Scatter(x=steps, y=[h.get(key) for h in history], mode="lines", name=key,
+                                 line=dict(color=_colour(i + 1))), row=1, col=2)
+    fig.update_layout(title="Fine-tuning", **_LAYOUT)
+    fig.update_xaxes(title_text="step")
+    return fig
+
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def _colour(i: int) -> str:
+    return _PALETTE[i % len(_PALETTE)]
