@@ -145,6 +145,30 @@ class Trainer:
         self.bad_steps = 0
         # Hook for DDP: the module whose forward computes the loss passes (the classifier itself by default).
         self.train_module: torch.nn.Module = self.classifier
+        if world > 1:
+            self.train_module = self._ddp_classifier()
+
+    def _ddp_classifier(self) -> ZeroShotClassifier:
+        """The classifier again, its image encoder wrapped in DDP (gradients averaged over ranks).
+
+        Only the trained encoder is wrapped; the text features and f_o stay plain per-process
+        modules. DDP broadcasts rank 0's weights here, so every rank starts from the same model.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        c = self.classifier
+        ddp = DistributedDataParallel(self.model.visual, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+        return ZeroShotClassifier(ddp, c.text_features, c.logit_scale, c.image_size,
+                                  c.mean.flatten().tolist(), c.std.flatten().tolist())
+
+    def _all_ranks(self, values: list[float]) -> list[float]:
+        """Per-rank values summed over ranks (one small collective); identity in one process."""
+        if self.world == 1:
+            return values
+        from .distributed import Dist, all_reduce_sum
+
+        return all_reduce_sum(torch.tensor(values, dtype=torch.float64), Dist(self.rank, self.world, device=self.device)).tolist()
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _metadata(self, metrics: dict) -> dict:
@@ -189,7 +213,8 @@ class Trainer:
         self.classifier.train()
         with self._autocast():
             out = self.method(self.train_module, self.original, x, y)
-        if not torch.isfinite(out.loss):
+        # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
+        if self._all_ranks([float(not torch.isfinite(out.loss))])[0] > 0:
             self.bad_steps += 1
             check(self.bad_steps <= self.cfg.max_bad_steps,
                   f"Training stopped: the loss was NaN/inf on {self.bad_steps} steps (limit {self.cfg.max_bad_steps}); "
@@ -202,11 +227,16 @@ class Trainer:
         self.scheduler.step()
         with torch.no_grad():
             self.model.clip.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-        return {"loss": out.loss.item(), **out.metrics}
+        names = ["loss", *out.metrics]
+        # Equal shares of the global batch: the mean of per-rank means is the global mean.
+        values = self._all_ranks([out.loss.item(), *out.metrics.values()])
+        return {k: v / self.world for k, v in zip(names, values)}
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
         if self.cfg.resume:
             self._resume()
+            if self.world > 1:  # the saved RNG state is rank 0's: give each rank its own stream again
+                torch.manual_seed(self.cfg.seed + 7919 * self.rank + 104729 * self.step)
         if self.step == 0:  # a resumed run restored the RNG state instead
             torch.manual_seed(self.cfg.seed + 7919 * self.rank)
         start, metrics = time.time(), {}
@@ -251,11 +281,17 @@ def _jsonable(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, type(None), dict, list))}
 
 
-def train(cfg: TrainConfig, progress: bool = True, model: ClipModel | None = None) -> dict:
-    """Run a fine-tune to the end; returns the final 'done' event. Shows a tqdm bar if progress."""
+def train(cfg: TrainConfig, progress: bool = True, model: ClipModel | None = None, rank: int = 0,
+          world: int = 1) -> dict:
+    """Run a fine-tune to the end; returns the final 'done' event. Shows a tqdm bar if progress.
+
+    Under torchrun pass this process's rank and the world size: only rank 0 shows progress and
+    writes the checkpoint.
+    """
     from tqdm.auto import tqdm
 
-    trainer = Trainer(cfg, model=model)
+    trainer = Trainer(cfg, model=model, rank=rank, world=world)
+    progress = progress and rank == 0
     bar, last = None, {}
     for ev in trainer.run():
         if ev["event"] == "start" and progress:
