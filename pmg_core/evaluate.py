@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .attacks import ATTACKS, PGD, make_attack, random_start
 from .data import ZeroShotDataset, expand_names, get_dataset
+from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
 from .checkpoints import read_metadata
 from .models import ClipModel, ZeroShotClassifier, checkpoint_path, default_device, load_model
@@ -103,17 +104,27 @@ class _Indexed(torch.utils.data.Dataset):
         return x, y, i
 
 
-def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> Iterator[dict]:
-    """Events for one model on one dataset: progress after each batch, then the result row."""
+def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig,
+                        ctx: Dist | None = None) -> Iterator[dict]:
+    """Events for one model on one dataset: progress after each batch, then the result row.
+
+    Under torchrun (`ctx` of several ranks) each rank takes every world-th sample, a disjoint
+    shard with no padding, and the result row holds the exact counts summed over all ranks.
+    """
+    ctx = ctx or Dist()
     start = time.time()
     clf = model.classifier(data.classes, data.templates, cfg.preset).eval()
-    loader = DataLoader(_Indexed(data.data), batch_size=cfg.batch_size, shuffle=False)
+    # Indices stay global, so each sample's random start is the same whoever evaluates it.
+    shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
+    loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False)
     n = clean_n = robust_n = 0
     for x, y, idx in loader:
         x, y = x.to(model.device), y.to(model.device)
         clean, robust = evaluate_batch(clf, x, y, idx, cfg)
         n, clean_n, robust_n = n + len(y), clean_n + int(clean.sum()), robust_n + int(robust.sum())
-        yield {"event": "progress", "model": model.name, "dataset": data.name, "done": n, "total": len(data)}
+        yield {"event": "progress", "model": model.name, "dataset": data.name, "done": n, "total": len(shard)}
+    if ctx.enabled:
+        n, clean_n, robust_n = (int(v) for v in all_reduce_sum(torch.tensor([n, clean_n, robust_n]), ctx))
     yield {"event": "result", "model": model.name, "dataset": data.name, "n": n, "clean_correct": clean_n,
            "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
            "seconds": round(time.time() - start, 3)}
@@ -136,23 +147,32 @@ def load_models(specs: Sequence[str], device) -> list[ClipModel]:
     return out
 
 
-def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None) -> Iterator[dict]:
-    """Progress and result events over every model x dataset (stop by closing the generator)."""
+def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None,
+                  ctx: Dist | None = None) -> Iterator[dict]:
+    """Progress and result events over every model x dataset (stop by closing the generator).
+
+    Under torchrun pass this process's `ctx`: every rank must run the same evaluation.
+    """
     cfg.validate()
-    device = torch.device(cfg.device or default_device())
+    device = ctx.device if ctx is not None and ctx.enabled else torch.device(cfg.device or default_device())
     names = expand_names(cfg.datasets)
     datasets = [get_dataset(n, split="test", root=cfg.data_root).limited(cfg.limit, cfg.seed) for n in names]
     models = list(models) if models is not None else load_models(cfg.models, device)
     for model in models:
         for data in datasets:
-            yield from iter_evaluate_model(model, data, cfg)
+            yield from iter_evaluate_model(model, data, cfg, ctx)
 
 
-def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progress: bool = False) -> dict:
-    """Run the whole evaluation; returns {"config": ..., "results": [...]} (accuracies as fractions)."""
+def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progress: bool = False,
+             ctx: Dist | None = None) -> dict:
+    """Run the whole evaluation; returns {"config": ..., "results": [...]} (accuracies as fractions).
+
+    Under torchrun every rank gets the same full report; only rank 0 shows progress.
+    """
     results = []
     bar = None
-    for ev in iter_evaluate(cfg, models):
+    progress = progress and (ctx is None or ctx.is_main)
+    for ev in iter_evaluate(cfg, models, ctx):
         if ev["event"] == "result":
             results.append({k: v for k, v in ev.items() if k != "event"})
             if progress:
