@@ -1,0 +1,128 @@
+"""Run recipes as files: every TrainConfig / EvalConfig setting in a YAML (or JSON) mapping.
+
+`python -m pmg_core train --config configs/pmg_aft_vitb32.yaml` and `eval --config ...` read them;
+flags given on the command line override the file. As on the command line, eps and step sizes are
+written in /255 units (``eps: 1`` is 1/255) and converted to the library's pixel units here.
+Optional keys: ``kind`` (train | eval: refuses the wrong command) and ``extends`` (a recipe, path
+relative to this file, whose settings this one starts from).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, check
+
+KINDS = ("train", "eval")
+PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
+RECIPE_KEYS = ("kind", "extends", "description")  # about the file, not run settings
+LIST_FIELDS = ("models", "datasets")  # EvalConfig lists; a comma-separated string is accepted too
+
+
+def config_class(kind: str):
+    check(kind in KINDS, f"Recipe kind must be 'train' or 'eval'; got {kind!r}.")
+    if kind == "train":
+        from .train import TrainConfig
+
+        return TrainConfig
+    from .evaluate import EvalConfig
+
+    return EvalConfig
+
+
+def _read_mapping(path: Path) -> dict:
+    check(path.is_file(), f"Recipe file '{path}' does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - json and yaml parse errors come in many types
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"Recipe '{path.name}' is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+    check(isinstance(data, dict), f"Recipe '{path.name}' must be a mapping of setting: value.")
+    return data
+
+
+def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The file's mapping on top of the recipe it extends (recursively)."""
+    path = path.resolve()
+    check(path not in seen, f"Recipe '{path.name}' extends itself through {' -> '.join(p.name for p in seen)}.")
+    data = _read_mapping(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    check(isinstance(parent, str), f"'extends' in '{path.name}' must be a file name.")
+    base = _resolve(path.parent / parent, seen + (path,))
+    base.pop("description", None)
+    return {**base, **data}
+
+
+def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
+    """A recipe file -> keyword arguments for TrainConfig (kind 'train') or EvalConfig ('eval').
+
+    Unknown keys, a recipe of the other kind and invalid values are refused with one sentence.
+    """
+    cls = config_class(kind)
+    path = Path(path)
+    data = _resolve(path)
+    declared = data.pop("kind", kind)
+    check(declared == kind, f"'{path.name}' is a recipe for `{declared}`, not `{kind}`; use it with `{declared} --config`.")
+    data.pop("description", None)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise UserError(f"Unknown setting '{key}' in {kind} recipe '{path.name}'{hint}; "
+                            f"known settings: {', '.join(names)}.")
+    out = dict(data)
+    for key in PER_255:
+        if out.get(key) is not None:
+            value = out[key]
+            check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                  f"'{key}' in '{path.name}' must be a number of 1/255 steps; got {value!r}.")
+            out[key] = value / 255
+    for key in LIST_FIELDS:
+        if isinstance(out.get(key), str):
+            out[key] = [s.strip() for s in out[key].split(",") if s.strip()]
+    try:
+        cls(**out).validate()
+    except TypeError as e:
+        raise UserError(f"Recipe '{path.name}' has a setting of the wrong type: {e}.") from None
+    except UserError as e:
+        raise UserError(f"In recipe '{path.name}': {e}") from None
+    return out
+
+
+def recipe_values(config) -> dict[str, Any]:
+    """A TrainConfig / EvalConfig -> the mapping a recipe file holds (eps and step sizes in /255)."""
+    values = dataclasses.asdict(config)
+    for key in PER_255:
+        if values.get(key) is not None:
+            values[key] = round(values[key] * 255, 6)
+    return values
+
+
+def save_recipe(path: str | Path, config, description: str | None = None) -> Path:
+    """Write every setting of a TrainConfig / EvalConfig as a recipe that load_recipe reads back."""
+    from .evaluate import EvalConfig
+
+    path = Path(path)
+    kind = "eval" if isinstance(config, EvalConfig) else "train"
+    head = {"kind": kind, **({"description": description} if description else {})}
+    body = {**head, **recipe_values(config)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(body, indent=2) + "\n")
+    else:
+        import yaml
+
+        path.write_text("# eps and step_size in /255 units\n" + yaml.safe_dump(body, sort_keys=False))
+    return path
