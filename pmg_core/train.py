@@ -158,7 +158,7 @@ class Trainer:
 
         c = self.classifier
         ddp = DistributedDataParallel(self.model.visual, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      forward_sync_buffers=False)
         return ZeroShotClassifier(ddp, c.text_features, c.logit_scale, c.image_size,
                                   c.mean.flatten().tolist(), c.std.flatten().tolist())
 
