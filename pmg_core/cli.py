@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from typing import Callable
 
 from .errors import UserError, check
 
@@ -74,9 +76,38 @@ def _run_train(args) -> int:
         defaults = vars(args.parser_defaults)
         given = {**recipe, **{k: v for k, v in given.items() if v != defaults.get(k)}}
     cfg = TrainConfig(**given)
-    ev = train(cfg)
-    print(json.dumps({k: v for k, v in ev.items() if k != "event"}, indent=2))
-    return 0
+
+    def run(ctx) -> int:
+        if ctx.enabled:
+            cfg.device = str(ctx.device)
+        ev = train(cfg, progress=ctx.is_main, rank=ctx.rank, world=ctx.world)
+        if ctx.is_main:
+            print(json.dumps({k: v for k, v in ev.items() if k != "event"}, indent=2))
+        return 0
+
+    return _under_torchrun(cfg.device, run)
+
+
+def _under_torchrun(device: str | None, run: Callable) -> int:
+    """Run `run(ctx)` in this process's place of a torchrun job (or alone, without torchrun).
+
+    A collective that fails because another rank died becomes one sentence, not a traceback.
+    """
+    from .distributed import cleanup, describe_failure, init, is_distributed_failure
+
+    ctx = init(device)
+    if ctx.enabled:
+        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+        print(f"[rank {ctx.rank}/{ctx.world}] pid {os.getpid()} on {ctx.device} ({backend})"
+              + ("" if ctx.is_main else ": quiet; rank 0 shows progress and results"), file=sys.stderr, flush=True)
+    try:
+        code = run(ctx)
+    except Exception as e:
+        if ctx.enabled and is_distributed_failure(e):
+            raise UserError(describe_failure(ctx, e)) from None
+        raise
+    cleanup()
+    return code
 
 
 def _add_eval(sub) -> None:
@@ -119,11 +150,17 @@ def _run_eval(args) -> int:
         recipe = load_recipe(args.config, "eval")
         defaults = vars(args.parser_defaults)
         given = {**recipe, **{k: v for k, v in given.items() if v != defaults.get(k)}}
-    report = evaluate(EvalConfig(**given), progress=True)
-    print(to_markdown(report["results"]))
-    if args.out:
-        print("wrote " + ", ".join(write_report(report, args.out)))
-    return 0
+    cfg = EvalConfig(**given)
+
+    def run(ctx) -> int:
+        report = evaluate(cfg, progress=True, ctx=ctx)
+        if ctx.is_main:
+            print(to_markdown(report["results"]))
+            if args.out:
+                print("wrote " + ", ".join(write_report(report, args.out)))
+        return 0
+
+    return _under_torchrun(cfg.device, run)
 
 
 def _add_attack(sub) -> None:
