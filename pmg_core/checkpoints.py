@@ -147,11 +147,15 @@ def _ckpt_dir() -> Path:
 # --- training state for exact resume -------------------------------------------------------------
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, step: int,
-                        extra: dict | None = None) -> Path:
-    """Optimizer buffers, scheduler and RNG state, written atomically beside the checkpoint."""
+                        extra: dict | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Optimizer buffers, scheduler and RNG state, written atomically beside the checkpoint.
+
+    `weights` (``visual.*`` tensors) makes the state self-contained: resume then does not depend on
+    the checkpoint file having been written at the same step.
+    """
     path = Path(path)
     opt = optimizer.state_dict()
-    tensors, state_meta = {}, {}
+    tensors, state_meta = dict(weights or {}), {}
     for pid, st in opt["state"].items():
         for name, val in st.items():
             if torch.is_tensor(val):
