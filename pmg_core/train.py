@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoints import (load_tensors, load_training_state, load_visual_into, read_metadata, save_finetune,
-                          save_training_state)
+                          save_training_state, visual_state)
 from .data import get_dataset
 from .errors import UserError, check, check_number
 from .methods import MethodSettings, get_method
@@ -185,7 +185,8 @@ class Trainer:
         path = save_finetune(self.cfg.out, self.model, self._metadata(metrics))
         if with_state:
             save_training_state(state_path(path), self.optimizer, self.scheduler, self.step,
-                                {"bad_steps": self.bad_steps, "config": _jsonable(asdict(self.cfg))})
+                                {"bad_steps": self.bad_steps, "config": _jsonable(asdict(self.cfg))},
+                                weights=visual_state(self.model))
         return path
 
     def _resume(self) -> None:
@@ -196,6 +197,11 @@ class Trainer:
               f"'{path.name}' fine-tunes {meta.get('base')}, not {self.model.base}; resume with the same base model.")
         load_visual_into(self.model, load_tensors(path), f"'{path.name}'")
         state = load_training_state(state_path(path), self.optimizer, self.scheduler)
+        # The state holds the weights of its own step: a kill between writing the checkpoint and its
+        # state must not pair step-k weights with the step-(k-1) optimizer and schedule.
+        weights = {k: v for k, v in load_tensors(state_path(path)).items() if k.startswith("visual.")}
+        if weights:
+            load_visual_into(self.model, weights, f"'{state_path(path).name}'")
         self.step, self.bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
 
     # -- the loop -------------------------------------------------------------------------------
@@ -223,6 +229,15 @@ class Trainer:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        # A finite loss can still give NaN/inf gradients (overflow inside backward): a bad step too,
+        # or one optimizer step would poison the weights and every checkpoint after it.
+        if not all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None):
+            self.bad_steps += 1
+            check(self.bad_steps <= self.cfg.max_bad_steps,
+                  f"Training stopped: the loss or its gradients were NaN/inf on {self.bad_steps} steps "
+                  f"(limit {self.cfg.max_bad_steps}); lower the learning rate or eps. The last good checkpoint is kept.")
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
