@@ -1,0 +1,201 @@
+"""Import published robust CLIP image encoders into this project's checkpoint format.
+
+Sources understood:
+- ``.pth.tar`` / ``.pt`` / ``.pth`` files of the public PMG-AFT and TeCoA code: a dict holding
+  ``vision_encoder_state_dict`` (or ``state_dict``), keys possibly prefixed ``module.``; also a
+  plain state dict of the image encoder, as RobustVLM's TeCoA / FARE files are (ViT-B/32, ViT-L/14),
+  or of a whole CLIP (its ``visual.*`` part is taken). Read with ``torch.load(weights_only=True)``:
+  a file that would need arbitrary objects unpickled is refused without running anything.
+- ``.safetensors`` files of bare image-encoder weights (no pmg_core metadata).
+- ``hf-hub:ORG/REPO`` open_clip models such as RobustVLM's ``hf-hub:chs20/tecoa4-clip`` and
+  ``hf-hub:chs20/fare2-clip`` (downloaded once; offline they must already be cached).
+
+The result is a fine-tune checkpoint of the OpenAI CLIP it was trained from (guessed from the
+tensor shapes, or ``--base``), with metadata naming the source, so every command can load it.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .checkpoints import load_visual_into, save_finetune
+from .errors import UserError, check
+
+# (width, patch size, layers, positional tokens) of OpenAI's ViT image encoders -> base model spec.
+OPENAI_BASES = {
+    (768, 32, 12, 50): "ViT-B-32-quickgelu:openai",
+    (768, 16, 12, 197): "ViT-B-16-quickgelu:openai",
+    (1024, 14, 24, 257): "ViT-L-14-quickgelu:openai",
+    (1024, 14, 24, 577): "ViT-L-14-336-quickgelu:openai",
+}
+STATE_KEYS = ("vision_encoder_state_dict", "state_dict", "model", "model_state_dict")
+METHOD_HINTS = (("pmg", "pmg-aft"), ("tecoa", "tecoa"), ("fare", "fare"))
+
+
+def _strip(key: str, prefix: str) -> str:
+    while key.startswith(prefix):
+        key = key[len(prefix):]
+    return key
+
+
+def visual_state(state: dict, source: str) -> dict[str, torch.Tensor]:
+    """A foreign state dict -> image-encoder tensors with open_clip's key names (no 'visual.' prefix)."""
+    check(isinstance(state, dict), f"{source} holds no state dict of weights.")
+    out = {_strip(str(k), "module."): v for k, v in state.items()}
+    if any(k.startswith("visual.") for k in out):
+        out = {k[len("visual."):]: v for k, v in out.items() if k.startswith("visual.")}
+    check(bool(out), f"{source} holds no image-encoder weights.")
+    bad = next((k for k, v in out.items() if not torch.is_tensor(v)), None)
+    check(bad is None, f"{source} has a non-tensor entry '{bad}' where weights were expected.")
+    return out
+
+
+def _pick_state(obj, source: str) -> dict:
+    """The public code's checkpoint dict -> the weights inside it (or `obj` when it is the weights)."""
+    check(isinstance(obj, dict), f"{source} holds a {type(obj).__name__}, not a dict of weights.")
+    for key in STATE_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(torch.is_tensor(v) for v in inner.values()):
+            return inner
+    if obj and all(torch.is_tensor(v) for v in obj.values()):
+        return obj
+    raise UserError(f"{source} has none of {', '.join(STATE_KEYS)} holding weights, and is not a plain state dict.")
+
+
+def _numpy_scalar_globals() -> list:
+    """What unpickling a numpy number needs (the public code saves best_acc1 as numpy.float64):
+    rebuilding a scalar from a dtype and raw bytes, which runs no code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)
+    return [scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+
+
+def load_torch_file(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors, plain containers and numpy numbers, never arbitrary objects."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # garbage bytes, not a refused object
+            raise UserError(f"'{path.name}' is not a readable PyTorch checkpoint (corrupt, or a pickle that "
+                            "torch.load(weights_only=True) cannot read safely); refused.") from None
+        raise UserError(f"'{path.name}' needs arbitrary Python objects unpickled to load, which could run code; "
+                        "refused (only plain tensors and containers are read).") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"'{path.name}' is not a readable PyTorch checkpoint: {first}") from None
+
+
+def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The image-encoder tensors of `source` and metadata describing where they came from."""
+    if source.startswith("hf-hub:"):
+        from .models import load_model
+
+        model = load_model(source)  # offline and uncached: one-sentence UserError, no network wait
+        return {k: v.detach().clone() for k, v in model.visual.state_dict().items()}, \
+            {"source": source, "source_format": "open_clip hf-hub model"}
+    path = Path(source)
+    check(path.is_file(), f"'{source}' is neither a file nor an hf-hub:ORG/REPO id.")
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if path.suffix == ".safetensors":
+        from .checkpoints import load_tensors
+
+        state, fmt = load_tensors(path), "safetensors state dict"
+    else:
+        obj = load_torch_file(path)
+        state = _pick_state(obj, f"'{path.name}'")
+        fmt = "torch checkpoint" + (" (public PMG-AFT/TeCoA code layout)" if state is not obj else " (plain state dict)")
+    return visual_state(state, f"'{path.name}'"), {"source": path.name, "source_format": fmt, "source_sha256": digest}
+
+
+def guess_base(state: dict[str, torch.Tensor]) -> str:
+    """OpenAI CLIP spec whose image encoder has these shapes (ViT-B/32, B/16, L/14, L/14@336)."""
+    conv, pos = state.get("conv1.weight"), state.get("positional_embedding")
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))}
+    key = (conv.shape[0], conv.shape[-1], len(layers), pos.shape[0]) if conv is not None and pos is not None else None
+    check(key in OPENAI_BASES, "Cannot tell which CLIP these weights fine-tune from their shapes; "
+                               "name the base model with --base (e.g. ViT-B-32-quickgelu:openai).")
+    return OPENAI_BASES[key]
+
+
+def guess_method(source: str) -> str:
+    name = source.lower()
+    return next((method for hint, method in METHOD_HINTS if hint in name), "imported")
+
+
+def default_out(source: str) -> Path:
+    from .models import CHECKPOINT_DIR
+
+    name = source.split("/")[-1] if source.startswith("hf-hub:") else Path(source).name
+    name = re.sub(r"(\.pth\.tar|\.pth|\.pt|\.tar|\.bin|\.safetensors)$", "", name) or "imported"
+    return Path(CHECKPOINT_DIR) / f"{name}.safetensors"
+
+
+def import_checkpoint(source: str, out: str | Path | None = None, base: str | None = None,
+                      method: str | None = None, device="cpu"):
+    """Convert `source` to a fine-tune checkpoint at `out`; returns (path, the loaded ClipModel)."""
+    from .models import load_model
+
+    state, meta = read_source(source)
+    base_spec = base or guess_base(state)
+    out = Path(out) if out else default_out(source)
+    base_model = load_model(base_spec, device="cpu")
+    model = base_model.fork(out.stem, str(out), {})
+    load_visual_into(model, {f"visual.{k}": v for k, v in state.items()}, f"'{meta['source']}'")
+    meta = {"method": method or guess_method(source), "imported": True, **meta}
+    path = save_finetune(out, model, meta)
+    model.spec, model.metadata = str(path), {"kind": "finetune", "base": model.base, **meta}
+    return path, model.to(device)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("import", help="convert a published robust CLIP (.pth.tar, state dict, hf-hub id) to a checkpoint",
+                       description="Import a robust image encoder (public PMG-AFT/TeCoA .pth.tar, RobustVLM state "
+                                   "dicts, hf-hub:chs20/... ids) as a fine-tune checkpoint; optionally evaluate it.")
+    p.add_argument("source", help="checkpoint file or hf-hub:ORG/REPO")
+    p.add_argument("--base", default=None, help="base CLIP spec (default: guessed from the shapes, e.g. ViT-B-32-quickgelu:openai)")
+    p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/<source name>.safetensors)")
+    p.add_argument("--method", default=None, help="method recorded in the metadata (default: guessed from the name)")
+    p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")
+    p.add_argument("--eval-config", default=None, help="then evaluate with this eval recipe (its models replaced)")
+    p.add_argument("--limit", type=int, default=None, help="samples per dataset for --eval")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    import json
+
+    from .models import default_device
+
+    device = args.device or default_device()
+    path, model = import_checkpoint(args.source, args.out, args.base, args.method, device)
+    print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")
+    if not (args.eval or args.eval_config):
+        return 0
+    from .evaluate import EvalConfig, evaluate, to_markdown
+
+    values = {}
+    if args.eval_config:
+        from .recipes import load_recipe
+
+        values = load_recipe(args.eval_config, "eval")
+    if args.eval:
+        values["datasets"] = [s.strip() for s in args.eval.split(",") if s.strip()]
+    values.update(models=[str(path)], device=device,
+                  **{k: v for k, v in (("limit", args.limit), ("data_root", args.data_root)) if v is not None})
+    report = evaluate(EvalConfig(**values), models=[model], progress=True)
+    print(to_markdown(report["results"]))
+    print(json.dumps(report["results"], indent=2))
+    return 0
