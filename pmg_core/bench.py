@@ -19,6 +19,7 @@ per-sample early stop on and off, and checks that the reported accuracy is the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -116,30 +117,56 @@ def fixed_batch(trainer, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 # --- the reference: the public code's way of computing the same step ----------------------------
 
 class Reference:
-    """PMG-AFT / TeCoA / FARE / clean steps as the public PMG-AFT code computes them.
+    """Clean / TeCoA / PMG-AFT steps as the public PMG-AFT code computes them (FARE: see below).
 
-    Every zero-shot forward re-encodes all class prompts with the text encoder; f_t(x_adv),
-    f_t(x) and f_o(x_adv) are three separate forwards; everything runs in fp32; PGD attacks every
-    sample for every step. The math (logit scale, normalisation, KL reduction, PGD update and its
-    random start) is the same as ours, so the losses agree and only the cost differs.
+    What that code does, and this class reproduces: every zero-shot forward re-encodes all class
+    prompts with the text encoder; f_t(x_adv), f_t(x) and f_o(x_adv) are three separate
+    forwards; everything runs in fp32 here; PGD attacks every sample for every step with
+    loss.backward(). Its CLIP models come from clip.load with every parameter trainable (only
+    the optimizer is limited to the image encoder), and f_o runs outside no_grad, so each
+    backward also runs through the text encoder, and the training backward through f_o (the KL
+    target carries gradient). One defect is not reproduced: the attack's parameter gradients
+    are cleared before the training backward, so the update equals ours. The math (logit scale,
+    normalisation, KL reduction, PGD update, random start) is the same as ours: the losses and
+    gradients agree, only the cost differs.
+
+    FARE is not part of the PMG-AFT code and has no text side; its reference only runs the
+    passes separately, without our fused attack loop.
     """
 
     def __init__(self, trainer):
         clf = trainer.classifier
-        self.clip, self.tokenizer = trainer.model.clip, trainer.model.tokenizer
+        self.clip = trainer.model.clip
         self.visual, self.params = clf.visual, trainer.params
         self.original = trainer.original.visual if trainer.original is not None else None
         self.scale, self.mean, self.std = clf.logit_scale, clf.mean, clf.std
         data = trainer.data
-        self.prompts = [t.format(c) for c in data.classes for t in data.templates]
+        prompts = [t.format(c) for c in data.classes for t in data.templates]
+        self.tokens = trainer.model.tokenizer(prompts).to(trainer.device)  # tokenised once, encoded every forward
         self.n_classes, self.n_templates = len(data.classes), len(data.templates)
         self.method, self.settings, self.preset = trainer.method.name, trainer.method.settings, trainer.method.preset
-        self.device = trainer.device
         self.optimizer = torch.optim.SGD(self.params, lr=trainer.cfg.lr, momentum=trainer.cfg.momentum)
+        visual_ids = {id(p) for p in self.visual.parameters()}
+        self.frozen = [p for p in self.clip.parameters() if id(p) not in visual_ids]
+        if self.original is not None:
+            self.frozen += list(self.original.parameters())
+        self.trainable_everywhere = self.method != "fare"
+
+    @contextlib.contextmanager
+    def _public_code_gradients(self):
+        # The public code leaves the text encoder and f_o trainable; ours freezes them.
+        flip = self.trainable_everywhere
+        for p in self.frozen if flip else ():
+            p.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for p in self.frozen if flip else ():
+                p.requires_grad_(False)
+                p.grad = None
 
     def text_features(self) -> torch.Tensor:
-        tokens = self.tokenizer(self.prompts).to(self.device)
-        feats = F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+        feats = F.normalize(self.clip.encode_text(self.tokens).float(), dim=-1)
         feats = feats.view(self.n_classes, self.n_templates, -1).mean(1)
         return F.normalize(feats, dim=-1)
 
@@ -157,14 +184,23 @@ class Reference:
         delta = (x + (2 * u - 1) * eps).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss_of(x + delta), delta)
+            if self.trainable_everywhere:  # backward into every trainable parameter, as the public code
+                loss_of(x + delta).backward()
+                grad = delta.grad
+            else:
+                (grad,) = torch.autograd.grad(loss_of(x + delta), delta)
             delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
             delta = (x + delta).clamp(0, 1) - x
         return (x + delta).detach()
 
-    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        steps = self.settings.steps if steps is None else steps
+    def _attack(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         return self._pgd(x, lambda z: F.cross_entropy(self.logits(self.visual, z), y, reduction="sum"), steps)
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        with self._public_code_gradients():
+            x_adv = self._attack(x, y, self.settings.steps if steps is None else steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        return x_adv
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from .methods import fare_loss, pmg_aft_loss
@@ -172,11 +208,13 @@ class Reference:
         if self.method == "clean":
             return F.cross_entropy(self.logits(self.visual, x), y)
         if self.method == "fare":
-            target = self.encode(self.original, x).float()
+            with torch.no_grad():
+                target = self.encode(self.original, x).float()
             x_adv = self._pgd(x, lambda z: (self.encode(self.visual, z).float() - target).pow(2).sum(),
                               self.settings.steps)
             return fare_loss(self.encode(self.visual, x_adv), target)
-        x_adv = self.attack(x, y)
+        x_adv = self._attack(x, y, self.settings.steps)
+        self.optimizer.zero_grad(set_to_none=True)  # drop the attack's parameter gradients (a public-code leak)
         logits_adv = self.logits(self.visual, x_adv)
         if self.method == "tecoa":
             return F.cross_entropy(logits_adv, y)
@@ -187,10 +225,11 @@ class Reference:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.visual.train()
-        loss = self.loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with self._public_code_gradients():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(x, y)
+            loss.backward()
+            self.optimizer.step()
         return loss.item()
 
     def robust_eval(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
@@ -417,8 +456,6 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
                               "floor": floor_eval}, cfg, device, memory)
     out["eval"] = _summarise(timed, cfg.batch_size, count_flops(ours_eval), peak_tflops)
     out["eval"]["steps"] = cfg.eval_steps
-    out["eval"]["robust_acc_ours"] = float(ours_eval().float().mean())
-    out["eval"]["robust_acc_reference"] = float(ref.robust_eval(x, y, cfg.eval_steps).float().mean())
     return out
 
 

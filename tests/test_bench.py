@@ -35,6 +35,8 @@ def test_optimized_step_equals_reference_step(tiny_model, method):
     # The update agrees too: same gradients on every trained parameter.
     for p_ours, p_ref in zip(ours_trainer.params, ref_trainer.params):
         assert torch.allclose(p_ours.grad, p_ref.grad, rtol=1e-3, atol=1e-6)
+    # The reference's public-code gradient flow is undone afterwards: the text side is frozen again.
+    assert not any(p.requires_grad for p in ref_trainer.model.clip.transformer.parameters())
 
 
 def test_reference_differs_when_attack_differs(tiny_model):
