@@ -178,7 +178,8 @@ def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progres
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = bar or tqdm(desc="evaluating", unit="model x dataset")
+                if bar is None:
+                    bar = tqdm(desc="evaluating", unit="model x dataset")
                 bar.update(1)
                 bar.set_postfix(model=ev["model"], dataset=ev["dataset"], robust=f"{ev['robust_acc']:.3f}")
     if bar is not None:
