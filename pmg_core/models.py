@@ -156,8 +156,10 @@ class ZeroShotClassifier(nn.Module):
         super().__init__()
         self.visual = visual
         self.register_buffer("text_features", text_features.detach().clone(), persistent=False)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        # On the text features' device (the model's): a classifier built for a CUDA model must not hold CPU buffers.
+        dev = text_features.device
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1), persistent=False)
         self.logit_scale = float(logit_scale)
         self.image_size = int(image_size)
 
