@@ -83,7 +83,7 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
     if cfg.attack in ("pgd", "cw"):
         attack = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce" if cfg.attack == "pgd" else "margin",
                      random_start=False, early_stop=cfg.early_stop, dtype=dtype)
-        init = sample_noise(idx[todo].tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x) \
+        init = sample_noise(idx[todo.cpu()].tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x) \
             if cfg.random_start else None
         robust[todo] = ~attack.run(xs, ys, init=init).fooled
     else:
