@@ -108,9 +108,14 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if path.suffix == ".safetensors":
-        from .checkpoints import load_tensors
+        from safetensors import safe_open
 
-        state, fmt = load_tensors(path), "safetensors state dict"
+        from .checkpoints import META_KEY, load_tensors
+
+        state, fmt = load_tensors(path), "safetensors state dict"  # one-sentence error if unreadable
+        with safe_open(str(path), framework="pt") as f:
+            check(META_KEY not in (f.metadata() or {}),
+                  f"'{path.name}' is already a pmg_core checkpoint; use it as a model spec directly.")
     else:
         obj = load_torch_file(path)
         state = _pick_state(obj, f"'{path.name}'")

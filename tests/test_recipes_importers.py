@@ -151,6 +151,8 @@ def test_plain_safetensors_import(tmp_path, foreign):
     path, _ = import_checkpoint(str(tmp_path / "fare2.safetensors"), tmp_path / "out.safetensors", base="pmg-test")
     assert read_metadata(path)["method"] == "fare"
     assert all(torch.equal(load_tensors(path)[f"visual.{k}"], v) for k, v in foreign.items())
+    with pytest.raises(UserError, match="already a pmg_core checkpoint"):
+        import_checkpoint(str(path), tmp_path / "again.safetensors", base="pmg-test")
 
 
 class _WritesAFile:
