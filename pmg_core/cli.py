@@ -104,7 +104,10 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
         code = run(ctx)
     except Exception as e:
         if ctx.enabled and is_distributed_failure(e):
-            raise UserError(describe_failure(ctx, e)) from None
+            # Leave at once: tearing the process group down would wait on the dead peer.
+            print(f"error: {describe_failure(ctx, e)}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(2)
         raise
     cleanup()
     return code

@@ -121,7 +121,8 @@ def cleanup() -> None:
 
 def describe_failure(ctx: Dist, error: BaseException) -> str:
     """One sentence for a collective that failed because another process died or stopped answering."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
     return (f"rank {ctx.rank}/{ctx.world} stopped: another process of the run died or stopped answering "
             f"(within the {timeout_seconds():.0f} s limit set by {TIMEOUT_ENV}); cause: {first}")
 
