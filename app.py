@@ -362,15 +362,14 @@ def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
                 return ""
             return "<span class='pmg-ok'>&#10004; right</span>" if pred.correct else "<span class='pmg-bad'>&#10008; wrong</span>"
         drop = v.confidence_drop
-        drop_txt = "-" if drop is None else f"{100 * drop:+.1f} pts".replace("+", "&minus;" if drop > 0 else "+", 1) \
-            if drop != 0 else "0 pts"
+        drop_txt = "-" if drop is None else f"{-100 * drop:+.1f} pts".replace("-", "&minus;", 1)
         rows.append(f"<tr class='pmg-model' data-model='{html.escape(v.model)}'><td><b>{html.escape(v.model)}</b>"
                     f"<br><small>attacked via {html.escape(v.attacked_by)}</small></td>"
                     f"<td>{mark(v.clean)}{_top5_html(v.clean, comp.true_label)}</td>"
                     f"<td>{mark(v.adversarial)}{_top5_html(v.adversarial, comp.true_label)}</td>"
                     f"<td class='pmg-drop'>{drop_txt}</td></tr>")
     return (head + "<table class='pmg-verdicts'><tr><th>model</th><th>clean top-5</th><th>adversarial top-5</th>"
-            "<th>true-class confidence drop</th></tr>" + "".join(rows) + "</table>")
+            "<th>true-class confidence change</th></tr>" + "".join(rows) + "</table>")
 
 
 def comparison_data(comp: Comparison, settings: AttackSettings) -> dict:
@@ -451,6 +450,7 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
     presets = studio.presets()
     first_preset = next(iter(presets), None)
     default_labels = ", ".join(presets[first_preset]) if first_preset else "cat, dog, bird"
+    all_classes = list(dict.fromkeys(c for classes in presets.values() for c in classes)) or default_labels.split(", ")
     heavy = dict(concurrency_id="heavy", concurrency_limit=1)
 
     with gr.Blocks(title="PMG-AFT Studio") as demo:
@@ -463,11 +463,14 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
             with gr.Row():
                 with gr.Column(scale=1):
                     image = gr.Image(label="Image", type="filepath", image_mode=None, format="png",
-                                     sources=["upload", "clipboard"], elem_classes="pmg-pixelated", height=260)
+                                     sources=["upload", "clipboard"], elem_classes="pmg-pixelated", height=260,
+                                     elem_id="pmg-image")
                     preset = gr.Dropdown(list(presets), value=first_preset, label="Label preset")
                     labels = gr.Textbox(default_labels, label="Class labels (comma-separated)", lines=2)
                     with gr.Row():
-                        true_label = gr.Dropdown(default_labels.split(", "), value=None, allow_custom_value=True,
+                        # every preset's classes, so examples from any task show their true label
+                        true_label = gr.Dropdown(all_classes, value=default_labels.split(", ")[0],
+                                                 allow_custom_value=True,
                                                  label="True label")
                         target = gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
                                              label="Target class (optional: targeted attack)")
@@ -481,7 +484,7 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
                     source = gr.Dropdown([EACH_MODEL, *studio.names], value=EACH_MODEL, label="Who is attacked",
                                          info="Each model white-box, or one model's adversarial image transferred to all.")
                     chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
-                    attack_btn = gr.Button("Attack", variant="primary")
+                    attack_btn = gr.Button("Attack", variant="primary", elem_id="pmg-attack")
                 with gr.Column(scale=2):
                     verdicts = gr.HTML(label="Predictions", elem_id="pmg-verdicts")
                     with gr.Row():
