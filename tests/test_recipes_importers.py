@@ -1,5 +1,4 @@
 """Recipe files (round trip, the paper's values, refusals, the CLI) and importers of foreign checkpoints."""
-import dataclasses
 import json
 import pickle
 from pathlib import Path
