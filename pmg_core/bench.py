@@ -37,6 +37,7 @@ from torch import nn
 from .errors import check, check_number
 
 METHODS = ("clean", "tecoa", "pmg-aft", "fare")
+PARTS = ("steps", "attack", "study")  # training steps per method; PGD alone + robust eval; early-stop study
 ROLES = ("ours", "reference", "floor")
 BENCH_DATASET = "bench-random"
 # Dense bf16 peak of known accelerators, for "achieved vs peak" (None where unknown).
@@ -57,7 +58,8 @@ class BenchConfig:
     warmup: int = 1
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
     seed: int = 0
-    eval_model: str | None = "clip-tiny"  # early-stop study model; None skips the study
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    eval_model: str = "clip-tiny"  # model of the early-stop study
     eval_datasets: str = "mini"
     eval_limit: int = 200  # samples per dataset in the early-stop study
     eval_batch_size: int = 128
@@ -72,7 +74,9 @@ class BenchConfig:
         check_number("warm-up iterations", self.warmup, low=0, integer=True)
         check_number("eval limit", self.eval_limit, low=1, integer=True)
         check_number("eval batch size", self.eval_batch_size, low=1, integer=True)
-        check(len(self.methods) > 0, "Give at least one method to benchmark.")
+        check(len(self.parts) > 0 and all(p in PARTS for p in self.parts),
+              f"Choose the parts to run among {', '.join(PARTS)}; got {', '.join(self.parts) or 'none'}.")
+        check("steps" not in self.parts or len(self.methods) > 0, "Give at least one method to benchmark.")
         for m in self.methods:
             check(m in METHODS, f"Unknown method '{m}' for bench: choose all or one of {', '.join(METHODS)}.")
 
@@ -560,16 +564,17 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     peak = info.get("peak_bf16_tflops")
     memory = PeakMemory(device)
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.arch, device=device)
+    model = load_model(cfg.arch, device=device) if {"steps", "attack"} & set(cfg.parts) else None
     report: dict = {"config": {**asdict(cfg), "eps_255": round(cfg.eps * 255, 4)}, "device": info,
                     "memory_kind": memory.kind, "methods": {}}
-    for method in cfg.methods:
+    for method in cfg.methods if "steps" in cfg.parts else ():
         say(f"timing {method} (ours / reference / floor)")
         report["methods"][method] = bench_method(model, method, cfg, device, memory, peak)
-    say("timing PGD alone and robust evaluation")
-    report.update(bench_attack_and_eval(model, cfg, device, memory, peak))
+    if "attack" in cfg.parts:
+        say("timing PGD alone and robust evaluation")
+        report.update(bench_attack_and_eval(model, cfg, device, memory, peak))
     report["memory_kind"] = memory.kind
-    if cfg.eval_model:
+    if "study" in cfg.parts:
         say(f"robust evaluation early-stop study on {cfg.eval_model}")
         report["eval_early_stop"] = eval_early_stop_study(cfg, device)
     return report
@@ -582,13 +587,14 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Benchmark: {c['arch']} on {d['name']} ({d['type']}, {d['threads']} threads)", "",
              f"Batch {c['batch_size']}, {c['classes']} classes, PGD {c['pgd_steps']} steps at eps "
              f"{c['eps_255']}/255 for training, {c['eval_steps']} for evaluation; median of {c['repeats']} "
-             f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}.",
-             "", "| step | ours img/s | reference img/s | floor img/s | ours / reference | floor / ours "
-             "| ours peak MiB (step's own) | reference peak MiB (step's own) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}."]
     rows = {**report["methods"], "PGD alone": report.get("pgd"), "robust eval": report.get("eval")}
+    rows = {k: v for k, v in rows.items() if v}
+    if rows:
+        lines += ["", "| step | ours img/s | reference img/s | floor img/s | ours / reference | floor / ours "
+                      "| ours peak MiB (step's own) | reference peak MiB (step's own) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
-        if not r:
-            continue
         lines.append(f"| {name} | {r['ours']['images_per_s']:.2f} | {r['reference']['images_per_s']:.2f} | "
                      f"{r['floor']['images_per_s']:.2f} | {r['ratio_vs_reference']:.2f}x | "
                      f"{r['efficiency_vs_floor']:.2f} | {r['ours']['peak_memory_mib']:.0f} ({r['ours']['step_memory_mib']:.0f}) | "
@@ -634,7 +640,9 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-model", default=d.eval_model, help="model of the early-stop study (default %(default)s)")
     p.add_argument("--eval-datasets", default=None, help=f"datasets of the early-stop study (default {d.eval_datasets})")
     p.add_argument("--eval-limit", type=int, default=None, help=f"samples per dataset there (default {d.eval_limit})")
-    p.add_argument("--no-eval-study", action="store_true", help="skip the early-stop study")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help="what to run, comma-separated: steps (training step per method), attack (PGD alone and "
+                        "robust eval), study (early-stop study); default all")
     p.add_argument("--quick", action="store_true", help="one repeat, no warm-up, a small early-stop study (smoke test)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="write the JSON report here")
@@ -652,7 +660,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(arch=args.arch, batch_size=args.batch_size, device=args.device,
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
                        eps=args.eps / 255, classes=args.classes, amp=args.amp, seed=args.seed,
-                       eval_model=None if args.no_eval_study else args.eval_model, **resolved)
+                       parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
+                       **resolved)
 
 
 def _run_cli(args) -> int:

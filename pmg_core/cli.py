@@ -65,6 +65,7 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from dataclasses import fields
 
+    from .distributed import barrier
     from .train import TrainConfig, train
 
     names = {f.name for f in fields(TrainConfig)}
@@ -81,6 +82,7 @@ def _run_train(args) -> int:
         if ctx.enabled:
             cfg.device = str(ctx.device)
         ev = train(cfg, progress=ctx.is_main, rank=ctx.rank, world=ctx.world)
+        barrier(ctx)  # no rank reports done before rank 0's checkpoint is on disk
         if ctx.is_main:
             print(json.dumps({k: v for k, v in ev.items() if k != "event"}, indent=2))
         return 0

@@ -126,7 +126,11 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
         visual = self.model.visual
-        self.model.clip.requires_grad_(False)
+        # Freeze the text side only: clip.visual may be another model's encoder (fork() shares clip).
+        for name, p in self.model.clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(False)
+        visual.requires_grad_(False)
         params = list(visual.parameters())
         if cfg.train_last_n:
             params = params[-cfg.train_last_n :]
