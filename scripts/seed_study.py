@@ -13,7 +13,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,57 +34,66 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="tecoa,pmg-aft")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--eps", type=float, default=4, help="/255, training and evaluation")
+    p.add_argument("--eps", type=float, default=8, help="/255, training and evaluation")
     p.add_argument("--attack-steps", type=int, default=2)
-    p.add_argument("--max-steps", type=int, default=400)
+    p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--warmup", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--eval-steps", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="test images per task")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
+    p.add_argument("--runs-dir", default="runs/seed_study",
+                   help="fine-tunes are kept here as METHOD-SEED.safetensors; an existing one is evaluated, not retrained")
     p.add_argument("--out", default="benchmarks/seed_study.json")
     args = p.parse_args()
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
     eps = args.eps / 255
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                cfg = TrainConfig(model="clip-tiny", method=method, dataset="synth-finetune", eps=eps,
-                                  attack_steps=args.attack_steps, step_size=eps / 2, max_steps=args.max_steps,
-                                  batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=seed,
-                                  out=str(Path(tmp) / f"{method}-{seed}.safetensors"))
-                for k, v in overrides.items():
-                    setattr(cfg, k, _value(v))
-                t = time.time()
+    runs_dir = Path(args.runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for method in args.methods.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            cfg = TrainConfig(model="clip-tiny", method=method, dataset="synth-finetune", eps=eps,
+                              attack_steps=args.attack_steps, step_size=eps / 2, max_steps=args.max_steps,
+                              batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=seed,
+                              out=str(runs_dir / f"{method}-{seed}.safetensors"))
+            for k, v in overrides.items():
+                setattr(cfg, k, _value(v))
+            t = time.time()
+            if not Path(cfg.out).is_file():
                 train(cfg, progress=False)
-                train_s = time.time() - t
-                model = load_model(cfg.out)
-                report = evaluate(EvalConfig(models=[cfg.out], datasets=["mini"], eps=eps, steps=args.eval_steps,
-                                             step_size=eps / 4, limit=args.limit), models=[model])
-                avg = next(iter(averages(report["results"]).values()))
-                runs.append({"method": method, "seed": seed, "train_seconds": round(train_s, 1),
-                             "clean": round(100 * avg["clean_acc"], 2), "robust": round(100 * avg["robust_acc"], 2),
-                             "per_task": report["results"]})
-                print(f"{method} seed {seed}: clean {runs[-1]['clean']:.2f} robust {runs[-1]['robust']:.2f} "
-                      f"(train {train_s:.0f}s)", flush=True)
+            train_s = time.time() - t
+            model = load_model(cfg.out)
+            report = evaluate(EvalConfig(models=[cfg.out], datasets=["mini"], eps=eps, steps=args.eval_steps,
+                                         step_size=eps / 4, limit=args.limit), models=[model])
+            avg = next(iter(averages(report["results"]).values()))
+            heldout = next(r for r in report["results"] if r["dataset"] == "synth-heldout")
+            runs.append({"method": method, "seed": seed, "train_seconds": round(train_s, 1),
+                         "clean": round(100 * avg["clean_acc"], 2), "robust": round(100 * avg["robust_acc"], 2),
+                         "heldout_clean": round(100 * heldout["clean_acc"], 2),
+                         "heldout_robust": round(100 * heldout["robust_acc"], 2),
+                         "per_task": report["results"]})
+            print(f"{method} seed {seed}: clean {runs[-1]['clean']:.2f} robust {runs[-1]['robust']:.2f} "
+                  f"(train {train_s:.0f}s)", flush=True)
 
     summary = {}
     for method in args.methods.split(","):
         mine = [r for r in runs if r["method"] == method]
         summary[method] = {k: {"mean": round(statistics.mean(r[k] for r in mine), 2),
                                "stdev": round(statistics.stdev(r[k] for r in mine), 2) if len(mine) > 1 else 0.0}
-                           for k in ("clean", "robust")}
+                           for k in ("clean", "robust", "heldout_clean", "heldout_robust")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": summary, "runs": runs}, indent=1, default=str))
-    lines = ["| method | avg clean % (mean ± sd) | avg robust % (mean ± sd) | seeds |", "|---|---|---|---|"]
+    keys = ("clean", "robust", "heldout_clean", "heldout_robust")
+    lines = ["| method | avg clean % | avg robust % | synth-heldout clean % | synth-heldout robust % | seeds |",
+             "|---|---|---|---|---|---|"]
     for method, s in summary.items():
         seeds = ", ".join(str(r["seed"]) for r in runs if r["method"] == method)
-        lines.append(f"| {method} | {s['clean']['mean']:.2f} ± {s['clean']['stdev']:.2f} | "
-                     f"{s['robust']['mean']:.2f} ± {s['robust']['stdev']:.2f} | {seeds} |")
+        cells = " | ".join(f"{s[k]['mean']:.2f} ± {s[k]['stdev']:.2f}" for k in keys)
+        lines.append(f"| {method} | {cells} | {seeds} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
