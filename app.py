@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import gradio as gr
 import torch
@@ -628,6 +628,13 @@ def _pick_default(choices: list[str], preferred: str) -> str | None:
     return preferred if preferred in choices else (choices[0] if choices else None)
 
 
+def resolve_host(host: str | None, share: bool, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """-> (interface to bind, serving in public?): 127.0.0.1 unless asked for another or running on a Space."""
+    on_space = bool(environ.get("SPACE_ID"))
+    host = host or ("0.0.0.0" if on_space else "127.0.0.1")
+    return host, share or on_space or host not in ("127.0.0.1", "localhost")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="PMG-AFT Studio: attack CLIP live and compare robust fine-tunes.")
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1; 0.0.0.0 on a Space)")
@@ -635,8 +642,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
-    public = args.share or host not in ("127.0.0.1", "localhost") or bool(os.environ.get("SPACE_ID"))
+    host, public = resolve_host(args.host, args.share, os.environ)
     start = time.time()
     demo = build_app(allow_folders=not public)
     log.info("models loaded in %.1f s: %s", time.time() - start, ", ".join(demo.studio.names))
