@@ -40,8 +40,10 @@ METHODS = ("clean", "tecoa", "pmg-aft", "fare")
 PARTS = ("steps", "attack", "study")  # training steps per method; PGD alone + robust eval; early-stop study
 ROLES = ("ours", "reference", "floor")
 BENCH_DATASET = "bench-random"
-# Dense bf16 peak of known accelerators, for "achieved vs peak" (None where unknown).
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+# Dense (no sparsity) bf16 tensor-core peak of known accelerators, from the vendors' datasheets, for
+# "achieved vs peak"; the first name contained in the device's name wins, so variants come first.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
+                    ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0))
 
 
 @dataclass
@@ -54,6 +56,7 @@ class BenchConfig:
     eps: float = 1 / 255  # pixel units
     classes: int = 10  # class prompts the zero-shot head scores (the reference re-encodes all of them)
     eval_steps: int = 10  # PGD steps of the robust-evaluation timings
+    eval_eps: float | None = None  # eps of the early-stop study (pixel units); None: eps
     repeats: int = 3
     warmup: int = 1
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
@@ -69,6 +72,8 @@ class BenchConfig:
         check_number("PGD steps", self.pgd_steps, low=0, integer=True)
         check_number("eval steps", self.eval_steps, low=1, integer=True)
         check_number("eps", self.eps, low=0, high=1)
+        if self.eval_eps is not None:
+            check_number("eval eps", self.eval_eps, low=0, high=1)
         check_number("classes", self.classes, low=2, integer=True)
         check_number("repeats", self.repeats, low=1, integer=True)
         check_number("warm-up iterations", self.warmup, low=0, integer=True)
@@ -184,7 +189,7 @@ class Reference:
 
     def _pgd(self, x: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], steps: int) -> torch.Tensor:
         eps, alpha = self.settings.eps, self.settings.step_size if self.settings.step_size is not None else self.settings.eps
-        u = torch.rand(x.shape).to(x.device)  # the same uniform random start as ours
+        u = torch.rand(x.shape, device=x.device)  # the same uniform random start as ours (attacks.random_start)
         delta = (x + (2 * u - 1) * eps).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
@@ -369,7 +374,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 # --- the benchmark -------------------------------------------------------------------------------
 
-def _summarise(timed: dict[str, dict], batch: int, flops: int | None, peak_tflops: float | None) -> dict:
+def _summarise(timed: dict[str, dict], batch: int, flops: int | None, peaks: dict[str, float]) -> dict:
     out = {}
     for role, t in timed.items():
         out[role] = {**t, "images_per_s": round(batch / t["seconds"], 3), "seconds": round(t["seconds"], 4)}
@@ -381,8 +386,8 @@ def _summarise(timed: dict[str, dict], batch: int, flops: int | None, peak_tflop
         achieved = flops / timed["ours"]["seconds"] / 1e12
         out["flops_per_step"] = flops
         out["achieved_tflops"] = round(achieved, 4)
-        if peak_tflops:
-            out["fraction_of_peak"] = round(achieved / peak_tflops, 4)
+        for name, tflops in peaks.items():  # fraction_of_peak (datasheet), fraction_of_matmul (measured)
+            out[f"fraction_of_{name}"] = round(achieved / tflops, 4)
     return out
 
 
@@ -392,11 +397,26 @@ def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         info["name"] = name
-        info["peak_bf16_tflops"] = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        info["peak_bf16_tflops"] = next((v for k, v in PEAK_BF16_TFLOPS if k in name), None)
+        info["matmul_bf16_tflops"] = round(matmul_tflops(device), 1)
     else:
         info["name"] = _cpu_name()
         info["cores"] = os.cpu_count()
     return info
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """bf16 n x n x n matrix products per second on this device: the datasheet peak is rarely
+    reached, so this is the practical ceiling that the step's achieved TFLOP/s is also set against."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
 
 
 def _cpu_name() -> str:
@@ -410,7 +430,7 @@ def _cpu_name() -> str:
 
 
 def bench_method(model, method: str, cfg: BenchConfig, device: torch.device, memory: PeakMemory,
-                 peak_tflops: float | None) -> dict:
+                 peaks: dict[str, float]) -> dict:
     trainer = make_trainer(model, method, cfg, device)
     ref = Reference(trainer)
     x, y = fixed_batch(trainer, cfg.seed)
@@ -421,11 +441,11 @@ def bench_method(model, method: str, cfg: BenchConfig, device: torch.device, mem
     floor = floor_passes(method, clf.visual, original, xn, cfg.pgd_steps, trainer._autocast)  # noqa: SLF001
     fns = {"ours": lambda: trainer.train_step(x, y), "reference": lambda: ref.step(x, y), "floor": floor}
     flops = count_flops(fns["ours"])  # doubles as one more warm-up of our step
-    return _summarise(time_interleaved(fns, cfg, device, memory), cfg.batch_size, flops, peak_tflops)
+    return _summarise(time_interleaved(fns, cfg, device, memory), cfg.batch_size, flops, peaks)
 
 
 def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory: PeakMemory,
-                          peak_tflops: float | None) -> dict[str, dict]:
+                          peaks: dict[str, float]) -> dict[str, dict]:
     """PGD alone (training attack, K steps) and robust evaluation (PGD-eval_steps with early stop)."""
     from .evaluate import EvalConfig, evaluate_batch
 
@@ -446,7 +466,7 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
     floor_pgd = _input_grad_passes(clf.visual, xn, cfg.pgd_steps)
     out = {"pgd": _summarise(time_interleaved(
         {"ours": ours_pgd, "reference": lambda: ref.attack(x, y), "floor": floor_pgd}, cfg, device, memory),
-        cfg.batch_size, count_flops(ours_pgd), peak_tflops)}
+        cfg.batch_size, count_flops(ours_pgd), peaks)}
 
     ecfg = EvalConfig(eps=cfg.eps, steps=cfg.eval_steps, step_size=cfg.eps, early_stop=True, seed=cfg.seed)
     idx = torch.arange(cfg.batch_size)
@@ -458,7 +478,7 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
     floor_eval = _input_grad_passes(clf.visual, xn, cfg.eval_steps, forwards=2)
     timed = time_interleaved({"ours": ours_eval, "reference": lambda: ref.robust_eval(x, y, cfg.eval_steps),
                               "floor": floor_eval}, cfg, device, memory)
-    out["eval"] = _summarise(timed, cfg.batch_size, count_flops(ours_eval), peak_tflops)
+    out["eval"] = _summarise(timed, cfg.batch_size, count_flops(ours_eval), peaks)
     out["eval"]["steps"] = cfg.eval_steps
     return out
 
@@ -478,8 +498,12 @@ def _input_grad_passes(visual: nn.Module, x: torch.Tensor, steps: int, forwards:
 
 
 def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
-    """Robust evaluation of the embedded tiny CLIP with early stop on / off / attacking everything."""
-    from .evaluate import EvalConfig, evaluate
+    """Robust evaluation of the embedded tiny CLIP with early stop on / off / attacking everything.
+
+    The datasets are built once before timing (rendering them is the same for every variant and no
+    part of the attack); each timed run is the evaluation proper: text features, batches, attack."""
+    from .data import expand_names, get_dataset
+    from .evaluate import EvalConfig, evaluate_model
     from .models import checkpoint_path, load_model
 
     spec = cfg.eval_model
@@ -487,9 +511,12 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
     if spec == "clip-tiny" and checkpoint_path(spec) is None:
         spec, note = "pmg-tiny", "checkpoints/clip-tiny.safetensors is missing: a random-init pmg-tiny stood in"
     model = load_model(spec, device=device)
-    base = EvalConfig(models=[spec], datasets=[n.strip() for n in cfg.eval_datasets.split(",") if n.strip()], eps=cfg.eps, steps=cfg.eval_steps,
-                      step_size=cfg.eps, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                      device=str(device))
+    eps = cfg.eval_eps if cfg.eval_eps is not None else cfg.eps
+    base = EvalConfig(models=[spec], datasets=[n.strip() for n in cfg.eval_datasets.split(",") if n.strip()], eps=eps,
+                      steps=cfg.eval_steps, step_size=eps, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
+                      seed=cfg.seed, device=str(device))
+    datasets = [get_dataset(n, split="test", root=base.data_root).limited(base.limit, base.seed)
+                for n in expand_names(base.datasets)]
     variants = {"early_stop": dict(early_stop=True), "no_early_stop": dict(early_stop=False)}
     times: dict[str, list[float]] = {k: [] for k in (*variants, "attack_all")}
     rows: dict[str, list[dict]] = {}
@@ -498,15 +525,16 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
             _sync(device)
             t0 = time.perf_counter()
             if name == "attack_all":
-                rows[name] = attack_everything(model, base)
+                rows[name] = attack_everything(model, base, datasets)
             else:
-                rows[name] = evaluate(EvalConfig(**{**asdict(base), **variants[name]}), models=[model])["results"]
+                ecfg = EvalConfig(**{**asdict(base), **variants[name]})
+                rows[name] = [evaluate_model(model, data, ecfg) for data in datasets]
             _sync(device)
             if r >= cfg.warmup:
                 times[name].append(time.perf_counter() - t0)
     n = sum(row["n"] for row in rows["early_stop"])
     out: dict = {"model": spec, "datasets": cfg.eval_datasets, "samples": n, "steps": cfg.eval_steps,
-                 "eps_255": round(cfg.eps * 255, 4), "batch_size": cfg.eval_batch_size}
+                 "eps_255": round(eps * 255, 4), "batch_size": cfg.eval_batch_size}
     if note:
         out["note"] = note
     for name, ts in times.items():
@@ -523,18 +551,16 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
     return out
 
 
-def attack_everything(model, cfg) -> list[dict]:
+def attack_everything(model, cfg, datasets) -> list[dict]:
     """The plain baseline: PGD on every sample (clean-wrong ones too) for every step, same
     per-sample random starts as evaluate(); robust = correct at every iterate."""
     from torch.utils.data import DataLoader
 
     from .attacks import PGD
-    from .data import expand_names, get_dataset
     from .evaluate import sample_noise
 
     rows = []
-    for name in expand_names(cfg.datasets):
-        data = get_dataset(name, split="test", root=cfg.data_root).limited(cfg.limit, cfg.seed)
+    for data in datasets:
         clf = model.classifier(data.classes, data.templates, cfg.preset).eval()
         attack = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce", random_start=False, early_stop=False)
         n = clean_n = robust_n = start = 0
@@ -547,7 +573,7 @@ def attack_everything(model, cfg) -> list[dict]:
             init = sample_noise(idx, tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x)
             robust = clean & ~attack.run(x, y, init=init).fooled
             n, clean_n, robust_n = n + len(y), clean_n + int(clean.sum()), robust_n + int(robust.sum())
-        rows.append({"dataset": name, "n": n, "clean_correct": clean_n, "robust_correct": robust_n})
+        rows.append({"dataset": data.name, "n": n, "clean_correct": clean_n, "robust_correct": robust_n})
     return rows
 
 
@@ -561,7 +587,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
 
     device = torch.device(cfg.device or default_device())
     info = device_info(device)
-    peak = info.get("peak_bf16_tflops")
+    peaks = {k: info[f] for k, f in (("peak", "peak_bf16_tflops"), ("matmul", "matmul_bf16_tflops")) if info.get(f)}
     memory = PeakMemory(device)
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.arch, device=device) if {"steps", "attack"} & set(cfg.parts) else None
@@ -569,10 +595,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                     "memory_kind": memory.kind, "methods": {}}
     for method in cfg.methods if "steps" in cfg.parts else ():
         say(f"timing {method} (ours / reference / floor)")
-        report["methods"][method] = bench_method(model, method, cfg, device, memory, peak)
+        report["methods"][method] = bench_method(model, method, cfg, device, memory, peaks)
     if "attack" in cfg.parts:
         say("timing PGD alone and robust evaluation")
-        report.update(bench_attack_and_eval(model, cfg, device, memory, peak))
+        report.update(bench_attack_and_eval(model, cfg, device, memory, peaks))
     report["memory_kind"] = memory.kind
     if "study" in cfg.parts:
         say(f"robust evaluation early-stop study on {cfg.eval_model}")
@@ -588,17 +614,22 @@ def to_markdown(report: dict) -> str:
              f"Batch {c['batch_size']}, {c['classes']} classes, PGD {c['pgd_steps']} steps at eps "
              f"{c['eps_255']}/255 for training, {c['eval_steps']} for evaluation; median of {c['repeats']} "
              f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}."]
+    if d.get("matmul_bf16_tflops"):
+        lines += ["", f"Achieved TFLOP/s = counted matmul/conv/attention FLOPs of our step / its time, against the "
+                      f"datasheet dense bf16 peak ({d.get('peak_bf16_tflops') or 'unknown'}) and a measured bf16 "
+                      f"8192^3 matmul ({d['matmul_bf16_tflops']})."]
     rows = {**report["methods"], "PGD alone": report.get("pgd"), "robust eval": report.get("eval")}
     rows = {k: v for k, v in rows.items() if v}
     if rows:
         lines += ["", "| step | ours img/s | reference img/s | floor img/s | ours / reference | floor / ours "
-                      "| ours peak MiB (step's own) | reference peak MiB (step's own) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| ours peak MiB (step's own) | reference peak MiB (step's own) | ours TFLOP/s (of peak, of matmul) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['ours']['images_per_s']:.2f} | {r['reference']['images_per_s']:.2f} | "
                      f"{r['floor']['images_per_s']:.2f} | {r['ratio_vs_reference']:.2f}x | "
                      f"{r['efficiency_vs_floor']:.2f} | {r['ours']['peak_memory_mib']:.0f} ({r['ours']['step_memory_mib']:.0f}) | "
-                     f"{r['reference']['peak_memory_mib']:.0f} ({r['reference']['step_memory_mib']:.0f}) |")
+                     f"{r['reference']['peak_memory_mib']:.0f} ({r['reference']['step_memory_mib']:.0f}) | "
+                     f"{_tflops_cell(r)} |")
     es = report.get("eval_early_stop")
     if es:
         lines += ["", f"## Robust evaluation early stop: {es['model']} on {es['datasets']} "
@@ -615,6 +646,13 @@ def to_markdown(report: dict) -> str:
                       f"{es['speedup_vs_no_early_stop']:.2f}x over no early stop; same accuracy: "
                       f"{'yes' if es['same_accuracy'] else 'NO'}."]
     return "\n".join(lines) + "\n"
+
+
+def _tflops_cell(r: dict) -> str:
+    if "achieved_tflops" not in r:
+        return "-"
+    shares = [f"{r[k]:.0%}" for k in ("fraction_of_peak", "fraction_of_matmul") if k in r]
+    return f"{r['achieved_tflops']:.1f}" + (f" ({', '.join(shares)})" if shares else "")
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -637,6 +675,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats, median kept (default {d.repeats})")
     p.add_argument("--warmup", type=int, default=None, help=f"untimed warm-up rounds (default {d.warmup})")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--eval-eps", type=float, default=None, help="eps of the early-stop study in /255 (default: --eps)")
     p.add_argument("--eval-model", default=d.eval_model, help="model of the early-stop study (default %(default)s)")
     p.add_argument("--eval-datasets", default=None, help=f"datasets of the early-stop study (default {d.eval_datasets})")
     p.add_argument("--eval-limit", type=int, default=None, help=f"samples per dataset there (default {d.eval_limit})")
@@ -659,7 +698,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     resolved = {k: v if v is not None else (QUICK[k] if args.quick else getattr(d, k)) for k, v in picked.items()}
     return BenchConfig(arch=args.arch, batch_size=args.batch_size, device=args.device,
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
-                       eps=args.eps / 255, classes=args.classes, amp=args.amp, seed=args.seed,
+                       eps=args.eps / 255, eval_eps=None if args.eval_eps is None else args.eval_eps / 255,
+                       classes=args.classes, amp=args.amp, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
                        **resolved)
 
