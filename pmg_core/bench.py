@@ -463,7 +463,7 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
         with trainer._autocast():  # noqa: SLF001
             return pgd.perturb(x, y)
 
-    floor_pgd = _input_grad_passes(clf.visual, xn, cfg.pgd_steps)
+    floor_pgd = _input_grad_passes(clf.visual, xn, cfg.pgd_steps, autocast=trainer._autocast)  # noqa: SLF001
     out = {"pgd": _summarise(time_interleaved(
         {"ours": ours_pgd, "reference": lambda: ref.attack(x, y), "floor": floor_pgd}, cfg, device, memory),
         cfg.batch_size, count_flops(ours_pgd), peaks)}
@@ -483,16 +483,19 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
     return out
 
 
-def _input_grad_passes(visual: nn.Module, x: torch.Tensor, steps: int, forwards: int = 0) -> Callable[[], None]:
-    """`steps` forward + input-gradient passes, plus `forwards` gradient-free forwards."""
+def _input_grad_passes(visual: nn.Module, x: torch.Tensor, steps: int, forwards: int = 0,
+                       autocast: Callable = contextlib.nullcontext) -> Callable[[], None]:
+    """`steps` forward + input-gradient passes, plus `forwards` gradient-free forwards, under
+    `autocast` (the training attack's precision: bf16 on CUDA; evaluation attacks stay fp32)."""
 
     def run() -> None:
-        with torch.no_grad():
-            for _ in range(forwards):
-                visual(x)
-        for _ in range(steps):
-            xi = x.detach().requires_grad_(True)
-            torch.autograd.grad(visual(xi).float().sum(), xi)
+        with autocast():
+            with torch.no_grad():
+                for _ in range(forwards):
+                    visual(x)
+            for _ in range(steps):
+                xi = x.detach().requires_grad_(True)
+                torch.autograd.grad(visual(xi).float().sum(), xi)
 
     return run
 
