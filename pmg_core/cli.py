@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Callable
 
-from .errors import UserError, check
+from .errors import UserError
 
 
 def _e(v: str) -> float:
@@ -190,15 +190,16 @@ def _run_attack(args) -> int:
     from .evaluate import load_models
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
+    from .inputs import parse_labels
     from .models import default_device
 
-    check(bool(args.labels), "Give the class labels with --labels, comma-separated.")
+    labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
     image = load_image(args.image)
     models = load_models(args.models, args.device or default_device())
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
-    res = compare(models, image, args.labels, args.true,
+    res = compare(models, image, labels, args.true,
                   AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source))
     for v in res.verdicts:
         print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")

@@ -14,7 +14,7 @@ def check_number(name: str, value, *, low=None, high=None, integer=False, low_op
     """Reject NaN/inf and values outside [low, high] with one sentence naming the accepted range."""
     import math
 
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite(value)
     if ok and integer:
         ok = float(value).is_integer()
     if ok and low is not None:
@@ -25,4 +25,20 @@ def check_number(name: str, value, *, low=None, high=None, integer=False, low_op
         kind = "an integer" if integer else "a number"
         lo = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
         hi = "" if high is None else f"{' and' if lo else ''} <= {high}"
-        raise UserError(f"{name} must be {kind}{lo}{hi}; got {value!r}.")
+        raise UserError(f"{name} must be {kind}{lo}{hi}; got {shorten(value)}.")
+
+
+def is_finite(value: int | float) -> bool:
+    """math.isfinite that answers False for ints too large for a float (10**400) instead of raising."""
+    import math
+
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def shorten(value, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters (a 400-digit number would drown the sentence)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,14 +5,13 @@ Python values or raises `UserError`. Nothing here knows about Gradio.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import unicodedata
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError, check
+from .errors import UserError, check, is_finite, shorten
 
 MAX_LABELS = 1000
 MAX_LABEL_CHARS = 200
@@ -63,14 +62,14 @@ def parse_number(name: str, value, low: float | None = None, high: float | None 
             value = float(value.strip())
         except ValueError:
             value = value[:30]  # refused below, with the accepted range
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite(value)
     ok = ok and (not integer or float(value).is_integer())
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
         kind = "a whole number" if integer else "a number"
         bounds = " between {} and {}".format(low, high) if low is not None and high is not None else \
             (f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
-        raise UserError(f"{name} must be {kind}{bounds}; got {value!r}.")
+        raise UserError(f"{name} must be {kind}{bounds}; got {shorten(value)}.")
     return int(value) if integer else float(value)
 
 
