@@ -53,6 +53,7 @@ class EvalConfig:
             check_number("step size", self.step_size, low=0)
         check(self.attack in ATTACKS, f"Unknown attack '{self.attack}': choose one of {', '.join(ATTACKS)}.")
         check_number("batch size", self.batch_size, low=1, integer=True)
+        check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)  # torch seeds overflow beyond int64
         if self.limit is not None:
             check_number("limit", self.limit, low=1, integer=True)
         get_preset(self.preset)

@@ -64,6 +64,7 @@ class TrainConfig:
             check_number("max steps", self.max_steps, low=1, integer=True)
         check_number("batch size", self.batch_size, low=1, integer=True)
         check_number("learning rate", self.lr, low=0, low_open=True)
+        check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)  # torch seeds overflow beyond int64
         check_number("momentum", self.momentum, low=0, high=1)
         check_number("weight decay", self.weight_decay, low=0)
         check_number("warm-up steps", self.warmup, low=0, integer=True)

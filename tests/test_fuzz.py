@@ -398,7 +398,8 @@ CLI_COMMANDS = {
              ["--eps", "--steps", "--step-size", "--limit", "--batch-size", "--seed"]),
     "train": (["train", "--model", "pmg-test", "--dataset", "toy-colours", "--max-steps", "1", "--batch-size", "8"],
               ["--eps", "--steps", "--step-size", "--alpha", "--beta", "--epochs", "--max-steps", "--batch-size",
-               "--lr", "--momentum", "--weight-decay", "--warmup", "--limit", "--train-last-n", "--save-every"]),
+               "--lr", "--momentum", "--weight-decay", "--warmup", "--limit", "--train-last-n", "--save-every",
+               "--seed"]),
 }
 
 
