@@ -57,6 +57,7 @@ class BenchConfig:
     classes: int = 10  # class prompts the zero-shot head scores (the reference re-encodes all of them)
     eval_steps: int = 10  # PGD steps of the robust-evaluation timings
     eval_eps: float | None = None  # eps of the early-stop study (pixel units); None: eps
+    eval_step_size: float | None = None  # its PGD step (pixel units); None: its eps
     repeats: int = 3
     warmup: int = 1
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
@@ -74,6 +75,8 @@ class BenchConfig:
         check_number("eps", self.eps, low=0, high=1)
         if self.eval_eps is not None:
             check_number("eval eps", self.eval_eps, low=0, high=1)
+        if self.eval_step_size is not None:
+            check_number("eval step size", self.eval_step_size, low=0, high=1)
         check_number("classes", self.classes, low=2, integer=True)
         check_number("repeats", self.repeats, low=1, integer=True)
         check_number("warm-up iterations", self.warmup, low=0, integer=True)
@@ -515,8 +518,9 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
         spec, note = "pmg-tiny", "checkpoints/clip-tiny.safetensors is missing: a random-init pmg-tiny stood in"
     model = load_model(spec, device=device)
     eps = cfg.eval_eps if cfg.eval_eps is not None else cfg.eps
+    step = cfg.eval_step_size if cfg.eval_step_size is not None else eps
     base = EvalConfig(models=[spec], datasets=[n.strip() for n in cfg.eval_datasets.split(",") if n.strip()], eps=eps,
-                      steps=cfg.eval_steps, step_size=eps, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
+                      steps=cfg.eval_steps, step_size=step, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
                       seed=cfg.seed, device=str(device))
     datasets = [get_dataset(n, split="test", root=base.data_root).limited(base.limit, base.seed)
                 for n in expand_names(base.datasets)]
@@ -537,7 +541,7 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
                 times[name].append(time.perf_counter() - t0)
     n = sum(row["n"] for row in rows["early_stop"])
     out: dict = {"model": spec, "datasets": cfg.eval_datasets, "samples": n, "steps": cfg.eval_steps,
-                 "eps_255": round(eps * 255, 4), "batch_size": cfg.eval_batch_size}
+                 "eps_255": round(eps * 255, 4), "step_size_255": round(step * 255, 4), "batch_size": cfg.eval_batch_size}
     if note:
         out["note"] = note
     for name, ts in times.items():
@@ -636,7 +640,8 @@ def to_markdown(report: dict) -> str:
     es = report.get("eval_early_stop")
     if es:
         lines += ["", f"## Robust evaluation early stop: {es['model']} on {es['datasets']} "
-                      f"({es['samples']} samples, PGD-{es['steps']}, eps {es['eps_255']}/255)", ""]
+                      f"({es['samples']} samples, PGD-{es['steps']}, eps {es['eps_255']}/255, "
+                      f"step {es.get('step_size_255', es['eps_255'])}/255)", ""]
         if es.get("note"):
             lines += [f"Note: {es['note']}.", ""]
         lines += ["| variant | seconds | images/s | clean correct | robust correct |", "|---|---:|---:|---:|---:|"]
@@ -679,6 +684,8 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=None, help=f"untimed warm-up rounds (default {d.warmup})")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     p.add_argument("--eval-eps", type=float, default=None, help="eps of the early-stop study in /255 (default: --eps)")
+    p.add_argument("--eval-step-size", type=float, default=None,
+                   help="PGD step of the early-stop study in /255 (default: its eps)")
     p.add_argument("--eval-model", default=d.eval_model, help="model of the early-stop study (default %(default)s)")
     p.add_argument("--eval-datasets", default=None, help=f"datasets of the early-stop study (default {d.eval_datasets})")
     p.add_argument("--eval-limit", type=int, default=None, help=f"samples per dataset there (default {d.eval_limit})")
@@ -702,6 +709,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(arch=args.arch, batch_size=args.batch_size, device=args.device,
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
                        eps=args.eps / 255, eval_eps=None if args.eval_eps is None else args.eval_eps / 255,
+                       eval_step_size=None if args.eval_step_size is None else args.eval_step_size / 255,
                        classes=args.classes, amp=args.amp, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
                        **resolved)

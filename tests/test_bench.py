@@ -53,7 +53,8 @@ def test_reference_differs_when_attack_differs(tiny_model):
 def test_quick_bench_writes_report(tmp_path, capsys):
     out, md = tmp_path / "b.json", tmp_path / "b.md"
     rc = main(["bench", "--arch", "pmg-test", "--quick", "--method", "pmg-aft", "--eval-model", "pmg-test",
-               "--eval-datasets", "toy-colours", "--eval-limit", "16", "--out", str(out), "--markdown", str(md)])
+               "--eval-datasets", "toy-colours", "--eval-limit", "16", "--eval-eps", "4", "--eval-step-size", "1",
+               "--out", str(out), "--markdown", str(md)])
     assert rc == 0
     report = json.loads(out.read_text())
     r = report["methods"]["pmg-aft"]
@@ -66,8 +67,9 @@ def test_quick_bench_writes_report(tmp_path, capsys):
     study = report["eval_early_stop"]
     assert study["samples"] == 16 and study["same_accuracy"] is True
     assert study["speedup_vs_attack_all"] > 0
+    assert (study["eps_255"], study["step_size_255"]) == (4, 1)  # the study's own attack, not the training eps
     assert report["device"]["type"] == "cpu"
-    assert "| pmg-aft |" in md.read_text()
+    assert "| pmg-aft |" in md.read_text() and "eps 4.0/255, step 1.0/255" in md.read_text()
 
 
 def test_bench_rejects_unknown_method(capsys):
