@@ -142,9 +142,11 @@ class PGD:
         return pred == y if targeted else pred != y
 
     def run(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None,
-            init: torch.Tensor | None = None) -> AttackResult:
+            init: torch.Tensor | None = None, clean_logits: torch.Tensor | None = None) -> AttackResult:
         """Attack a batch. `init`: the first restart's starting perturbation (overrides random_start),
-        e.g. per-sample seeded noise so results do not depend on how samples are batched."""
+        e.g. per-sample seeded noise so results do not depend on how samples are batched.
+        `clean_logits`: the model's logits on `images` when the caller has them already (evaluation
+        does), which saves the forward pass that judges the clean input."""
         check(images.dim() == 4, f"images must be NCHW; got shape {tuple(images.shape)}.")
         check(images.shape[0] == labels.shape[0], "images and labels must have the same batch size.")
         x0 = images.detach().clamp(0, 1)
@@ -152,7 +154,11 @@ class PGD:
         y = (target if targeted else labels).to(x0.device)
         gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
-        best_loss, best_pred = self._eval(x0, y, targeted)
+        if clean_logits is None:
+            best_loss, best_pred = self._eval(x0, y, targeted)
+        else:
+            check(clean_logits.shape[0] == x0.shape[0], "clean_logits must have one row per image.")
+            best_loss, best_pred = attack_loss(clean_logits, y, self.loss, targeted), clean_logits.argmax(1)
         best_adv, fooled = x0.clone(), self._success(best_pred, y, targeted)
         everyone = torch.arange(x0.shape[0], device=x0.device)
         for r in range(self.restarts):

@@ -564,11 +564,11 @@ def attack_everything(model, cfg, datasets) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from .attacks import PGD
-    from .evaluate import sample_noise
+    from .evaluate import model_preset, sample_noise
 
     rows = []
     for data in datasets:
-        clf = model.classifier(data.classes, data.templates, cfg.preset).eval()
+        clf = model.classifier(data.classes, data.templates, model_preset(model, cfg)).eval()
         attack = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce", random_start=False, early_stop=False)
         n = clean_n = robust_n = start = 0
         for x, y in DataLoader(data.data, batch_size=cfg.batch_size, shuffle=False):

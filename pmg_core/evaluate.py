@@ -18,13 +18,13 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks import ATTACKS, PGD, make_attack, random_start
+from .attacks import ATTACKS, NORMS, PGD, make_attack, random_start
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
 from .checkpoints import read_metadata
 from .models import ClipModel, ZeroShotClassifier, checkpoint_path, default_device, load_model
-from .presets import get_preset
+from .presets import Preset, get_preset
 
 
 @dataclass
@@ -41,13 +41,15 @@ class EvalConfig:
     limit: int | None = None  # samples per dataset (a fixed seeded subset)
     batch_size: int = 128
     seed: int = 0
-    preset: str = "paper"
+    preset: str | None = None  # None: each model's own (the one it was fine-tuned with), else `paper`
     data_root: str | None = None
     device: str | None = None
+    num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
 
     def validate(self) -> None:
         check(len(self.models) > 0, "Give at least one model to evaluate.")
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else None)
+        check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}.")
         check_number("attack steps", self.steps, low=0, integer=True)
         if self.step_size is not None:
             check_number("step size", self.step_size, low=0)
@@ -56,7 +58,15 @@ class EvalConfig:
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)  # torch seeds overflow beyond int64
         if self.limit is not None:
             check_number("limit", self.limit, low=1, integer=True)
-        get_preset(self.preset)
+        check_number("data-loading workers", self.num_workers, low=0, integer=True)
+        if self.preset is not None:
+            get_preset(self.preset)
+
+
+def model_preset(model: ClipModel, cfg: EvalConfig) -> Preset:
+    """The numerics a model is judged with: the config's if set, else those it was fine-tuned with
+    (a public-code fine-tune expects ImageNet normalisation), else the paper's."""
+    return get_preset(cfg.preset or (model.metadata or {}).get("preset") or "paper")
 
 
 def sample_noise(indices: Sequence[int], shape: tuple, eps: float, norm: str, seed: int) -> torch.Tensor:
@@ -72,21 +82,22 @@ def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-                   cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample clean-correct and robust-correct flags for one batch."""
-    clean = _clean_logits(clf, x).argmax(1) == y
+                   cfg: EvalConfig, preset: Preset | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample clean-correct and robust-correct flags for one batch (`preset`: the attack's numerics)."""
+    logits = _clean_logits(clf, x)
+    clean = logits.argmax(1) == y
     robust = clean.clone()
     todo = clean.nonzero().squeeze(1)
     if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and cfg.attack in ("pgd", "cw"):
         return clean, robust
     xs, ys = x[todo], y[todo]
-    dtype = get_preset(cfg.preset).attack_dtype
+    dtype = (preset or get_preset(cfg.preset or "paper")).attack_dtype
     if cfg.attack in ("pgd", "cw"):
         attack = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce" if cfg.attack == "pgd" else "margin",
                      random_start=False, early_stop=cfg.early_stop, dtype=dtype)
         init = sample_noise(idx[todo.cpu()].tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x) \
             if cfg.random_start else None
-        robust[todo] = ~attack.run(xs, ys, init=init).fooled
+        robust[todo] = ~attack.run(xs, ys, init=init, clean_logits=logits[todo]).fooled
     else:
         adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
         robust[todo] = _clean_logits(clf, adv).argmax(1) == ys
@@ -114,21 +125,22 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     """
     ctx = ctx or Dist()
     start = time.time()
-    clf = model.classifier(data.classes, data.templates, cfg.preset).eval()
+    preset = model_preset(model, cfg)
+    clf = model.classifier(data.classes, data.templates, preset).eval()
     # Indices stay global, so each sample's random start is the same whoever evaluates it.
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
-    loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False)
+    loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     n = clean_n = robust_n = 0
     for x, y, idx in loader:
         x, y = x.to(model.device), y.to(model.device)
-        clean, robust = evaluate_batch(clf, x, y, idx, cfg)
+        clean, robust = evaluate_batch(clf, x, y, idx, cfg, preset)
         n, clean_n, robust_n = n + len(y), clean_n + int(clean.sum()), robust_n + int(robust.sum())
         yield {"event": "progress", "model": model.name, "dataset": data.name, "done": n, "total": len(shard)}
     if ctx.enabled:
         n, clean_n, robust_n = (int(v) for v in all_reduce_sum(torch.tensor([n, clean_n, robust_n]), ctx))
     yield {"event": "result", "model": model.name, "dataset": data.name, "n": n, "clean_correct": clean_n,
            "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
-           "seconds": round(time.time() - start, 3)}
+           "preset": preset.name, "seconds": round(time.time() - start, 3)}
 
 
 def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> dict:

@@ -17,10 +17,11 @@ from toy import make_toy
 CLASSES = ["red", "green", "blue", "grey"]
 
 
-def test_eval_counts_equal_a_manual_count(model):
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_eval_counts_equal_a_manual_count(model, early_stop):
     data = get_dataset("toy-colours")
     cfg = EvalConfig(models=["x"], datasets=["toy-colours"], eps=8 / 255, steps=4, step_size=2 / 255, batch_size=20,
-                     early_stop=False)
+                     early_stop=early_stop)
     row = evaluate(cfg, models=[model])["results"][0]
     x, y = make_toy(96, seed=2).tensors
     clf = model.classifier(data.classes, data.templates).eval()
