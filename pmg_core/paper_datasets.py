@@ -40,6 +40,7 @@ class PaperDataset:
     where: str  # which files go where under the data root ({root} is filled in)
     splits: dict  # our split name ("train" | "test") -> the dataset's own split name (None: whole set)
     downloadable: bool
+    source: str = ""  # where torchvision downloads it from, when that needs saying
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -220,8 +221,8 @@ def _specs() -> list[PaperDataset]:
                      "{root}/stanford_cars/ (devkit/cars_meta.mat, cars_test/*.jpg and cars_test_annos_withlabels.mat)",
                      both, False),
         PaperDataset("pcam", "PCAM", False, "~0.8 GB test split (~7.5 GB all splits)",
-                     "{root}/pcam/camelyonpatch_level_2_split_test_x.h5 and ..._test_y.h5 (needs `pip install h5py`)",
-                     {"train": "train", "test": "test"}, True),
+                     "{root}/pcam/camelyonpatch_level_2_split_test_x.h5 and ..._test_y.h5 (read with h5py)",
+                     {"train": "train", "test": "test"}, True, "from Google Drive, with gdown"),
     ]
 
 
@@ -277,6 +278,18 @@ def _torchvision(spec: PaperDataset, split, root: Path, transform, download: boo
     raise AssertionError(f"no torchvision reader for {n}")
 
 
+def _check_pcam_packages(base: Path, split: str, fetch: bool) -> None:
+    """PCAM is HDF5 files (read with h5py) on Google Drive (fetched with gdown): say so before torchvision fails."""
+    from importlib.util import find_spec
+
+    need = ["h5py"]
+    if fetch and not (base / "pcam" / f"camelyonpatch_level_2_split_{split}_x.h5").is_file():
+        need.append("gdown")
+    missing = [name for name in need if find_spec(name) is None]
+    check(not missing, f"PCAM needs the Python package{'s' if len(missing) > 1 else ''} {' and '.join(missing)}: "
+                       f"pip install {' '.join(missing)} (requirements.txt lists them).")
+
+
 def _should_download(spec: PaperDataset, download: bool | None) -> bool:
     if not spec.downloadable:
         return False
@@ -303,15 +316,18 @@ def build(name: str, split: str = "test", root: str | os.PathLike | None = None,
         elif name == "imagenet":
             data, classes = imagenet(split, base / "imagenet", transform)
         else:
+            if name == "pcam":
+                _check_pcam_packages(base, spec.splits[split], fetch)
             if fetch:
                 base.mkdir(parents=True, exist_ok=True)
             data, classes = _torchvision(spec, spec.splits[split], base, transform, fetch)
     except (RuntimeError, OSError, ValueError) as e:
         # torchvision's "not found" advice names its own download=True flag; ours is to be online.
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        missing = isinstance(e, FileNotFoundError) or "not found" in first and "h5py" not in first
+        missing = isinstance(e, FileNotFoundError) or "not found" in first
         detail = "" if missing else f" ({first})"
-        how = ("it downloads by itself when this machine is online" if spec.downloadable
+        source = f" ({spec.source})" if spec.source else ""
+        how = (f"it downloads by itself{source} when this machine is online" if spec.downloadable
                else "it cannot be downloaded automatically")
         raise UserError(f"{spec.title} {split} data is missing or incomplete under {base}{detail}: "
                         f"put it at {where}; {how}.") from None

@@ -1,5 +1,6 @@
 """The paper's datasets read from tiny fake copies in each on-disk layout the loaders use (no downloads)."""
 import json
+import sys
 import pickle
 from pathlib import Path
 
@@ -191,3 +192,170 @@ def test_registry_groups_and_splits():
         get_dataset("sun397", split="train", root="/nonexistent")
     with pytest.raises(UserError, match="Split must be"):
         get_dataset("cifar10", split="validation", root="/nonexistent")
+
+
+# --- the torchvision layouts: tiny fakes written the way torchvision 0.29's classes read them -----
+
+def _check_items(ds, level_of: dict[int, int], size) -> list[int]:
+    """Every image has its label's grey level and the expected size; returns the labels, sorted."""
+    assert ds.templates == PAPER_TEMPLATES
+    labels = []
+    for i in range(len(ds)):
+        x, y = ds.data[i]
+        assert x.dtype == torch.float32 and tuple(x.shape) == (3, *size)
+        assert abs(_level(x) - level_of[y]) <= 3, f"image {i} does not look like class {y}"
+        labels.append(y)
+    return sorted(labels)
+
+
+def _no_md5(monkeypatch, module) -> None:
+    # The fake files cannot match the real md5 sums; everything else is torchvision's own reading.
+    import os
+
+    monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+def test_cifar100_fine_labels_and_names(tmp_path, monkeypatch):
+    from torchvision.datasets import cifar
+
+    base = tmp_path / "cifar-100-python"
+    base.mkdir()
+    names = [f"class_{i}" for i in range(100)]
+    names[3], names[57], names[99] = "bear", "pickup_truck", "worm"
+    with open(base / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": ["x"] * 20}, f)
+    labels = [57, 3, 99]
+    data = np.stack([np.full(3072, lvl, dtype=np.uint8) for lvl in LEVELS])
+    for split in ("train", "test"):
+        with open(base / split, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labels, "coarse_labels": [0, 1, 2]}, f)
+    _no_md5(monkeypatch, cifar)
+    ds = get_dataset("cifar100", root=str(tmp_path))
+    assert len(ds.classes) == 100 and [ds.classes[i] for i in (3, 57, 99)] == ["bear", "pickup truck", "worm"]
+    assert _check_items(ds, dict(zip(labels, LEVELS)), (32, 32)) == [3, 57, 99]
+
+
+def test_stl10_binary_files_keep_orientation_and_native_size(tmp_path, monkeypatch):
+    from torchvision.datasets import stl10
+
+    base = tmp_path / "stl10_binary"
+    base.mkdir()
+    images = np.zeros((2, 96, 96, 3), dtype=np.uint8)  # HWC: a bright top half, then a bright left half
+    images[0, :48], images[1, :, :48] = 255, 255
+    # STL-10 stores each image channel by channel, column-major (torchvision transposes it back).
+    (base / "test_X.bin").write_bytes(np.ascontiguousarray(images.transpose(0, 3, 2, 1)).tobytes())
+    (base / "test_y.bin").write_bytes(bytes([10, 1]))  # 1-based labels: ship, airplane
+    for name in ("train_X.bin", "train_y.bin", "unlabeled_X.bin"):
+        (base / name).write_bytes(b"")
+    (base / "class_names.txt").write_text("airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n")
+    _no_md5(monkeypatch, stl10)
+    ds = get_dataset("stl10", root=str(tmp_path))
+    assert ds.classes[0] == "airplane" and ds.classes[8] == "ship" and len(ds) == 2
+    (top, y0), (left, y1) = ds.data[0], ds.data[1]
+    assert (y0, y1) == (9, 0) and tuple(top.shape) == (3, 96, 96)
+    assert top[:, :48].min() == 1 and top[:, 48:].max() == 0
+    assert left[:, :, :48].min() == 1 and left[:, :, 48:].max() == 0
+
+
+def test_sun397_nested_class_folders(tmp_path):
+    base = tmp_path / "SUN397"
+    base.mkdir()
+    (base / "ClassName.txt").write_text("/a/abbey\n/b/bakery/shop\n/y/youth_hostel\n")
+    _img(base / "a" / "abbey" / "sun_aaa.jpg", LEVELS[0])
+    _img(base / "b" / "bakery" / "shop" / "sun_bbb.jpg", LEVELS[1])
+    _img(base / "b" / "bakery" / "shop" / "sun_bbc.jpg", LEVELS[1])
+    _img(base / "y" / "youth_hostel" / "sun_ccc.jpg", LEVELS[2])
+    ds = get_dataset("sun397", root=str(tmp_path))
+    assert ds.classes == ["abbey", "bakery shop", "youth hostel"]
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 1, 2]
+
+
+def test_oxford_pets_split_file(tmp_path):
+    base = tmp_path / "oxford-iiit-pet"
+    rows = [("Abyssinian_1", 1, 1), ("american_bulldog_10", 2, 2), ("Abyssinian_7", 1, 1)]
+    for image_id, label, _ in rows:
+        _img(base / "images" / f"{image_id}.jpg", LEVELS[label - 1])
+    (base / "annotations").mkdir(parents=True)
+    (base / "annotations" / "test.txt").write_text("".join(f"{i} {c} {s} 1\n" for i, c, s in rows))
+    ds = get_dataset("oxford-pets", root=str(tmp_path))
+    assert ds.classes == ["Abyssinian", "American Bulldog"]
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 0, 1]
+
+
+def test_flowers102_mat_files(tmp_path, monkeypatch):
+    from scipy.io import savemat
+    from torchvision.datasets import flowers102
+
+    base = tmp_path / "flowers-102"
+    for i, lvl in ((1, LEVELS[0]), (2, LEVELS[1]), (3, LEVELS[0]), (4, LEVELS[2])):
+        _img(base / "jpg" / f"image_{i:05d}.jpg", lvl)
+    savemat(base / "imagelabels.mat", {"labels": np.array([[1, 2, 1, 3]])})  # 1-based, per image id
+    savemat(base / "setid.mat", {"trnid": np.array([[1, 2]]), "valid": np.array([[3, 4]]), "tstid": np.array([[2, 3, 4]])})
+    _no_md5(monkeypatch, flowers102)
+    ds = get_dataset("flowers102", root=str(tmp_path))
+    assert ds.classes[:3] == ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"] and len(ds.classes) == 102
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 2]
+
+
+def test_fgvc_aircraft_variants(tmp_path):
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    data.mkdir(parents=True)
+    (data / "variants.txt").write_text("707-320\nA300B4\nF/A-18\n")
+    rows = [("0034309", "F/A-18", LEVELS[2]), ("0056978", "707-320", LEVELS[0]), ("1514522", "A300B4", LEVELS[1])]
+    for image, variant, lvl in rows:
+        _img(data / "images" / f"{image}.jpg", lvl)
+    (data / "images_variant_test.txt").write_text("".join(f"{i} {v}\n" for i, v, _ in rows))
+    ds = get_dataset("fgvc-aircraft", root=str(tmp_path))
+    assert ds.classes == ["707-320", "A300B4", "F/A-18"]
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 2]
+
+
+def test_caltech101_folders_get_clip_names(tmp_path):
+    cats = tmp_path / "caltech101" / "101_ObjectCategories"
+    _img(cats / "BACKGROUND_Google" / "image_0001.jpg", 0)  # not a class: torchvision drops it
+    _img(cats / "Faces_easy" / "image_0001.jpg", LEVELS[0])
+    _img(cats / "Faces_easy" / "image_0002.jpg", LEVELS[0], mode="L")
+    _img(cats / "airplanes" / "image_0001.jpg", LEVELS[1])
+    _img(cats / "water_lilly" / "image_0001.jpg", LEVELS[2])
+    ds = get_dataset("caltech101", root=str(tmp_path))
+    assert ds.classes == ["centered face", "airplane", "water lilly"]
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 0, 1, 2]
+
+
+def test_stanford_cars_devkit_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    base = tmp_path / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    names = np.array(["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Volvo XC90 SUV 2007"], dtype=object)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": names.reshape(1, -1)})
+    rows = [("00001.jpg", 3), ("00002.jpg", 1), ("00003.jpg", 2)]  # 1-based classes
+    annos = np.array([(f, c) for f, c in rows], dtype=[("fname", object), ("class", np.uint8)])
+    savemat(base / "cars_test_annos_withlabels.mat", {"annotations": annos.reshape(1, -1)})
+    for fname, c in rows:
+        _img(base / "cars_test" / fname, LEVELS[c - 1])
+    ds = get_dataset("stanford-cars", root=str(tmp_path))
+    assert ds.classes == list(names)
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 2]
+
+
+def test_pcam_h5_files(tmp_path):
+    h5py = pytest.importorskip("h5py", reason="PCAM's files are HDF5; h5py is in requirements.txt")
+    base = tmp_path / "pcam"
+    base.mkdir()
+    labels = [1, 0, 1]
+    with h5py.File(base / "camelyonpatch_level_2_split_test_x.h5", "w") as f:
+        f["x"] = np.stack([np.full((96, 96, 3), LEVELS[y], dtype=np.uint8) for y in labels])
+    with h5py.File(base / "camelyonpatch_level_2_split_test_y.h5", "w") as f:
+        f["y"] = np.array(labels, dtype=np.uint8).reshape(-1, 1, 1, 1)
+    ds = get_dataset("pcam", root=str(tmp_path))
+    assert ds.classes == ["lymph node", "lymph node containing metastatic tumor tissue"]
+    assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 1]
+
+
+def test_pcam_without_h5py_says_which_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)  # importlib then finds no h5py
+    with pytest.raises(UserError, match=r"PCAM needs the Python package h5py: pip install h5py") as e:
+        get_dataset("pcam", root=str(tmp_path))
+    assert "\n" not in str(e.value)
+
