@@ -231,29 +231,39 @@ class FeatureAttack:
 
 
 class AutoAttackAdapter:
-    """torchattacks' AutoAttack on a ZeroShotClassifier.
+    """torchattacks' AutoAttack on a ZeroShotClassifier, for any number of classes from 2 up.
 
-    version "standard": torchattacks.AutoAttack (APGD-CE, APGD-T, FAB-T, Square);
+    version "standard": APGD-CE, APGD-T, FAB-T, Square, composed as torchattacks.AutoAttack does;
     version "fast": APGD-CE then APGD-T (the two gradient attacks), much cheaper.
+    Unlike torchattacks.AutoAttack, whose targeted attacks aim at every other class (n_classes - 1),
+    APGD-T and FAB-T aim at the min(9, n_classes - 1) likeliest wrong classes, as the original
+    AutoAttack does. APGD-T's targeted DLR loss reads the 3rd and 4th largest logits, so with fewer
+    than 4 classes it is left out (FAB-T and Square still run in "standard").
+    `steps` is the APGD / APGD-T / FAB iteration count (torchattacks' default 10; the original
+    AutoAttack uses 100), `n_queries` Square's query budget.
     """
 
     def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", version: str = "fast",
-                 n_classes: int | None = None, seed: int = 0):
-        import torchattacks
+                 n_classes: int | None = None, seed: int = 0, steps: int = 10, n_queries: int = 5000):
+        import torchattacks as ta
 
         check_number("eps", eps, low=0)
+        check_number("steps", steps, low=1, integer=True)
+        check_number("Square queries", n_queries, low=1, integer=True)
         check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
         check(version in ("standard", "fast"), f"AutoAttack version must be 'standard' or 'fast'; got {version!r}.")
-        n_classes = n_classes or getattr(model, "num_classes", 10)
+        n_classes = n_classes or model.num_classes
+        check(n_classes >= 2, f"AutoAttack needs at least 2 classes; got {n_classes}.")
+        targets = min(9, n_classes - 1)
+        common = dict(norm=norm, eps=eps, seed=seed, n_restarts=1)
+        attacks = [ta.APGD(model, loss="ce", steps=steps, **common)]
+        if n_classes >= 4:
+            attacks.append(ta.APGDT(model, steps=steps, n_classes=targets + 1, **common))
         if version == "standard":
-            self.attack = torchattacks.AutoAttack(model, norm=norm, eps=eps, version="standard",
-                                                  n_classes=n_classes, seed=seed)
-        else:
-            n_target = max(1, min(9, n_classes - 1))
-            attacks = [torchattacks.APGD(model, norm=norm, eps=eps, loss="ce", seed=seed, n_restarts=1),
-                       torchattacks.APGDT(model, norm=norm, eps=eps, seed=seed, n_classes=n_classes, n_restarts=1)]
-            attacks[1].n_target_classes = n_target
-            self.attack = torchattacks.MultiAttack(attacks)
+            attacks += [ta.FAB(model, steps=steps, multi_targeted=True, n_classes=targets + 1, **common),
+                        ta.Square(model, n_queries=n_queries, **common)]
+        # MultiAttack keeps each image's first success and refuses a list of one.
+        self.attack = attacks[0] if len(attacks) == 1 else ta.MultiAttack(attacks)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.attack(images, labels).detach()
@@ -271,5 +281,5 @@ def make_attack(name: str, model: nn.Module, eps: float, steps: int = 10, alpha:
         return PGD(model, eps, alpha, steps, norm, loss="margin", **kwargs)
     if name in ("autoattack", "autoattack-standard"):
         return AutoAttackAdapter(model, eps, norm, "standard" if name.endswith("standard") else "fast",
-                                 seed=kwargs.get("seed") or 0)
+                                 seed=kwargs.get("seed") or 0, steps=steps)
     raise UserError(f"Unknown attack '{name}': choose one of {', '.join(ATTACKS)}.")

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pmg_core.attacks import AutoAttackAdapter, make_attack
 from pmg_core.data import expand_names, get_dataset
 from pmg_core.errors import UserError
-from pmg_core.paper_datasets import IMAGENET_NAMES_FILE, PAPER_TEMPLATES, SPECS
+from pmg_core.paper_datasets import IMAGENET_NAMES_FILE, PAPER_TEMPLATES, PCAM_NAMES, SPECS
 
 # One clearly different grey level per class lets a test check that each image kept its own label.
 LEVELS = [30, 130, 230]
@@ -359,3 +360,28 @@ def test_pcam_without_h5py_says_which_package(tmp_path, monkeypatch):
         get_dataset("pcam", root=str(tmp_path))
     assert "\n" not in str(e.value)
 
+
+# --- AutoAttack on the paper's few-class sets (PCAM has 2 classes) --------------------------------
+
+# eps where APGD-CE leaves images standing on this random model, so FAB-T and Square run on them too.
+@pytest.mark.parametrize("classes, eps", [(PCAM_NAMES, 2 / 255), (["cat", "dog", "bird"], 48 / 255)])
+def test_autoattack_runs_on_two_and_three_classes(model, classes, eps):
+    clf = model.classifier(classes, PAPER_TEMPLATES).eval()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = clf(x).argmax(1)  # every image starts correctly classified
+    correct = {}
+    for version in ("fast", "standard"):  # steps and Square's queries cut short for speed
+        adv = AutoAttackAdapter(clf, eps, version=version, steps=5, n_queries=20)(x, y)
+        assert (adv - x).abs().max() <= eps + 1e-6 and 0 <= adv.min() and adv.max() <= 1
+        with torch.no_grad():
+            correct[version] = int((clf(adv).argmax(1) == y).sum())
+    # "standard" runs the "fast" attacks first, then more: it can only fool more images.
+    assert correct["standard"] <= correct["fast"] <= len(y) and correct["standard"] < len(y)
+
+
+def test_autoattack_targets_at_most_nine_classes_and_takes_the_step_count(model):
+    attack = make_attack("autoattack-standard", model.classifier([f"c{i}" for i in range(20)]), 1 / 255, steps=7)
+    apgd, apgdt, fab, square = attack.attack.attacks
+    assert (apgdt.n_target_classes, fab.n_target_classes) == (9, 9)
+    assert apgd.steps == apgdt.steps == fab.steps == 7 and square.n_queries == 5000
