@@ -25,58 +25,85 @@ def _csv(v: str) -> list[str]:
     return [s.strip() for s in v.split(",") if s.strip()]
 
 
+def _settings(args, cls, kind: str) -> dict:
+    """Run settings: the recipe given with --config, then every flag given on the command line.
+
+    The train and eval parsers default every option to argparse.SUPPRESS, so `args` holds exactly
+    the flags that were typed, even one equal to its default; the rest come from the recipe or
+    from the config class's defaults.
+    """
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if args.config is None:
+        return given
+    from .recipes import load_recipe
+
+    return {**load_recipe(args.config, kind), **given}
+
+
+def _check_writable(path: str, what: str) -> None:
+    """Refuse, before a long run, an output file whose folder cannot be made or written to."""
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError(f"The {what} path '{path}' is a folder; give a file name.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=target.parent).close()
+    except OSError as e:
+        raise UserError(f"Cannot write the {what} to '{path}': its folder '{target.parent}' cannot be created "
+                        f"or written to ({e.strerror or e}).") from None
+
+
 def _add_train(sub) -> None:
     from .train import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, FARE, clean)",
-                       description="Fine-tune model.visual adversarially. eps/step sizes in /255 units.")
-    p.add_argument("--config", help="YAML/JSON recipe; command-line flags override it")
-    p.add_argument("--model", default=d.model, help="base model spec (default %(default)s)")
-    p.add_argument("--method", default=d.method, help="clean | tecoa | pmg-aft | fare (default %(default)s)")
-    p.add_argument("--dataset", default=d.dataset, help="registered dataset or ImageFolder path")
-    p.add_argument("--data-root", default=None, help="where on-disk datasets live")
-    p.add_argument("--eps", type=_e, default=d.eps, help="Linf radius in /255 (default 1)")
-    p.add_argument("--steps", dest="attack_steps", type=int, default=d.attack_steps, help="PGD steps (default 2)")
-    p.add_argument("--step-size", type=_e, default=d.step_size, help="PGD step in /255 (default 1)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="PMG-AFT weight of KL to the original model")
-    p.add_argument("--beta", type=float, default=d.beta, help="PMG-AFT weight of KL to its clean output")
-    p.add_argument("--preset", default=d.preset, help="paper | public-code (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up steps of the cosine schedule")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--limit", type=int, default=None, help="use at most N training samples")
-    p.add_argument("--train-last-n", type=int, default=None, help="train only the last N tensors of the encoder")
-    p.add_argument("--out", default=None, help="checkpoint path (.safetensors)")
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (with resume state)")
+                       description="Fine-tune model.visual adversarially. eps/step sizes in /255 units.",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", default=None, help="YAML/JSON recipe; flags given on the command line override it")
+    p.add_argument("--model", help=f"base model spec (default {d.model})")
+    p.add_argument("--method", help=f"clean | tecoa | pmg-aft | fare (default {d.method})")
+    p.add_argument("--dataset", help=f"registered dataset or ImageFolder path (default {d.dataset})")
+    p.add_argument("--data-root", help="where on-disk datasets live (default $PMG_DATA_ROOT, else ./data)")
+    p.add_argument("--eps", type=_e, help="Linf radius in /255 (default 1)")
+    p.add_argument("--steps", dest="attack_steps", type=int, help=f"PGD steps (default {d.attack_steps})")
+    p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
+    p.add_argument("--alpha", type=float, help=f"PMG-AFT weight of KL to the original model (default {d.alpha})")
+    p.add_argument("--beta", type=float, help=f"PMG-AFT weight of KL to its clean output (default {d.beta})")
+    p.add_argument("--preset", help=f"paper | public-code (default {d.preset})")
+    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
+    p.add_argument("--lr", type=float, help=f"default {d.lr}")
+    p.add_argument("--momentum", type=float, help=f"default {d.momentum}")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    p.add_argument("--warmup", type=int, help=f"warm-up steps of the cosine schedule (default {d.warmup})")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--limit", type=int, help="use at most N training samples")
+    p.add_argument("--train-last-n", type=int, help="train only the last N tensors of the encoder")
+    p.add_argument("--out", help="checkpoint path (.safetensors)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (with resume state)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--keep-state", action="store_true", help="keep the .state resume file after the run")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
-    from dataclasses import fields
-
     from .distributed import barrier
     from .train import TrainConfig, train
 
-    names = {f.name for f in fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    if args.config:
-        from .recipes import load_recipe
-
-        recipe = load_recipe(args.config, "train")
-        defaults = vars(args.parser_defaults)
-        given = {**recipe, **{k: v for k, v in given.items() if v != defaults.get(k)}}
-    cfg = TrainConfig(**given)
+    cfg = TrainConfig(**_settings(args, TrainConfig, "train"))
+    if cfg.out:
+        _check_writable(cfg.out, "checkpoint")
 
     def run(ctx) -> int:
         if ctx.enabled:
@@ -120,42 +147,36 @@ def _add_eval(sub) -> None:
 
     d = EvalConfig()
     p = sub.add_parser("eval", help="zero-shot clean and robust accuracy over models x datasets",
-                       description="Evaluate models on datasets under an attack. eps/step sizes in /255 units.")
-    p.add_argument("--config", help="YAML/JSON evaluation recipe; command-line flags override it")
-    p.add_argument("--models", type=_csv, default=d.models, help="comma-separated model specs")
-    p.add_argument("--datasets", type=_csv, default=d.datasets, help="comma-separated datasets or groups (mini)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--eps", type=_e, default=d.eps, help="attack radius in /255 (default 1)")
-    p.add_argument("--steps", type=int, default=d.steps, help="attack steps (default 10)")
-    p.add_argument("--step-size", type=_e, default=d.step_size, help="PGD step in /255 (default 1)")
-    p.add_argument("--attack", default=d.attack, help="pgd | cw | autoattack | autoattack-standard")
-    p.add_argument("--norm", default=d.norm, help="Linf | L2")
+                       description="Evaluate models on datasets under an attack. eps/step sizes in /255 units.",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", default=None, help="YAML/JSON evaluation recipe; flags given on the command line override it")
+    p.add_argument("--models", type=_csv, help=f"comma-separated model specs (default {','.join(d.models)})")
+    p.add_argument("--datasets", type=_csv, help=f"comma-separated datasets or groups (default {','.join(d.datasets)})")
+    p.add_argument("--data-root", help="where on-disk datasets live (default $PMG_DATA_ROOT, else ./data)")
+    p.add_argument("--eps", type=_e, help="attack radius in /255 (default 1)")
+    p.add_argument("--steps", type=int, help=f"attack steps; AutoAttack's APGD/FAB iterations (default {d.steps})")
+    p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
+    p.add_argument("--attack", help=f"pgd | cw | autoattack | autoattack-standard (default {d.attack})")
+    p.add_argument("--norm", help=f"Linf | L2 (default {d.norm})")
     p.add_argument("--no-random-start", dest="random_start", action="store_false")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="attack every sample for all steps (same result, slower)")
-    p.add_argument("--limit", type=int, default=None, help="samples per dataset")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--preset", default=d.preset)
-    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=int, help="samples per dataset (default all)")
+    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--preset", help="paper | public-code (default: each model's own, else paper)")
+    p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
+    p.add_argument("--device")
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args) -> int:
-    from dataclasses import fields
-
     from .evaluate import EvalConfig, evaluate, to_markdown, write_report
 
-    names = {f.name for f in fields(EvalConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    if args.config:
-        from .recipes import load_recipe
-
-        recipe = load_recipe(args.config, "eval")
-        defaults = vars(args.parser_defaults)
-        given = {**recipe, **{k: v for k, v in given.items() if v != defaults.get(k)}}
-    cfg = EvalConfig(**given)
+    cfg = EvalConfig(**_settings(args, EvalConfig, "eval"))
+    if args.out:
+        _check_writable(args.out, "report")
 
     def run(ctx) -> int:
         report = evaluate(cfg, progress=True, ctx=ctx)
@@ -195,6 +216,8 @@ def _run_attack(args) -> int:
 
     labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
     image = load_image(args.image)
+    if args.out:
+        _check_writable(args.out, "adversarial image")
     models = load_models(args.models, args.device or default_device())
     source = None
     if args.source:
@@ -274,8 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
-    args.parser_defaults = argparse.Namespace(**{a.dest: a.default for a in sub_parser._actions})  # noqa: SLF001
     try:
         return args.func(args) or 0
     except UserError as e:

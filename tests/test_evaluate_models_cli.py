@@ -154,6 +154,13 @@ def test_cli_train_and_attack(model, tmp_path, capsys):
     (["attack", "/no/image.png", "--models", "pmg-test", "--labels", "a,b", "--true", "a"], "does not exist"),
     (["attack", "requirements.txt", "--models", "pmg-test", "--labels", "", "--true", "a"], "labels"),
     (["attack", "requirements.txt", "--models", "pmg-test", "--labels", "a,b", "--true", "a"], "not a readable image"),
+    # unwritable outputs are refused before the run, not after it
+    (["eval", "--models", "pmg-test", "--datasets", "toy-colours", "--out", "/proc/nope/x.json"], "Cannot write the report"),
+    (["eval", "--models", "pmg-test", "--datasets", "toy-colours", "--out", "tests"], "is a folder"),
+    (["attack", "assets/examples/example.png", "--models", "pmg-test", "--labels", "a,b", "--out", "/proc/nope/a.png"],
+     "Cannot write the adversarial image"),
+    (["train", "--model", "pmg-test", "--dataset", "toy-colours", "--out", "/proc/nope/x.safetensors"],
+     "Cannot write the checkpoint"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, words, capsys):
     assert cli.main(argv) == 2

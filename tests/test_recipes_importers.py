@@ -96,6 +96,36 @@ def test_cli_train_uses_the_recipe_and_flags_override_it(tmp_path, capsys):
     assert not (tmp_path / "from-recipe.safetensors").exists()
 
 
+def _cli_settings(argv, cls):
+    from pmg_core.cli import _settings, build_parser
+
+    args = build_parser().parse_args(argv)
+    return cls(**_settings(args, cls, argv[0]))
+
+
+def test_flags_equal_to_their_defaults_still_override_the_recipe():
+    cfg = _cli_settings(["eval", "--config", str(CONFIGS / "eval_paper_eps4.yaml"), "--eps", "1", "--batch-size", "128"],
+                        EvalConfig)
+    assert (cfg.eps, cfg.batch_size, cfg.datasets, cfg.limit) == (1 / 255, 128, ["paper"], None)
+    assert cfg.batch_size == EvalConfig().batch_size and cfg.eps == EvalConfig().eps  # the parser defaults
+    cfg = _cli_settings(["train", "--config", str(CONFIGS / "tecoa_vitb32.yaml"), "--method", "pmg-aft"], TrainConfig)
+    assert (cfg.method, cfg.lr, cfg.epochs) == ("pmg-aft", 5e-5, 10)
+    flags = _cli_settings(["eval", "--config", str(CONFIGS / "eval_paper.yaml"), "--no-early-stop", "--seed", "0",
+                           "--preset", "paper"], EvalConfig)
+    assert (flags.early_stop, flags.seed, flags.preset) == (False, 0, "paper")
+    # without --config, an absent flag is the config class's default
+    assert _cli_settings(["eval"], EvalConfig) == EvalConfig()
+    assert _cli_settings(["train"], TrainConfig) == TrainConfig()
+
+
+def test_cli_train_flag_at_its_default_beats_the_recipe(tmp_path, capsys):
+    recipe = _toy_recipe(tmp_path, method="tecoa")
+    out = tmp_path / "flag.safetensors"
+    assert main(["train", "--config", str(recipe), "--method", "pmg-aft", "--steps", "2", "--out", str(out)]) == 0
+    meta = read_metadata(out)
+    assert (meta["method"], meta["attack_steps"], meta["eps_255"]) == ("pmg-aft", 2, 2.0)
+
+
 def test_cli_eval_runs_a_recipe(tmp_path, capsys):
     recipe = tmp_path / "e.yaml"
     recipe.write_text("kind: eval\nmodels: [pmg-test]\ndatasets: [toy-colours]\neps: 2\nsteps: 1\nlimit: 8\n")
