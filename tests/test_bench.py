@@ -66,7 +66,10 @@ def test_quick_bench_writes_report(tmp_path, capsys):
         assert report[entry]["ratio_vs_reference"] > 0
     study = report["eval_early_stop"]
     assert study["samples"] == 16 and study["same_accuracy"] is True
-    assert study["speedup_vs_attack_all"] > 0
+    assert study["speedup_vs_attack_all"] > 0 and study["pass_speedup_vs_attack_all"] >= 1
+    # Attacking everything shows the encoder every sample at every one of the 3 iterates (+ clean, final).
+    assert study["attack_all"]["gradient_images"] == 3 * 16
+    assert study["early_stop"]["gradient_images"] <= study["no_early_stop"]["gradient_images"] <= 3 * 16
     assert (study["eps_255"], study["step_size_255"]) == (4, 1)  # the study's own attack, not the training eps
     assert report["device"]["type"] == "cpu"
     assert "| pmg-aft |" in md.read_text() and "eps 4.0/255, step 1.0/255" in md.read_text()
