@@ -10,12 +10,16 @@ Sources understood:
 - ``hf-hub:ORG/REPO`` open_clip models such as RobustVLM's ``hf-hub:chs20/tecoa4-clip`` and
   ``hf-hub:chs20/fare2-clip`` (downloaded once; offline they must already be cached).
 
-The result is a fine-tune checkpoint of the OpenAI CLIP it was trained from (guessed from the
-tensor shapes, or ``--base``), with metadata naming the source, so every command can load it.
+The result is a fine-tune checkpoint of its base CLIP, with metadata naming the source, so every
+command can load it. The base is ``--base`` if given; for an hf-hub model, the hub model itself
+(its own open_clip config and text encoder, published with the image encoder); for a file, the
+OpenAI CLIP its tensor shapes match.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -32,6 +36,7 @@ OPENAI_BASES = {
     (1024, 14, 24, 257): "ViT-L-14-quickgelu:openai",
     (1024, 14, 24, 577): "ViT-L-14-336-quickgelu:openai",
 }
+log = logging.getLogger(__name__)
 STATE_KEYS = ("vision_encoder_state_dict", "state_dict", "model", "model_state_dict")
 METHOD_HINTS = (("pmg", "pmg-aft"), ("tecoa", "tecoa"), ("fare", "fare"))
 
@@ -105,8 +110,7 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
             {"source": source, "source_format": "open_clip hf-hub model"}
     path = Path(source)
     check(path.is_file(), f"'{source}' is neither a file nor an hf-hub:ORG/REPO id.")
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256_file(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -121,6 +125,37 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
         state = _pick_state(obj, f"'{path.name}'")
         fmt = "torch checkpoint" + (" (public PMG-AFT/TeCoA code layout)" if state is not obj else " (plain state dict)")
     return visual_state(state, f"'{path.name}'"), {"source": path.name, "source_format": fmt, "source_sha256": digest}
+
+
+def sha256_file(path: Path) -> str:
+    # Chunked: hashlib.file_digest needs Python 3.11 and the project supports 3.10.
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_has_config(source: str) -> bool:
+    """Whether the local Hugging Face cache holds an open_clip_config.json (with a model_cfg) for hf-hub:ORG/REPO."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(source[len("hf-hub:"):], "open_clip_config.json", local_files_only=True)
+        config = json.loads(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - not cached, unreadable or not JSON: all mean "no config"
+        return False
+    return isinstance(config, dict) and "model_cfg" in config
+
+
+def source_base(source: str, state: dict[str, torch.Tensor]) -> str:
+    """The CLIP that `source`'s image encoder pairs with: an hf-hub model that has its open_clip
+    config is its own base (a LAION ViT-B/32 must not get OpenAI's text encoder); else the shapes."""
+    if source.startswith("hf-hub:"):
+        if hub_has_config(source):
+            return source
+        log.warning("%s has no cached open_clip_config.json; guessing its base CLIP from the tensor shapes.", source)
+    return guess_base(state)
 
 
 def guess_base(state: dict[str, torch.Tensor]) -> str:
@@ -152,7 +187,7 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
     from .models import load_model
 
     state, meta = read_source(source)
-    base_spec = base or guess_base(state)
+    base_spec = base or source_base(source, state)
     out = Path(out) if out else default_out(source)
     base_model = load_model(base_spec, device="cpu")
     model = base_model.fork(out.stem, str(out), {})
@@ -168,7 +203,8 @@ def add_parser(sub) -> None:
                        description="Import a robust image encoder (public PMG-AFT/TeCoA .pth.tar, RobustVLM state "
                                    "dicts, hf-hub:chs20/... ids) as a fine-tune checkpoint; optionally evaluate it.")
     p.add_argument("source", help="checkpoint file or hf-hub:ORG/REPO")
-    p.add_argument("--base", default=None, help="base CLIP spec (default: guessed from the shapes, e.g. ViT-B-32-quickgelu:openai)")
+    p.add_argument("--base", default=None, help="base CLIP spec (default: an hf-hub model itself; for a file, the OpenAI "
+                                                "CLIP its shapes match, e.g. ViT-B-32-quickgelu:openai)")
     p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/<source name>.safetensors)")
     p.add_argument("--method", default=None, help="method recorded in the metadata (default: guessed from the name)")
     p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")

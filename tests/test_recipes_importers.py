@@ -1,4 +1,5 @@
 """Recipe files (round trip, the paper's values, refusals, the CLI) and importers of foreign checkpoints."""
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -12,7 +13,7 @@ from pmg_core.checkpoints import load_tensors, read_metadata
 from pmg_core.cli import main
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig
-from pmg_core.importers import guess_base, import_checkpoint, load_torch_file
+from pmg_core.importers import guess_base, import_checkpoint, load_torch_file, source_base
 from pmg_core.models import load_model
 from pmg_core.recipes import load_recipe, save_recipe
 from pmg_core.train import TrainConfig
@@ -168,6 +169,7 @@ def test_foreign_checkpoints_round_trip_to_identical_weights(tmp_path, foreign, 
     path, model = import_checkpoint(str(src), tmp_path / "imported.safetensors", base="pmg-test")
     meta = read_metadata(path)
     assert (meta["kind"], meta["base"], meta["method"], meta["source"]) == ("finetune", "pmg-test", "tecoa", src.name)
+    assert meta["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     stored = load_tensors(path)
     assert stored.keys() == {f"visual.{k}" for k in foreign}
     assert all(torch.equal(stored[f"visual.{k}"], v) for k, v in foreign.items())
@@ -234,6 +236,47 @@ def _vit_shapes(width, patch, layers, tokens):
 def test_base_guessed_from_openai_vit_shapes():
     assert guess_base(_vit_shapes(768, 32, 12, 50)) == "ViT-B-32-quickgelu:openai"
     assert guess_base(_vit_shapes(1024, 14, 24, 257)) == "ViT-L-14-quickgelu:openai"
+
+
+def _fake_hub_model(hub: Path, repo: str, visual: dict) -> None:
+    """An open_clip model in a Hugging Face cache laid out as hf_hub_download leaves it."""
+    from pmg_core.models import CONFIG_DIR, _open_clip
+
+    torch.manual_seed(3)
+    clip = _open_clip().create_model("pmg-test")
+    clip.visual.load_state_dict(visual)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = hub / ("models--" + repo.replace("/", "--"))
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    config = {"model_cfg": json.loads((CONFIG_DIR / "pmg-test.json").read_text()),
+              "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}
+    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+
+
+def test_hub_model_is_paired_with_its_own_text_encoder(tmp_path, foreign, monkeypatch):
+    from huggingface_hub import constants
+
+    _fake_hub_model(tmp_path / "hub", "someone/robust-clip", foreign)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path, model = import_checkpoint("hf-hub:someone/robust-clip", tmp_path / "robust.safetensors")
+    meta = read_metadata(path)
+    assert (meta["base"], meta["source"]) == ("hf-hub:someone/robust-clip", "hf-hub:someone/robust-clip")
+    assert all(torch.equal(load_tensors(path)[f"visual.{k}"], v) for k, v in foreign.items())
+    hub, imported = load_model("hf-hub:someone/robust-clip"), load_model(str(path))
+    classes = ["a cat", "a dog"]
+    assert torch.equal(imported.text_features(classes), hub.text_features(classes))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(imported.classifier(classes)(x), hub.classifier(classes)(x))
+
+
+def test_hub_model_without_config_falls_back_to_the_shapes_with_a_note(caplog):
+    with caplog.at_level("WARNING", logger="pmg_core.importers"):
+        assert source_base("hf-hub:nobody/not-cached", _vit_shapes(768, 32, 12, 50)) == "ViT-B-32-quickgelu:openai"
+    assert "guessing its base CLIP from the tensor shapes" in caplog.text
 
 
 def test_hub_ids_fail_fast_offline(tmp_path, monkeypatch):
