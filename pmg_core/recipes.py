@@ -5,6 +5,11 @@ flags given on the command line override the file. As on the command line, eps a
 written in /255 units (``eps: 1`` is 1/255) and converted to the library's pixel units here.
 Optional keys: ``kind`` (train | eval: refuses the wrong command) and ``extends`` (a recipe, path
 relative to this file, whose settings this one starts from).
+
+A train recipe's ``out`` that is a bare file name (``out: pmg-aft-vitb32.safetensors``) is written
+to the checkpoint folder (pmg_core.models.CHECKPOINT_DIR: checkpoints/ beside the package, or
+$PMG_CHECKPOINT_DIR), where ``eval --models pmg-aft-vitb32`` finds it by name from any working
+directory. Any other relative path is relative to the working directory, as ``--out`` always is.
 """
 from __future__ import annotations
 
@@ -92,6 +97,8 @@ def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
     for key in LIST_FIELDS:
         if isinstance(out.get(key), str):
             out[key] = [s.strip() for s in out[key].split(",") if s.strip()]
+    if kind == "train" and isinstance(out.get("out"), str):
+        out["out"] = checkpoint_out(out["out"])
     try:
         cls(**out).validate()
     except TypeError as e:
@@ -99,6 +106,13 @@ def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
     except UserError as e:
         raise UserError(f"In recipe '{path.name}': {e}") from None
     return out
+
+
+def checkpoint_out(out: str) -> str:
+    """A bare file name -> that file in the checkpoint folder; any path with a folder is kept as given."""
+    from . import models
+
+    return str(Path(models.CHECKPOINT_DIR) / out) if out and Path(out).name == out else out
 
 
 def recipe_values(config) -> dict[str, Any]:

@@ -57,12 +57,17 @@ def test_shipped_recipes_hold_the_papers_settings():
     assert public == {**pmg, "preset": "public-code", "out": public["out"]} and public["out"] != pmg["out"]
     methods = {n: load_recipe(CONFIGS / f"{n}_vitb32.yaml", "train")["method"] for n in ("tecoa", "fare")}
     assert methods == {"tecoa": "tecoa", "fare": "fare"}
+    from pmg_core.models import CHECKPOINT_DIR  # where eval_paper.yaml's models are looked up by name
+
+    assert Path(pmg["out"]) == CHECKPOINT_DIR / "pmg-aft-vitb32.safetensors"
 
     runs = {p.stem: load_recipe(p, "eval") for p in sorted(CONFIGS.glob("eval_paper*.yaml"))}
     settings = sorted((round(r["eps"] * 255, 6), r["attack"]) for r in runs.values())
     assert settings == [(1, "autoattack-standard"), (1, "cw"), (1, "pgd"), (2, "pgd"), (4, "pgd")]
-    for r in runs.values():
-        assert r["datasets"] == ["paper"] and r["steps"] == 10 and r["step_size"] == 1 / 255 and r["limit"] is None
+    for name, r in runs.items():
+        assert r["datasets"] == ["paper"] and r["step_size"] == 1 / 255 and r["limit"] is None
+        assert r["preset"] is None  # each model judged with the numerics it was fine-tuned with
+        assert r["steps"] == (100 if r["attack"].startswith("autoattack") else 10), name  # AutoAttack's own 100
 
 
 @pytest.mark.parametrize("text, says", [
@@ -125,6 +130,24 @@ def test_cli_train_flag_at_its_default_beats_the_recipe(tmp_path, capsys):
     assert main(["train", "--config", str(recipe), "--method", "pmg-aft", "--steps", "2", "--out", str(out)]) == 0
     meta = read_metadata(out)
     assert (meta["method"], meta["attack_steps"], meta["eps_255"]) == ("pmg-aft", 2, 2.0)
+
+
+def test_recipe_out_by_bare_name_lands_where_eval_finds_it(tmp_path, monkeypatch, capsys):
+    from pmg_core import models
+
+    monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path / "ckpts")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # wherever the command runs from
+    recipe = _toy_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace(f"out: {tmp_path / 'from-recipe.safetensors'}", "out: toy-pmg.safetensors"))
+    assert main(["train", "--config", str(recipe)]) == 0
+    assert (tmp_path / "ckpts" / "toy-pmg.safetensors").is_file() and not any(elsewhere.iterdir())
+    assert main(["eval", "--models", "toy-pmg", "--datasets", "toy-colours", "--steps", "1", "--limit", "8"]) == 0
+    assert "| toy-pmg | robust |" in capsys.readouterr().out
+    # a path with a folder stays relative to the working directory, as --out always is
+    recipe.write_text("kind: train\nout: runs/x.safetensors\n")
+    assert load_recipe(recipe, "train")["out"] == "runs/x.safetensors"
 
 
 def test_cli_eval_runs_a_recipe(tmp_path, capsys):
