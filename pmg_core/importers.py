@@ -182,17 +182,25 @@ def default_out(source: str) -> Path:
 
 
 def import_checkpoint(source: str, out: str | Path | None = None, base: str | None = None,
-                      method: str | None = None, device="cpu"):
-    """Convert `source` to a fine-tune checkpoint at `out`; returns (path, the loaded ClipModel)."""
-    from .models import load_model
+                      method: str | None = None, device="cpu", preset: str | None = None):
+    """Convert `source` to a fine-tune checkpoint at `out`; returns (path, the loaded ClipModel).
 
+    `preset`: the numerics the weights were trained with (the public PMG-AFT / TeCoA code's are
+    "public-code"); recorded, so evaluation judges the model with them unless told otherwise.
+    """
+    from .models import load_model
+    from .presets import get_preset
+
+    if preset is not None:
+        get_preset(preset)  # one sentence for an unknown name, before any loading
     state, meta = read_source(source)
     base_spec = base or source_base(source, state)
     out = Path(out) if out else default_out(source)
     base_model = load_model(base_spec, device="cpu")
     model = base_model.fork(out.stem, str(out), {})
     load_visual_into(model, {f"visual.{k}": v for k, v in state.items()}, f"'{meta['source']}'")
-    meta = {"method": method or guess_method(source), "imported": True, **meta}
+    meta = {"method": method or guess_method(source), "imported": True, **meta,
+            **({"preset": preset} if preset else {})}
     path = save_finetune(out, model, meta)
     model.spec, model.metadata = str(path), {"kind": "finetune", "base": model.base, **meta}
     return path, model.to(device)
@@ -207,6 +215,8 @@ def add_parser(sub) -> None:
                                                 "CLIP its shapes match, e.g. ViT-B-32-quickgelu:openai)")
     p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/<source name>.safetensors)")
     p.add_argument("--method", default=None, help="method recorded in the metadata (default: guessed from the name)")
+    p.add_argument("--preset", default=None, help="numerics it was trained with, used when evaluating it: paper | "
+                                                  "public-code (the public PMG-AFT/TeCoA code's; default paper)")
     p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")
     p.add_argument("--eval-config", default=None, help="then evaluate with this eval recipe (its models replaced)")
     p.add_argument("--limit", type=int, default=None, help="samples per dataset for --eval")
@@ -221,7 +231,7 @@ def _run_import(args) -> int:
     from .models import default_device
 
     device = args.device or default_device()
-    path, model = import_checkpoint(args.source, args.out, args.base, args.method, device)
+    path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)
     print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")
     if not (args.eval or args.eval_config):
         return 0

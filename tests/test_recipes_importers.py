@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from pmg_core.checkpoints import load_tensors, read_metadata
 from pmg_core.cli import main
 from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig
+from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.importers import guess_base, import_checkpoint, load_torch_file, source_base
 from pmg_core.models import load_model
 from pmg_core.recipes import load_recipe, save_recipe
@@ -306,6 +306,19 @@ def test_hub_ids_fail_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
     with pytest.raises(UserError, match="offline"):
         import_checkpoint("hf-hub:chs20/tecoa4-clip", tmp_path / "o.safetensors")
+
+
+def test_import_records_the_numerics_evaluation_then_uses(tmp_path, foreign):
+    torch.save(_public_code(foreign, "module."), tmp_path / "pmg_aft_eps1.pth.tar")
+    path, model = import_checkpoint(str(tmp_path / "pmg_aft_eps1.pth.tar"), tmp_path / "pmg.safetensors",
+                                    base="pmg-test", preset="public-code")
+    assert read_metadata(path)["preset"] == "public-code"
+    cfg = EvalConfig(models=[str(path)], datasets=["toy-colours"], steps=1, limit=8)
+    assert evaluate(cfg, models=[load_model(str(path))])["results"][0]["preset"] == "public-code"
+    with pytest.raises(UserError, match="Unknown preset"):
+        import_checkpoint(str(tmp_path / "pmg_aft_eps1.pth.tar"), tmp_path / "x.safetensors", base="pmg-test",
+                          preset="fp16")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_cli_import_then_evaluate(tmp_path, foreign, capsys):
