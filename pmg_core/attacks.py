@@ -22,10 +22,22 @@ NORMS = ("Linf", "L2")
 LOSSES = ("ce", "margin")
 
 
-def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
-    if dtype is None:
+# An attack's `dtype`: None runs its passes in fp32 even inside a caller's autocast (the paper's
+# numerics: a training step's bf16 autocast must not leak into its attack); a torch dtype runs them
+# under autocast to it (the public code's fp16); OUTER_AUTOCAST keeps whatever autocast the caller
+# set (training with attack_amp: faster on a GPU, not the paper's numerics).
+OUTER_AUTOCAST = "outer"
+
+
+def _autocast(x: torch.Tensor, dtype: torch.dtype | str | None):
+    outer = torch.is_autocast_enabled(x.device.type)
+    if dtype == OUTER_AUTOCAST or (dtype is None and not outer):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=x.device.type, dtype=dtype)
+    if dtype is None:
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    # Autocast's weight cache ignores the dtype: inside an outer autocast to another dtype, a shared
+    # cache would hand one context the other's cast weights (a dtype-mismatch error).
+    return torch.autocast(device_type=x.device.type, dtype=dtype, cache_enabled=not outer)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,15 +64,25 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / _lp_norm(delta)).clamp(max=1.0)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """A random point of the eps-ball around each image of x.
+
+    shard=(rank, world): x holds rows rank::world of a global batch split over `world` processes
+    (as the trainer splits it). Every process then draws the noise of the whole global batch from
+    its (identically seeded) stream and keeps its own rows, so the processes together use exactly
+    the noise one process would draw, and their streams stay in step.
+    """
     # A given (CPU) generator draws on the CPU: the same noise on every device. Without one, draw on
     # x's device: a CPU draw and copy of a 224 px GPU batch costs more than the attack's passes.
     dev = "cpu" if generator is not None else x.device
+    rank, world = shard
+    rows = (x.shape[0] * world, *x.shape[1:])
     if norm == "Linf":
-        u = torch.rand(x.shape, generator=generator, device=dev).to(x.device)
+        u = torch.rand(rows, generator=generator, device=dev)[rank::world].to(x.device)
         return (2 * u - 1) * eps
-    d = torch.randn(x.shape, generator=generator, device=dev).to(x.device)
-    r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=dev).to(x.device)
+    d = torch.randn(rows, generator=generator, device=dev)[rank::world].to(x.device)
+    r = torch.rand((rows[0],) + (1,) * (x.dim() - 1), generator=generator, device=dev)[rank::world].to(x.device)
     return d / _lp_norm(d) * r * eps
 
 
@@ -110,14 +132,18 @@ class PGD:
             return self.perturb(images, labels)
         return self.run(images, labels).adv
 
-    def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The final PGD iterate and nothing else: exactly `steps` forward-backward passes (training)."""
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """The final PGD iterate and nothing else: exactly `steps` forward-backward passes (training).
+
+        shard=(rank, world): `images` are rows rank::world of a global batch; the random start is
+        that batch's (see random_start), so a run split over processes attacks as one process does.
+        """
         x0 = images.detach().clamp(0, 1)
         y = labels.to(x0.device)
         gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         x = x0
         if self.random_start and self.eps > 0:
-            x = (x0 + random_start(x0, self.eps, self.norm, gen)).clamp(0, 1)
+            x = (x0 + random_start(x0, self.eps, self.norm, gen, shard)).clamp(0, 1)
         for _ in range(self.steps):
             grad, _, _ = self._grad(x, y, False)
             step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
@@ -206,7 +232,7 @@ class FeatureAttack:
     """
 
     def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], eps: float, alpha: float | None = None,
-                 steps: int = 10, norm: str = "Linf", random_start: bool = True, dtype: torch.dtype | None = None):
+                 steps: int = 10, norm: str = "Linf", random_start: bool = True, dtype: torch.dtype | str | None = None):
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=0, integer=True)
         check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
@@ -214,10 +240,13 @@ class FeatureAttack:
         self.alpha = float(alpha if alpha is not None else (eps if steps <= 2 else 2.5 * eps / steps))
         self.random_start, self.dtype = random_start, dtype
 
-    def __call__(self, images: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, target_features: torch.Tensor,
+                 shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """shard=(rank, world): `images` are rows rank::world of a global batch (see random_start)."""
         x0 = images.detach()
         target = target_features.detach().float()
-        delta = random_start(x0, self.eps, self.norm) if self.random_start and self.eps > 0 else torch.zeros_like(x0)
+        delta = (random_start(x0, self.eps, self.norm, shard=shard) if self.random_start and self.eps > 0
+                 else torch.zeros_like(x0))
         x = (x0 + delta).clamp(0, 1)
         for _ in range(self.steps):
             x.requires_grad_(True)

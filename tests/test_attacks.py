@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pmg_core.attacks import PGD, AutoAttackAdapter, FeatureAttack, make_attack
+from pmg_core.attacks import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from toy import make_toy
@@ -159,3 +159,62 @@ def test_bad_attack_settings_are_one_sentence(clf, kwargs, words):
 def test_unknown_attack_name(clf):
     with pytest.raises(UserError, match="Unknown attack"):
         make_attack("deepfool", clf, 1 / 255)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+@pytest.mark.parametrize("seeded", [False, True])
+def test_random_start_of_a_shard_is_its_rows_of_the_global_batch_draw(batch, norm, seeded):
+    """Processes seeded alike draw the global batch's noise and keep rows rank::world; their streams stay in step."""
+    x, _ = batch
+    x = x[:12]
+
+    def draw(rows, shard):
+        torch.manual_seed(5)
+        gen = torch.Generator().manual_seed(7) if seeded else None
+        noise = random_start(x[rows], 4 / 255 if norm == "Linf" else 0.5, norm, gen, shard)
+        return noise, (gen.initial_seed(), torch.rand(1, generator=gen)) if seeded else torch.rand(1)
+
+    whole, after = draw(slice(None), (0, 1))
+    for world in (2, 3):
+        for rank in range(world):
+            part, part_after = draw(slice(rank, None, world), (rank, world))
+            assert torch.equal(part, whole[rank::world])
+            assert str(part_after) == str(after)  # the same amount drawn: the next draw agrees
+
+
+def test_pgd_perturb_of_shards_equals_the_whole_batch(clf, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    whole = PGD(clf, 8 / 255, 4 / 255, steps=2, select="last").perturb(x, y)
+    for rank in range(2):
+        torch.manual_seed(0)
+        part = PGD(clf, 8 / 255, 4 / 255, steps=2, select="last").perturb(x[rank::2], y[rank::2], shard=(rank, 2))
+        assert torch.allclose(part, whole[rank::2], atol=1e-6)
+
+
+class DtypeSpy(torch.nn.Module):
+    """The classifier, recording the dtype of the logits of every pass it runs."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        out = self.inner(x)
+        self.seen.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("dtype,expected", [(None, torch.float32), (OUTER_AUTOCAST, torch.bfloat16),
+                                            (torch.float16, torch.float16)])
+def test_attack_numerics_inside_an_outer_autocast(clf, batch, dtype, expected):
+    """A training step's autocast (bf16 here) must not reach an fp32 attack; OUTER_AUTOCAST opts into it."""
+    x, y = batch
+    spy = DtypeSpy(clf)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert clf(x[:4]).dtype == torch.bfloat16  # the outer autocast does apply to the model
+        PGD(spy, 4 / 255, steps=2, select="last", dtype=dtype)(x[:8], y[:8])
+        PGD(spy, 4 / 255, steps=2, dtype=dtype).run(x[:8], y[:8])
+        FeatureAttack(lambda z: spy(z), 4 / 255, steps=2, dtype=dtype)(x[:8], torch.zeros(8, 4))
+        assert clf(x[:4]).dtype == torch.bfloat16  # and the outer passes still run (no cross-dtype weight cache)
+    assert len(spy.seen) >= 6 and set(spy.seen) == {expected}
