@@ -14,6 +14,8 @@ import copy
 import functools
 import os
 import socket
+import string
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +32,7 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_DIR = Path(os.environ.get("PMG_CHECKPOINT_DIR", Path(__file__).resolve().parent.parent / "checkpoints"))
 OPENAI_VIT_B32 = "ViT-B-32-quickgelu:openai"
 ALIASES = {"openai": OPENAI_VIT_B32, "clip": OPENAI_VIT_B32, "clip-vit-b-32": OPENAI_VIT_B32}
+PROBE_TIMEOUT_S = 1.5  # the whole network probe, name lookup included
 
 
 @functools.cache
@@ -42,7 +45,7 @@ def _open_clip():
 
 
 def is_offline() -> bool:
-    """True when told to stay offline or when the hub cannot be reached (probed once, 1.5 s max)."""
+    """True when told to stay offline or when the hub cannot be reached (probed once, PROBE_TIMEOUT_S max)."""
     for var in ("PMG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
             return True
@@ -51,11 +54,19 @@ def is_offline() -> bool:
 
 @functools.cache
 def _hub_reachable() -> bool:
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=1.5).close()
-        return True
-    except OSError:
-        return False
+    # In a daemon thread: create_connection's timeout does not cover the DNS lookup, which can
+    # block for many seconds on a machine without network; an unfinished probe counts as offline.
+    reached = threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=PROBE_TIMEOUT_S).close()
+            reached.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, daemon=True, name="pmg-hub-probe").start()
+    return reached.wait(PROBE_TIMEOUT_S)
 
 
 def _go_offline() -> None:
@@ -95,7 +106,9 @@ class ClipModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+        """exp(logit_scale) clamped to [1, 100] (CLIP's clamp of the log scale to [0, ln 100]), read
+        without changing the parameter, which fine-tunes of one base share."""
+        return float(self.clip.logit_scale.detach().exp().clamp(1.0, 100.0))
 
     def to(self, device) -> "ClipModel":
         self.clip.to(device)
@@ -105,7 +118,7 @@ class ClipModel:
     @torch.no_grad()
     def text_features(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
         """L2-normalised class embeddings, one per class (template ensemble averaged as in CLIP)."""
-        classes, templates = _check_classes(classes), tuple(templates) or DEFAULT_TEMPLATES
+        classes, templates = _check_classes(classes), _check_templates(templates)
         key = (classes, templates, str(self.device))
         if key not in self.text_cache:
             prompts = [t.format(c) for c in classes for t in templates]
@@ -132,6 +145,19 @@ class ClipModel:
         """A model with its own copy of the image encoder that shares this one's text side."""
         return ClipModel(name, self.clip, copy.deepcopy(self.visual), self.tokenizer, self.image_size, self.mean,
                          self.std, spec, self.base, dict(metadata or {}), self.text_cache)
+
+
+def _check_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """Prompt templates, each with exactly one '{}' for the class name (a single string is one template)."""
+    templates = (templates,) if isinstance(templates, str) else tuple(templates)
+    for t in templates:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None] if isinstance(t, str) else None
+        except ValueError:  # an unmatched brace
+            fields = None
+        check(fields == [""], f"A prompt template must contain exactly one '{{}}' where the class name goes "
+                              f"(write other braces as '{{{{' and '}}}}'); got {t!r}.")
+    return templates or DEFAULT_TEMPLATES
 
 
 def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
@@ -169,6 +195,9 @@ class ZeroShotClassifier(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         check(x.dim() == 4 and x.shape[1] in (1, 3), f"Images must be a batch NCHW with 1 or 3 channels; got shape {tuple(x.shape)}.")
+        # uint8 pixels would be read as values up to 255 and give meaningless logits.
+        check(x.is_floating_point(), f"Images must be floating point with values in [0,1]; got {x.dtype} "
+                                     "(divide 8-bit images by 255 first).")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.image_size, self.image_size):
@@ -238,8 +267,21 @@ def _load_pretrained(arch: str, tag: str, device) -> ClipModel:
         if not weights:
             raise UserError(f"Weights for {arch}:{tag} are not in the local cache and this machine is offline; "
                             "connect once to download them, or use the embedded default 'clip-tiny'.")
-    model = oc.create_model(arch, pretrained=weights, device=device)
-    return _wrap(f"{arch}:{tag}", model, oc.get_tokenizer(arch), f"{arch}:{tag}", f"{arch}:{tag}")
+    try:
+        model = oc.create_model(arch, pretrained=weights, device=device)
+    except Exception as e:  # noqa: BLE001 - downloads and weight files fail in many ways
+        raise UserError(f"Could not load the weights of {arch}:{tag} ({_first_line(e)}); check the network "
+                        "connection and the tag, or use the embedded default 'clip-tiny'.") from None
+    # Given a cached file instead of the tag, open_clip falls back to OpenAI's mean/std: use the tag's.
+    mean, std = (cfg.get("mean"), cfg.get("std")) if cfg else (None, None)
+    return _wrap(f"{arch}:{tag}", model, oc.get_tokenizer(arch), f"{arch}:{tag}", f"{arch}:{tag}", mean, std)
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception as a short clause for a one-sentence message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0].rstrip(".") if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cached_hub_file(hub: str) -> str | None:
@@ -269,7 +311,8 @@ def _load_hf_hub(spec: str, device) -> ClipModel:
     try:
         model = oc.create_model(spec, device=device)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
-        raise UserError(f"Could not load '{spec}' from the Hugging Face hub: {e}") from None
+        raise UserError(f"Could not load '{spec}' from the Hugging Face hub ({_first_line(e)}); check the id "
+                        "and the network connection.") from None
     return _wrap(spec, model, oc.get_tokenizer(spec), spec, spec)
 
 
