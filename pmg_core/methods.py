@@ -4,6 +4,11 @@ Every method has one signature: ``method(model, original, x, y) -> StepOutput`` 
 the ZeroShotClassifier being trained (f_t), `original` a frozen copy of the pre-trained one (f_o;
 None for methods that do not need it), x images in [0,1] and y labels. Adding a method is one
 class with ``@register_method("name")``.
+
+Under DDP the trainer sets `method.shard = (rank, world)`: x is then rows rank::world of the global
+batch, and a method must make the average of its per-process gradients equal the gradient one
+process would take on the whole batch (attacks draw the global batch's random start; terms summed
+over the batch are scaled by `world`, since DDP averages).
 """
 from __future__ import annotations
 
@@ -13,10 +18,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attacks import PGD, FeatureAttack
+from .attacks import OUTER_AUTOCAST, PGD, FeatureAttack
 from .errors import UserError, check, check_number
 from .models import ZeroShotClassifier
-from .presets import Preset, get_preset
+from .presets import KL_DIRECTIONS, Preset, get_preset
 
 
 @dataclass
@@ -27,6 +32,9 @@ class MethodSettings:
     alpha: float = 1.0  # PMG-AFT: weight of KL(f_o(x_adv) || f_t(x_adv))
     beta: float = 1.0  # PMG-AFT: weight of KL(f_t(x) || f_t(x_adv))
     preset: str = "paper"
+    # Run the inner attack under the training step's autocast (bf16 on CUDA) instead of fp32:
+    # faster on a GPU, but not the paper's numerics. Presets with their own attack dtype keep it.
+    attack_amp: bool = False
 
     def validate(self) -> None:
         check_number("eps", self.eps, low=0, high=1)
@@ -35,6 +43,7 @@ class MethodSettings:
             check_number("step size", self.step_size, low=0)
         check_number("alpha", self.alpha, low=0)
         check_number("beta", self.beta, low=0)
+        check(isinstance(self.attack_amp, bool), f"attack_amp must be true or false; got {self.attack_amp!r}.")
         get_preset(self.preset)
 
 
@@ -77,11 +86,22 @@ class Method:
     def __init__(self, settings: MethodSettings):
         self.settings = settings
         self.preset: Preset = get_preset(settings.preset)
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world) of this process's share of the global batch
+
+    @property
+    def attack_dtype(self) -> torch.dtype | str | None:
+        if self.preset.attack_dtype is None and self.settings.attack_amp:
+            return OUTER_AUTOCAST
+        return self.preset.attack_dtype
 
     def pgd(self, model: ZeroShotClassifier) -> PGD:
         s = self.settings
         return PGD(model, s.eps, s.step_size if s.step_size is not None else s.eps, s.steps, "Linf", "ce",
-                   random_start=True, select="last", dtype=self.preset.attack_dtype)
+                   random_start=True, select="last", dtype=self.attack_dtype)
+
+    def attack(self, model: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x_adv: the training PGD against `model`, its random start drawn for the global batch."""
+        return self.pgd(model).perturb(x, y, shard=self.shard)
 
     def __call__(self, model: ZeroShotClassifier, original: ZeroShotClassifier | None, x: torch.Tensor,
                  y: torch.Tensor) -> StepOutput:
@@ -94,11 +114,21 @@ def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: str) -> torch.
 
 
 def pmg_aft_loss(logits_adv: torch.Tensor, logits_clean: torch.Tensor, logits_orig_adv: torch.Tensor,
-                 y: torch.Tensor, alpha: float, beta: float, reduction: str = "batchmean"):
-    """L = CE(f_t(x_adv), y) + alpha KL(f_o(x_adv) || f_t(x_adv)) + beta KL(f_t(x) || f_t(x_adv))."""
+                 y: torch.Tensor, alpha: float, beta: float, reduction: str = "batchmean",
+                 direction: str = "ref||adv", kl_scale: float = 1.0):
+    """L = CE(f_t(x_adv), y) + alpha KL(f_o(x_adv) || f_t(x_adv)) + beta KL(f_t(x) || f_t(x_adv)).
+
+    direction "adv||ref" swaps each KL's arguments, as the public code does: KL(f_t(x_adv) || f_o(x_adv))
+    and KL(f_t(x_adv) || f_t(x)). kl_scale multiplies both KL terms (the trainer's DDP correction for
+    sum-reduced KL; see the module docstring).
+    """
+    check(direction in KL_DIRECTIONS, f"KL direction must be one of {', '.join(KL_DIRECTIONS)}; got {direction!r}.")
     ce = F.cross_entropy(logits_adv.float(), y)
-    kl_gen = kl(logits_orig_adv, logits_adv, reduction)
-    kl_clean = kl(logits_clean, logits_adv, reduction)
+    if direction == "ref||adv":
+        kl_gen, kl_clean = kl(logits_orig_adv, logits_adv, reduction), kl(logits_clean, logits_adv, reduction)
+    else:
+        kl_gen, kl_clean = kl(logits_adv, logits_orig_adv, reduction), kl(logits_adv, logits_clean, reduction)
+    kl_gen, kl_clean = kl_scale * kl_gen, kl_scale * kl_clean
     return ce + alpha * kl_gen + beta * kl_clean, ce, kl_gen, kl_clean
 
 
@@ -123,7 +153,7 @@ class TeCoA(Method):
     """Text-guided contrastive adversarial training: CE of the zero-shot logits on x_adv."""
 
     def __call__(self, model, original, x, y):
-        x_adv = self.pgd(model)(x, y)
+        x_adv = self.attack(model, x, y)
         logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
         return StepOutput(loss, logits.detach(), {"ce": loss.item(), "adv_acc": _acc(logits, y)})
@@ -137,14 +167,17 @@ class PMGAFT(Method):
 
     def __call__(self, model, original, x, y):
         check(original is not None, "PMG-AFT needs the frozen original model.")
-        x_adv = self.pgd(model)(x, y)
+        x_adv = self.attack(model, x, y)
         # One forward of f_t over [x_adv; x]: gradients flow through both branches.
         logits_adv, logits_clean = model(torch.cat([x_adv, x])).split(x.shape[0])
         with torch.no_grad():
             logits_orig = original(x_adv)
-        s = self.settings
+        s, p = self.settings, self.preset
+        # A KL summed over this process's rows, times world, averages over processes (as DDP's
+        # gradients do) to the sum over the global batch; "batchmean" averages right as it is.
+        scale = self.shard[1] if p.kl_reduction == "sum" else 1
         loss, ce, kl_gen, kl_clean = pmg_aft_loss(logits_adv, logits_clean, logits_orig, y, s.alpha, s.beta,
-                                                  self.preset.kl_reduction)
+                                                  p.kl_reduction, p.kl_direction, scale)
         return StepOutput(loss, logits_adv.detach(), {
             "ce": ce.item(), "kl_original": kl_gen.item(), "kl_clean": kl_clean.item(),
             "adv_acc": _acc(logits_adv, y), "acc": _acc(logits_clean, y)})
@@ -168,8 +201,8 @@ class FARE(Method):
             target = original.encode(x, normalize=False).float()
         attack = FeatureAttack(lambda z: model.encode(z, normalize=False), s.eps,
                                s.step_size if s.step_size is not None else s.eps, s.steps,
-                               dtype=self.preset.attack_dtype)
-        x_adv = attack(x, target)
+                               dtype=self.attack_dtype)
+        x_adv = attack(x, target, shard=self.shard)
         feats = model.encode(x_adv, normalize=False)
         loss = fare_loss(feats, target)
         logits = model.logits_from_features(feats.detach())

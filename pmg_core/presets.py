@@ -1,4 +1,12 @@
-"""The two numerics presets of DESIGN.md: the paper done right, and the public code's numerics."""
+"""The two numerics presets of DESIGN.md: the paper done right, and the public code's numerics.
+
+The KL direction differs between them. The paper writes KL(f_o(x_adv) || f_t(x_adv)) and
+KL(f_t(x) || f_t(x_adv)): the reference distribution is the target, f_t(x_adv) the input. The
+public code calls ``KLDivLoss(log_softmax(output_ori), softmax(output))`` with output = f_t(x_adv),
+i.e. KL(f_t(x_adv) || f_o(x_adv)) and KL(f_t(x_adv) || f_t(x)); to reproduce its numbers the
+`public-code` preset keeps that direction (gradients then flow through f_t(x_adv) as the target
+distribution, and through f_t(x) as the input).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +17,7 @@ from .errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+KL_DIRECTIONS = ("ref||adv", "adv||ref")
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,7 @@ class Preset:
     logits: str  # "scaled": exp(logit_scale) * cosine; "cosine": plain cosine in [-1, 1]
     normalization: str  # "model": the CLIP model's own mean/std; "imagenet": ImageNet's
     kl_reduction: str  # torch KLDivLoss reduction for the PMG-AFT KL terms
+    kl_direction: str  # "ref||adv": KL(reference || f_t(x_adv)) (the paper); "adv||ref": the public code's
     attack_fp16: bool  # run attack forward/backward passes under fp16 autocast
 
     @property
@@ -25,8 +35,10 @@ class Preset:
 
 
 PRESETS = {
-    "paper": Preset("paper", logits="scaled", normalization="model", kl_reduction="batchmean", attack_fp16=False),
-    "public-code": Preset("public-code", logits="cosine", normalization="imagenet", kl_reduction="sum", attack_fp16=True),
+    "paper": Preset("paper", logits="scaled", normalization="model", kl_reduction="batchmean",
+                    kl_direction="ref||adv", attack_fp16=False),
+    "public-code": Preset("public-code", logits="cosine", normalization="imagenet", kl_reduction="sum",
+                          kl_direction="adv||ref", attack_fp16=True),
 }
 
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from pmg_core.attacks import OUTER_AUTOCAST
 from pmg_core.errors import UserError
 from pmg_core.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
 from pmg_core.models import frozen_copy
@@ -12,28 +13,58 @@ from toy import make_toy
 CLASSES = ["red", "green", "blue", "grey"]
 
 
-def by_hand(la, lc, lo, y, alpha, beta, reduction):
-    """CE + alpha KL(f_o(x_adv)||f_t(x_adv)) + beta KL(f_t(x)||f_t(x_adv)), written out with sums."""
+def by_hand(la, lc, lo, y, alpha, beta, reduction, direction="ref||adv"):
+    """CE + alpha KL(f_o(x_adv)||f_t(x_adv)) + beta KL(f_t(x)||f_t(x_adv)), written out with sums;
+    direction "adv||ref" (the public code): KL(f_t(x_adv)||f_o(x_adv)) and KL(f_t(x_adv)||f_t(x))."""
     B = la.shape[0]
-    logq = la - la.logsumexp(1, keepdim=True)
-    ce = -logq[torch.arange(B), y].mean()
 
-    def kl(p_logits):
-        logp = p_logits - p_logits.logsumexp(1, keepdim=True)
+    def log_softmax(logits):
+        return logits - logits.logsumexp(1, keepdim=True)
+
+    def kl(p_logits, q_logits):  # sum over batch and classes of p (log p - log q)
+        logp, logq = log_softmax(p_logits), log_softmax(q_logits)
         total = (logp.exp() * (logp - logq)).sum()
         return total / B if reduction == "batchmean" else total
 
-    return ce + alpha * kl(lo) + beta * kl(lc)
+    ce = -log_softmax(la)[torch.arange(B), y].mean()
+    if direction == "ref||adv":
+        return ce + alpha * kl(lo, la) + beta * kl(lc, la)
+    return ce + alpha * kl(la, lo) + beta * kl(la, lc)
+
+
+PRESET_KL = {"paper": ("batchmean", "ref||adv"), "public-code": ("sum", "adv||ref")}
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "sum"])
+@pytest.mark.parametrize("direction", ["ref||adv", "adv||ref"])
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.3, 2.0), (0.0, 0.0)])
-def test_pmg_aft_loss_formula(reduction, alpha, beta):
+def test_pmg_aft_loss_formula(reduction, direction, alpha, beta):
     g = torch.Generator().manual_seed(0)
-    la, lc, lo = (torch.randn(6, 5, generator=g) * 3 for _ in range(3))
+    la, lc, lo = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 3 for _ in range(3))
     y = torch.randint(0, 5, (6,), generator=g)
-    loss, *_ = pmg_aft_loss(la, lc, lo, y, alpha, beta, reduction)
-    assert torch.allclose(loss, by_hand(la, lc, lo, y, alpha, beta, reduction), atol=1e-5)
+    ours = [t.clone().requires_grad_(True) for t in (la, lc)]
+    theirs = [t.clone().requires_grad_(True) for t in (la, lc)]
+    loss, *_ = pmg_aft_loss(*ours, lo, y, alpha, beta, reduction, direction)
+    expected = by_hand(*theirs, lo, y, alpha, beta, reduction, direction)
+    assert torch.allclose(loss.double(), expected, atol=1e-5)
+    # The gradients flow through both f_t branches (x_adv and clean x) as the formula says.
+    grads, expected_grads = torch.autograd.grad(loss, ours), torch.autograd.grad(expected, theirs)
+    assert all(torch.allclose(a.double(), b, rtol=1e-5, atol=1e-5) for a, b in zip(grads, expected_grads))
+    assert grads[0].abs().sum() > 0 and bool(grads[1].abs().sum() > 0) == (beta > 0)
+
+
+def test_kl_direction_by_hand_on_two_classes():
+    """One sample, two classes: f_t(x_adv) -> (1/2, 1/2), f_o(x_adv) and f_t(x) -> (3/4, 1/4), written out."""
+    la, lo = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    y = torch.tensor([0])
+    ce = math.log(2.0)
+    ref_adv = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL((3/4,1/4) || (1/2,1/2))
+    adv_ref = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # KL((1/2,1/2) || (3/4,1/4))
+    for direction, kl_value in (("ref||adv", ref_adv), ("adv||ref", adv_ref)):
+        loss, _, kl_gen, kl_clean = pmg_aft_loss(la, lo, lo, y, 1.0, 2.0, "sum", direction)
+        assert math.isclose(kl_gen.item(), kl_value, rel_tol=1e-6) and math.isclose(kl_clean.item(), kl_value, rel_tol=1e-6)
+        assert math.isclose(loss.item(), ce + 3 * kl_value, rel_tol=1e-6)
+    assert abs(ref_adv - adv_ref) > 0.01  # the two directions are different numbers here
 
 
 def _fixed_adv(method, x_adv):
@@ -41,7 +72,7 @@ def _fixed_adv(method, x_adv):
         def __init__(self, *_):
             pass
 
-        def __call__(self, x, y):
+        def __call__(self, x, y, shard=(0, 1)):
             return x_adv
 
         perturb = __call__
@@ -60,8 +91,7 @@ def test_pmg_aft_method_matches_formula_and_tecoa(model, preset):
         next(clf.visual.parameters()).add_(0.05)
     out = _fixed_adv(get_method("pmg-aft", eps=1 / 255, preset=preset), x_adv)(clf, orig, x, y)
     la, lc, lo = clf(x_adv), clf(x), orig(x_adv)
-    reduction = "batchmean" if preset == "paper" else "sum"
-    expected = by_hand(la.double(), lc.double(), lo.double(), y, 1.0, 1.0, reduction)
+    expected = by_hand(la.double(), lc.double(), lo.double(), y, 1.0, 1.0, *PRESET_KL[preset])
     assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-4)
     assert out.metrics["kl_original"] > 0
     # gradients reach the trained encoder through the loss
@@ -108,3 +138,67 @@ def test_registry_and_bad_settings():
     for bad in ({"eps": -1 / 255}, {"steps": -2}, {"alpha": float("nan")}, {"preset": "nope"}):
         with pytest.raises(UserError):
             get_method("pmg-aft", MethodSettings(**bad))
+
+
+def _grads_of(method, clf, orig, x, y, shard):
+    method.shard = shard
+    out = method(clf, orig, x, y)
+    params = [p for p in clf.visual.parameters() if p.requires_grad]
+    return torch.autograd.grad(out.loss, params), {"loss": out.loss.item(), **out.metrics}
+
+
+@pytest.mark.parametrize("preset", ["paper", "public-code"])
+def test_a_batch_split_over_processes_averages_to_the_whole_batch_gradient(model, preset):
+    """What DDP does with two processes (each its rows r::2, gradients and logged metrics averaged)
+    equals one process on the whole batch; public-code's summed KL included."""
+    x, y = make_toy(8, seed=3).tensors
+    x_adv = (x + 3 / 255 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).sign()).clamp(0, 1)
+    clf = model.classifier(CLASSES, ("a {} image",), preset)
+    orig = frozen_copy(clf)
+    with torch.no_grad():
+        next(clf.visual.parameters()).add_(0.05)
+
+    def run(rows, shard):
+        method = _fixed_adv(get_method("pmg-aft", eps=3 / 255, preset=preset), x_adv[rows])
+        return _grads_of(method, clf, orig, x[rows], y[rows], shard)
+
+    whole, whole_metrics = run(slice(None), (0, 1))
+    parts = [run(slice(r, None, 2), (r, 2)) for r in range(2)]
+    for g, g0, g1 in zip(whole, parts[0][0], parts[1][0]):
+        assert torch.allclose((g0 + g1) / 2, g, rtol=1e-4, atol=1e-6)
+    for k in ("loss", "ce", "kl_original", "kl_clean"):
+        assert math.isclose((parts[0][1][k] + parts[1][1][k]) / 2, whole_metrics[k], rel_tol=1e-4), k
+
+
+@pytest.mark.parametrize("name", ["pmg-aft", "fare"])
+def test_split_batch_attacks_draw_the_whole_batch_random_start(model, name):
+    """With the real attack (random start, eps 8/255): shards seeded alike see the one-process noise."""
+    x, y = make_toy(8, seed=6).tensors
+    clf = model.classifier(CLASSES, ("a {} image",))
+    orig = frozen_copy(clf)
+    with torch.no_grad():
+        next(clf.visual.parameters()).add_(0.05)
+
+    def run(rows, shard):
+        torch.manual_seed(0)  # the trainer seeds every rank alike
+        return _grads_of(get_method(name, eps=8 / 255, steps=2, step_size=4 / 255), clf, orig, x[rows], y[rows], shard)
+
+    whole, _ = run(slice(None), (0, 1))
+    parts = [run(slice(r, None, 2), (r, 2))[0] for r in range(2)]
+    for g, g0, g1 in zip(whole, *parts):
+        assert torch.allclose((g0 + g1) / 2, g, rtol=1e-4, atol=1e-6)
+    # Without the shard each process would draw its own rows' noise: a different step.
+    torch.manual_seed(0)
+    unsharded, _ = _grads_of(get_method(name, eps=8 / 255, steps=2, step_size=4 / 255), clf, orig, x[1::2], y[1::2],
+                             (0, 1))
+    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(unsharded, parts[1]))
+
+
+def test_attack_dtype_follows_preset_and_attack_amp():
+    assert get_method("tecoa").attack_dtype is None  # the paper: fp32 attacks, even inside autocast
+    assert get_method("tecoa", attack_amp=True).attack_dtype == OUTER_AUTOCAST
+    assert get_method("pmg-aft", preset="public-code").attack_dtype == torch.float16
+    assert get_method("fare", preset="public-code", attack_amp=True).attack_dtype == torch.float16
+    assert get_method("fare", attack_amp=True).pgd(None).dtype == OUTER_AUTOCAST
+    with pytest.raises(UserError, match="attack_amp"):
+        get_method("tecoa", attack_amp="yes")
