@@ -147,11 +147,14 @@ def _ckpt_dir() -> Path:
 # --- training state for exact resume -------------------------------------------------------------
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, step: int,
-                        extra: dict | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+                        extra: dict | None = None, weights: dict[str, torch.Tensor] | None = None,
+                        device: torch.device | None = None) -> Path:
     """Optimizer buffers, scheduler and RNG state, written atomically beside the checkpoint.
 
     `weights` (``visual.*`` tensors) makes the state self-contained: resume then does not depend on
-    the checkpoint file having been written at the same step.
+    the checkpoint file having been written at the same step. `device`: the run's device; a CUDA
+    device's RNG state is saved as the run's own, so a resume on another GPU (another local rank,
+    another world size) continues its stream.
     """
     path = Path(path)
     opt = optimizer.state_dict()
@@ -163,17 +166,17 @@ def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, sche
             else:
                 state_meta[f"{pid}.{name}"] = val
     tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+    if device is not None and torch.device(device).type == "cuda":
+        tensors["rng.device"] = torch.cuda.get_rng_state(device)
     meta = {"step": step, "param_groups": opt["param_groups"], "opt_scalars": state_meta,
             "scheduler": scheduler.state_dict() if scheduler is not None else None, **(extra or {})}
     _atomic_save(tensors, path, {META_KEY: json.dumps(meta)})
     return path
 
 
-def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """Restore what save_training_state wrote; returns its JSON part (step, extra fields)."""
+def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler,
+                        device: torch.device | None = None) -> dict:
+    """Restore what save_training_state wrote (the device RNG into `device`); returns its JSON part."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -203,7 +206,11 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, sche
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
+    if device is not None and torch.device(device).type == "cuda":
+        dev = torch.device(device)
+        # States written before "rng.device" existed hold every GPU's state as rng.cuda.<index>.
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        rng = tensors.get("rng.device", tensors.get(f"rng.cuda.{index}"))
+        if rng is not None:
+            torch.cuda.set_rng_state(rng, dev)
     return meta

@@ -4,6 +4,10 @@
 checkpoint, skipped, stopped, done) that the CLI shows with tqdm and the app streams; `train(cfg)`
 runs it to the end. Runs are seeded and resumable exactly: the data order is a function of
 (seed, epoch), and optimizer, schedule and RNG state are saved beside each checkpoint.
+
+Under torchrun every rank is seeded alike and draws the random starts of the whole global batch
+(keeping its own rows), so a run on N processes sees the noise a one-process run sees, every
+rank's RNG state equals the one-process state, and a checkpoint resumes exactly on any world size.
 """
 from __future__ import annotations
 
@@ -22,8 +26,6 @@ from .data import get_dataset
 from .errors import UserError, check, check_number
 from .methods import MethodSettings, get_method
 from .models import ClipModel, ZeroShotClassifier, default_device, frozen_copy, load_model
-
-LOGIT_SCALE_MAX = math.log(100.0)
 
 
 @dataclass
@@ -54,6 +56,9 @@ class TrainConfig:
     keep_state: bool = False  # keep the .state file after a finished run
     device: str | None = None
     amp: bool = True  # bf16 autocast for the loss passes on CUDA (CPU always runs fp32)
+    # Also run the training attack under that autocast: faster on a GPU, but not the paper's numerics
+    # (its attacks run in fp32, as they do here by default). public-code's fp16 attacks ignore it.
+    attack_amp: bool = False
     num_workers: int = 0
     max_bad_steps: int = 10  # non-finite losses tolerated (each skipped) before stopping
     extra_metadata: dict = field(default_factory=dict)
@@ -75,7 +80,8 @@ class TrainConfig:
         self.method_settings().validate()
 
     def method_settings(self) -> MethodSettings:
-        return MethodSettings(self.eps, self.attack_steps, self.step_size, self.alpha, self.beta, self.preset)
+        return MethodSettings(self.eps, self.attack_steps, self.step_size, self.alpha, self.beta, self.preset,
+                              self.attack_amp)
 
 
 def state_path(out: str | Path) -> Path:
@@ -118,6 +124,7 @@ class Trainer:
         check(cfg.batch_size % world == 0, f"The global batch size {cfg.batch_size} must divide evenly over {world} processes.")
         self.device = torch.device(cfg.device or default_device())
         self.method = get_method(cfg.method, cfg.method_settings())
+        self.method.shard = (rank, world)
         data = get_dataset(cfg.dataset, split="train", root=cfg.data_root).limited(cfg.limit, cfg.seed)
         check(len(data) >= cfg.batch_size,
               f"The training set has {len(data)} samples, fewer than one batch of {cfg.batch_size}; lower the batch size.")
@@ -191,7 +198,7 @@ class Trainer:
         if with_state:
             save_training_state(state_path(path), self.optimizer, self.scheduler, self.step,
                                 {"bad_steps": self.bad_steps, "config": _jsonable(asdict(self.cfg))},
-                                weights=visual_state(self.model))
+                                weights=visual_state(self.model), device=self.device)
         return path
 
     def _resume(self) -> None:
@@ -201,7 +208,7 @@ class Trainer:
         check(meta.get("base") == self.model.base,
               f"'{path.name}' fine-tunes {meta.get('base')}, not {self.model.base}; resume with the same base model.")
         load_visual_into(self.model, load_tensors(path), f"'{path.name}'")
-        state = load_training_state(state_path(path), self.optimizer, self.scheduler)
+        state = load_training_state(state_path(path), self.optimizer, self.scheduler, device=self.device)
         # The state holds the weights of its own step: a kill between writing the checkpoint and its
         # state must not pair step-k weights with the step-(k-1) optimizer and schedule.
         weights = {k: v for k, v in load_tensors(state_path(path)).items() if k.startswith("visual.")}
@@ -245,20 +252,19 @@ class Trainer:
             return None
         self.optimizer.step()
         self.scheduler.step()
-        with torch.no_grad():
-            self.model.clip.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        # No logit-scale clamp here: the scale is frozen with the text side (and may be shared with
+        # other models); ClipModel.logit_scale clamps what classifiers read to [1, 100].
         names = ["loss", *out.metrics]
-        # Equal shares of the global batch: the mean of per-rank means is the global mean.
+        # Equal shares of the global batch: the mean of per-rank means is the global mean (methods
+        # scale batch sums by world, see methods.py).
         values = self._all_ranks([out.loss.item(), *out.metrics.values()])
         return {k: v / self.world for k, v in zip(names, values)}
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
         if self.cfg.resume:
-            self._resume()
-            if self.world > 1:  # the saved RNG state is rank 0's: give each rank its own stream again
-                torch.manual_seed(self.cfg.seed + 7919 * self.rank + 104729 * self.step)
-        if self.step == 0:  # a resumed run restored the RNG state instead
-            torch.manual_seed(self.cfg.seed + 7919 * self.rank)
+            self._resume()  # restores the RNG state, which every rank shares whatever the world size
+        if self.step == 0:
+            torch.manual_seed(self.cfg.seed)
         start, metrics = time.time(), {}
         yield {"event": "start", "total": self.total_steps, "step": self.step, "train_samples": len(self.data),
                "classes": len(self.data.classes), "device": str(self.device)}

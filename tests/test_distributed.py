@@ -1,4 +1,5 @@
-"""torchrun on CPU (gloo, 2 processes): same weights as one process, exact eval counts, no hang on a dead rank.
+"""torchrun on CPU (gloo, 2 processes): same weights as one process (adversarial, and resumed across world
+sizes), exact eval counts, no hang on a dead rank; and, in-process, what DDP wraps.
 
 Each test starts the real command line under torchrun. This file doubles as the launched script
 (see the __main__ block): it registers the toy dataset and seeds the random pmg-test model the
@@ -48,27 +49,71 @@ def _run(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
-def test_two_processes_train_to_the_same_weights_as_one(tmp_path):
-    from pmg_core.checkpoints import load_tensors, read_metadata
+def _same(a: Path, b: Path) -> bool:
+    from pmg_core.checkpoints import load_tensors
 
-    # pmg-aft (frozen original, both KL terms, two-branch forward, PGD through the DDP encoder) at
-    # eps 0, so the attack's random start, drawn per rank, is zero and the runs must agree.
-    args = [*TRAIN, "--method", "pmg-aft", "--eps", "0", "--steps", "1", "--max-steps", "6"]
-    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    single = _run(1, [*args, "--out", str(one)])
-    multi = _run(2, [*args, "--out", str(two)])
+    x, y = load_tensors(a), load_tensors(b)
+    return x.keys() == y.keys() and all(torch.allclose(x[k], y[k], rtol=1e-4, atol=1e-6) for k in x)
 
-    a, b = load_tensors(one), load_tensors(two)
-    assert a.keys() == b.keys()
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+def test_two_processes_train_to_the_same_weights_as_one_and_resume_on_any_world_size(tmp_path):
+    from pmg_core.checkpoints import read_metadata
+
+    # pmg-aft at eps 8/255 (random start drawn for the global batch, PGD through the DDP encoder,
+    # frozen original, both KL terms, two-branch forward): 2 processes must match 1 process.
+    args = [*TRAIN, "--method", "pmg-aft", "--eps", "8", "--steps", "2", "--step-size", "4"]
+    one, two, moved = tmp_path / "one.safetensors", tmp_path / "two.safetensors", tmp_path / "moved.safetensors"
+    single = _run(1, [*args, "--max-steps", "4", "--out", str(one)])
+    multi = _run(2, [*args, "--max-steps", "4", "--out", str(two)])
+    assert _same(one, two)
     meta = read_metadata(two)
-    assert meta["batch_size"] == 16 and meta["steps"] == 6  # the global batch, as the user set it
+    assert meta["batch_size"] == 16 and meta["steps"] == 4  # the global batch, as the user set it
     # The logged loss is the global batch's, not one rank's.
     assert json.loads(multi.stdout)["metrics"]["loss"] == pytest.approx(json.loads(single.stdout)["metrics"]["loss"],
                                                                         rel=1e-4)
     # Rank 0 alone reports; the other rank says once where it runs and that it stays quiet.
     assert multi.stdout.count('"metrics"') == 1
     assert "[rank 1/2]" in multi.stderr and "quiet" in multi.stderr
+
+    # Resume on another world size: steps 1-2 on 2 processes, steps 3-4 on 1 (warm-up 2, so the
+    # schedule of the shorter first run agrees with the 4-step one).
+    _run(2, [*args, "--max-steps", "2", "--keep-state", "--out", str(moved)])
+    assert not _same(moved, one)  # halfway: a comparison that can fail
+    _run(1, [*args, "--max-steps", "4", "--resume", "--out", str(moved)])
+    assert read_metadata(moved)["steps"] == 4 and _same(moved, one)
+
+
+def test_only_the_image_encoder_is_wrapped_in_ddp(model, tmp_path):
+    """In-process, in a one-process gloo group: DDP wraps model.visual alone; f_o and the text side stay plain."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pmg_core.train import Trainer, TrainConfig
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        # world=2 makes the trainer wrap (the group itself has one process: collectives are trivial).
+        trainer = Trainer(TrainConfig(model="pmg-test", method="pmg-aft", dataset="toy-colours", eps=4 / 255,
+                                      attack_steps=1, max_steps=1, batch_size=16, lr=0.05, warmup=1), model=model,
+                          rank=0, world=2)
+        ddp = trainer.train_module.visual
+        assert isinstance(ddp, DistributedDataParallel) and ddp.module is model.visual
+        assert {id(p) for p in ddp.parameters()} == {id(p) for p in model.visual.parameters()}
+        assert not any(isinstance(m, DistributedDataParallel) for m in trainer.original.modules())
+        assert not isinstance(trainer.train_module, DistributedDataParallel)
+        assert torch.equal(trainer.train_module.text_features, trainer.classifier.text_features)
+        assert "text_features" not in dict(trainer.train_module.named_parameters())
+
+        frozen = {k: v.clone() for k, v in trainer.original.state_dict().items()}
+        text = {k: v.clone() for k, v in model.clip.state_dict().items() if not k.startswith("visual.")}
+        visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
+        x, y = next(iter(trainer._loader(0, 0)))
+        assert trainer.train_step(x, y) is not None
+        assert all(torch.equal(v, frozen[k]) for k, v in trainer.original.state_dict().items())
+        assert all(torch.equal(v, text[k]) for k, v in model.clip.state_dict().items() if k in text)
+        assert any(not torch.equal(v, visual[k]) for k, v in model.visual.state_dict().items())
+    finally:
+        dist.destroy_process_group()
 
 
 def test_two_process_eval_of_an_odd_sized_set_gives_the_exact_counts(tmp_path):

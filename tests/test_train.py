@@ -9,7 +9,7 @@ from pmg_core.checkpoints import load_tensors, read_metadata
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models import load_model
-from pmg_core.train import LOGIT_SCALE_MAX, Trainer, TrainConfig, state_path, train
+from pmg_core.train import Trainer, TrainConfig, state_path, train
 
 
 def cfg(**kw):
@@ -41,14 +41,41 @@ def test_only_the_image_encoder_changes(model, method):
         if not k.startswith("visual."):
             assert torch.equal(v, text_before[k]), k
     assert any(not torch.equal(v, visual_before[k]) for k, v in model.visual.state_dict().items())
-    assert 0 <= model.clip.logit_scale.item() <= LOGIT_SCALE_MAX
+    assert 1 <= model.logit_scale <= 100  # (the logit_scale parameter is part of the text side checked above)
 
 
-def test_logit_scale_is_clamped(model):
+@pytest.mark.parametrize("stored,used", [(4.6055, 100.0), (10.0, 100.0), (-1.0, 1.0), (2.0, math.exp(2.0))])
+def test_logit_scale_is_clamped_where_read_and_never_changed_in_place(model, stored, used):
+    """OpenAI's checkpoint stores 4.6055 > ln 100; the base's value must survive training a fork that shares it."""
     with torch.no_grad():
-        model.clip.logit_scale.fill_(10.0)  # exp(10) far above 100
-    train(cfg(method="clean", max_steps=1), progress=False, model=model)
-    assert model.clip.logit_scale.item() == pytest.approx(LOGIT_SCALE_MAX)
+        model.clip.logit_scale.fill_(stored)
+    before = model.clip.logit_scale.detach().clone()
+    sibling = model.fork("sibling", "pmg-test")  # shares model.clip, as fine-tunes of one base do
+    trained = model.fork("trained", "pmg-test")
+    train(cfg(method="tecoa", max_steps=2), progress=False, model=trained)
+    assert torch.equal(model.clip.logit_scale.detach(), before)
+    for m in (model, sibling, trained):
+        assert m.logit_scale == pytest.approx(used, rel=1e-6)  # clamped to [1, 100]: CLIP's [0, ln 100]
+        assert m.classifier(["red", "green"]).logit_scale == pytest.approx(used, rel=1e-6)
+
+
+@pytest.mark.parametrize("attack_amp", [False, True])
+def test_training_attack_runs_in_fp32_inside_the_step_autocast_unless_asked(model, attack_amp):
+    """The paper's attacks are fp32; TrainConfig.attack_amp runs them under the step's autocast
+    (bf16 on CUDA; here a CPU bf16 autocast stands in for it)."""
+    trainer = Trainer(cfg(method="tecoa", max_steps=1, attack_steps=2, attack_amp=attack_amp), model=model)
+    trainer._autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    seen = []
+    hook = model.visual.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    x, y = next(iter(trainer._loader(0, 0)))
+    try:
+        assert trainer.train_step(x, y) is not None
+    finally:
+        hook.remove()
+    attack, loss_pass = seen[:2], seen[2:]
+    assert attack == [torch.bfloat16 if attack_amp else torch.float32] * 2
+    assert loss_pass == [torch.bfloat16]  # the loss pass runs under the step's autocast either way
+    assert trainer._metadata({})["method_settings"]["attack_amp"] is attack_amp  # recorded in the checkpoint
 
 
 @pytest.mark.parametrize("method", ["tecoa", "pmg-aft"])
