@@ -295,7 +295,10 @@ class AutoAttackAdapter:
         self.attack = attacks[0] if len(attacks) == 1 else ta.MultiAttack(attacks)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.attack(images, labels).detach()
+        # torchattacks reseeds torch's global generators on every call: keep the caller's streams.
+        cuda = [images.device.index or 0] if images.is_cuda else []
+        with torch.random.fork_rng(devices=cuda):
+            return self.attack(images, labels).detach()
 
 
 ATTACKS = ("pgd", "cw", "autoattack", "autoattack-standard")

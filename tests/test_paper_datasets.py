@@ -385,3 +385,15 @@ def test_autoattack_targets_at_most_nine_classes_and_takes_the_step_count(model)
     apgd, apgdt, fab, square = attack.attack.attacks
     assert (apgdt.n_target_classes, fab.n_target_classes) == (9, 9)
     assert apgd.steps == apgdt.steps == fab.steps == 7 and square.n_queries == 5000
+
+
+def test_autoattack_leaves_the_callers_random_stream_alone(model):
+    clf = model.classifier(PCAM_NAMES, PAPER_TEMPLATES).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = clf(x).argmax(1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    AutoAttackAdapter(clf, 8 / 255, steps=2)(x, y)  # torchattacks reseeds the global generator inside
+    assert torch.equal(torch.rand(3), expected)
