@@ -31,13 +31,15 @@ def eps_sweep(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequenc
             for e in eps_values]
 
 
-def sweep_rows(comparisons: Sequence[Comparison], eps_values: Sequence[float]) -> list[dict]:
-    """Per model and eps: the adversarial true-class probability, correctness and top-1 answer."""
+def sweep_rows(comparisons: Sequence[Comparison], eps_values: Sequence[float], target: str | None = None) -> list[dict]:
+    """Per model and eps: the adversarial true-class (and target-class) probability, correctness, top-1 answer."""
     rows = []
     for eps, comp in zip(eps_values, comparisons):
         for v in comp.verdicts:
             rows.append({"model": v.model, "eps_255": round(eps * 255, 4), "true_prob": v.adversarial.true_prob,
-                         "correct": v.adversarial.correct, "top1": v.adversarial.labels[0]})
+                         "correct": v.adversarial.correct, "top1": v.adversarial.labels[0],
+                         "target": target, "target_prob": v.adversarial.target_prob,
+                         "hit": None if target is None else v.adversarial.labels[0] == target})
     return rows
 
 

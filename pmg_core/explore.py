@@ -1,19 +1,23 @@
 """Attack one image and compare models on it: the logic behind `pmg_core attack` and the app's
-first tab. Adversarial images are quantized to 8 bits before they are judged, so what a person
-downloads as PNG is exactly what the models were shown.
+first tab. Adversarial images are quantized to 8 bits inside the eps-ball before they are judged,
+so what a person downloads as PNG is exactly what the models were shown, and a valid attack.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from .attacks import PGD
-from .data import DEFAULT_TEMPLATES
+from .data import DEFAULT_TEMPLATES, list_groups
 from .errors import check, check_number
 from .images import center_square, quantize
 from .models import ClipModel
+from .paper_datasets import IMAGENET_NAMES_FILE
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @dataclass
@@ -22,6 +26,7 @@ class Prediction:
     probs: list[float]
     true_prob: float | None
     correct: bool | None  # top-1 == true label
+    target_prob: float | None = None  # probability of the target class of a targeted attack
 
 
 @dataclass
@@ -37,6 +42,13 @@ class ModelVerdict:
         if self.clean.true_prob is None:
             return None
         return self.clean.true_prob - self.adversarial.true_prob
+
+    @property
+    def target_gain(self) -> float | None:
+        """How much a targeted attack raised the target class's probability."""
+        if self.clean.target_prob is None:
+            return None
+        return self.adversarial.target_prob - self.clean.target_prob
 
 
 @dataclass
@@ -77,13 +89,34 @@ def prepare_image(image: torch.Tensor, max_side: int) -> torch.Tensor:
     return quantize(x)
 
 
+def quantize_in_ball(clean: torch.Tensor, adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Round `adv` to the 8-bit grid without leaving the eps-ball around `clean` (itself on the grid).
+
+    Plain rounding can step out of the ball when eps is not a whole number of levels (eps 1.5/255
+    rounds a 1.5-level change up to 2). Linf: each change is rounded, then clipped to
+    floor(eps * 255) levels. L2: rounded if that stays inside, else scaled into the ball and
+    truncated toward the clean image, which only shrinks every change.
+    """
+    levels = eps * 255 + 1e-6  # the budget in grey levels; the slack absorbs float error in eps itself
+    base = torch.round(clean * 255)
+    delta = torch.round(adv * 255) - base
+    if norm == "Linf":
+        delta = delta.clamp(-math.floor(levels), math.floor(levels))
+    elif delta.double().norm() > levels:
+        raw = (adv * 255 - base).double()
+        delta = torch.trunc(raw * min(1.0, levels / float(raw.norm().clamp_min(1e-12)))).to(delta.dtype)
+    return (base + delta).clamp(0, 255) / 255  # clipping to the pixel range only shrinks a change
+
+
 @torch.no_grad()
-def predict(clf, x: torch.Tensor, classes: Sequence[str], true_idx: int | None, k: int = 5) -> Prediction:
+def predict(clf, x: torch.Tensor, classes: Sequence[str], true_idx: int | None, k: int = 5,
+            target_idx: int | None = None) -> Prediction:
     probs = clf(x[None]).softmax(1)[0]
     top = probs.topk(min(k, len(classes)))
     return Prediction([classes[i] for i in top.indices.tolist()], [round(float(p), 6) for p in top.values],
                       None if true_idx is None else float(probs[true_idx]),
-                      None if true_idx is None else int(top.indices[0]) == true_idx)
+                      None if true_idx is None else int(top.indices[0]) == true_idx,
+                      None if target_idx is None else float(probs[target_idx]))
 
 
 def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[str], true_label: str | None,
@@ -98,6 +131,7 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
     check(true_label is None or true_label in classes, f"The true label '{true_label}' is not among the labels.")
     x = prepare_image(image, settings.max_side)
     true_idx = classes.index(true_label) if true_label is not None else None
+    target_idx = classes.index(settings.target) if settings.target is not None else None
     clfs = {m.name: m.classifier(classes, templates).eval() for m in models}
 
     def attack(clf) -> torch.Tensor:
@@ -111,7 +145,7 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
             y = torch.tensor([true_idx], device=device)
             res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
                       random_start=False).run(xb, y)
-        return quantize(res.adv[0].cpu())
+        return quantize_in_ball(x, res.adv[0].cpu(), settings.eps, settings.norm)
 
     out = Comparison(x, classes, true_label)
     shared = attack(clfs[settings.source]) if settings.source else None
@@ -119,7 +153,20 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
         clf = clfs[m.name]
         adv = shared if shared is not None else attack(clf)
         dev = m.device
-        out.verdicts.append(ModelVerdict(m.name, predict(clf, x.to(dev), classes, true_idx),
-                                         predict(clf, adv.to(dev), classes, true_idx),
+        out.verdicts.append(ModelVerdict(m.name, predict(clf, x.to(dev), classes, true_idx, target_idx=target_idx),
+                                         predict(clf, adv.to(dev), classes, true_idx, target_idx=target_idx),
                                          settings.source or m.name, adv))
+    return out
+
+
+def label_presets(real_clip: bool) -> dict[str, list[str]]:
+    """Label presets for one image: the embedded world's tasks, plus common sets for a real CLIP."""
+    from . import synthetic
+
+    out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
+           if name in synthetic.TASKS}
+    if real_clip:
+        imagenet = [line.split("\t", 1)[1] for line in IMAGENET_NAMES_FILE.read_text().splitlines() if line.strip()]
+        out = {"CIFAR-10": CIFAR10, "ImageNet (1000 classes)": imagenet,
+               "ImageNet (first 20 classes)": imagenet[:20], **out}
     return out

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,9 @@ from .errors import UserError, check
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 MAX_SIDE = 1024  # larger images are downscaled (the models see at most 336 px anyway)
+ACCEPTED = "a PNG, JPEG, WebP, BMP, GIF or TIFF image"
+TOO_LARGE = (f"The image is too large to decode safely: give {ACCEPTED} of at most "
+             f"{MAX_PIXELS // 1_000_000} megapixels")
 
 
 def load_image(src, max_side: int = MAX_SIDE) -> torch.Tensor:
@@ -22,12 +28,12 @@ def load_image(src, max_side: int = MAX_SIDE) -> torch.Tensor:
     """
     img = _open(src)  # header only: the size is checked before any pixel is decoded
     check(img.width >= 1 and img.height >= 1, "The image is empty (0 pixels).")
-    check(img.width * img.height <= MAX_PIXELS,
-          f"The image is {img.width}x{img.height} pixels, above the {MAX_PIXELS // 1_000_000} megapixel limit.")
+    check(img.width * img.height <= MAX_PIXELS, f"{TOO_LARGE} (this one is {img.width}x{img.height} pixels).")
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"That image file is damaged and cannot be decoded: {type(e).__name__}.") from None
+        raise UserError(f"That image file is damaged or cut short and cannot be decoded ({type(e).__name__}); "
+                        f"give {ACCEPTED}.") from None
     img = ImageOps.exif_transpose(img) or img
     img = _to_rgb(img)
     if max(img.size) > max_side:
@@ -45,8 +51,10 @@ def _open(src) -> Image.Image:
         check(Path(src).is_file(), f"Image file '{src}' does not exist.")
     try:
         return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"That file is not a readable image (PNG, JPEG, WebP, BMP, GIF, TIFF...): {type(e).__name__}.") from None
+    except Image.DecompressionBombError:  # PIL refuses over ~179 megapixels from the header alone
+        raise UserError(f"{TOO_LARGE}.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"That file is not a readable image ({type(e).__name__}); give {ACCEPTED}.") from None
 
 
 def _from_array(a: np.ndarray) -> Image.Image:
@@ -63,7 +71,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))  # NaN pixels of float TIFFs -> 0
         hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
         img = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -96,3 +104,20 @@ def save_png(x: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     Image.fromarray(to_uint8(x)).save(path, format="PNG")
     return path
+
+
+def new_output_folder(root: str | Path, keep_seconds: float = 3600) -> Path:
+    """A fresh folder under `root` for one request's files; folders older than `keep_seconds` are removed.
+
+    Gradio copies returned files into its own cache, so old folders only cost disk.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - keep_seconds
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another request removed it first
+            continue
+    return Path(tempfile.mkdtemp(dir=root))

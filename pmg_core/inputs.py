@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,19 @@ MAX_LABELS = 1000
 MAX_LABEL_CHARS = 200
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also passed to Gradio's launch(max_file_size=...)
 CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a job one person starts may run: a public server shares its device with everyone."""
+
+    train_steps: int = 10_000
+    eval_samples: int = 100_000
+    where: str = ""  # said in the refusal when the limit is lower than the library's
+
+
+LOCAL = Limits()
+PUBLIC = Limits(train_steps=500, eval_samples=2_000, where=" on this public server")
 
 
 def _has_control_chars(text: str) -> bool:
@@ -55,8 +69,8 @@ def parse_choice(name: str, value, choices: Sequence[str], optional: bool = Fals
 
 
 def parse_number(name: str, value, low: float | None = None, high: float | None = None,
-                 integer: bool = False) -> float | int:
-    """A finite number (from a float, int or numeric string) inside [low, high]."""
+                 integer: bool = False, where: str = "") -> float | int:
+    """A finite number (from a float, int or numeric string) inside [low, high]; `where` says why the range."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
@@ -69,8 +83,15 @@ def parse_number(name: str, value, low: float | None = None, high: float | None 
         kind = "a whole number" if integer else "a number"
         bounds = " between {} and {}".format(low, high) if low is not None and high is not None else \
             (f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
-        raise UserError(f"{name} must be {kind}{bounds}; got {shorten(value)}.")
+        raise UserError(f"{name} must be {kind}{bounds}{where}; got {shorten(value)}.")
     return int(value) if integer else float(value)
+
+
+def parse_step_size(value, high_255: float) -> float | None:
+    """A PGD step size typed in /255 -> pixel units; empty or 0 means automatic (None), as the fields say."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_number("step size (/255)", value, 0, high_255) / 255 or None
 
 
 def parse_number_list(name: str, text, low: float, high: float, max_items: int = 12) -> list[float]:

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 
 _LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=50, r=20, t=50, b=45),
                legend=dict(orientation="h", y=-0.2))
+MAX_TEXT_LABELS = 40  # class names written on the projection (more are shown on hover only)
 
 
 def _by_model(rows: Sequence[dict]) -> dict[str, list[dict]]:
@@ -18,15 +19,20 @@ def _by_model(rows: Sequence[dict]) -> dict[str, list[dict]]:
 
 
 def sweep_figure(rows: Sequence[dict]) -> go.Figure:
-    """True-class probability on the adversarial image against eps, one line per model (x: wrong)."""
+    """Per model against eps: the target-class probability for a targeted attack, else the
+    true-class probability; an x marks an eps where the attack succeeded."""
+    target = rows[0].get("target") if rows else None
+    key, what = ("target_prob", "p(target)") if target else ("true_prob", "p(true label)")
     fig = go.Figure()
     for model, rs in _by_model(rows).items():
+        won = [r["hit"] if target else not r["correct"] for r in rs]
         fig.add_trace(go.Scatter(
-            x=[r["eps_255"] for r in rs], y=[r["true_prob"] for r in rs], mode="lines+markers", name=model,
-            marker=dict(symbol=["circle" if r["correct"] else "x" for r in rs], size=9),
-            text=[f"top-1: {r['top1']}" for r in rs], hovertemplate="eps %{x}/255<br>p(true) %{y:.3f}<br>%{text}"))
-    fig.update_layout(title="True-class confidence under attack (x marks a wrong top-1)",
-                      xaxis_title="eps (/255)", yaxis_title="p(true label)", yaxis_range=[0, 1.02], **_LAYOUT)
+            x=[r["eps_255"] for r in rs], y=[r[key] for r in rs], mode="lines+markers", name=model,
+            marker=dict(symbol=["x" if w else "circle" for w in won], size=9),
+            text=[f"top-1: {r['top1']}" for r in rs], hovertemplate=f"eps %{{x}}/255<br>{what} %{{y:.3f}}<br>%{{text}}"))
+    title = (f"Target-class ({target}) confidence under attack (x: top-1 is the target)" if target
+             else "True-class confidence under attack (x marks a wrong top-1)")
+    fig.update_layout(title=title, xaxis_title="eps (/255)", yaxis_title=what, yaxis_range=[0, 1.02], **_LAYOUT)
     return fig
 
 
@@ -64,9 +70,11 @@ def projection_figure(data: dict) -> go.Figure:
     pts = data["points"]
     fig = go.Figure()
     text = [p for p in pts if p["kind"] == "text"]
-    fig.add_trace(go.Scatter(x=[p["x"] for p in text], y=[p["y"] for p in text], mode="markers+text",
-                             text=[p["label"] for p in text], textposition="top center", name="class text",
-                             marker=dict(symbol="star", size=12, color="#555")))
+    fig.add_trace(go.Scatter(x=[p["x"] for p in text], y=[p["y"] for p in text],
+                             mode="markers+text" if len(text) <= MAX_TEXT_LABELS else "markers",
+                             text=[p["label"] for p in text], name="class text", hovertemplate="%{text}",
+                             textposition=_label_sides(text),
+                             textfont=dict(size=11, color="#444"), marker=dict(symbol="star", size=12, color="#555")))
     models = list(dict.fromkeys(p["model"] for p in pts if p["kind"] != "text"))
     for i, model in enumerate(models):
         for kind, symbol in (("clean", "circle"), ("adversarial", "x")):
@@ -79,6 +87,24 @@ def projection_figure(data: dict) -> go.Figure:
     fig.update_layout(title="Image embeddings among the class text embeddings (PCA)",
                       xaxis_title=f"PC1 ({var[0]:.0%})", yaxis_title=f"PC2 ({var[1]:.0%})", **_LAYOUT)
     return fig
+
+
+def _label_sides(points: Sequence[dict]) -> list[str]:
+    """Where to write each point's label: on the side away from its nearest neighbour (axes scaled to
+    the plot), so two close points do not write their names on top of each other."""
+    if len(points) < 2:
+        return ["top center"] * len(points)
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    sx, sy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    sides = []
+    for i, p in enumerate(points):
+        dx, dy = min((((p["x"] - q["x"]) / sx, (p["y"] - q["y"]) / sy) for j, q in enumerate(points) if j != i),
+                     key=lambda d: d[0] ** 2 + d[1] ** 2)
+        if abs(dy) >= abs(dx):
+            sides.append("top center" if dy >= 0 else "bottom center")
+        else:
+            sides.append("middle right" if dx >= 0 else "middle left")
+    return sides
 
 
 def eval_figure(results: Sequence[dict]) -> go.Figure:
