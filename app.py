@@ -1,11 +1,12 @@
 """PMG-AFT Studio: attack CLIP live and compare the original model with its robust fine-tunes.
 
-`python app.py [--host H] [--port P] [--share]`. Every handler is a thin call into pmg_core; this
-file only loads models, checks inputs (pmg_core.inputs), and formats results for Gradio.
+`python app.py [--host H] [--port P] [--share] [--models SPEC,...]`. Every handler is a thin call into
+pmg_core; this file only loads models, checks inputs (pmg_core.inputs), and formats results for Gradio.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import html
 import inspect
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import gradio as gr
+import numpy as np
 import torch
 
 from pmg_core import analysis, inputs, plots
@@ -26,11 +28,11 @@ from pmg_core.checkpoints import load_checkpoint_model, read_metadata
 from pmg_core.data import expand_names, list_datasets, list_groups
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, iter_evaluate
-from pmg_core.explore import AttackSettings, Comparison, compare
-from pmg_core.images import load_image, save_png, to_uint8
+from pmg_core.explore import AttackSettings, Comparison, compare, label_presets, prepare_image
+from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, default_device, is_offline,
                              list_checkpoints, load_model)
-from pmg_core.train import TrainConfig, Trainer
+from pmg_core.train import Trainer, TrainConfig
 
 log = logging.getLogger("pmg_studio")
 ROOT = Path(__file__).resolve().parent
@@ -40,19 +42,11 @@ NORMS = ["Linf", "L2"]
 LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
 METHODS = ["pmg-aft", "tecoa", "fare", "clean"]
 KNOWN_ORDER = ("clip", "tecoa", "pmg-aft", "fare")  # how checkpoints are listed: original first
-
-try:  # Hugging Face ZeroGPU: run heavy handlers on a borrowed GPU; a no-op everywhere else.
-    import spaces
-
-    gpu = spaces.GPU
-except ImportError:
-    def gpu(fn: Callable) -> Callable:
-        return fn
-
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-IMAGENET_FIRST_20 = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",
-                     "stingray", "rooster", "hen", "ostrich", "brambling", "goldfinch", "house finch", "junco",
-                     "indigo bunting", "American robin", "bulbul", "jay", "magpie", "chickadee"]
+INTERACTIVE_GPU_S, JOB_GPU_S = 120, 300  # ZeroGPU time per call: one attack/plot; one capped Evaluate/Train
+CANCEL_WAIT_S = 10.0  # Cancel waits this long for the run to save, so it can report the checkpoint
+ATTACK_SIDE = AttackSettings().max_side
+SEEN_BY_MODELS = (f"What the models see: the image is center-cropped to a square and scaled to at most "
+                  f"{ATTACK_SIDE} px before it is attacked.")
 
 PMG_AFT_IN_PLAIN_WORDS = """
 **PMG-AFT in plain words.** CLIP recognises almost anything you name, but an invisible change of a
@@ -67,12 +61,39 @@ the clean one, without using labels.
 """
 
 
+def gpu(seconds: int) -> Callable[[Callable], Callable]:
+    """Hugging Face ZeroGPU: run the handler on a GPU borrowed for up to `seconds`; a no-op elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=seconds)
+
+
+def image_upload(**kw) -> gr.Image:
+    """gr.Image that hands our handlers the uploaded file's path undecoded.
+
+    gr.Image(type="filepath") opens every upload with PIL before any handler runs, so a file that
+    is not an image, is cut short or is a decompression bomb fails inside Gradio with a traceback
+    instead of reaching pmg_core.images, which refuses it in one sentence. Upload, paste and the
+    browser's preview stay gr.Image's own. (An instance override: a subclass would make Gradio
+    write an app.pyi stub next to this file.)
+    """
+    component = gr.Image(type="filepath", **kw)
+    component.preprocess = lambda payload: None if payload is None else payload.path
+    return component
+
+
 # --- models ----------------------------------------------------------------------------------------
 
 def _order_key(model: ClipModel) -> tuple:
     name = model.name.lower()
     rank = next((i for i, k in enumerate(KNOWN_ORDER) if name.startswith(k)), len(KNOWN_ORDER))
     return (model.spec != model.base, rank, name)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), device=None) -> list[ClipModel]:
@@ -85,12 +106,12 @@ def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), dev
             meta = read_metadata(path)
             if meta["kind"] == "finetune" and meta.get("base") in (base.spec, base.name):
                 out.append(load_checkpoint_model(path, device=device or base.device, base=base))
-        except UserError as e:
-            log.warning("skipping checkpoint %s: %s", path.name, e)
+        except Exception as e:  # noqa: BLE001 - one bad file in the folder must not stop the app
+            log.warning("skipping checkpoint %s: %s", path.name, _first_line(e))
     return out
 
 
-def load_default_models(directory: Path = CHECKPOINT_DIR) -> tuple[list[ClipModel], str]:
+def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
     """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort."""
     device = default_device()
     if not is_offline():
@@ -98,8 +119,8 @@ def load_default_models(directory: Path = CHECKPOINT_DIR) -> tuple[list[ClipMode
             base = load_model(OPENAI_VIT_B32, device=device)
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
-        except UserError as e:
-            log.warning("real CLIP unavailable (%s); using the embedded default", e)
+        except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works
+            log.warning("Real CLIP could not be loaded (%s); serving the embedded default instead.", _first_line(e))
     if (directory / "clip-tiny.safetensors").is_file():
         base = load_model(str(directory / "clip-tiny.safetensors"), device=device)
         base.name = "clip-tiny"
@@ -114,23 +135,57 @@ def load_default_models(directory: Path = CHECKPOINT_DIR) -> tuple[list[ClipMode
         "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
 
 
+def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
+    """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped."""
+    models, mode = _default_models(directory)
+    for spec in extra:
+        try:
+            model = load_model(spec, device=models[0].device, base=models[0])
+        except Exception as e:  # noqa: BLE001 - the app serves without it and says why
+            log.warning("Skipping the model '%s': %s", spec, _first_line(e))
+            mode += f"\n\nNot loaded: `{spec}` ({_first_line(e)})."
+            continue
+        if model.name not in {m.name for m in models}:
+            models.append(model)
+    return models, mode
+
+
+def parse_model_specs(text: str | None) -> list[str]:
+    """'a.safetensors, hf-hub:org/repo' -> ['a.safetensors', 'hf-hub:org/repo'] (--models / PMG_MODELS)."""
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+@dataclass
+class Job:
+    """One running Evaluate or Train of one session: Cancel sets `stop`; `final` is its last status."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    final: str = ""
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
 @dataclass
 class Studio:
-    """The app's state: loaded models (the one global cache) and per-session stop flags."""
+    """The app's state: loaded models (the one global cache) and each session's running jobs."""
 
     models: dict[str, ClipModel]
     mode: str
     checkpoint_dir: Path = CHECKPOINT_DIR
-    allow_folders: bool = True  # ImageFolder paths on the server's disk (off when serving in public)
+    public: bool = False  # serving beyond this machine: no server folders, shorter jobs
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
-    stops: dict[str, threading.Event] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)  # "kind:session" -> the job running now
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None, **kw) -> "Studio":
+    def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
+               extra_models: Sequence[str] = (), **kw) -> "Studio":
         directory = Path(checkpoint_dir or CHECKPOINT_DIR)
         if models is None:
-            models, mode = load_default_models(directory)
+            models, mode = load_default_models(directory, extra_models)
         else:
             mode = "**Custom models** given by the caller: " + ", ".join(m.name for m in models) + "."
         ordered = sorted(models, key=_order_key)
@@ -139,6 +194,15 @@ class Studio:
     @property
     def names(self) -> list[str]:
         return list(self.models)
+
+    @property
+    def allow_folders(self) -> bool:
+        """ImageFolder paths on the server's disk: only for the machine's owner, never in public."""
+        return not self.public
+
+    @property
+    def limits(self) -> inputs.Limits:
+        return inputs.PUBLIC if self.public else inputs.LOCAL
 
     def pick(self, names) -> list[ClipModel]:
         names = [names] if isinstance(names, str) else list(names or [])
@@ -160,12 +224,42 @@ class Studio:
             self.models = {m.name: m for m in sorted(self.models.values(), key=_order_key)}
         return added
 
-    def stop_flag(self, request: gr.Request | None, kind: str) -> threading.Event:
-        key = f"{kind}:{getattr(request, 'session_hash', None) or 'local'}"
-        flag = self.stops.setdefault(key, threading.Event())
-        return flag
+    # -- jobs: one Evaluate/Train per session and kind, cancellable ------------------------------
+    @contextlib.contextmanager
+    def _job(self, request: gr.Request | None, kind: str) -> Iterator[Job]:
+        key, job = f"{kind}:{_session(request)}", Job()
+        with self.lock:
+            self.jobs[key] = job
+        try:
+            yield job
+        finally:
+            with self.lock:
+                if self.jobs.get(key) is job:
+                    del self.jobs[key]
+            job.done.set()
+
+    def cancel(self, kind: str, request: gr.Request | None = None, wait: float = CANCEL_WAIT_S) -> str:
+        """Stop this session's running `kind` job after its current step; returns its final status if it ends in time.
+
+        A job still waiting in the queue is not here: the Cancel buttons also take it off Gradio's
+        queue (cancels=[...]), so it never starts.
+        """
+        with self.lock:
+            job = self.jobs.get(f"{kind}:{_session(request)}")
+        if job is None:
+            return f"No {kind} run of yours is running now."
+        job.stop.set()
+        if job.done.wait(wait):
+            return job.final or f"**Cancelled** the {kind} run."
+        return f"Stopping the {kind} run after its current step..."
 
     # -- attack & compare ----------------------------------------------------------------------
+    def preview(self, image) -> np.ndarray | None:
+        """The uploaded image as the models will see it (a bad file is refused here, right after upload)."""
+        if image is None:
+            return None
+        return to_uint8(prepare_image(load_image(inputs.upload_path(image)), ATTACK_SIDE))
+
     def _attack_inputs(self, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
                        model_names) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
         models = self.pick(model_names)
@@ -175,7 +269,7 @@ class Studio:
         loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
         eps = inputs.parse_number("eps (/255)", eps_255, 0, 64 if norm == "Linf" else 2550) / 255
         steps = inputs.parse_number("steps", steps, 0, 200, integer=True)
-        step = None if step_size_255 in (None, "", 0) else inputs.parse_number("step size (/255)", step_size_255, 0, 255) / 255
+        step = inputs.parse_step_size(step_size_255, 255)
         true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
         target = inputs.parse_choice("target class", target, classes, optional=True)
         source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
@@ -187,20 +281,20 @@ class Studio:
             image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
         comp = compare(models, x, classes, true_label, settings)
         advs = _distinct_adversarials(comp)
-        folder = Path(tempfile.mkdtemp(dir=self.out_dir))
+        folder = new_output_folder(self.out_dir)
         files = [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs]
-        gallery = [(to_uint8(adv), f"attacked via {name}") for name, adv in advs]
-        perturb = [(to_uint8(analysis.amplify_perturbation(comp.image, adv)), f"via {name} (amplified)")
-                   for name, adv in advs]
+        gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
+        perturb = [(to_uint8(analysis.amplify_perturbation(comp.image, adv)), f"via {name}") for name, adv in advs]
         return gallery, perturb, verdict_html(comp, settings), files, comparison_data(comp, settings)
 
     def eps_sweep(self, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
                   model_names):
-        """-> (plotly figure of true-class confidence vs eps, rows)."""
+        """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
         models, x, classes, true_label, settings = self._attack_inputs(
             image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names)
         eps = [e / 255 for e in inputs.parse_number_list("eps (/255)", eps_list, 0, 64 if settings.norm == "Linf" else 2550)]
-        rows = analysis.sweep_rows(analysis.eps_sweep(models, x, classes, true_label, eps, settings), eps)
+        comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+        rows = analysis.sweep_rows(comps, eps, settings.target)
         return plots.sweep_figure(rows), rows
 
     def distances(self, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, model_names,
@@ -231,30 +325,34 @@ class Studio:
         cfg = EvalConfig(models=[m.name for m in models], datasets=datasets,
                          eps=inputs.parse_number("eps (/255)", eps_255, 0, 64) / 255,
                          steps=inputs.parse_number("steps", steps, 0, 200, integer=True),
-                         step_size=inputs.parse_number("step size (/255)", step_size_255, 0, 64) / 255,
-                         limit=inputs.parse_number("sample limit", limit, 1, 100_000, integer=True),
+                         step_size=inputs.parse_step_size(step_size_255, 64),
+                         limit=inputs.parse_number("sample limit", limit, 1, self.limits.eval_samples, integer=True,
+                                                   where=self.limits.where),
                          batch_size=64, device=str(models[0].device))
-        stop = self.stop_flag(request, "evaluate")
-        stop.clear()
+        with self._job(request, "evaluate") as job:
+            yield from self._evaluation(cfg, models, datasets, job, progress)
+
+    def _evaluation(self, cfg: EvalConfig, models, datasets, job: Job, progress) -> Iterator[tuple]:
         total, results = len(models) * len(datasets), []
         yield f"Evaluating {len(models)} model(s) on {len(datasets)} dataset(s)...", [], None
         events = iter_evaluate(cfg, models)
         try:
             for ev in events:
-                if stop.is_set():
-                    yield (f"**Cancelled** after {len(results)} of {total} model x dataset runs.", _table(results),
-                           plots.eval_figure(results) if results else None)
+                if job.stop.is_set():
+                    job.final = f"**Cancelled** after {len(results)} of {total} model x dataset runs."
+                    yield job.final, _table(results), plots.eval_figure(results) if results else None
                     return
                 if ev["event"] == "progress":
                     progress((len(results) + ev["done"] / max(ev["total"], 1)) / total,
                              desc=f"{ev['model']} on {ev['dataset']}")
                 else:
                     results.append(ev)
-                    yield (f"{len(results)} of {total} done", _table(results), plots.eval_figure(results))
+                    yield f"{len(results)} of {total} done", _table(results), plots.eval_figure(results)
         finally:
             events.close()
-        yield f"**Done**: {total} model x dataset runs, eps {cfg.eps * 255:g}/255, PGD-{cfg.steps}.", \
-            _table(results), plots.eval_figure(results)
+        step = "auto step" if cfg.step_size is None else f"step {cfg.step_size * 255:g}/255"
+        job.final = f"**Done**: {total} model x dataset runs, eps {cfg.eps * 255:g}/255, PGD-{cfg.steps} ({step})."
+        yield job.final, _table(results), plots.eval_figure(results)
 
     # -- train ---------------------------------------------------------------------------------
     def train(self, base_name, method, dataset, eps_255, attack_steps, lr, max_steps, batch_size, alpha, beta, name,
@@ -268,34 +366,46 @@ class Studio:
             eps=inputs.parse_number("eps (/255)", eps_255, 0, 32) / 255,
             attack_steps=inputs.parse_number("PGD steps", attack_steps, 0, 20, integer=True),
             lr=inputs.parse_number("learning rate", lr, 1e-8, 1.0), epochs=1000,
-            max_steps=inputs.parse_number("training steps", max_steps, 1, 10_000, integer=True),
+            max_steps=inputs.parse_number("training steps", max_steps, 1, self.limits.train_steps, integer=True,
+                                          where=self.limits.where),
             batch_size=inputs.parse_number("batch size", batch_size, 1, 512, integer=True),
             alpha=inputs.parse_number("alpha", alpha, 0, 100), beta=inputs.parse_number("beta", beta, 0, 100),
             warmup=0, out=str(out), device=str(base.device),
             extra_metadata={"trained_in": "PMG-AFT Studio app", "base_name": base.name})
-        model = base.fork(out.stem, base.spec)
-        stop = self.stop_flag(request, "train")
-        stop.clear()
-        trainer = Trainer(cfg, model=model)
-        history: list[dict] = []
-        status = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
-        yield status, plots.train_figure(history)
-        last_plot = 0.0
-        for ev in trainer.run(should_stop=stop.is_set):
-            if ev["event"] == "step":
-                history.append(ev)
-                if time.time() - last_plot > 0.5 or ev["step"] == ev["total"]:  # throttle redraws
-                    last_plot = time.time()
-                    yield (f"Step {ev['step']} / {ev['total']}: loss {ev['loss']:.4f}", plots.train_figure(history))
-            elif ev["event"] in ("stopped", "done"):
-                word = "Stopped" if ev["event"] == "stopped" else "Done"
-                self.rescan()
-                yield (f"**{word}** after {ev['step']} steps. Checkpoint **{out.stem}** saved to {out.parent.name}/ "
-                       "and added to the model lists.", plots.train_figure(history))
+        trainer = Trainer(cfg, model=base.fork(out.stem, base.spec))
+        intro = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
+        with self._job(request, "train") as job:
+            yield from self._training(trainer, out, intro, job)
 
-    def cancel(self, kind: str, request: gr.Request | None = None) -> str:
-        self.stop_flag(request, kind).set()
-        return f"Stopping the {kind} run..."
+    def _training(self, trainer: Trainer, out: Path, intro: str, job: Job) -> Iterator[tuple]:
+        """Streams a run; however it ends (done, Cancel, closed by Gradio, too many bad steps), what it
+        saved joins the model lists."""
+        history: list[dict] = []
+        skipped, ending, reason, last_plot = 0, "Stopped", "", 0.0
+        events = trainer.run(should_stop=job.stop.is_set)
+        try:
+            yield intro, plots.train_figure(history)
+            for ev in events:
+                if ev["event"] == "skipped":
+                    skipped = ev["bad_steps"]
+                elif ev["event"] == "done":
+                    ending = "Done"
+                elif ev["event"] == "step":
+                    history.append(ev)
+                    if time.time() - last_plot > 0.5 or ev["step"] == ev["total"]:  # throttle redraws
+                        last_plot = time.time()
+                        yield _step_status(ev, skipped), plots.train_figure(history)
+        except UserError as e:  # too many non-finite steps: the trainer kept its last good checkpoint
+            reason = str(e)
+        finally:
+            job.stop.set()  # closed by Gradio's Cancel: the trainer stops at its next step and saves
+            if history:
+                for _ in events:
+                    pass
+            events.close()
+            self.rescan()
+            job.final = _train_status(ending, trainer.step, skipped, out, reason)
+        yield job.final, plots.train_figure(history)
 
     # -- about ---------------------------------------------------------------------------------
     def about(self) -> str:
@@ -312,14 +422,8 @@ class Studio:
                 f"### Loaded models\n" + "\n".join(rows) + "\n\n" + details + "\n\n### What this is\n" + PMG_AFT_IN_PLAIN_WORDS)
 
     def presets(self) -> dict[str, list[str]]:
-        """Label presets: the embedded world's tasks, plus common sets when a real CLIP is loaded."""
-        from pmg_core import synthetic
-
-        out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
-               if name in synthetic.TASKS}
-        if any(m.image_size >= 128 for m in self.models.values()):
-            out = {"CIFAR-10": CIFAR10, "ImageNet (first 20 classes)": IMAGENET_FIRST_20, **out}
-        return out
+        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet when a real-size CLIP is loaded."""
+        return label_presets(real_clip=any(m.image_size >= 128 for m in self.models.values()))
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -341,43 +445,68 @@ def _distinct_adversarials(comp: Comparison) -> list[tuple[str, torch.Tensor]]:
     return list(seen.items())
 
 
-def _top5_html(pred, true_label: str | None) -> str:
+def _top5_html(pred, true_label: str | None, target: str | None) -> str:
     items = []
     for label, p in zip(pred.labels, pred.probs):
-        cls = "pmg-true" if label == true_label else ""
+        cls = "pmg-true" if label == true_label else ("pmg-target" if label == target else "")
         items.append(f"<div class='pmg-bar {cls}'><span style='width:{100 * p:.1f}%'></span>"
                      f"<b>{html.escape(label)}</b> {100 * p:.1f}%</div>")
     return "".join(items)
 
 
+def _points(change: float | None) -> str:
+    """A probability change as signed percentage points (a typographic minus, which HTML keeps)."""
+    return "-" if change is None else f"{100 * change:+.1f} pts".replace("-", "&minus;", 1)
+
+
+def _mark(pred) -> str:
+    if pred.correct is None:
+        return ""
+    return "<span class='pmg-ok'>&#10004; right</span>" if pred.correct else "<span class='pmg-bad'>&#10008; wrong</span>"
+
+
 def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
-    """Clean vs adversarial top-5 per model, a right/wrong mark and the confidence drop."""
+    """Clean vs adversarial top-5 per model, a right/wrong mark and the confidence change: of the true
+    class (untargeted), or of the target class (targeted; the true class's too when it is given)."""
+    target = settings.target
     head = (f"<p>Attack: PGD-{settings.steps} {settings.norm}, eps {settings.eps * 255:g}/255, "
-            f"{'targeted at ' + html.escape(settings.target) if settings.target else 'untargeted'}; "
+            f"{'targeted at <b>' + html.escape(target) + '</b>' if target else 'untargeted'}; "
             f"true label: <b>{html.escape(comp.true_label or '-')}</b>.</p>")
+    change_head = f"target-class ({html.escape(target)}) confidence change" if target else "true-class confidence change"
     rows = []
     for v in comp.verdicts:
-        def mark(pred) -> str:
-            if pred.correct is None:
-                return ""
-            return "<span class='pmg-ok'>&#10004; right</span>" if pred.correct else "<span class='pmg-bad'>&#10008; wrong</span>"
-        drop = v.confidence_drop
-        drop_txt = "-" if drop is None else f"{-100 * drop:+.1f} pts".replace("-", "&minus;", 1)
+        change = _points(v.target_gain) if target else _points(None if v.confidence_drop is None else -v.confidence_drop)
+        if target and v.confidence_drop is not None:
+            change += f"<br><small>true class: {_points(-v.confidence_drop)}</small>"
         rows.append(f"<tr class='pmg-model' data-model='{html.escape(v.model)}'><td><b>{html.escape(v.model)}</b>"
                     f"<br><small>attacked via {html.escape(v.attacked_by)}</small></td>"
-                    f"<td>{mark(v.clean)}{_top5_html(v.clean, comp.true_label)}</td>"
-                    f"<td>{mark(v.adversarial)}{_top5_html(v.adversarial, comp.true_label)}</td>"
-                    f"<td class='pmg-drop'>{drop_txt}</td></tr>")
+                    f"<td>{_mark(v.clean)}{_top5_html(v.clean, comp.true_label, target)}</td>"
+                    f"<td>{_mark(v.adversarial)}{_top5_html(v.adversarial, comp.true_label, target)}</td>"
+                    f"<td class='pmg-drop'>{change}</td></tr>")
     return (head + "<table class='pmg-verdicts'><tr><th>model</th><th>clean top-5</th><th>adversarial top-5</th>"
-            "<th>true-class confidence change</th></tr>" + "".join(rows) + "</table>")
+            f"<th>{change_head}</th></tr>" + "".join(rows) + "</table>")
 
 
 def comparison_data(comp: Comparison, settings: AttackSettings) -> dict:
     return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
             "true_label": comp.true_label, "target": settings.target,
             "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
-                          "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop}
+                          "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop,
+                          "target_gain": v.target_gain}
                          for v in comp.verdicts]}
+
+
+def _step_status(ev: dict, skipped: int) -> str:
+    bad = f" ({skipped} step(s) skipped: non-finite loss)" if skipped else ""
+    return f"Step {ev['step']} / {ev['total']}: loss {ev['loss']:.4f}{bad}"
+
+
+def _train_status(ending: str, steps: int, skipped: int, out: Path, reason: str = "") -> str:
+    """The last word on a run: how it ended and why, skipped steps, and where its checkpoint is (if any)."""
+    bad = f" {reason}" if reason else (f" {skipped} step(s) were skipped (non-finite loss)." if skipped else "")
+    saved = (f" Checkpoint **{out.stem}** saved to {out.parent.name}/ and added to the model lists."
+             if out.is_file() else " No checkpoint was saved: no training step finished.")
+    return f"**{ending}** after {steps} steps.{bad}{saved}"
 
 
 def _table(results: list[dict]) -> list[list]:
@@ -429,9 +558,13 @@ CSS = """
 .pmg-bar {position: relative; font-size: 0.85em; margin: 2px 0; padding: 1px 4px; z-index: 0;}
 .pmg-bar span {position: absolute; left: 0; top: 0; bottom: 0; background: #cfe0f5; z-index: -1; border-radius: 3px;}
 .pmg-bar.pmg-true span {background: #bfe6c2;}
+.pmg-bar.pmg-target span {background: #f8d3a6;}
 .pmg-ok {color: #1a7f37; font-weight: bold;} .pmg-bad {color: #c62828; font-weight: bold;}
 .pmg-drop {font-weight: bold; white-space: nowrap;}
-.pmg-pixelated img {image-rendering: pixelated;}
+/* 32 px images: scaled up to the box, pixels kept sharp */
+.pmg-pixelated img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}
+.pmg-gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip; max-width: none;}
+#pmg-files .empty {min-height: 64px; height: 64px;}  /* no files yet: a slim box, not a tall placeholder */
 """
 
 
@@ -444,34 +577,40 @@ def _examples(presets: dict[str, list[str]]) -> list[list]:
 
 
 def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | Path | None = None,
-              allow_folders: bool = True, queue_size: int = 16) -> gr.Blocks:
-    """The whole UI. `models`: use these instead of loading the default ones (tests pass tiny models)."""
-    studio = Studio.create(models, Path(checkpoint_dir) if checkpoint_dir else None, allow_folders=allow_folders)
+              public: bool = False, queue_size: int = 16, extra_models: Sequence[str] = ()) -> gr.Blocks:
+    """The whole UI. `models`: use these instead of loading the default ones (tests pass tiny models);
+    `public`: serving beyond this machine (no server folders, capped jobs); `extra_models`: more specs."""
+    studio = Studio.create(models, Path(checkpoint_dir) if checkpoint_dir else None, extra_models, public=public)
     presets = studio.presets()
     first_preset = next(iter(presets), None)
     default_labels = ", ".join(presets[first_preset]) if first_preset else "cat, dog, bird"
     all_classes = list(dict.fromkeys(c for classes in presets.values() for c in classes)) or default_labels.split(", ")
-    heavy = dict(concurrency_id="heavy", concurrency_limit=1)
+    limits = studio.limits
+    # Two lanes, one run at a time each: short interactive work never waits behind a long Evaluate/Train.
+    interactive = dict(concurrency_id="interactive", concurrency_limit=1)
+    jobs = dict(concurrency_id="jobs", concurrency_limit=1)
 
-    with gr.Blocks(title="PMG-AFT Studio") as demo:
+    with gr.Blocks(title="PMG-AFT Studio", delete_cache=(3600, 3600)) as demo:
         demo.studio = studio  # tests reach the state through the app
         gr.Markdown("# PMG-AFT Studio\nAttack CLIP live and see how the original model and its robust "
                     "fine-tunes (TeCoA, PMG-AFT, FARE, yours) answer.")
-        mode_md = gr.Markdown(studio.mode)
+        gr.Markdown(studio.mode)
 
         with gr.Tab("Attack & compare"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(label="Image", type="filepath", image_mode=None, format="png",
-                                     sources=["upload", "clipboard"], elem_classes="pmg-pixelated", height=260,
-                                     elem_id="pmg-image")
+                    with gr.Row():
+                        image = image_upload(label="Image", sources=["upload", "clipboard"], height=220,
+                                             elem_classes="pmg-pixelated", elem_id="pmg-image")
+                        seen = gr.Image(label="What the models see", format="png", interactive=False, height=220,
+                                        elem_classes="pmg-pixelated", elem_id="pmg-preview", buttons=[])
+                    gr.Markdown(SEEN_BY_MODELS)
                     preset = gr.Dropdown(list(presets), value=first_preset, label="Label preset")
-                    labels = gr.Textbox(default_labels, label="Class labels (comma-separated)", lines=2)
+                    labels = gr.Textbox(default_labels, label="Class labels (comma-separated)", lines=2, max_lines=6)
                     with gr.Row():
                         # every preset's classes, so examples from any task show their true label
                         true_label = gr.Dropdown(all_classes, value=default_labels.split(", ")[0],
-                                                 allow_custom_value=True,
-                                                 label="True label")
+                                                 allow_custom_value=True, label="True label")
                         target = gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
                                              label="Target class (optional: targeted attack)")
                     with gr.Row():
@@ -488,11 +627,13 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
                 with gr.Column(scale=2):
                     verdicts = gr.HTML(label="Predictions", elem_id="pmg-verdicts")
                     with gr.Row():
-                        adv_gallery = gr.Gallery(label="Adversarial image(s)", format="png", columns=3, height=240,
-                                                 elem_classes="pmg-pixelated")
+                        adv_gallery = gr.Gallery(label="Adversarial image(s)", format="png", columns=3, height=260,
+                                                 elem_classes=["pmg-pixelated", "pmg-gallery"], object_fit="contain")
                         pert_gallery = gr.Gallery(label="Perturbation, amplified", format="png", columns=3,
-                                                  height=240, elem_classes="pmg-pixelated")
-                    adv_files = gr.File(label="Download adversarial PNG (bit-exact)", file_count="multiple")
+                                                  height=260, elem_classes=["pmg-pixelated", "pmg-gallery"],
+                                                  object_fit="contain")
+                    adv_files = gr.File(label="Download adversarial PNG (bit-exact)", file_count="multiple",
+                                        elem_id="pmg-files")
                     with gr.Accordion("Details (JSON)", open=False):
                         details = gr.JSON()
                     with gr.Row():
@@ -523,12 +664,13 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
                 eval_data = gr.Dropdown(studio.dataset_choices(), value=_pick_default(studio.dataset_choices(), "mini"),
                                         label="Dataset (a registered task or group)")
                 eval_folder = gr.Textbox("", label="...or an ImageFolder path on this machine",
-                                         visible=allow_folders, placeholder="/data/my_images (one folder per class)")
+                                         visible=studio.allow_folders, placeholder="/data/my_images (one folder per class)")
             with gr.Row():
                 eval_eps = gr.Number(1, label="eps (/255)", minimum=0)
                 eval_steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
-                eval_step_size = gr.Number(1, label="step size (/255)", minimum=0)
-                eval_limit = gr.Number(100, label="samples per dataset", precision=0, minimum=1)
+                eval_step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0)
+                eval_limit = gr.Number(100, label="samples per dataset", precision=0, minimum=1,
+                                       info=f"at most {limits.eval_samples:,}{limits.where}")
             with gr.Row():
                 eval_btn = gr.Button("Evaluate", variant="primary")
                 eval_cancel = gr.Button("Cancel", variant="stop")
@@ -549,7 +691,8 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
                 train_eps = gr.Number(1, label="eps (/255)", minimum=0)
                 train_attack_steps = gr.Number(2, label="PGD steps", precision=0, minimum=0)
                 train_lr = gr.Number(0.01, label="learning rate")
-                train_steps = gr.Number(50, label="training steps", precision=0, minimum=1)
+                train_steps = gr.Number(50, label="training steps", precision=0, minimum=1,
+                                        info=f"at most {limits.train_steps:,}{limits.where}")
                 train_batch = gr.Number(32, label="batch size", precision=0, minimum=1)
                 train_alpha = gr.Number(1.0, label="alpha (stay near the original)")
                 train_beta = gr.Number(1.0, label="beta (clean/adversarial consistency)")
@@ -592,29 +735,35 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         refresh_outputs = [chosen, source, reference, train_base, eval_models, about_md]
         preset.change(on_preset, preset, [labels, true_label, target], api_name="preset", queue=False)
         labels.change(on_labels, labels, [true_label, target], api_name="labels", queue=False)
+        image.change(safe(studio.preview), image, seen, api_name="preview", show_progress="minimal",
+                     concurrency_id="preview", concurrency_limit=2)
         attack_inputs = [image, labels, true_label, norm, eps, steps, step_size, loss, target, source, chosen]
-        attack_btn.click(gpu(safe(studio.attack)), attack_inputs,
-                         [adv_gallery, pert_gallery, verdicts, adv_files, details], api_name="attack", **heavy)
-        sweep_btn.click(gpu(safe(studio.eps_sweep)),
+        attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(studio.attack)), attack_inputs,
+                         [adv_gallery, pert_gallery, verdicts, adv_files, details], api_name="attack", **interactive)
+        sweep_btn.click(gpu(INTERACTIVE_GPU_S)(safe(studio.eps_sweep)),
                         [image, labels, true_label, norm, sweep_eps, steps, step_size, loss, target, source, chosen],
-                        [sweep_plot, sweep_rows], api_name="eps_sweep", **heavy)
-        dist_btn.click(gpu(safe(studio.distances)),
+                        [sweep_plot, sweep_rows], api_name="eps_sweep", **interactive)
+        dist_btn.click(gpu(INTERACTIVE_GPU_S)(safe(studio.distances)),
                        [image, labels, true_label, norm, dist_eps, steps, step_size, loss, chosen, reference],
-                       [dist_plot, ref_plot, proj_plot, dist_data], api_name="distances", **heavy)
-        eval_btn.click(gpu(safe(studio.evaluate)),
-                       [eval_models, eval_data, eval_folder, eval_eps, eval_steps, eval_step_size, eval_limit],
-                       [eval_status, eval_table, eval_plot], api_name="evaluate", **heavy)
-        eval_cancel.click(safe(cancel_evaluate), None, eval_status,
-                          api_name="cancel_evaluate", queue=False)
-        train_btn.click(gpu(safe(studio.train)),
-                        [train_base, train_method, train_data, train_eps, train_attack_steps, train_lr, train_steps,
-                         train_batch, train_alpha, train_beta, train_name],
-                        [train_status, train_plot], api_name="train", **heavy
-                        ).then(refresh, None, refresh_outputs, api_name="refresh_after_train", queue=False)
-        train_cancel.click(safe(cancel_train), None, train_status,
-                           api_name="cancel_train", queue=False)
-        refresh_btn.click(refresh, None, refresh_outputs, api_name="refresh_models", queue=False)
-        demo.load(refresh, None, refresh_outputs, api_name="on_load", queue=False)
+                       [dist_plot, ref_plot, proj_plot, dist_data], api_name="distances", **interactive)
+        eval_event = eval_btn.click(
+            gpu(JOB_GPU_S)(safe(studio.evaluate)),
+            [eval_models, eval_data, eval_folder, eval_eps, eval_steps, eval_step_size, eval_limit],
+            [eval_status, eval_table, eval_plot], api_name="evaluate", **jobs)
+        # Cancel takes a waiting run off the queue (cancels=) and stops a running one after its step (the flag).
+        eval_cancel.click(safe(cancel_evaluate), None, eval_status, api_name="cancel_evaluate", queue=False,
+                          cancels=[eval_event])
+        train_event = train_btn.click(
+            gpu(JOB_GPU_S)(safe(studio.train)),
+            [train_base, train_method, train_data, train_eps, train_attack_steps, train_lr, train_steps,
+             train_batch, train_alpha, train_beta, train_name],
+            [train_status, train_plot], api_name="train", **jobs)
+        train_event.then(safe(refresh), None, refresh_outputs, api_name="refresh_after_train", queue=False)
+        train_cancel.click(safe(cancel_train), None, train_status, api_name="cancel_train", queue=False,
+                           cancels=[train_event]
+                           ).then(safe(refresh), None, refresh_outputs, api_name="refresh_after_cancel", queue=False)
+        refresh_btn.click(safe(refresh), None, refresh_outputs, api_name="refresh_models", queue=False)
+        demo.load(safe(refresh), None, refresh_outputs, api_name="on_load", queue=False)
         demo.queue(max_size=queue_size)
     return demo
 
@@ -640,11 +789,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1; 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.add_argument("--models", default=os.environ.get("PMG_MODELS", ""), metavar="SPEC[,SPEC...]",
+                   help="more models besides the default: checkpoint files or names, hf-hub:ORG/REPO, ARCH:TAG "
+                        "(default: $PMG_MODELS)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     host, public = resolve_host(args.host, args.share, os.environ)
     start = time.time()
-    demo = build_app(allow_folders=not public)
+    demo = build_app(public=public, extra_models=parse_model_specs(args.models))
     log.info("models loaded in %.1f s: %s", time.time() - start, ", ".join(demo.studio.names))
     demo.launch(server_name=host, server_port=args.port, share=args.share, **launch_options())
 

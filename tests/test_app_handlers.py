@@ -1,7 +1,10 @@
 """The app's handlers called directly (no server, no browser), on tiny random models."""
 import math
 import os
+import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
 from pmg_core import analysis, inputs  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
+from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
 from pmg_core.images import load_image  # noqa: E402
 from pmg_core.models import load_model  # noqa: E402
 
@@ -73,9 +77,22 @@ def test_transfer_attack_uses_one_source_image_for_all_models(studio):
     assert {v["attacked_by"] for v in data["verdicts"]} == {"tecoa"}
 
 
-def test_targeted_attack_needs_no_true_label(studio):
+def test_targeted_attack_needs_no_true_label_and_shows_the_target_class_gain(studio):
     _, _, html, _, data = attack(studio, true_label="", target="star", steps=3)
-    assert data["target"] == "star" and "targeted at star" in html
+    assert data["target"] == "star" and "targeted at <b>star</b>" in html
+    assert "target-class (star) confidence change" in html
+    for v in data["verdicts"]:
+        assert math.isclose(v["target_gain"], v["adversarial"]["target_prob"] - v["clean"]["target_prob"])
+        assert v["target_gain"] > -1e-2  # PGD keeps its best iterate: the target never loses (up to 8-bit rounding)
+        assert v["confidence_drop"] is None  # no true label given
+
+
+def test_targeted_eps_sweep_plots_the_target_class_probability(studio):
+    fig, rows = studio.eps_sweep(EXAMPLE, LABELS, "", "Linf", "0, 8", 3, 2, "cross-entropy", "star", EACH, ["clip"])
+    assert [r["target"] for r in rows] == ["star", "star"] and all(r["true_prob"] is None for r in rows)
+    (trace,) = fig.data
+    assert list(trace.y) == [r["target_prob"] for r in rows] and None not in trace.y
+    assert "star" in fig.layout.title.text
 
 
 def test_eps_sweep_starts_at_the_clean_confidence(studio):
@@ -213,18 +230,18 @@ def test_evaluate_streams_rows_and_can_be_cancelled(studio):
     assert all(0 <= row[4] <= row[3] <= 100 for row in table)  # robust <= clean, in %
     gen = studio.evaluate(studio.names, "toy-colours", "", 1, 2, 1, 16)
     next(gen)
-    studio.cancel("evaluate")
+    assert "Stopping" in studio.cancel("evaluate", wait=0)  # it stops when next iterated
     status, table, _ = list(gen)[-1]
     assert "Cancelled" in status and len(table) < len(studio.names)
 
 
 def test_evaluate_refuses_folders_when_serving_in_public(studio, tmp_path):
-    studio.allow_folders = False
+    studio.public = True
     try:
         with pytest.raises(UserError, match="public"):
             next(studio.evaluate(studio.names, "toy-colours", str(tmp_path), 1, 2, 1, 16))
     finally:
-        studio.allow_folders = True
+        studio.public = False
 
 
 def test_train_saves_a_checkpoint_that_joins_the_model_lists(studio):
@@ -241,7 +258,7 @@ def test_train_saves_a_checkpoint_that_joins_the_model_lists(studio):
 def test_train_cancel_stops_early_and_keeps_the_checkpoint(studio):
     gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "cancelled-run")
     next(gen)  # started
-    studio.cancel("train")
+    studio.cancel("train", wait=0)
     last = list(gen)[-1][0]
     assert "Stopped" in last
     meta = studio.models["cancelled-run"].metadata
@@ -268,3 +285,196 @@ def test_presets_and_examples_fit_the_embedded_world(studio):
     assert "CIFAR-10" not in presets  # only offered with a real CLIP
     for path, labels, true in app._examples(presets):
         assert os.path.isfile(path) and true in inputs.parse_labels(labels)
+
+
+# --- adversarial PNGs stay inside the eps-ball ----------------------------------------------------------
+
+def clean_levels(path: str) -> np.ndarray:
+    """The clean image the models saw (center square, at most 224 px, 8-bit), in grey levels."""
+    return np.round(prepare_image(load_image(path), 224).permute(1, 2, 0).numpy() * 255).astype(int)
+
+
+@pytest.mark.parametrize("eps", [1.5, 2.7])
+def test_fractional_linf_eps_downloads_stay_inside_the_ball(studio, eps):
+    # step = eps with no random start: the first PGD step lands exactly on +-eps (1.5 or 2.7 levels),
+    # which plain rounding would turn into a 2- or 3-level change
+    *_, files, _ = attack(studio, eps_255=eps, steps=2, step_size_255=eps)
+    clean = clean_levels(EXAMPLE)
+    for f in files:
+        delta = np.abs(np.asarray(Image.open(f)).astype(int) - clean)
+        assert delta.max() == math.floor(eps)  # perturbed as far as the grid allows, never further
+
+
+def test_l2_eps_downloads_stay_inside_the_ball(studio):
+    eps = 20  # /255, L2 over the whole image
+    *_, files, _ = attack(studio, norm="L2", eps_255=eps, steps=3, step_size_255=eps)
+    clean = clean_levels(EXAMPLE)
+    for f in files:
+        delta = np.asarray(Image.open(f)).astype(int) - clean
+        assert 0 < np.sqrt((delta.astype(float) ** 2).sum()) <= eps + 1e-6
+
+
+def test_quantizing_into_the_ball_never_rounds_outward():
+    clean = torch.full((3, 4, 4), 100 / 255)
+    up = clean + 1.5 / 255  # halfway between two levels: rounding goes to 2 levels
+    assert ((quantize_in_ball(clean, up, 1.5 / 255, "Linf") - clean) * 255).abs().max().round() == 1
+    spread = clean + 0.6 / 255  # 0.6 levels everywhere, L2 norm exactly eps: rounding to 1 level leaves the ball
+    eps = 0.6 * math.sqrt(clean.numel()) / 255
+    q = quantize_in_ball(clean, spread, eps, "L2")
+    assert float(((q - clean) * 255).norm()) <= eps * 255 + 1e-6
+    assert torch.equal(quantize_in_ball(clean, clean + 2 / 255, 3 / 255, "Linf"), clean + 2 / 255)  # on the grid: kept
+
+
+# --- presets, model lists, housekeeping ---------------------------------------------------------------
+
+def test_a_real_size_clip_gets_cifar10_and_all_1000_imagenet_classes():
+    big = tiny_models()[0]
+    big.image_size = 224  # what a real CLIP reports; the presets only look at the size
+    presets = app.Studio.create([big], Path("unused")).presets()
+    assert presets["CIFAR-10"][0] == "airplane" and len(presets["CIFAR-10"]) == 10
+    imagenet = presets["ImageNet (1000 classes)"]
+    assert len(inputs.parse_labels(", ".join(imagenet))) == 1000  # the whole list is accepted as labels
+    assert imagenet[:3] == ["tench", "goldfish", "great white shark"]
+    assert presets["ImageNet (first 20 classes)"] == imagenet[:20]
+    assert "synth-shape" in presets
+
+
+def test_rescan_skips_an_unreadable_checkpoint_with_a_log_line(tmp_path, caplog):
+    studio = app.Studio.create(tiny_models()[:1], tmp_path)
+    (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    (tmp_path / "folder.safetensors").mkdir()
+    with caplog.at_level("WARNING", logger="pmg_studio"):
+        assert studio.rescan() == []
+    assert "skipping checkpoint broken.safetensors" in caplog.text
+    assert "skipping checkpoint folder.safetensors" in caplog.text
+
+
+def test_output_folders_older_than_an_hour_are_removed(studio):
+    old = studio.out_dir / "old-request"
+    old.mkdir(parents=True)
+    (old / "adversarial.png").write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    *_, files, _ = attack(studio, steps=1, model_names=["clip"])
+    assert not old.exists() and all(os.path.isfile(f) for f in files)
+
+
+def test_the_preview_is_what_the_models_see_and_refuses_a_bad_file_at_once(studio, tmp_path):
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (600, 300), (200, 30, 30)).save(wide)
+    assert studio.preview(str(wide)).shape == (224, 224, 3)  # center square, scaled to 224
+    assert studio.preview(None) is None  # cleared upload: nothing to show, no error
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(UserError, match="not a readable image"):
+        studio.preview(str(tmp_path / "text.png"))
+
+
+def test_evaluate_step_size_0_means_automatic_as_in_the_attack_tab(studio):
+    status, table, _ = list(studio.evaluate(["clip"], "toy-colours", "", 1, 2, 0, 8))[-1]
+    assert "Done" in status and "auto step" in status and len(table) == 1
+
+
+def test_public_servers_cap_training_steps_and_evaluation_samples(tmp_path):
+    studio = app.Studio.create(tiny_models()[:1], tmp_path, public=True)
+    with pytest.raises(UserError, match="between 1 and 500 on this public server"):
+        next(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 501, 8, 1, 1, "too-long"))
+    with pytest.raises(UserError, match="between 1 and 2000 on this public server"):
+        next(studio.evaluate(["clip"], "toy-colours", "", 1, 1, 1, 2001))
+    assert app.Studio.create(tiny_models()[:1], tmp_path).limits.train_steps == 10_000  # local: the full range
+
+
+# --- cancelling and ending runs -----------------------------------------------------------------------
+
+def test_a_cancel_with_nothing_running_does_not_cancel_the_next_run(studio):
+    assert "No train run" in studio.cancel("train")
+    last = list(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 2, 32, 1, 1, "after-stale-cancel"))[-1][0]
+    assert "Done" in last and "after-stale-cancel" in studio.names
+
+
+def test_cancel_returns_the_final_status_once_the_run_has_saved(studio):
+    gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "cancel-reports")
+    next(gen)
+    stopper = threading.Thread(target=lambda: answers.append(studio.cancel("train")))
+    answers: list[str] = []
+    stopper.start()
+    last = list(gen)[-1][0]
+    stopper.join(timeout=30)
+    assert answers == [last] and "Stopped" in last and "cancel-reports" in last
+
+
+def test_a_run_closed_by_gradio_still_saves_and_joins_the_lists(studio):
+    """Gradio's cancels= closes a running generator at its next update: the steps done are kept."""
+    gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "closed-run")
+    next(gen)
+    while "Step" not in next(gen)[0]:
+        pass
+    gen.close()
+    assert "closed-run" in studio.names and 0 < studio.models["closed-run"].metadata["steps"] < 500
+
+
+class PoisonedTrainer(app.Trainer):
+    """A trainer whose loss is NaN on the given calls of its method (0-based)."""
+
+    bad_calls: set[int] = set()
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        real, calls = self.method, []
+
+        def method(model, original, x, y):
+            out = real(model, original, x, y)
+            calls.append(len(calls))
+            return type(out)(out.loss * float("nan"), out.logits, out.metrics) if calls[-1] in self.bad_calls else out
+
+        self.method = method
+
+
+def test_train_status_counts_skipped_non_finite_steps(studio, monkeypatch):
+    monkeypatch.setattr(app, "Trainer", PoisonedTrainer)
+    monkeypatch.setattr(PoisonedTrainer, "bad_calls", {1, 3})
+    updates = [u[0] for u in studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 4, 8, 1, 1, "skipping-run")]
+    assert "Done" in updates[-1] and "2 step(s) were skipped" in updates[-1]
+    assert studio.models["skipping-run"].metadata["steps"] == 4
+
+
+def test_too_many_bad_steps_stop_with_the_reason_and_the_checkpoint_joins_the_lists(studio, monkeypatch):
+    monkeypatch.setattr(app, "Trainer", PoisonedTrainer)
+    monkeypatch.setattr(PoisonedTrainer, "bad_calls", set(range(2, 1000)))
+    last = list(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "diverged-run"))[-1][0]
+    assert "NaN/inf" in last and "after 2 steps" in last and "added to the model lists" in last
+    assert studio.models["diverged-run"].metadata["steps"] == 2
+
+
+# --- which models the app loads -------------------------------------------------------------------------
+
+EMBEDDED = pytest.mark.skipif(not (app.CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(),
+                              reason="clip-tiny not built yet")
+
+
+@EMBEDDED
+def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkeypatch, caplog):
+    real_load = app.load_model
+
+    def load_model(spec, **kw):
+        if spec == app.OPENAI_VIT_B32:
+            raise RuntimeError("download interrupted")  # not a UserError
+        return real_load(spec, **kw)
+
+    monkeypatch.setattr(app, "is_offline", lambda: False)
+    monkeypatch.setattr(app, "load_model", load_model)
+    with caplog.at_level("WARNING", logger="pmg_studio"):
+        models, mode = app.load_default_models(app.CHECKPOINT_DIR)
+    assert models[0].name == "clip-tiny" and "Embedded" in mode
+    assert "Real CLIP could not be loaded (download interrupted)" in caplog.text
+
+
+@EMBEDDED
+def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMG_OFFLINE", "1")
+    mine = tmp_path / "my-robust.safetensors"
+    shutil.copy(app.CHECKPOINT_DIR / "tecoa-tiny.safetensors", mine)  # a fine-tune of clip-tiny, outside checkpoints/
+    models, mode = app.load_default_models(app.CHECKPOINT_DIR, [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
+    names = [m.name for m in models]
+    assert names[0] == "clip-tiny" and "my-robust" in names and names.count("tecoa-tiny") == 1
+    assert models[names.index("my-robust")].clip is models[0].clip  # shares the loaded base
+    assert "Not loaded: `" + str(tmp_path / "no.safetensors") in mode and "does not exist" in mode

@@ -119,22 +119,41 @@ def test_host_is_loopback_unless_asked_or_on_a_space(host, share, env, expected)
     assert app.resolve_host(host, share, env) == expected
 
 
-@pytest.mark.parametrize("argv, env, host, folders", [
-    ([], {}, "127.0.0.1", True),
-    (["--host", "0.0.0.0"], {}, "0.0.0.0", False),
-    ([], {"SPACE_ID": "someone/pmg-aft"}, "0.0.0.0", False),
+@pytest.mark.parametrize("argv, env, host, public", [
+    ([], {}, "127.0.0.1", False),
+    (["--host", "0.0.0.0"], {}, "0.0.0.0", True),
+    ([], {"SPACE_ID": "someone/pmg-aft"}, "0.0.0.0", True),
 ])
-def test_main_binds_the_resolved_host_and_hides_server_folders_in_public(monkeypatch, argv, env, host, folders):
+def test_main_binds_the_resolved_host_and_hides_server_folders_in_public(monkeypatch, argv, env, host, public):
+    seen = launched(monkeypatch, argv, env)
+    assert seen["server_name"] == host and seen["public"] is public
+    assert seen["max_file_size"] == inputs.MAX_UPLOAD_BYTES
+    studio = app.Studio.create(tiny_models()[:1], Path("unused"), public=public)
+    assert studio.allow_folders is not public and (studio.limits == inputs.PUBLIC) is public
+
+
+@pytest.mark.parametrize("argv, env, extra", [
+    ([], {}, []),
+    (["--models", "a.safetensors, hf-hub:org/robust-clip"], {}, ["a.safetensors", "hf-hub:org/robust-clip"]),
+    ([], {"PMG_MODELS": "b.safetensors"}, ["b.safetensors"]),
+    (["--models", "c.safetensors"], {"PMG_MODELS": "b.safetensors"}, ["c.safetensors"]),  # the flag wins
+])
+def test_more_models_come_from_the_models_flag_or_pmg_models(monkeypatch, argv, env, extra):
+    assert launched(monkeypatch, argv, env)["extra_models"] == extra
+
+
+def launched(monkeypatch, argv: list[str], env: dict[str, str]) -> dict:
+    """What app.main(argv) passes to build_app and launch, without loading models or serving."""
     seen = {}
 
-    def fake_build_app(allow_folders=True, **_):
-        seen["allow_folders"] = allow_folders
+    def fake_build_app(**kw):
+        seen.update(kw)
         return SimpleNamespace(studio=SimpleNamespace(names=["clip"]), launch=lambda **kw: seen.update(kw))
 
-    monkeypatch.delenv("SPACE_ID", raising=False)
+    for var in ("SPACE_ID", "PMG_MODELS"):
+        monkeypatch.delenv(var, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(app, "build_app", fake_build_app)
     app.main(argv)
-    assert seen["server_name"] == host and seen["allow_folders"] is folders
-    assert seen["max_file_size"] == inputs.MAX_UPLOAD_BYTES
+    return seen

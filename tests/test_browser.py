@@ -1,4 +1,5 @@
-"""A real browser (PyPI's playwright driving Debian's chromium) uploads an image and runs an attack."""
+"""A real browser (PyPI's playwright driving Debian's chromium): a bad upload gets our sentence, then an
+image is uploaded, previewed as the models see it, and attacked."""
 import os
 import socket
 import sys
@@ -33,8 +34,15 @@ def test_upload_attack_and_see_every_models_predictions(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
-            page.locator("#pmg-image input[type=file]").set_input_files(EXAMPLE)
+            upload = page.locator("#pmg-image input[type=file]")
+            upload.set_input_files({"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"})
+            toast = page.get_by_text("That file is not a readable image", exact=False).first
+            toast.wait_for(timeout=30_000)  # our sentence, shown right after the upload
+            page.locator(".toast-close").first.click()
+            page.locator("#pmg-image button[aria-label='Remove Image']").first.click()
+            upload.set_input_files(EXAMPLE)
             page.locator("#pmg-image img").first.wait_for(timeout=30_000)
+            page.locator("#pmg-preview img").first.wait_for(timeout=30_000)  # what the models see, drawn by us
             page.locator("#pmg-attack").click()
             rows = page.locator(".pmg-model")
             rows.nth(2).wait_for(timeout=120_000)
