@@ -61,6 +61,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
+    attack_amp: bool = False  # the training attack under that autocast too (TrainConfig.attack_amp); else fp32
     seed: int = 0
     parts: list[str] = field(default_factory=lambda: list(PARTS))
     eval_model: str = "clip-tiny"  # model of the early-stop study
@@ -114,8 +115,13 @@ def make_trainer(model, method: str, cfg: BenchConfig, device: torch.device):
     _register_bench_dataset(cfg.classes, model.image_size, cfg.batch_size)
     tcfg = TrainConfig(model=model.spec, method=method, dataset=BENCH_DATASET, eps=cfg.eps, attack_steps=cfg.pgd_steps,
                        step_size=cfg.eps, batch_size=cfg.batch_size, max_steps=1_000_000, warmup=1, lr=1e-6,
-                       device=str(device), amp=cfg.amp, seed=cfg.seed)
+                       device=str(device), amp=cfg.amp, attack_amp=cfg.attack_amp, seed=cfg.seed)
     return Trainer(tcfg, model=model)
+
+
+def attack_autocast(trainer, cfg: BenchConfig) -> Callable:
+    """The precision our training attack runs in: the step's autocast with attack_amp, else fp32."""
+    return trainer._autocast if cfg.attack_amp else contextlib.nullcontext  # noqa: SLF001
 
 
 def fixed_batch(trainer, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +239,8 @@ class Reference:
         logits_clean = self.logits(self.visual, x)
         logits_orig = self.logits(self.original, x_adv)
         s = self.settings
-        return pmg_aft_loss(logits_adv, logits_clean, logits_orig, y, s.alpha, s.beta, self.preset.kl_reduction)[0]
+        return pmg_aft_loss(logits_adv, logits_clean, logits_orig, y, s.alpha, s.beta, self.preset.kl_reduction,
+                            self.preset.kl_direction)[0]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.visual.train()
@@ -257,22 +264,22 @@ class Reference:
 # --- the floor: the unavoidable passes alone -----------------------------------------------------
 
 def floor_passes(method: str, visual: nn.Module, original: nn.Module | None, x: torch.Tensor, attack_steps: int,
-                 autocast) -> Callable[[], None]:
-    """K attack passes (forward + input gradient), forward + backward over what the loss trains
-    on (x_adv and x for PMG-AFT), and one frozen forward (PMG-AFT, FARE), on normalised inputs."""
+                 autocast, attack_autocast) -> Callable[[], None]:
+    """K attack passes (forward + input gradient) in the attack's precision, then forward +
+    backward over what the loss trains on (x_adv and x for PMG-AFT) and one frozen forward
+    (PMG-AFT, FARE) in the step's, on normalised inputs."""
     adversarial = method != "clean"
     train_x = torch.cat([x, x]) if method == "pmg-aft" else x
     params = [p for p in visual.parameters() if p.requires_grad]
+    attack = _input_grad_passes(visual, x, attack_steps if adversarial else 0, autocast=attack_autocast)
 
     def run() -> None:
         visual.train()
+        attack()
         with autocast():
             if original is not None:
                 with torch.no_grad():
                     original(x)
-            for _ in range(attack_steps if adversarial else 0):
-                xi = x.detach().requires_grad_(True)
-                torch.autograd.grad(visual(xi).float().sum(), xi)
             for p in params:
                 p.grad = None
             out = visual(train_x).float().sum()
@@ -441,7 +448,8 @@ def bench_method(model, method: str, cfg: BenchConfig, device: torch.device, mem
     with torch.no_grad():
         xn = clf.preprocess(x)
     original = trainer.original.visual if trainer.original is not None else None
-    floor = floor_passes(method, clf.visual, original, xn, cfg.pgd_steps, trainer._autocast)  # noqa: SLF001
+    floor = floor_passes(method, clf.visual, original, xn, cfg.pgd_steps, trainer._autocast,  # noqa: SLF001
+                         attack_autocast(trainer, cfg))
     fns = {"ours": lambda: trainer.train_step(x, y), "reference": lambda: ref.step(x, y), "floor": floor}
     flops = count_flops(fns["ours"])  # doubles as one more warm-up of our step
     return _summarise(time_interleaved(fns, cfg, device, memory), cfg.batch_size, flops, peaks)
@@ -466,7 +474,7 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
         with trainer._autocast():  # noqa: SLF001
             return pgd.perturb(x, y)
 
-    floor_pgd = _input_grad_passes(clf.visual, xn, cfg.pgd_steps, autocast=trainer._autocast)  # noqa: SLF001
+    floor_pgd = _input_grad_passes(clf.visual, xn, cfg.pgd_steps, autocast=attack_autocast(trainer, cfg))
     out = {"pgd": _summarise(time_interleaved(
         {"ours": ours_pgd, "reference": lambda: ref.attack(x, y), "floor": floor_pgd}, cfg, device, memory),
         cfg.batch_size, count_flops(ours_pgd), peaks)}
@@ -489,7 +497,7 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
 def _input_grad_passes(visual: nn.Module, x: torch.Tensor, steps: int, forwards: int = 0,
                        autocast: Callable = contextlib.nullcontext) -> Callable[[], None]:
     """`steps` forward + input-gradient passes, plus `forwards` gradient-free forwards, under
-    `autocast` (the training attack's precision: bf16 on CUDA; evaluation attacks stay fp32)."""
+    `autocast` (the attack's precision: fp32, or the step's bf16 with attack_amp)."""
 
     def run() -> None:
         with autocast():
@@ -743,6 +751,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats, median kept (default {d.repeats})")
     p.add_argument("--warmup", type=int, default=None, help=f"untimed warm-up rounds (default {d.warmup})")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--attack-amp", action="store_true",
+                   help="the training attack under the step's bf16 autocast too (train --attack-amp); default fp32")
     p.add_argument("--eval-eps", type=float, default=None, help="eps of the early-stop study in /255 (default: --eps)")
     p.add_argument("--eval-step-size", type=float, default=None,
                    help="PGD step of the early-stop study in /255 (default: its eps)")
@@ -770,7 +780,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
                        eps=args.eps / 255, eval_eps=None if args.eval_eps is None else args.eval_eps / 255,
                        eval_step_size=None if args.eval_step_size is None else args.eval_step_size / 255,
-                       classes=args.classes, amp=args.amp, seed=args.seed,
+                       classes=args.classes, amp=args.amp, attack_amp=args.attack_amp, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
                        **resolved)
 

@@ -126,14 +126,15 @@ def test_cli_eval_writes_the_documented_json(model, tmp_path, capsys):
 
 
 def test_cli_train_and_attack(model, tmp_path, capsys):
-    from pmg_core.checkpoints import save_base
+    from pmg_core.checkpoints import read_metadata, save_base
     from pmg_core.images import save_png
 
     base = save_base(tmp_path / "base.safetensors", model, {"arch": "pmg-test"})
     ft = tmp_path / "ft.safetensors"
     rc = cli.main(["train", "--model", str(base), "--method", "tecoa", "--dataset", "toy-colours", "--eps", "4",
-                   "--max-steps", "2", "--batch-size", "16", "--warmup", "1", "--out", str(ft)])
+                   "--max-steps", "2", "--batch-size", "16", "--warmup", "1", "--attack-amp", "--out", str(ft)])
     assert rc == 0 and ft.exists()
+    assert read_metadata(ft)["method_settings"]["attack_amp"] is True  # the flag reached the run
     alone = load_model(str(ft))  # a fine-tune finds its base by the path it was trained from
     assert alone.base == str(base) and torch.equal(alone.clip.logit_scale, model.clip.logit_scale)
     img = tmp_path / "img.png"
