@@ -8,7 +8,9 @@ to it. Files are written atomically (temp file + rename) and read without unpick
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -107,6 +109,21 @@ def load_visual_into(model, tensors: dict[str, torch.Tensor], source: str) -> No
     model.visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
+@contextlib.contextmanager
+def _no_random_init_warning():
+    """Silence open_clip's "Model initialized randomly" (logged on the root logger) while an
+    architecture is built only to receive a checkpoint's weights: it would tell users the opposite."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def load_checkpoint_model(path: str | Path, device="cpu", base=None):
     """Load a checkpoint file as a ClipModel (fine-tunes load their base first, or reuse `base`)."""
     from .models import _open_clip, _wrap, load_model
@@ -120,7 +137,8 @@ def load_checkpoint_model(path: str | Path, device="cpu", base=None):
         oc = _open_clip()
         arch = meta.get("arch", "")
         check(arch in oc.list_models(), f"'{path.name}' needs architecture '{arch}', which this install does not know.")
-        model = oc.create_model(arch, pretrained=None, device="cpu")
+        with _no_random_init_warning():  # the weights come from the file right below
+            model = oc.create_model(arch, pretrained=None, device="cpu")
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:

@@ -1,4 +1,5 @@
 """Loading models and the classifier contract: bad input is one sentence, network trouble is bounded."""
+import logging
 import threading
 import time
 
@@ -108,3 +109,16 @@ def test_the_network_probe_says_reachable_when_it_connects(monkeypatch):
 
     monkeypatch.setattr(models.socket, "create_connection", lambda address, timeout=None: Conn())
     assert models._hub_reachable.__wrapped__() is True
+
+
+def test_loading_a_saved_model_does_not_claim_random_weights(model, tmp_path, caplog):
+    from pmg_core.checkpoints import save_base
+
+    path = save_base(tmp_path / "base.safetensors", model, {"arch": "pmg-test"})
+    with caplog.at_level(logging.WARNING):
+        loaded = load_model(str(path))
+    assert "initialized randomly" not in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(model.clip.state_dict().values(), loaded.clip.state_dict().values()))
+    with caplog.at_level(logging.WARNING):  # an architecture alone still says it is random, truthfully
+        load_model("pmg-test")
+    assert "initialized randomly" in caplog.text
