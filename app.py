@@ -415,7 +415,7 @@ class Studio:
             kind = meta.get("kind", "base" if m.spec == m.base else "finetune")
             rows.append("| " + " | ".join(html.escape(str(v)) for v in (
                 m.name, kind, m.base, meta.get("method", "-"), meta.get("eps_255", "-"), meta.get("steps", "-"),
-                meta.get("data", "-"), Path(m.spec).name if m.spec.endswith(".safetensors") else m.spec)) + " |")
+                _short(meta.get("data", "-")), Path(m.spec).name if m.spec.endswith(".safetensors") else m.spec)) + " |")
         details = "\n".join(f"<details><summary>{html.escape(m.name)} metadata</summary>\n\n```json\n"
                             f"{_json(m.metadata)}\n```\n</details>" for m in self.models.values() if m.metadata)
         return (f"### Mode\n{self.mode}\n\nDevice: `{next(iter(self.models.values())).device}`.\n\n"
@@ -427,6 +427,12 @@ class Studio:
 
 
 # --- formatting ------------------------------------------------------------------------------------
+
+def _short(text, limit: int = 48) -> str:
+    """A table cell that does not squeeze the others (the full text is in the metadata below)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
