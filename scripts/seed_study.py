@@ -5,7 +5,9 @@ and evaluate every run on the held-out "mini" tasks (none of them is the fine-tu
 
 Training settings are those of scripts/build_embedded.sh (read from its variables via --eps etc.);
 any TrainConfig field can be varied with --set key=value (e.g. --set alpha=2 --set beta=0.5) to
-look for the reason when the claim does not hold. Writes JSON (every run) and a Markdown summary.
+look for the reason when the claim does not hold. --detach-clean-target is an ablation outside the
+method: PMG-AFT's clean term KL(f_t(x) || f_t(x_adv)) with no gradient through f_t(x), so it can
+only pull the adversarial answer toward the clean one. Writes JSON (every run) and a Markdown summary.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pmg_core import methods  # noqa: E402
 from pmg_core.evaluate import EvalConfig, averages, evaluate  # noqa: E402
 from pmg_core.models import load_model  # noqa: E402
 from pmg_core.train import TrainConfig, train  # noqa: E402
@@ -43,12 +46,17 @@ def main() -> int:
     p.add_argument("--eval-steps", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="test images per task")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
+    p.add_argument("--detach-clean-target", action="store_true",
+                   help="ablation: no gradient through f_t(x) in PMG-AFT's clean KL term")
     p.add_argument("--runs-dir", default="runs/seed_study",
                    help="fine-tunes are kept here as METHOD-SEED.safetensors; an existing one is evaluated, not retrained")
     p.add_argument("--out", default="benchmarks/seed_study.json")
     args = p.parse_args()
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.detach_clean_target:
+        loss = methods.pmg_aft_loss
+        methods.pmg_aft_loss = lambda adv, clean, orig, *a, **k: loss(adv, clean.detach(), orig, *a, **k)
     eps = args.eps / 255
     runs = []
     runs_dir = Path(args.runs_dir)
