@@ -26,7 +26,7 @@ import torch
 from pmg_core import analysis, inputs, plots
 from pmg_core.checkpoints import load_checkpoint_model, read_metadata
 from pmg_core.data import expand_names, list_datasets, list_groups
-from pmg_core.errors import UserError
+from pmg_core.errors import UserError, first_line
 from pmg_core.evaluate import EvalConfig, iter_evaluate
 from pmg_core.explore import AttackSettings, Comparison, compare, label_presets, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
@@ -92,10 +92,6 @@ def _order_key(model: ClipModel) -> tuple:
     return (model.spec != model.base, rank, name)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
 def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), device=None) -> list[ClipModel]:
     """Every fine-tune checkpoint in `directory` whose base is `base` (unreadable files are skipped and logged)."""
     out = []
@@ -107,7 +103,7 @@ def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), dev
             if meta["kind"] == "finetune" and meta.get("base") in (base.spec, base.name):
                 out.append(load_checkpoint_model(path, device=device or base.device, base=base))
         except Exception as e:  # noqa: BLE001 - one bad file in the folder must not stop the app
-            log.warning("skipping checkpoint %s: %s", path.name, _first_line(e))
+            log.warning("skipping checkpoint %s: %s", path.name, first_line(e))
     return out
 
 
@@ -120,7 +116,7 @@ def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works
-            log.warning("Real CLIP could not be loaded (%s); serving the embedded default instead.", _first_line(e))
+            log.warning("Real CLIP could not be loaded (%s); serving the embedded default instead.", first_line(e))
     if (directory / "clip-tiny.safetensors").is_file():
         base = load_model(str(directory / "clip-tiny.safetensors"), device=device)
         base.name = "clip-tiny"
@@ -142,8 +138,8 @@ def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] =
         try:
             model = load_model(spec, device=models[0].device, base=models[0])
         except Exception as e:  # noqa: BLE001 - the app serves without it and says why
-            log.warning("Skipping the model '%s': %s", spec, _first_line(e))
-            mode += f"\n\nNot loaded: `{spec}` ({_first_line(e)})."
+            log.warning("Skipping the model '%s': %s", spec, first_line(e))
+            mode += f"\n\nNot loaded: `{spec}` ({first_line(e)})."
             continue
         if model.name not in {m.name for m in models}:
             models.append(model)
@@ -178,7 +174,8 @@ class Studio:
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
     jobs: dict[str, Job] = field(default_factory=dict)  # "kind:session" -> the job running now
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
+    jobs_lock: threading.Lock = field(default_factory=threading.Lock)  # `jobs`: a Cancel never waits on a load
 
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
@@ -228,12 +225,12 @@ class Studio:
     @contextlib.contextmanager
     def _job(self, request: gr.Request | None, kind: str) -> Iterator[Job]:
         key, job = f"{kind}:{_session(request)}", Job()
-        with self.lock:
+        with self.jobs_lock:
             self.jobs[key] = job
         try:
             yield job
         finally:
-            with self.lock:
+            with self.jobs_lock:
                 if self.jobs.get(key) is job:
                     del self.jobs[key]
             job.done.set()
@@ -244,7 +241,7 @@ class Studio:
         A job still waiting in the queue is not here: the Cancel buttons also take it off Gradio's
         queue (cancels=[...]), so it never starts.
         """
-        with self.lock:
+        with self.jobs_lock:
             job = self.jobs.get(f"{kind}:{_session(request)}")
         if job is None:
             return f"No {kind} run of yours is running now."

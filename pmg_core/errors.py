@@ -12,8 +12,6 @@ def check(condition: bool, message: str) -> None:
 
 def check_number(name: str, value, *, low=None, high=None, integer=False, low_open=False) -> None:
     """Reject NaN/inf and values outside [low, high] with one sentence naming the accepted range."""
-    import math
-
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite(value)
     if ok and integer:
         ok = float(value).is_integer()
@@ -41,4 +39,11 @@ def is_finite(value: int | float) -> bool:
 def shorten(value, limit: int = 40) -> str:
     """repr(value), cut to `limit` characters (a 400-digit number would drown the sentence)."""
     text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception as a short clause for a one-sentence message: its first non-empty line, cut."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0].rstrip(".") if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,7 +15,7 @@ from .data import DEFAULT_TEMPLATES, list_groups
 from .errors import check, check_number
 from .images import center_square, quantize
 from .models import ClipModel
-from .paper_datasets import IMAGENET_NAMES_FILE
+from .paper_datasets import imagenet_names
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -137,8 +137,8 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
     def attack(clf) -> torch.Tensor:
         device = next(clf.parameters()).device
         xb = x[None].to(device)
-        if settings.target is not None:
-            y = torch.tensor([classes.index(settings.target)], device=device)
+        if target_idx is not None:
+            y = torch.tensor([target_idx], device=device)
             res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
                       random_start=False).run(xb, y, target=y)
         else:
@@ -166,7 +166,7 @@ def label_presets(real_clip: bool) -> dict[str, list[str]]:
     out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
            if name in synthetic.TASKS}
     if real_clip:
-        imagenet = [line.split("\t", 1)[1] for line in IMAGENET_NAMES_FILE.read_text().splitlines() if line.strip()]
+        imagenet = list(imagenet_names().values())
         out = {"CIFAR-10": CIFAR10, "ImageNet (1000 classes)": imagenet,
                "ImageNet (first 20 classes)": imagenet[:20], **out}
     return out

@@ -18,8 +18,6 @@ OpenAI CLIP its tensor shapes match.
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import pickle
 import re
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_visual_into, save_finetune
-from .errors import UserError, check
+from .errors import UserError, check, first_line
 
 # (width, patch size, layers, positional tokens) of OpenAI's ViT image encoders -> base model spec.
 OPENAI_BASES = {
@@ -36,7 +34,6 @@ OPENAI_BASES = {
     (1024, 14, 24, 257): "ViT-L-14-quickgelu:openai",
     (1024, 14, 24, 577): "ViT-L-14-336-quickgelu:openai",
 }
-log = logging.getLogger(__name__)
 STATE_KEYS = ("vision_encoder_state_dict", "state_dict", "model", "model_state_dict")
 METHOD_HINTS = (("pmg", "pmg-aft"), ("tecoa", "tecoa"), ("fare", "fare"))
 
@@ -96,18 +93,22 @@ def load_torch_file(path: Path) -> dict:
         raise UserError(f"'{path.name}' needs arbitrary Python objects unpickled to load, which could run code; "
                         "refused (only plain tensors and containers are read).") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise UserError(f"'{path.name}' is not a readable PyTorch checkpoint: {first}") from None
 
 
-def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The image-encoder tensors of `source` and metadata describing where they came from."""
+def read_source(source: str):
+    """(image-encoder tensors of `source`, metadata saying where they came from, the hf-hub model or None).
+
+    An hf-hub model is loaded whole by open_clip from the hub's own config, so it is also the base
+    its encoder pairs with (a LAION ViT-B/32 must not get OpenAI's text encoder from a shape guess).
+    """
     if source.startswith("hf-hub:"):
         from .models import load_model
 
         model = load_model(source)  # offline and uncached: one-sentence UserError, no network wait
         return {k: v.detach().clone() for k, v in model.visual.state_dict().items()}, \
-            {"source": source, "source_format": "open_clip hf-hub model"}
+            {"source": source, "source_format": "open_clip hf-hub model"}, model
     path = Path(source)
     check(path.is_file(), f"'{source}' is neither a file nor an hf-hub:ORG/REPO id.")
     digest = sha256_file(path)
@@ -124,7 +125,8 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
         obj = load_torch_file(path)
         state = _pick_state(obj, f"'{path.name}'")
         fmt = "torch checkpoint" + (" (public PMG-AFT/TeCoA code layout)" if state is not obj else " (plain state dict)")
-    return visual_state(state, f"'{path.name}'"), {"source": path.name, "source_format": fmt, "source_sha256": digest}
+    return (visual_state(state, f"'{path.name}'"), {"source": path.name, "source_format": fmt, "source_sha256": digest},
+            None)
 
 
 def sha256_file(path: Path) -> str:
@@ -134,28 +136,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def hub_has_config(source: str) -> bool:
-    """Whether the local Hugging Face cache holds an open_clip_config.json (with a model_cfg) for hf-hub:ORG/REPO."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        path = hf_hub_download(source[len("hf-hub:"):], "open_clip_config.json", local_files_only=True)
-        config = json.loads(Path(path).read_text())
-    except Exception:  # noqa: BLE001 - not cached, unreadable or not JSON: all mean "no config"
-        return False
-    return isinstance(config, dict) and "model_cfg" in config
-
-
-def source_base(source: str, state: dict[str, torch.Tensor]) -> str:
-    """The CLIP that `source`'s image encoder pairs with: an hf-hub model that has its open_clip
-    config is its own base (a LAION ViT-B/32 must not get OpenAI's text encoder); else the shapes."""
-    if source.startswith("hf-hub:"):
-        if hub_has_config(source):
-            return source
-        log.warning("%s has no cached open_clip_config.json; guessing its base CLIP from the tensor shapes.", source)
-    return guess_base(state)
 
 
 def guess_base(state: dict[str, torch.Tensor]) -> str:
@@ -193,10 +173,12 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
 
     if preset is not None:
         get_preset(preset)  # one sentence for an unknown name, before any loading
-    state, meta = read_source(source)
-    base_spec = base or source_base(source, state)
+    state, meta, hub_model = read_source(source)
     out = Path(out) if out else default_out(source)
-    base_model = load_model(base_spec, device="cpu")
+    if base or hub_model is None:
+        base_model = load_model(base or guess_base(state), device="cpu")
+    else:
+        base_model = hub_model
     model = base_model.fork(out.stem, str(out), {})
     load_visual_into(model, {f"visual.{k}": v for k, v in state.items()}, f"'{meta['source']}'")
     meta = {"method": method or guess_method(source), "imported": True, **meta,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DEFAULT_TEMPLATES
-from .errors import UserError, check
+from .errors import UserError, check, first_line
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -133,9 +133,16 @@ class ClipModel:
             self.text_cache[key] = F.normalize(feats, dim=-1)
         return self.text_cache[key]
 
+    @property
+    def own_preset(self) -> str:
+        """The numerics this model is judged with unless told otherwise: those it was fine-tuned with
+        (a public-code fine-tune expects ImageNet normalisation), else the paper's."""
+        return (self.metadata or {}).get("preset") or "paper"
+
     def classifier(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
-                   preset: str | Preset = "paper") -> "ZeroShotClassifier":
-        preset = get_preset(preset)
+                   preset: str | Preset | None = None) -> "ZeroShotClassifier":
+        """The zero-shot classifier over `classes`; `preset` None: the model's own (see own_preset)."""
+        preset = get_preset(preset or self.own_preset)
         mean, std = (self.mean, self.std) if preset.normalization == "model" else (IMAGENET_MEAN, IMAGENET_STD)
         scale = self.logit_scale if preset.logits == "scaled" else 1.0
         return ZeroShotClassifier(self.visual, self.text_features(classes, templates), scale,
@@ -270,18 +277,11 @@ def _load_pretrained(arch: str, tag: str, device) -> ClipModel:
     try:
         model = oc.create_model(arch, pretrained=weights, device=device)
     except Exception as e:  # noqa: BLE001 - downloads and weight files fail in many ways
-        raise UserError(f"Could not load the weights of {arch}:{tag} ({_first_line(e)}); check the network "
+        raise UserError(f"Could not load the weights of {arch}:{tag} ({first_line(e)}); check the network "
                         "connection and the tag, or use the embedded default 'clip-tiny'.") from None
     # Given a cached file instead of the tag, open_clip falls back to OpenAI's mean/std: use the tag's.
     mean, std = (cfg.get("mean"), cfg.get("std")) if cfg else (None, None)
     return _wrap(f"{arch}:{tag}", model, oc.get_tokenizer(arch), f"{arch}:{tag}", f"{arch}:{tag}", mean, std)
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    """An exception as a short clause for a one-sentence message."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    text = lines[0].rstrip(".") if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cached_hub_file(hub: str) -> str | None:
@@ -311,7 +311,7 @@ def _load_hf_hub(spec: str, device) -> ClipModel:
     try:
         model = oc.create_model(spec, device=device)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
-        raise UserError(f"Could not load '{spec}' from the Hugging Face hub ({_first_line(e)}); check the id "
+        raise UserError(f"Could not load '{spec}' from the Hugging Face hub ({first_line(e)}); check the id "
                         "and the network connection.") from None
     return _wrap(spec, model, oc.get_tokenizer(spec), spec, spec)
 

@@ -24,7 +24,7 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .data import ZeroShotDataset, register_dataset, register_group
-from .errors import UserError, check
+from .errors import UserError, check, first_line
 
 PAPER_TEMPLATES = ("This is a photo of a {}",)  # the public code's single template, for every set
 DATA_ROOT_ENV = "PMG_DATA_ROOT"
@@ -85,7 +85,8 @@ def caltech256_name(folder: str) -> str:
     return readable(name.replace("-", " "))
 
 
-def _imagenet_names() -> dict[str, str]:
+def imagenet_names() -> dict[str, str]:
+    """ImageNet wnid -> readable class name, in the 1000 classes' order."""
     lines = IMAGENET_NAMES_FILE.read_text().splitlines()
     return dict(line.split("\t", 1) for line in lines if line.strip())
 
@@ -105,7 +106,7 @@ def _synset_file_names(directory: Path) -> dict[str, str]:
 
 def wnid_names(wnids: list[str], directory: Path) -> list[str]:
     """CLIP's readable names for ImageNet wnids, else the first lemma from the dataset's own files."""
-    known = _imagenet_names()
+    known = imagenet_names()
     unknown = [w for w in wnids if w not in known]
     if unknown:
         known = {**_synset_file_names(directory), **known}
@@ -323,7 +324,7 @@ def build(name: str, split: str = "test", root: str | os.PathLike | None = None,
             data, classes = _torchvision(spec, spec.splits[split], base, transform, fetch)
     except (RuntimeError, OSError, ValueError) as e:
         # torchvision's "not found" advice names its own download=True flag; ours is to be online.
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         missing = isinstance(e, FileNotFoundError) or "not found" in first
         detail = "" if missing else f" ({first})"
         source = f" ({spec.source})" if spec.source else ""

@@ -70,10 +70,11 @@ def projection_figure(data: dict) -> go.Figure:
     pts = data["points"]
     fig = go.Figure()
     text = [p for p in pts if p["kind"] == "text"]
+    labelled = len(text) <= MAX_TEXT_LABELS  # more names than that would be unreadable: hover only
     fig.add_trace(go.Scatter(x=[p["x"] for p in text], y=[p["y"] for p in text],
-                             mode="markers+text" if len(text) <= MAX_TEXT_LABELS else "markers",
+                             mode="markers+text" if labelled else "markers",
                              text=[p["label"] for p in text], name="class text", hovertemplate="%{text}",
-                             textposition=_label_sides(text),
+                             textposition=_label_sides(text) if labelled else None,
                              textfont=dict(size=11, color="#444"), marker=dict(symbol="star", size=12, color="#555")))
     models = list(dict.fromkeys(p["model"] for p in pts if p["kind"] != "text"))
     for i, model in enumerate(models):

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, check
+from .errors import UserError, check, first_line
 
 KINDS = ("train", "eval")
 PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
@@ -49,7 +49,7 @@ def _read_mapping(path: Path) -> dict:
 
             data = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - json and yaml parse errors come in many types
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise UserError(f"Recipe '{path.name}' is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
     check(isinstance(data, dict), f"Recipe '{path.name}' must be a mapping of setting: value.")
     return data

@@ -13,7 +13,7 @@ from pmg_core.checkpoints import load_tensors, read_metadata
 from pmg_core.cli import main
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.importers import guess_base, import_checkpoint, load_torch_file, source_base
+from pmg_core.importers import guess_base, import_checkpoint, load_torch_file
 from pmg_core.models import load_model
 from pmg_core.recipes import load_recipe, save_recipe
 from pmg_core.train import TrainConfig
@@ -294,12 +294,6 @@ def test_hub_model_is_paired_with_its_own_text_encoder(tmp_path, foreign, monkey
     assert torch.equal(imported.text_features(classes), hub.text_features(classes))
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(imported.classifier(classes)(x), hub.classifier(classes)(x))
-
-
-def test_hub_model_without_config_falls_back_to_the_shapes_with_a_note(caplog):
-    with caplog.at_level("WARNING", logger="pmg_core.importers"):
-        assert source_base("hf-hub:nobody/not-cached", _vit_shapes(768, 32, 12, 50)) == "ViT-B-32-quickgelu:openai"
-    assert "guessing its base CLIP from the tensor shapes" in caplog.text
 
 
 def test_hub_ids_fail_fast_offline(tmp_path, monkeypatch):
