@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -146,9 +146,13 @@ class PGD:
             x = (x0 + random_start(x0, self.eps, self.norm, gen, shard)).clamp(0, 1)
         for _ in range(self.steps):
             grad, _, _ = self._grad(x, y, False)
-            step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
-            x = (x0 + project(x + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
+            x = self._ascend(x, x0, grad)
         return x.detach()
+
+    def _ascend(self, x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One step up the gradient from x, back into the eps-ball around x0 and into [0,1]."""
+        step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
+        return (x0 + project(x + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
         x = x.detach().requires_grad_(True)
@@ -205,9 +209,7 @@ class PGD:
                 if self.early_stop:  # a fooled sample keeps the iterate that fooled it
                     keep = ~fooled[active]
                     active, grad = active[keep], grad[keep]
-                step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
-                xa = x[active] + self.alpha * step
-                x[active] = (x0[active] + project(xa - x0[active], self.eps, self.norm)).clamp(0, 1)
+                x[active] = self._ascend(x[active], x0[active], grad)
             if active.numel():
                 loss, pred = self._eval(x[active], y[active], targeted)
                 self._keep(best_adv, best_loss, best_pred, fooled, active, x[active], loss, pred, y, targeted)
@@ -216,6 +218,63 @@ class PGD:
         if self.select == "last":
             best_loss, best_pred = self._eval(best_adv, y, targeted)
         return AttackResult(best_adv, fooled, best_pred, best_loss)
+
+    def fooled_stream(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                      pool: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Untargeted PGD with early stop over a stream of samples, `pool` of them in flight.
+
+        `batches` yields (images, labels, starting perturbations). A sample leaves the pool as soon
+        as an iterate fools it or after its last iterate, and samples of the next batches take its
+        place, each at its own iterate: gradient passes stay full instead of dwindling to the few
+        survivors at the end of every batch. Yields (positions, fooled) as verdicts become final,
+        positions counting samples in stream order. The verdicts are those of
+        run(images, labels, init=starts).fooled with early_stop, batch by batch.
+        """
+        check(self.restarts == 1, "fooled_stream runs one restart.")
+        batches, exhausted, seen = iter(batches), False, 0
+        live: list[torch.Tensor] | None = None  # positions, x0, x, y, iterate: the samples in flight
+        last: list[list[torch.Tensor]] = []  # (positions, x, y) at their final iterate, to judge without gradient
+
+        def judge_last():
+            pos, x, y = (torch.cat(t) for t in zip(*last))
+            last.clear()
+            return pos, self._success(self._eval(x, y, False)[1], y, False)
+
+        while True:
+            while not exhausted and (live is None or len(live[0]) < pool):
+                nxt = next(batches, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                x0, y, start = nxt
+                if len(y) == 0:
+                    continue
+                pos = torch.arange(seen, seen + len(y), device=x0.device)
+                seen += len(y)
+                x = (x0 + project(start.to(x0), self.eps, self.norm)).clamp(0, 1)
+                new = [pos, x0, x, y.to(x0.device), torch.zeros_like(pos)]
+                live = new if live is None else [torch.cat(pair) for pair in zip(live, new)]
+            if live is not None and self.steps == 0:  # the start is the last iterate: judged below
+                last.append([live[0], live[2], live[3]])
+                live = None
+            if live is not None and len(live[0]):
+                pos, x0, x, y, it = live
+                grad, _, pred = self._grad(x, y, False)
+                fooled = self._success(pred, y, False)
+                if fooled.any():
+                    yield pos[fooled], torch.ones_like(pos[fooled], dtype=torch.bool)
+                on = ~fooled
+                pos, x0, y, it = pos[on], x0[on], y[on], it[on] + 1
+                x = self._ascend(x[on], x0, grad[on])
+                done = it == self.steps
+                if done.any():
+                    last.append([pos[done], x[done], y[done]])
+                live = [t[~done] for t in (pos, x0, x, y, it)]
+            pending = sum(len(t[0]) for t in last)
+            if pending and (pending >= pool or (exhausted and (live is None or len(live[0]) == 0))):
+                yield judge_last()
+            if exhausted and (live is None or len(live[0]) == 0) and not last:
+                return
 
     def _keep(self, best_adv, best_loss, best_pred, fooled, idx, x, loss, pred, y, targeted) -> None:
         # Per sample: remember the highest-loss iterate so far and whether any iterate succeeded.

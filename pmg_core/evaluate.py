@@ -54,6 +54,8 @@ class EvalConfig:
         if self.step_size is not None:
             check_number("step size", self.step_size, low=0)
         check(self.attack in ATTACKS, f"Unknown attack '{self.attack}': choose one of {', '.join(ATTACKS)}.")
+        check(self.attack in ("pgd", "cw") or self.steps >= 1,
+              f"{self.attack} needs at least 1 iteration (attack steps); got {self.steps}.")
         check_number("batch size", self.batch_size, low=1, integer=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)  # torch seeds overflow beyond int64
         if self.limit is not None:
@@ -64,9 +66,8 @@ class EvalConfig:
 
 
 def model_preset(model: ClipModel, cfg: EvalConfig) -> Preset:
-    """The numerics a model is judged with: the config's if set, else those it was fine-tuned with
-    (a public-code fine-tune expects ImageNet normalisation), else the paper's."""
-    return get_preset(cfg.preset or (model.metadata or {}).get("preset") or "paper")
+    """The numerics a model is judged with: the config's if set, else the model's own."""
+    return get_preset(cfg.preset or model.own_preset)
 
 
 def sample_noise(indices: Sequence[int], shape: tuple, eps: float, norm: str, seed: int) -> torch.Tensor:
@@ -81,6 +82,24 @@ def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
     return clf(x)
 
 
+def _pgd(clf: ZeroShotClassifier, cfg: EvalConfig, preset: Preset) -> PGD:
+    return PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce" if cfg.attack == "pgd" else "margin",
+               random_start=False, early_stop=cfg.early_stop, dtype=preset.attack_dtype)
+
+
+def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
+    """Each sample's PGD starting point: seeded per sample index, or none."""
+    if not cfg.random_start or len(idx) == 0:
+        return torch.zeros_like(x)
+    return sample_noise(idx.tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x)
+
+
+def _streams(cfg: EvalConfig) -> bool:
+    """PGD with early stop attacks a whole dataset as one stream (PGD.fooled_stream), so its passes
+    stay full while fooled samples leave; other attacks go batch by batch (evaluate_batch)."""
+    return cfg.attack in ("pgd", "cw") and cfg.early_stop and cfg.eps > 0 and cfg.steps > 0
+
+
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
                    cfg: EvalConfig, preset: Preset | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample clean-correct and robust-correct flags for one batch (`preset`: the attack's numerics)."""
@@ -91,13 +110,10 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
     if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and cfg.attack in ("pgd", "cw"):
         return clean, robust
     xs, ys = x[todo], y[todo]
-    dtype = (preset or get_preset(cfg.preset or "paper")).attack_dtype
+    preset = preset or get_preset(cfg.preset or "paper")
     if cfg.attack in ("pgd", "cw"):
-        attack = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce" if cfg.attack == "pgd" else "margin",
-                     random_start=False, early_stop=cfg.early_stop, dtype=dtype)
-        init = sample_noise(idx[todo.cpu()].tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x) \
-            if cfg.random_start else None
-        robust[todo] = ~attack.run(xs, ys, init=init, clean_logits=logits[todo]).fooled
+        init = _starts(idx[todo.cpu()], xs, cfg)
+        robust[todo] = ~_pgd(clf, cfg, preset).run(xs, ys, init=init, clean_logits=logits[todo]).fooled
     else:
         adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
         robust[todo] = _clean_logits(clf, adv).argmax(1) == ys
@@ -130,12 +146,32 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     # Indices stay global, so each sample's random start is the same whoever evaluates it.
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    n = clean_n = robust_n = 0
-    for x, y, idx in loader:
-        x, y = x.to(model.device), y.to(model.device)
-        clean, robust = evaluate_batch(clf, x, y, idx, cfg, preset)
-        n, clean_n, robust_n = n + len(y), clean_n + int(clean.sum()), robust_n + int(robust.sum())
-        yield {"event": "progress", "model": model.name, "dataset": data.name, "done": n, "total": len(shard)}
+    counts = [0, 0, 0]  # samples, clean-correct, robust-correct so far
+
+    def progress() -> dict:
+        return {"event": "progress", "model": model.name, "dataset": data.name, "done": counts[0], "total": len(shard)}
+
+    if _streams(cfg):
+        def clean_correct():  # the clean pass, batch by batch; what it gets right goes on to the attack
+            for x, y, idx in loader:
+                x, y = x.to(model.device), y.to(model.device)
+                todo = (_clean_logits(clf, x).argmax(1) == y).nonzero().squeeze(1)
+                counts[0], counts[1], counts[2] = counts[0] + len(y), counts[1] + len(todo), counts[2] + len(todo)
+                yield x[todo], y[todo], _starts(idx[todo.cpu()], x[todo], cfg)
+
+        shown = 0
+        for _, fooled in _pgd(clf, cfg, preset).fooled_stream(clean_correct(), pool=cfg.batch_size):
+            counts[2] -= int(fooled.sum())
+            if counts[0] > shown:
+                shown = counts[0]
+                yield progress()
+    else:
+        for x, y, idx in loader:
+            x, y = x.to(model.device), y.to(model.device)
+            clean, robust = evaluate_batch(clf, x, y, idx, cfg, preset)
+            counts = [counts[0] + len(y), counts[1] + int(clean.sum()), counts[2] + int(robust.sum())]
+            yield progress()
+    n, clean_n, robust_n = counts
     if ctx.enabled:
         n, clean_n, robust_n = (int(v) for v in all_reduce_sum(torch.tensor([n, clean_n, robust_n]), ctx))
     yield {"event": "result", "model": model.name, "dataset": data.name, "n": n, "clean_correct": clean_n,

@@ -98,6 +98,23 @@ def test_early_stop_gives_same_result(clf, batch):
     assert torch.equal(a.fooled, b.fooled)
 
 
+@pytest.mark.parametrize("steps,pool,norm", [(8, 16, "Linf"), (8, 200, "Linf"), (3, 5, "L2"), (0, 16, "Linf")])
+def test_a_stream_of_batches_gets_the_verdicts_of_each_batch_attacked_alone(clf, batch, steps, pool, norm):
+    x, y = batch
+    eps = 3 / 255 if norm == "Linf" else 0.3
+    attack = PGD(clf, eps, steps=steps, norm=norm, random_start=False, early_stop=True)
+    starts = random_start(x, eps, norm, torch.Generator().manual_seed(0))
+    cuts = [0, 10, 10, 37, 64]  # batches of 10, 0, 27 and 27 samples
+    alone = torch.cat([attack.run(x[a:b], y[a:b], init=starts[a:b]).fooled for a, b in zip(cuts, cuts[1:]) if b > a])
+    streamed = torch.zeros(len(y), dtype=torch.bool)
+    seen = torch.zeros(len(y), dtype=torch.int)
+    for pos, fooled in attack.fooled_stream(((x[a:b], y[a:b], starts[a:b]) for a, b in zip(cuts, cuts[1:])), pool):
+        streamed[pos], seen[pos] = fooled, seen[pos] + 1
+    assert torch.equal(seen, torch.ones_like(seen))  # every sample gets exactly one verdict
+    assert torch.equal(streamed, alone)
+    assert 0 < int(alone.sum()) < len(y) or steps == 0  # the attack fools some samples, not all
+
+
 def test_attacks_leave_model_grads_untouched(trained, batch):
     x, y = batch
     clf = trained.classifier(CLASSES, ("a {} image",))

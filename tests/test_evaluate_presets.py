@@ -6,6 +6,7 @@ from pmg_core.data import get_dataset
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models import checkpoint_path, load_model
+from pmg_core.presets import IMAGENET_MEAN
 
 TASK, LIMIT = "real-digits", 100  # a task on which the two normalisations (CLIP's, ImageNet's) disagree
 
@@ -47,7 +48,16 @@ def test_an_explicit_preset_applies_to_every_model(public_code_finetune):
 
 @pytest.mark.parametrize("field, value, words", [("norm", "L3", "norm must be one of"),
                                                  ("preset", "fp8", "Unknown preset"),
-                                                 ("num_workers", -1, "data-loading workers")])
+                                                 ("num_workers", -1, "data-loading workers"),
+                                                 ("attack", "autoattack", "needs at least 1 iteration")])
 def test_bad_settings_are_refused_before_anything_runs(field, value, words):
     with pytest.raises(UserError, match=words):
-        EvalConfig(**{field: value}).validate()
+        EvalConfig(**{field: value, "steps": 0 if field == "attack" else 10}).validate()
+
+
+def test_every_tool_judges_a_model_with_its_own_preset_by_default(base, public_code_finetune):
+    # The app's attack tab, `pmg_core attack` and the plots build classifiers without naming a preset.
+    own, paper = public_code_finetune.classifier(["a", "b"]), public_code_finetune.classifier(["a", "b"], preset="paper")
+    assert own.mean.flatten().tolist() == pytest.approx(IMAGENET_MEAN) and own.logit_scale == 1.0
+    assert paper.mean.flatten().tolist() == pytest.approx(base.mean) and paper.logit_scale > 1.0
+    assert base.classifier(["a", "b"]).mean.flatten().tolist() == pytest.approx(base.mean)
