@@ -156,10 +156,12 @@ class PGD:
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
         x = x.detach().requires_grad_(True)
+        # The backward runs under the autocast state current at autograd.grad, so it is taken inside
+        # the attack's own context: outside, a training step's bf16 would reach the input gradient.
         with _autocast(x, self.dtype):
             logits = self.model(x)
-        loss = attack_loss(logits, y, self.loss, targeted)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+            loss = attack_loss(logits, y, self.loss, targeted)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
         return grad, loss.detach(), logits.detach().argmax(1)
 
     @torch.no_grad()
@@ -309,10 +311,10 @@ class FeatureAttack:
         x = (x0 + delta).clamp(0, 1)
         for _ in range(self.steps):
             x.requires_grad_(True)
-            with _autocast(x, self.dtype):
+            with _autocast(x, self.dtype):  # the backward too (see PGD._grad)
                 feats = self.encoder(x)
-            loss = (feats.float() - target).pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, x)
+                loss = (feats.float() - target).pow(2).sum()
+                (grad,) = torch.autograd.grad(loss, x)
             step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
             x = (x0 + project(x.detach() + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
         return x.detach()

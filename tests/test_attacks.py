@@ -1,6 +1,7 @@
 """PGD and friends: eps-ball, monotone loss, batch-size independence, clean .grad, torchattacks parity."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pmg_core.attacks import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
 from pmg_core.errors import UserError
@@ -209,29 +210,34 @@ def test_pgd_perturb_of_shards_equals_the_whole_batch(clf, batch):
         assert torch.allclose(part, whole[rank::2], atol=1e-6)
 
 
-class DtypeSpy(torch.nn.Module):
-    """The classifier, recording the dtype of the logits of every pass it runs."""
+class MatmulDtypes(TorchDispatchMode):
+    """Records the dtype of every matrix product that runs, forward and backward passes alike."""
+    OPS = {"mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+           "_scaled_dot_product_flash_attention_for_cpu_backward", "convolution", "convolution_backward"}
 
-    def __init__(self, inner):
+    def __init__(self):
         super().__init__()
-        self.inner, self.seen = inner, []
+        self.seen = []
 
-    def forward(self, x):
-        out = self.inner(x)
-        self.seen.append(out.dtype)
-        return out
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.OPS:
+            self.seen.append(next(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("dtype,expected", [(None, torch.float32), (OUTER_AUTOCAST, torch.bfloat16),
                                             (torch.float16, torch.float16)])
 def test_attack_numerics_inside_an_outer_autocast(clf, batch, dtype, expected):
-    """A training step's autocast (bf16 here) must not reach an fp32 attack; OUTER_AUTOCAST opts into it."""
+    """A training step's autocast (bf16 here) must not reach an fp32 attack, in its forward passes
+    or in the input-gradient passes behind them; OUTER_AUTOCAST opts into it."""
     x, y = batch
-    spy = DtypeSpy(clf)
+    attacks = [lambda: PGD(clf, 4 / 255, steps=2, select="last", dtype=dtype)(x[:8], y[:8]),
+               lambda: PGD(clf, 4 / 255, steps=2, dtype=dtype).run(x[:8], y[:8]),
+               lambda: FeatureAttack(clf, 4 / 255, steps=2, dtype=dtype)(x[:8], torch.zeros(8, 4))]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert clf(x[:4]).dtype == torch.bfloat16  # the outer autocast does apply to the model
-        PGD(spy, 4 / 255, steps=2, select="last", dtype=dtype)(x[:8], y[:8])
-        PGD(spy, 4 / 255, steps=2, dtype=dtype).run(x[:8], y[:8])
-        FeatureAttack(lambda z: spy(z), 4 / 255, steps=2, dtype=dtype)(x[:8], torch.zeros(8, 4))
+        for attack in attacks:
+            with MatmulDtypes() as products:
+                attack()
+            assert len(products.seen) >= 8 and set(products.seen) == {expected}
         assert clf(x[:4]).dtype == torch.bfloat16  # and the outer passes still run (no cross-dtype weight cache)
-    assert len(spy.seen) >= 6 and set(spy.seen) == {expected}
