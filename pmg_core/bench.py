@@ -646,9 +646,10 @@ def attack_everything(model, cfg, datasets) -> list[dict]:
             idx = list(range(start, start + len(y)))
             start += len(y)
             with torch.no_grad():
-                clean = clf(x).argmax(1) == y
+                logits = clf(x)
+            clean = logits.argmax(1) == y
             init = sample_noise(idx, tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x)
-            robust = clean & ~attack.run(x, y, init=init).fooled
+            robust = clean & ~attack.run(x, y, init=init, clean_logits=logits).fooled
             n, clean_n, robust_n = n + len(y), clean_n + int(clean.sum()), robust_n + int(robust.sum())
         rows.append({"dataset": data.name, "n": n, "clean_correct": clean_n, "robust_correct": robust_n})
     return rows
