@@ -4,6 +4,12 @@ import os
 os.environ.setdefault("PMG_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The suite asserts CPU results (bit-exact resume, batch-size independence, tensors compared on
+# the CPU), so it runs there even where a GPU is visible: on a GPU, Trainer and evaluation would
+# move models to it. The GPU path is measured by `python -m pmg_core bench --device cuda`;
+# PMG_TEST_DEVICE=cuda leaves the GPU visible to try the suite on it.
+if os.environ.get("PMG_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
