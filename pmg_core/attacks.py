@@ -228,54 +228,60 @@ class PGD:
         `batches` yields (images, labels, starting perturbations). A sample leaves the pool as soon
         as an iterate fools it or after its last iterate, and samples of the next batches take its
         place, each at its own iterate: gradient passes stay full instead of dwindling to the few
-        survivors at the end of every batch. Yields (positions, fooled) as verdicts become final,
-        positions counting samples in stream order. The verdicts are those of
+        survivors at the end of every batch. Yields (positions, fooled), CPU tensors, as verdicts
+        become final, positions counting samples in stream order. The verdicts are those of
         run(images, labels, init=starts).fooled with early_stop, batch by batch.
         """
         check(self.restarts == 1, "fooled_stream runs one restart.")
         batches, exhausted, seen = iter(batches), False, 0
-        live: list[torch.Tensor] | None = None  # positions, x0, x, y, iterate: the samples in flight
-        last: list[list[torch.Tensor]] = []  # (positions, x, y) at their final iterate, to judge without gradient
+        # The samples in flight: positions and iterate counts on the CPU, images and labels on the
+        # model's device. Each pass reads one flag per sample back (its only wait on a GPU); the
+        # bookkeeping indexes with those, so it adds no further synchronisation.
+        pos = it = x0 = x = y = None
+        last: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (positions, x, y) at their final iterate
 
         def judge_last():
-            pos, x, y = (torch.cat(t) for t in zip(*last))
+            p, xl, yl = (torch.cat(t) for t in zip(*last))
             last.clear()
-            return pos, self._success(self._eval(x, y, False)[1], y, False)
+            return p, self._success(self._eval(xl, yl, False)[1], yl, False).cpu()
 
         while True:
-            while not exhausted and (live is None or len(live[0]) < pool):
+            while not exhausted and (pos is None or len(pos) < pool):
                 nxt = next(batches, None)
                 if nxt is None:
                     exhausted = True
                     break
-                x0, y, start = nxt
-                if len(y) == 0:
+                bx0, by, start = nxt
+                if len(by) == 0:
                     continue
-                pos = torch.arange(seen, seen + len(y), device=x0.device)
-                seen += len(y)
-                x = (x0 + project(start.to(x0), self.eps, self.norm)).clamp(0, 1)
-                new = [pos, x0, x, y.to(x0.device), torch.zeros_like(pos)]
-                live = new if live is None else [torch.cat(pair) for pair in zip(live, new)]
-            if live is not None and self.steps == 0:  # the start is the last iterate: judged below
-                last.append([live[0], live[2], live[3]])
-                live = None
-            if live is not None and len(live[0]):
-                pos, x0, x, y, it = live
+                bx = (bx0 + project(start.to(bx0), self.eps, self.norm)).clamp(0, 1)
+                new = (torch.arange(seen, seen + len(by)), torch.zeros(len(by), dtype=torch.long), bx0, bx,
+                       by.to(bx0.device))
+                seen += len(by)
+                pos, it, x0, x, y = new if pos is None else (torch.cat(pair) for pair in zip((pos, it, x0, x, y), new))
+            if pos is not None and self.steps == 0:  # the start is the last iterate: judged below
+                last.append((pos, x, y))
+                pos = None
+            if pos is not None and len(pos):
                 grad, _, pred = self._grad(x, y, False)
-                fooled = self._success(pred, y, False)
+                fooled = self._success(pred, y, False).cpu()
                 if fooled.any():
-                    yield pos[fooled], torch.ones_like(pos[fooled], dtype=torch.bool)
-                on = ~fooled
-                pos, x0, y, it = pos[on], x0[on], y[on], it[on] + 1
+                    yield pos[fooled], torch.ones(int(fooled.sum()), dtype=torch.bool)
+                pos, it = pos[~fooled], it[~fooled] + 1
+                on = (~fooled).nonzero().squeeze(1).to(x.device)
+                x0, y = x0[on], y[on]
                 x = self._ascend(x[on], x0, grad[on])
                 done = it == self.steps
                 if done.any():
-                    last.append([pos[done], x[done], y[done]])
-                live = [t[~done] for t in (pos, x0, x, y, it)]
+                    d = done.nonzero().squeeze(1).to(x.device)
+                    last.append((pos[done], x[d], y[d]))
+                    keep = (~done).nonzero().squeeze(1).to(x.device)
+                    pos, it, x0, x, y = pos[~done], it[~done], x0[keep], x[keep], y[keep]
             pending = sum(len(t[0]) for t in last)
-            if pending and (pending >= pool or (exhausted and (live is None or len(live[0]) == 0))):
+            drained = exhausted and (pos is None or len(pos) == 0)
+            if pending and (pending >= pool or drained):
                 yield judge_last()
-            if exhausted and (live is None or len(live[0]) == 0) and not last:
+            if drained and not last:
                 return
 
     def _keep(self, best_adv, best_loss, best_pred, fooled, idx, x, loss, pred, y, targeted) -> None:
