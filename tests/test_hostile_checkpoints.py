@@ -1,7 +1,6 @@
 """Checkpoints are data: hostile pickles never run, broken or mismatched files get one clear sentence."""
 import ast
 import json
-import pickle
 import struct
 from pathlib import Path
 
