@@ -27,7 +27,7 @@ from pmg_core import analysis, inputs, plots
 from pmg_core.checkpoints import load_checkpoint_model, read_metadata
 from pmg_core.data import expand_names, list_datasets, list_groups
 from pmg_core.errors import UserError, first_line
-from pmg_core.evaluate import EvalConfig, iter_evaluate
+from pmg_core.evaluate import EvalConfig, iter_evaluate, load_sharing_bases
 from pmg_core.explore import AttackSettings, Comparison, compare, label_presets, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, default_device, is_offline,
@@ -136,7 +136,7 @@ def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] =
     models, mode = _default_models(directory)
     for spec in extra:
         try:
-            model = load_model(spec, device=models[0].device, base=models[0])
+            model = load_sharing_bases(spec, models[0].device, models)
         except Exception as e:  # noqa: BLE001 - the app serves without it and says why
             log.warning("Skipping the model '%s': %s", spec, first_line(e))
             mode += f"\n\nNot loaded: `{spec}` ({first_line(e)})."

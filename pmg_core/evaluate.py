@@ -185,14 +185,19 @@ def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> 
     return {k: v for k, v in row.items() if k != "event"}
 
 
+def load_sharing_bases(spec: str, device, loaded: Sequence[ClipModel]) -> ClipModel:
+    """Load `spec`; a fine-tune whose base model is among `loaded` shares it instead of loading it again."""
+    bases = {m.spec: m for m in loaded if m.spec == m.base}
+    path = checkpoint_path(spec)
+    base = bases.get(read_metadata(path).get("base")) if path is not None else None
+    return load_model(spec, device=device, base=base)
+
+
 def load_models(specs: Sequence[str], device) -> list[ClipModel]:
     """Load models, letting fine-tunes of an already loaded base share its text side."""
     out: list[ClipModel] = []
     for spec in specs:
-        bases = {m.spec: m for m in out if m.spec == m.base}
-        path = checkpoint_path(spec)
-        base = bases.get(read_metadata(path).get("base")) if path is not None else None
-        out.append(load_model(spec, device=device, base=base))
+        out.append(load_sharing_bases(spec, device, out))
     return out
 
 

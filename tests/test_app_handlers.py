@@ -478,3 +478,17 @@ def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_re
     assert names[0] == "clip-tiny" and "my-robust" in names and names.count("tecoa-tiny") == 1
     assert models[names.index("my-robust")].clip is models[0].clip  # shares the loaded base
     assert "Not loaded: `" + str(tmp_path / "no.safetensors") in mode and "does not exist" in mode
+
+
+@EMBEDDED
+def test_an_extra_fine_tune_shares_an_extra_base(tmp_path, monkeypatch):
+    """`--models pmg-test,ft.safetensors`: the fine-tune reuses the pmg-test the app loaded just before."""
+    from pmg_core.train import TrainConfig, train
+
+    monkeypatch.setenv("PMG_OFFLINE", "1")
+    ft = tmp_path / "ft.safetensors"
+    train(TrainConfig(model="pmg-test", method="clean", dataset="toy-colours", max_steps=1, batch_size=8, out=str(ft)),
+          progress=False)
+    models, _ = app.load_default_models(app.CHECKPOINT_DIR, ["pmg-test", str(ft)])
+    by_name = {m.name: m for m in models}
+    assert by_name["ft"].clip is by_name["pmg-test"].clip
