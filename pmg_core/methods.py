@@ -164,12 +164,17 @@ class PMGAFT(Method):
     """PMG-AFT: TeCoA's CE plus KL to the frozen original model and KL to its own clean output."""
 
     needs_original = True
+    # An ablation outside the method (scripts/seed_study.py --detach-clean-target registers it):
+    # no gradient through f_t(x), so the clean term can only pull f_t(x_adv) toward f_t(x).
+    detach_clean_target = False
 
     def __call__(self, model, original, x, y):
         check(original is not None, "PMG-AFT needs the frozen original model.")
         x_adv = self.attack(model, x, y)
         # One forward of f_t over [x_adv; x]: gradients flow through both branches.
         logits_adv, logits_clean = model(torch.cat([x_adv, x])).split(x.shape[0])
+        if self.detach_clean_target:
+            logits_clean = logits_clean.detach()
         with torch.no_grad():
             logits_orig = original(x_adv)
         s, p = self.settings, self.preset

@@ -26,6 +26,16 @@ from pmg_core.models import load_model  # noqa: E402
 from pmg_core.train import TrainConfig, train  # noqa: E402
 
 
+DETACHED = "pmg-aft-detached-clean"
+
+
+@methods.register_method(DETACHED)
+class DetachedCleanTarget(methods.PMGAFT):
+    """PMG-AFT with no gradient through f_t(x) in its clean KL term (the --detach-clean-target ablation)."""
+
+    detach_clean_target = True
+
+
 def _value(text: str):
     try:
         return json.loads(text)
@@ -55,8 +65,8 @@ def main() -> int:
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.detach_clean_target:
-        loss = methods.pmg_aft_loss
-        methods.pmg_aft_loss = lambda adv, clean, orig, *a, **k: loss(adv, clean.detach(), orig, *a, **k)
+        # PMG-AFT's runs train the ablation instead, under its own method name.
+        args.methods = ",".join(DETACHED if m == "pmg-aft" else m for m in args.methods.split(","))
     eps = args.eps / 255
     runs = []
     runs_dir = Path(args.runs_dir)

@@ -105,6 +105,31 @@ def test_pmg_aft_method_matches_formula_and_tecoa(model, preset):
     assert math.isclose(zero.loss.item(), tecoa.loss.item(), rel_tol=1e-5)
 
 
+def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(model):
+    """The seed study's ablation: same loss, gradient of CE + alpha KL_gen + beta KL(f_t(x).detach() || f_t(x_adv))."""
+    from pmg_core.methods import PMGAFT
+
+    x, y = make_toy(8, seed=3).tensors
+    x_adv = (x + 2 / 255).clamp(0, 1)
+    clf = model.classifier(CLASSES, ("a {} image",))
+    orig = frozen_copy(clf)
+    with torch.no_grad():
+        next(clf.visual.parameters()).add_(0.05)
+    params = [p for p in clf.visual.parameters() if p.requires_grad]
+    full = _fixed_adv(get_method("pmg-aft", eps=1 / 255), x_adv)
+    detached = _fixed_adv(get_method("pmg-aft", eps=1 / 255), x_adv)
+    detached.detach_clean_target = True
+    assert not PMGAFT.detach_clean_target  # the method itself keeps both branches
+    out_full, out_det = full(clf, orig, x, y), detached(clf, orig, x, y)
+    assert math.isclose(out_full.loss.item(), out_det.loss.item(), rel_tol=1e-6)
+    by_hand_loss = pmg_aft_loss(clf(x_adv), clf(x).detach(), orig(x_adv), y, 1.0, 1.0)[0]
+    want = torch.autograd.grad(by_hand_loss, params)
+    got = torch.autograd.grad(out_det.loss, params)
+    other = torch.autograd.grad(out_full.loss, params)
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
+    assert not all(torch.allclose(g, o, atol=1e-6) for g, o in zip(got, other))
+
+
 def test_presets_change_logits(model):
     x, _ = make_toy(4, seed=1).tensors
     paper = model.classifier(CLASSES, ("a {} image",), "paper")(x)
