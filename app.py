@@ -12,6 +12,7 @@ import html
 import inspect
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -222,18 +223,25 @@ class Studio:
         return added
 
     # -- jobs: one Evaluate/Train per session and kind, cancellable ------------------------------
-    @contextlib.contextmanager
-    def _job(self, request: gr.Request | None, kind: str) -> Iterator[Job]:
+    def _start_job(self, request: gr.Request | None, kind: str) -> tuple[str, Job]:
         key, job = f"{kind}:{_session(request)}", Job()
         with self.jobs_lock:
             self.jobs[key] = job
+        return key, job
+
+    def _end_job(self, key: str, job: Job) -> None:
+        with self.jobs_lock:
+            if self.jobs.get(key) is job:
+                del self.jobs[key]
+        job.done.set()
+
+    @contextlib.contextmanager
+    def _job(self, request: gr.Request | None, kind: str) -> Iterator[Job]:
+        key, job = self._start_job(request, kind)
         try:
             yield job
         finally:
-            with self.jobs_lock:
-                if self.jobs.get(key) is job:
-                    del self.jobs[key]
-            job.done.set()
+            self._end_job(key, job)
 
     def cancel(self, kind: str, request: gr.Request | None = None, wait: float = CANCEL_WAIT_S) -> str:
         """Stop this session's running `kind` job after its current step; returns its final status if it ends in time.
@@ -371,37 +379,54 @@ class Studio:
             extra_metadata={"trained_in": "PMG-AFT Studio app", "base_name": base.name})
         trainer = Trainer(cfg, model=base.fork(out.stem, base.spec))
         intro = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
-        with self._job(request, "train") as job:
-            yield from self._training(trainer, out, intro, job)
+        key, job = self._start_job(request, "train")
+        updates: queue.Queue = queue.Queue()
+        threading.Thread(target=self._train_worker, args=(trainer, out, key, job, updates), daemon=True,
+                         name=f"train {out.stem}").start()
+        yield from self._training(intro, job, updates)
 
-    def _training(self, trainer: Trainer, out: Path, intro: str, job: Job) -> Iterator[tuple]:
-        """Streams a run; however it ends (done, Cancel, closed by Gradio, too many bad steps), what it
-        saved joins the model lists."""
-        history: list[dict] = []
-        skipped, ending, reason, last_plot = 0, "Stopped", "", 0.0
-        events = trainer.run(should_stop=job.stop.is_set)
+    def _train_worker(self, trainer: Trainer, out: Path, key: str, job: Job, updates: queue.Queue) -> None:
+        """The run itself, in a thread of its own: however the stream ends (done, Cancel, Gradio
+        closing it, which it does on its event loop), the last step, the save and the rescan happen
+        here and never hold up other sessions. Puts ("step", event, skipped) per step, then ("end", error)."""
+        skipped, ending, reason, error = 0, "Stopped", "", None
         try:
-            yield intro, plots.train_figure(history)
-            for ev in events:
+            for ev in trainer.run(should_stop=job.stop.is_set):
                 if ev["event"] == "skipped":
                     skipped = ev["bad_steps"]
                 elif ev["event"] == "done":
                     ending = "Done"
                 elif ev["event"] == "step":
-                    history.append(ev)
-                    if time.time() - last_plot > 0.5 or ev["step"] == ev["total"]:  # throttle redraws
-                        last_plot = time.time()
-                        yield _step_status(ev, skipped), plots.train_figure(history)
+                    updates.put(("step", ev, skipped))
         except UserError as e:  # too many non-finite steps: the trainer kept its last good checkpoint
             reason = str(e)
+        except Exception as e:  # noqa: BLE001 - raised again in the stream, where safe() words it
+            error = e
         finally:
-            job.stop.set()  # closed by Gradio's Cancel: the trainer stops at its next step and saves
-            if history:
-                for _ in events:
-                    pass
-            events.close()
-            self.rescan()
-            job.final = _train_status(ending, trainer.step, skipped, out, reason)
+            try:
+                self.rescan()  # what it saved joins the model lists
+            finally:
+                job.final = _train_status(ending, trainer.step, skipped, out, reason)
+                self._end_job(key, job)
+                updates.put(("end", error, skipped))
+
+    def _training(self, intro: str, job: Job, updates: queue.Queue) -> Iterator[tuple]:
+        """Streams the worker's steps (redraws throttled) and its final status."""
+        history: list[dict] = []
+        last_plot = 0.0
+        try:
+            yield intro, plots.train_figure(history)
+            while (update := updates.get())[0] == "step":
+                _, ev, skipped = update
+                history.append(ev)
+                if time.time() - last_plot > 0.5 or ev["step"] == ev["total"]:
+                    last_plot = time.time()
+                    yield _step_status(ev, skipped), plots.train_figure(history)
+        finally:
+            job.stop.set()  # closed by Gradio's Cancel: the worker stops after its step and saves
+        _, error, _ = update
+        if error is not None:
+            raise error
         yield job.final, plots.train_figure(history)
 
     # -- about ---------------------------------------------------------------------------------

@@ -402,13 +402,21 @@ def test_cancel_returns_the_final_status_once_the_run_has_saved(studio):
     assert answers == [last] and "Stopped" in last and "cancel-reports" in last
 
 
-def test_a_run_closed_by_gradio_still_saves_and_joins_the_lists(studio):
-    """Gradio's cancels= closes a running generator at its next update: the steps done are kept."""
+def test_a_run_closed_by_gradio_still_saves_and_joins_the_lists(studio, monkeypatch):
+    """Gradio's cancels= closes a running generator at its next update, on its event loop: the steps
+    done are kept, and the last step, the save and the rescan happen in the run's own thread, so
+    closing returns at once instead of holding up every other session."""
+    rescans = []
+    real_rescan = app.Studio.rescan
+    monkeypatch.setattr(app.Studio, "rescan", lambda self: (rescans.append(threading.current_thread()), real_rescan(self))[1])
     gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "closed-run")
     next(gen)
     while "Step" not in next(gen)[0]:
         pass
+    job = studio.jobs["train:local"]
     gen.close()
+    assert job.done.wait(60) and "Stopped" in job.final
+    assert rescans and threading.current_thread() not in rescans
     assert "closed-run" in studio.names and 0 < studio.models["closed-run"].metadata["steps"] < 500
 
 
@@ -443,6 +451,20 @@ def test_too_many_bad_steps_stop_with_the_reason_and_the_checkpoint_joins_the_li
     last = list(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "diverged-run"))[-1][0]
     assert "NaN/inf" in last and "after 2 steps" in last and "added to the model lists" in last
     assert studio.models["diverged-run"].metadata["steps"] == 2
+
+
+def test_a_run_that_breaks_says_so_in_one_sentence_and_frees_its_slot(studio, monkeypatch, caplog):
+    """An unexpected error inside the run's thread reaches the stream as the generic sentence
+    (details in the log), and the session can start another run."""
+    class BrokenTrainer(app.Trainer):
+        def run(self, should_stop=None):
+            yield from super().run(should_stop=lambda: self.step >= 1)
+            raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(app, "Trainer", BrokenTrainer)
+    with caplog.at_level("ERROR", logger="pmg_studio"), pytest.raises(app.gr.Error, match="went wrong"):
+        list(app.safe(studio.train)("clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "broken-run"))
+    assert "disk on fire" in caplog.text and "train:local" not in studio.jobs
 
 
 # --- which models the app loads -------------------------------------------------------------------------
