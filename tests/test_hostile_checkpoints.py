@@ -1,7 +1,9 @@
 """Checkpoints are data: hostile pickles never run, broken or mismatched files get one clear sentence."""
 import ast
 import json
+import pickletools
 import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -39,10 +41,18 @@ def _one_sentence(err: pytest.ExceptionInfo) -> str:
 
 
 def test_the_payload_is_live(tmp_path):
-    """Control: the hostile file really runs code when unpickled, so the refusals below mean something."""
+    """Control: the hostile file really tells an unpickler to run code, so the refusals below mean
+    something. Read without unpickling: its pickle calls builtins.exec on the marker-writing code,
+    and that call, made here directly, writes the marker."""
     marker = tmp_path / "control"
     evil = _evil_file(tmp_path / "evil.pt", marker)
-    torch.load(evil, weights_only=False)
+    with zipfile.ZipFile(evil) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(pkl)]
+    calls_exec = any(name == "GLOBAL" and arg in ("builtins exec", "__builtin__ exec") for name, arg in ops)
+    assert calls_exec and ("REDUCE", None) in ops and any(str(marker) in str(arg) for _, arg in ops)
+    fn, args = _WritesFile(marker).__reduce__()
+    fn(*args)
     assert marker.read_text() == "pwned"
 
 
