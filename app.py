@@ -388,7 +388,8 @@ class Studio:
     def _train_worker(self, trainer: Trainer, out: Path, key: str, job: Job, updates: queue.Queue) -> None:
         """The run itself, in a thread of its own: however the stream ends (done, Cancel, Gradio
         closing it, which it does on its event loop), the last step, the save and the rescan happen
-        here and never hold up other sessions. Puts ("step", event, skipped) per step, then ("end", error)."""
+        here and never hold up other sessions. Puts ("step", event, skipped) per step, then
+        ("end", error or None, skipped)."""
         skipped, ending, reason, error = 0, "Stopped", "", None
         try:
             for ev in trainer.run(should_stop=job.stop.is_set):

@@ -64,6 +64,12 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / _lp_norm(delta)).clamp(max=1.0)
 
 
+def ascend(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float, norm: str) -> torch.Tensor:
+    """One step of size alpha up the gradient from x, back into the eps-ball around x0 and into [0,1]."""
+    step = grad.sign() if norm == "Linf" else grad / _lp_norm(grad)
+    return (x0 + project(x + alpha * step - x0, eps, norm)).clamp(0, 1)
+
+
 def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None,
                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """A random point of the eps-ball around each image of x.
@@ -150,9 +156,7 @@ class PGD:
         return x.detach()
 
     def _ascend(self, x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """One step up the gradient from x, back into the eps-ball around x0 and into [0,1]."""
-        step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
-        return (x0 + project(x + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
+        return ascend(x, x0, grad, self.alpha, self.eps, self.norm)
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
         x = x.detach().requires_grad_(True)
@@ -321,8 +325,7 @@ class FeatureAttack:
                 feats = self.encoder(x)
                 loss = (feats.float() - target).pow(2).sum()
                 (grad,) = torch.autograd.grad(loss, x)
-            step = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
-            x = (x0 + project(x.detach() + self.alpha * step - x0, self.eps, self.norm)).clamp(0, 1)
+            x = ascend(x.detach(), x0, grad, self.alpha, self.eps, self.norm)
         return x.detach()
 
 
