@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,17 @@ class AttackResult:
     loss: torch.Tensor  # per-sample attack loss at `adv`
 
 
+@dataclass
+class PGDPass:
+    """What one gradient pass of PGD.iterate judged, before it ascends from there."""
+
+    restart: int
+    step: int  # ascents taken before this iterate in this restart (0: the starting point)
+    samples: torch.Tensor  # batch indices of the samples this pass attacked
+    images: torch.Tensor  # their iterate, as judged (a copy)
+    logits: torch.Tensor  # the model's logits on it, detached
+
+
 class PGD:
     """Projected gradient descent (Madry et al.) under Linf or L2.
 
@@ -166,7 +177,7 @@ class PGD:
             logits = self.model(x)
             loss = attack_loss(logits, y, self.loss, targeted)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        return grad, loss.detach(), logits.detach().argmax(1)
+        return grad, loss.detach(), logits.detach()
 
     @torch.no_grad()
     def _eval(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
@@ -183,6 +194,19 @@ class PGD:
         e.g. per-sample seeded noise so results do not depend on how samples are batched.
         `clean_logits`: the model's logits on `images` when the caller has them already (evaluation
         does), which saves the forward pass that judges the clean input."""
+        passes = self.iterate(images, labels, target, init, clean_logits)
+        while True:
+            try:
+                next(passes)
+            except StopIteration as end:
+                return end.value
+
+    def iterate(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None,
+                init: torch.Tensor | None = None,
+                clean_logits: torch.Tensor | None = None) -> Generator[PGDPass, None, AttackResult]:
+        """run() one gradient pass at a time: yields a PGDPass after each pass and returns run()'s
+        result. A caller that has seen enough stops pulling (the live comparison stops attacking a
+        model once a pass shows it fooled by a margin), or interleaves the passes of several attacks."""
         check(images.dim() == 4, f"images must be NCHW; got shape {tuple(images.shape)}.")
         check(images.shape[0] == labels.shape[0], "images and labels must have the same batch size.")
         x0 = images.detach().clamp(0, 1)
@@ -207,11 +231,14 @@ class PGD:
             elif (self.random_start or r > 0) and self.eps > 0:
                 delta = random_start(x0, self.eps, self.norm, gen)
             x = (x0 + delta).clamp(0, 1)
-            for _ in range(self.steps):
+            for k in range(self.steps):
                 if active.numel() == 0:
                     break
-                grad, loss, pred = self._grad(x[active], y[active], targeted)
-                self._keep(best_adv, best_loss, best_pred, fooled, active, x[active], loss, pred, y, targeted)
+                judged = x[active]
+                grad, loss, logits = self._grad(judged, y[active], targeted)
+                pred = logits.argmax(1)
+                self._keep(best_adv, best_loss, best_pred, fooled, active, judged, loss, pred, y, targeted)
+                yield PGDPass(r, k, active, judged, logits)
                 if self.early_stop:  # a fooled sample keeps the iterate that fooled it
                     keep = ~fooled[active]
                     active, grad = active[keep], grad[keep]
@@ -267,8 +294,8 @@ class PGD:
                 last.append((pos, x, y))
                 pos = None
             if pos is not None and len(pos):
-                grad, _, pred = self._grad(x, y, False)
-                fooled = self._success(pred, y, False).cpu()
+                grad, _, logits = self._grad(x, y, False)
+                fooled = self._success(logits.argmax(1), y, False).cpu()
                 if fooled.any():
                     yield pos[fooled], torch.ones(int(fooled.sum()), dtype=torch.bool)
                 pos, it = pos[~fooled], it[~fooled] + 1

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from .attacks import PGD
+from .attacks import PGD, margin_loss
 from .data import DEFAULT_TEMPLATES, list_groups
 from .errors import check, check_number
 from .images import center_square, quantize
 from .models import ClipModel
 from .paper_datasets import imagenet_names
 
+# Gradient passes a comparison with a stop margin runs on every model in turn before it attacks them one
+# by one: the first judges the image itself, the next two one and two steps in, where PGD fools a
+# non-robust CLIP at eps 4/255.
+LOCKSTEP_PASSES = 3
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -36,6 +40,8 @@ class ModelVerdict:
     adversarial: Prediction
     attacked_by: str  # the model whose gradients made the adversarial image
     adv_image: torch.Tensor  # [3,H,W], quantized
+    steps_taken: int | None = None  # gradient passes of the attack that made adv_image (None: transferred to this model)
+    stop_margin: float | None = None  # the margin that could stop that attack early (None: it ran every step)
 
     @property
     def confidence_drop(self) -> float | None:
@@ -61,6 +67,9 @@ class AttackSettings:
     target: str | None = None  # a class name for a targeted attack
     source: str | None = None  # attack this model and transfer to all; None: each attacked itself
     max_side: int = 224  # attack at most at this resolution (the models see 224 px or less)
+    # Stop attacking a model once an iterate fools it by this many logits (the wrong class, or the
+    # target, ahead by it) and its 8-bit image still fools it; None: every model gets every step.
+    stop_margin: float | None = None
 
     def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
@@ -68,6 +77,8 @@ class AttackSettings:
         if self.step_size is not None:
             check_number("step size", self.step_size, low=0, high=1)
         check(self.target is None or self.target in classes, f"The target class '{self.target}' is not among the labels.")
+        if self.stop_margin is not None:
+            check_number("stop margin", self.stop_margin, low=0, high=100)
         check(self.source is None or self.source in model_names,
               f"The source model '{self.source}' is not loaded; choose one of {', '.join(model_names)}.")
 
@@ -85,7 +96,8 @@ class Comparison:
                 "true_label": self.true_label, "target": settings.target,
                 "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
                               "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop,
-                              "target_gain": v.target_gain}
+                              "target_gain": v.target_gain, "steps_taken": v.steps_taken,
+                              "stop_margin": v.stop_margin}
                              for v in self.verdicts]}
 
 
@@ -117,10 +129,10 @@ def quantize_in_ball(clean: torch.Tensor, adv: torch.Tensor, eps: float, norm: s
     return (base + delta).clamp(0, 255) / 255  # clipping to the pixel range only shrinks a change
 
 
-@torch.no_grad()
-def predict(clf, x: torch.Tensor, classes: Sequence[str], true_idx: int | None, k: int = 5,
-            target_idx: int | None = None) -> Prediction:
-    probs = clf(x[None]).softmax(1)[0]
+def prediction(logits: torch.Tensor, classes: Sequence[str], true_idx: int | None, k: int = 5,
+               target_idx: int | None = None) -> Prediction:
+    """Top-k of one image's logits ([1, C] or [C])."""
+    probs = logits.reshape(-1).float().softmax(0)
     top = probs.topk(min(k, len(classes)))
     return Prediction([classes[i] for i in top.indices.tolist()], [round(float(p), 6) for p in top.values],
                       None if true_idx is None else float(probs[true_idx]),
@@ -128,44 +140,177 @@ def predict(clf, x: torch.Tensor, classes: Sequence[str], true_idx: int | None, 
                       None if target_idx is None else float(probs[target_idx]))
 
 
+@torch.no_grad()
+def predict(clf, x: torch.Tensor, classes: Sequence[str], true_idx: int | None, k: int = 5,
+            target_idx: int | None = None) -> Prediction:
+    return prediction(clf(x[None]), classes, true_idx, k, target_idx)
+
+
 def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[str], true_label: str | None,
             settings: AttackSettings, templates: Sequence[str] = DEFAULT_TEMPLATES) -> Comparison:
-    """Attack `image` (each model itself, or one source model transferred) and collect top-k verdicts."""
-    check(len(models) > 0, "Load at least one model.")
-    classes = [c.strip() for c in classes]
-    names = [m.name for m in models]
-    settings.validate(classes, names)
-    check(true_label is not None or settings.target is not None,
-          "Give the true label (untargeted attack) or a target class (targeted attack).")
-    check(true_label is None or true_label in classes, f"The true label '{true_label}' is not among the labels.")
-    x = prepare_image(image, settings.max_side)
-    true_idx = classes.index(true_label) if true_label is not None else None
-    target_idx = classes.index(settings.target) if settings.target is not None else None
-    clfs = {m.name: m.classifier(classes, templates).eval() for m in models}
+    """Attack `image` (each model itself, or one source model transferred) and collect top-k verdicts,
+    in the models' order: iter_compare run to its end."""
+    for event in iter_compare(models, image, classes, true_label, settings, templates):
+        pass
+    return event["comparison"]
 
-    def attack(clf) -> torch.Tensor:
-        device = next(clf.parameters()).device
-        xb = x[None].to(device)
-        if target_idx is not None:
-            y = torch.tensor([target_idx], device=device)
-            res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
-                      random_start=False).run(xb, y, target=y)
-        else:
-            y = torch.tensor([true_idx], device=device)
-            res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
-                      random_start=False).run(xb, y)
-        return quantize_in_ball(x, res.adv[0].cpu(), settings.eps, settings.norm)
 
-    out = Comparison(x, classes, true_label)
-    shared = attack(clfs[settings.source]) if settings.source else None
-    for m in models:
-        clf = clfs[m.name]
-        adv = shared if shared is not None else attack(clf)
-        dev = m.device
-        out.verdicts.append(ModelVerdict(m.name, predict(clf, x.to(dev), classes, true_idx, target_idx=target_idx),
-                                         predict(clf, adv.to(dev), classes, true_idx, target_idx=target_idx),
-                                         settings.source or m.name, adv))
-    return out
+@dataclass
+class _Attacked:
+    """One model of a comparison: its classifier, its clean logits, and its attack while under way."""
+
+    index: int  # position among the models compared
+    model: ClipModel
+    clf: torch.nn.Module
+    clean_logits: torch.Tensor  # [1, C], judged once for the clean verdict and the attack
+    passes: Iterator | None = None  # PGD.iterate's passes
+    taken: int = 0  # gradient passes run so far
+    clean_lead: float = -math.inf  # how far the attack's goal leads on the clean image (see _Setup.lead)
+    lead: float = -math.inf  # the same at the attack's last pass
+    adv_logits: torch.Tensor | None = None  # the logits of the image a margin stop judged (no second forward)
+    adv: torch.Tensor | None = None  # the adversarial image, once the attack is over
+
+
+class _Setup:
+    """The checked inputs of one comparison, and the steps every attack of it shares."""
+
+    def __init__(self, models, image, classes, true_label, settings: AttackSettings, templates):
+        check(len(models) > 0, "Load at least one model.")
+        self.classes = [c.strip() for c in classes]
+        settings.validate(self.classes, [m.name for m in models])
+        check(true_label is not None or settings.target is not None,
+              "Give the true label (untargeted attack) or a target class (targeted attack).")
+        check(true_label is None or true_label in self.classes, f"The true label '{true_label}' is not among the labels.")
+        self.models, self.settings, self.templates, self.true_label = list(models), settings, templates, true_label
+        self.x = prepare_image(image, settings.max_side)
+        self.true_idx = self.classes.index(true_label) if true_label is not None else None
+        self.target_idx = self.classes.index(settings.target) if settings.target is not None else None
+        # The class the attack moves toward (targeted) or away from (untargeted).
+        self.goal = self.target_idx if self.target_idx is not None else self.true_idx
+
+    @torch.no_grad()
+    def judge_clean(self, index: int, m: ClipModel) -> _Attacked:
+        clf = m.classifier(self.classes, self.templates).eval()  # text features cached per (model, labels)
+        logits = clf(self.x[None].to(m.device))
+        lead = self.lead(logits)
+        return _Attacked(index, m, clf, logits, clean_lead=lead, lead=lead)
+
+    def lead(self, logits: torch.Tensor) -> float:
+        """How far the attack's goal leads, in logits: the best wrong class over the true one
+        (untargeted), the target over the best other class (targeted); > 0 means fooled."""
+        y = torch.tensor([self.goal], device=logits.device)
+        margin = float(margin_loss(logits.float(), y)[0])
+        return -margin if self.target_idx is not None else margin
+
+    def start(self, job: _Attacked) -> None:
+        s = self.settings
+        y = torch.tensor([self.goal], device=job.clean_logits.device)
+        pgd = PGD(job.clf, s.eps, s.step_size, s.steps, s.norm, s.loss, random_start=False)
+        job.passes = pgd.iterate(self.x[None].to(y.device), y, target=y if self.target_idx is not None else None,
+                                 clean_logits=job.clean_logits)
+
+    def advance(self, job: _Attacked) -> torch.Tensor | None:
+        """One gradient pass of `job`'s attack; the adversarial image (quantized) once it is over:
+        after its last step, or, with a stop margin, at the first iterate that leads by the margin
+        and still fools the model once quantized."""
+        try:
+            step = next(job.passes)
+        except StopIteration as end:
+            job.passes = None
+            return self.quantized(end.value.adv[0])
+        job.taken += 1
+        job.lead = self.lead(step.logits)
+        margin = self.settings.stop_margin
+        if margin is not None and job.lead >= margin:
+            adv = self.quantized(step.images[0])
+            with torch.no_grad():
+                logits = job.clf(adv[None].to(job.clean_logits.device))
+            if self.lead(logits) > 0:  # what the page shows fools the model: stop here
+                job.passes = None
+                job.adv_logits = logits
+                return adv
+        return None
+
+    def quantized(self, adv: torch.Tensor) -> torch.Tensor:
+        return quantize_in_ball(self.x, adv.detach().cpu(), self.settings.eps, self.settings.norm)
+
+    def verdict(self, job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None) -> ModelVerdict:
+        logits = job.adv_logits
+        if logits is None:
+            with torch.no_grad():
+                logits = job.clf(adv[None].to(job.clean_logits.device))
+        judged = [prediction(lg, self.classes, self.true_idx, target_idx=self.target_idx)
+                  for lg in (job.clean_logits, logits)]
+        return ModelVerdict(job.model.name, *judged, attacked_by, adv, steps_taken,
+                            self.settings.stop_margin if steps_taken is not None else None)
+
+
+def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[str], true_label: str | None,
+                 settings: AttackSettings, templates: Sequence[str] = DEFAULT_TEMPLATES) -> Iterator[dict]:
+    """compare() as a stream of events, each model's verdict as soon as that model is done.
+
+    Events (dicts with an "event" key, as Trainer.run yields): "step" after every gradient pass
+    (model, step, steps, done, total), "verdict" (verdict, done, total) in the order the models
+    finish, then "done" with the Comparison, its verdicts in the models' order. Without a stop
+    margin the models are attacked one after the other, in their order, exactly as compare()
+    always did. With settings.stop_margin, a model's attack stops once an iterate fools it by that
+    many logits (checked on the 8-bit image it would show), and the first LOCKSTEP_PASSES passes
+    go round the models, so those fooled at once (a non-robust original CLIP) report first and the
+    others follow in their order. Each model's clean image is judged once, for its verdict and its
+    attack; its text features come from the model's cache (ClipModel.text_features).
+    """
+    setup = _Setup(models, image, classes, true_label, settings, templates)
+    total = len(setup.models)
+    out = Comparison(setup.x, setup.classes, true_label)
+    done: list[ModelVerdict | None] = [None] * total
+
+    def finished(job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None) -> dict:
+        done[job.index] = setup.verdict(job, adv, attacked_by, steps_taken)
+        return {"event": "verdict", "verdict": done[job.index], "done": sum(v is not None for v in done),
+                "total": total}
+
+    def step_event(job: _Attacked) -> dict:
+        return {"event": "step", "model": job.model.name, "step": job.taken, "steps": settings.steps,
+                "done": sum(v is not None for v in done), "total": total}
+
+    def attack(job: _Attacked, passes: float = math.inf) -> Iterator[dict]:
+        """Up to `passes` more passes of `job`'s attack, a step event after each; its adversarial
+        image on the job once the attack is over, and then (attacked itself) its verdict."""
+        for _ in range(passes) if passes != math.inf else iter(int, 1):
+            if job.passes is None:
+                return
+            adv = setup.advance(job)
+            if adv is None:
+                yield step_event(job)
+                continue
+            job.adv = adv
+            if not settings.source:
+                yield finished(job, adv, job.model.name, job.taken)
+            return
+
+    jobs = [setup.judge_clean(i, m) for i, m in enumerate(setup.models)]
+    if settings.source:
+        source = next(j for j in jobs if j.model.name == settings.source)
+        setup.start(source)
+        yield from attack(source)
+        for job in [source] + [j for j in jobs if j is not source]:
+            yield finished(job, source.adv, settings.source, source.taken if job is source else None)
+    else:
+        for job in jobs:
+            if settings.stop_margin is not None and job.clean_lead >= settings.stop_margin and job.clean_lead > 0:
+                job.adv_logits = job.clean_logits  # wrong by the margin already: nothing to attack
+                yield finished(job, setup.x, job.model.name, 0)
+            else:
+                setup.start(job)
+        # With a stop margin the first passes go round the models, so one fooled within them (a
+        # non-robust original CLIP) reports before any other runs long; the rest follow in order.
+        for _ in range(LOCKSTEP_PASSES if settings.stop_margin is not None else 0):
+            for job in jobs:
+                yield from attack(job, 1)
+        for job in jobs:
+            yield from attack(job)
+    out.verdicts = list(done)
+    yield {"event": "done", "comparison": out}
 
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:
