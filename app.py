@@ -25,14 +25,15 @@ import numpy as np
 import torch
 
 from pmg_core import analysis, inputs, plots
-from pmg_core.checkpoints import load_checkpoint_model, read_metadata
+from pmg_core.checkpoints import read_metadata
 from pmg_core.data import expand_names, list_datasets, list_groups
 from pmg_core.errors import UserError, first_line
 from pmg_core.evaluate import EvalConfig, iter_evaluate, load_sharing_bases
 from pmg_core.explore import AttackSettings, Comparison, compare, label_presets, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
-from pmg_core.models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, default_device, is_offline,
-                             list_checkpoints, load_model)
+from pmg_core import env
+from pmg_core.env import default_device
+from pmg_core.models import OPENAI_VIT_B32, ClipModel, list_checkpoints, load_checkpoint_model, load_model
 from pmg_core.train import Trainer, TrainConfig
 
 log = logging.getLogger("pmg_studio")
@@ -111,7 +112,7 @@ def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), dev
 def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
     """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort."""
     device = default_device()
-    if not is_offline():
+    if not env.is_offline():
         try:
             base = load_model(OPENAI_VIT_B32, device=device)
             return [base] + finetunes_of(base, directory), (
@@ -132,9 +133,9 @@ def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
         "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
 
 
-def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
+def load_default_models(directory: Path | None = None, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
     """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped."""
-    models, mode = _default_models(directory)
+    models, mode = _default_models(Path(directory or env.checkpoint_dir()))
     for spec in extra:
         try:
             model = load_sharing_bases(spec, models[0].device, models)
@@ -171,7 +172,7 @@ class Studio:
 
     models: dict[str, ClipModel]
     mode: str
-    checkpoint_dir: Path = CHECKPOINT_DIR
+    checkpoint_dir: Path = field(default_factory=env.checkpoint_dir)
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
     jobs: dict[str, Job] = field(default_factory=dict)  # "kind:session" -> the job running now
@@ -181,7 +182,7 @@ class Studio:
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
                extra_models: Sequence[str] = (), **kw) -> "Studio":
-        directory = Path(checkpoint_dir or CHECKPOINT_DIR)
+        directory = Path(checkpoint_dir or env.checkpoint_dir())
         if models is None:
             models, mode = load_default_models(directory, extra_models)
         else:

@@ -661,7 +661,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
 
     cfg.validate()
     say = progress or (lambda _msg: None)
-    from .models import default_device
+    from .env import default_device
 
     device = torch.device(cfg.device or default_device())
     info = device_info(device)

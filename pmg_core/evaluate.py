@@ -23,7 +23,8 @@ from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
 from .checkpoints import read_metadata
-from .models import ClipModel, ZeroShotClassifier, checkpoint_path, default_device, load_model
+from .env import default_device
+from .models import ClipModel, ZeroShotClassifier, checkpoint_path, load_model
 from .presets import Preset, get_preset
 
 
