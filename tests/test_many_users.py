@@ -20,6 +20,7 @@ from PIL import Image
 
 import app  # noqa: E402
 from helpers import each_model, first_step_shown, free_port, wait_for  # noqa: E402
+from pmg_core import zoo  # noqa: E402
 
 EACH = each_model()
 
@@ -54,7 +55,7 @@ def colours(n: int) -> list[tuple[int, int, int]]:
 
 @pytest.fixture(scope="module")
 def embedded_models():
-    models, mode = app.load_default_models()
+    models, mode = zoo.load_default_models()
     if "Embedded" not in mode:
         pytest.skip(f"the embedded checkpoints are not in checkpoints/: {mode}")
     return models
