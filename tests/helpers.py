@@ -6,17 +6,11 @@ from pathlib import Path
 import torch
 
 from pmg_core.models import load_model
+from studio.one_image import EACH_MODEL as EACH  # noqa: F401 - re-exported: "each model attacks itself"
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "assets" / "examples" / "example.png")
 LABELS = "circle, square, triangle, diamond, cross, star"
-
-
-def each_model() -> str:
-    """The app's 'each model attacks itself' choice of attack source."""
-    import app
-
-    return app.EACH_MODEL
 
 
 def tiny_models():

@@ -16,9 +16,8 @@ from PIL import Image
 
 
 import app  # noqa: E402
-from helpers import EXAMPLE, LABELS, each_model, free_port, tiny_models, wait_for  # noqa: E402
-
-EACH = each_model()
+from studio import assets, safety  # noqa: E402
+from helpers import EACH, EXAMPLE, LABELS, free_port, tiny_models, wait_for  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -198,13 +197,13 @@ def test_zerogpu_gives_each_handler_a_duration_and_is_a_no_op_without_spaces(mon
     app.build_app(tiny_models()[:1], checkpoint_dir=tmp_path)
     assert durations == {"attack": 120, "eps_sweep": 120, "distances": 120, "evaluate": 300, "train": 300}
     monkeypatch.setitem(sys.modules, "spaces", None)  # `import spaces` raises ImportError
-    assert app.gpu(300)(len) is len
+    assert safety.gpu(300)(len) is len
 
 
 def test_readme_front_matter_is_what_a_space_needs():
-    text = (Path(app.ROOT) / "README.md").read_text()
+    text = (assets.ROOT / "README.md").read_text()
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---\n", 2)[1])
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == gr.__version__
-    assert meta["app_file"] == "app.py" and (Path(app.ROOT) / meta["app_file"]).is_file()
+    assert meta["app_file"] == "app.py" and (assets.ROOT / meta["app_file"]).is_file()
     assert re.fullmatch(r"3\.\d+", str(meta["python_version"]))

@@ -19,10 +19,9 @@ from PIL import Image
 
 
 import app  # noqa: E402
-from helpers import each_model, first_step_shown, free_port, wait_for  # noqa: E402
 from pmg_core import zoo  # noqa: E402
-
-EACH = each_model()
+from studio import one_image  # noqa: E402
+from helpers import EACH, first_step_shown, free_port, wait_for  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -144,7 +143,8 @@ def test_twenty_sessions_get_their_own_answers_while_training_runs(tmp_path, emb
         assert len(results) + len(queue_full) == USERS and len(results) >= studio_queue_size(demo)
 
         for i, (_, _, html, files, details) in results.items():
-            _, _, _, own_files, own = studio.attack(*attack_args(images[i], False, names))  # the same request, in process
+            # the same request, in process
+            _, _, _, own_files, own = one_image.attack(studio, *attack_args(images[i], False, names))
             assert details == own, f"user {i} got another user's answer"
             for got, want in zip(files, own_files):
                 got_px, want_px = np.asarray(Image.open(got)), np.asarray(Image.open(want))
