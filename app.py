@@ -25,15 +25,14 @@ import numpy as np
 import torch
 
 from pmg_core import analysis, inputs, plots
-from pmg_core.checkpoints import load_checkpoint_model, read_metadata
 from pmg_core.data import expand_names, list_datasets, list_groups
 from pmg_core.errors import UserError, first_line
-from pmg_core.evaluate import EvalConfig, iter_evaluate, load_sharing_bases
+from pmg_core.evaluate import EvalConfig, iter_evaluate
 from pmg_core.explore import AttackSettings, Comparison, compare, label_presets, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
-from pmg_core.models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, default_device, is_offline,
-                             list_checkpoints, load_model)
+from pmg_core.models import CHECKPOINT_DIR, ClipModel
 from pmg_core.train import Trainer, TrainConfig
+from pmg_core.zoo import finetunes_of, load_default_models, order_key, parse_model_specs
 
 log = logging.getLogger("pmg_studio")
 ROOT = Path(__file__).resolve().parent
@@ -42,7 +41,6 @@ EACH_MODEL = "each model attacks itself"
 NORMS = ["Linf", "L2"]
 LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
 METHODS = ["pmg-aft", "tecoa", "fare", "clean"]
-KNOWN_ORDER = ("clip", "tecoa", "pmg-aft", "fare")  # how checkpoints are listed: original first
 INTERACTIVE_GPU_S, JOB_GPU_S = 120, 300  # ZeroGPU time per call: one attack/plot; one capped Evaluate/Train
 CANCEL_WAIT_S = 10.0  # Cancel waits this long for the run to save, so it can report the checkpoint
 ATTACK_SIDE = AttackSettings().max_side
@@ -85,73 +83,6 @@ def image_upload(**kw) -> gr.Image:
     return component
 
 
-# --- models ----------------------------------------------------------------------------------------
-
-def _order_key(model: ClipModel) -> tuple:
-    name = model.name.lower()
-    rank = next((i for i, k in enumerate(KNOWN_ORDER) if name.startswith(k)), len(KNOWN_ORDER))
-    return (model.spec != model.base, rank, name)
-
-
-def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), device=None) -> list[ClipModel]:
-    """Every fine-tune checkpoint in `directory` whose base is `base` (unreadable files are skipped and logged)."""
-    out = []
-    for path in list_checkpoints(directory):
-        if path.stem in skip:
-            continue
-        try:
-            meta = read_metadata(path)
-            if meta["kind"] == "finetune" and meta.get("base") in (base.spec, base.name):
-                out.append(load_checkpoint_model(path, device=device or base.device, base=base))
-        except Exception as e:  # noqa: BLE001 - one bad file in the folder must not stop the app
-            log.warning("skipping checkpoint %s: %s", path.name, first_line(e))
-    return out
-
-
-def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
-    """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort."""
-    device = default_device()
-    if not is_offline():
-        try:
-            base = load_model(OPENAI_VIT_B32, device=device)
-            return [base] + finetunes_of(base, directory), (
-                "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
-        except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works
-            log.warning("Real CLIP could not be loaded (%s); serving the embedded default instead.", first_line(e))
-    if (directory / "clip-tiny.safetensors").is_file():
-        base = load_model(str(directory / "clip-tiny.safetensors"), device=device)
-        base.name = "clip-tiny"
-        return [base] + finetunes_of(base, directory, skip=("clip-tiny",)), (
-            "**Embedded tiny world** (offline): a tiny CLIP pretrained by this project on procedurally drawn "
-            "32x32 scenes, with its fine-tunes from checkpoints/. Labels outside that world mean little to it.")
-    torch.manual_seed(0)
-    base = load_model("pmg-tiny", device=device)
-    base.name = "pmg-tiny (random weights)"
-    return [base] + finetunes_of(base, directory), (
-        "**Fallback: random weights.** Neither real CLIP nor the embedded checkpoint clip-tiny was found, so "
-        "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
-
-
-def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
-    """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped."""
-    models, mode = _default_models(directory)
-    for spec in extra:
-        try:
-            model = load_sharing_bases(spec, models[0].device, models)
-        except Exception as e:  # noqa: BLE001 - the app serves without it and says why
-            log.warning("Skipping the model '%s': %s", spec, first_line(e))
-            mode += f"\n\nNot loaded: `{spec}` ({first_line(e)})."
-            continue
-        if model.name not in {m.name for m in models}:
-            models.append(model)
-    return models, mode
-
-
-def parse_model_specs(text: str | None) -> list[str]:
-    """'a.safetensors, hf-hub:org/repo' -> ['a.safetensors', 'hf-hub:org/repo'] (--models / PMG_MODELS)."""
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
 @dataclass
 class Job:
     """One running Evaluate or Train of one session: Cancel sets `stop`; `final` is its last status."""
@@ -186,7 +117,7 @@ class Studio:
             models, mode = load_default_models(directory, extra_models)
         else:
             mode = "**Custom models** given by the caller: " + ", ".join(m.name for m in models) + "."
-        ordered = sorted(models, key=_order_key)
+        ordered = sorted(models, key=order_key)
         return cls({m.name: m for m in ordered}, mode, directory, **kw)
 
     @property
@@ -219,7 +150,7 @@ class Studio:
                 for m in finetunes_of(base, self.checkpoint_dir, skip=self.names):
                     self.models[m.name] = m
                     added.append(m.name)
-            self.models = {m.name: m for m in sorted(self.models.values(), key=_order_key)}
+            self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
         return added
 
     # -- jobs: one Evaluate/Train per session and kind, cancellable ------------------------------

@@ -212,11 +212,11 @@ def _add_attack(sub) -> None:
 
 
 def _run_attack(args) -> int:
-    from .evaluate import load_models
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
     from .inputs import parse_labels
     from .models import default_device
+    from .zoo import load_models
 
     labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
     image = load_image(args.image)

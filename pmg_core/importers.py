@@ -70,7 +70,9 @@ def _pick_state(obj, source: str) -> dict:
 
 def _numpy_scalar_globals() -> list:
     """What unpickling a numpy number needs (the public code saves best_acc1 as numpy.float64):
-    rebuilding a scalar from a dtype and raw bytes, which runs no code."""
+    rebuilding a scalar from a dtype and raw bytes, which runs no code. Files pickled under numpy
+    1.x (the published .pth.tar ones) name the rebuilder ``numpy.core.multiarray.scalar``; numpy 2
+    moved it to ``numpy._core``, so the old name is allowed too, for that one function only."""
     import numpy as np
 
     try:
@@ -78,7 +80,7 @@ def _numpy_scalar_globals() -> list:
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar
     kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)
-    return [scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *(type(np.dtype(k)) for k in kinds)]
 
 
 def load_torch_file(path: Path) -> dict:

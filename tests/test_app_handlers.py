@@ -15,7 +15,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
-from pmg_core import analysis, inputs  # noqa: E402
+from pmg_core import analysis, inputs, zoo  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
 from pmg_core.images import load_image  # noqa: E402
@@ -267,14 +267,14 @@ def test_train_cancel_stops_early_and_keeps_the_checkpoint(studio):
 
 def test_default_models_fall_back_to_random_weights_when_no_checkpoint_is_there(tmp_path, monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
-    models, mode = app.load_default_models(tmp_path)
+    models, mode = zoo.load_default_models(tmp_path)
     assert [m.name for m in models] == ["pmg-tiny (random weights)"] and "random" in mode.lower()
 
 
 @pytest.mark.skipif(not (app.CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(), reason="clip-tiny not built yet")
 def test_default_models_offline_are_the_embedded_world(monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
-    models, mode = app.load_default_models(app.CHECKPOINT_DIR)
+    models, mode = zoo.load_default_models(app.CHECKPOINT_DIR)
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert all(m.base == models[0].spec for m in models)
 
@@ -343,7 +343,7 @@ def test_rescan_skips_an_unreadable_checkpoint_with_a_log_line(tmp_path, caplog)
     studio = app.Studio.create(tiny_models()[:1], tmp_path)
     (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
     (tmp_path / "folder.safetensors").mkdir()
-    with caplog.at_level("WARNING", logger="pmg_studio"):
+    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
         assert studio.rescan() == []
     assert "skipping checkpoint broken.safetensors" in caplog.text
     assert "skipping checkpoint folder.safetensors" in caplog.text
@@ -475,17 +475,17 @@ EMBEDDED = pytest.mark.skipif(not (app.CHECKPOINT_DIR / "clip-tiny.safetensors")
 
 @EMBEDDED
 def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkeypatch, caplog):
-    real_load = app.load_model
+    real_load = zoo.load_model
 
     def load_model(spec, **kw):
-        if spec == app.OPENAI_VIT_B32:
+        if spec == zoo.OPENAI_VIT_B32:
             raise RuntimeError("download interrupted")  # not a UserError
         return real_load(spec, **kw)
 
-    monkeypatch.setattr(app, "is_offline", lambda: False)
-    monkeypatch.setattr(app, "load_model", load_model)
-    with caplog.at_level("WARNING", logger="pmg_studio"):
-        models, mode = app.load_default_models(app.CHECKPOINT_DIR)
+    monkeypatch.setattr(zoo, "is_offline", lambda: False)
+    monkeypatch.setattr(zoo, "load_model", load_model)
+    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
+        models, mode = zoo.load_default_models(app.CHECKPOINT_DIR)
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert "Real CLIP could not be loaded (download interrupted)" in caplog.text
 
@@ -495,7 +495,7 @@ def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_re
     monkeypatch.setenv("PMG_OFFLINE", "1")
     mine = tmp_path / "my-robust.safetensors"
     shutil.copy(app.CHECKPOINT_DIR / "tecoa-tiny.safetensors", mine)  # a fine-tune of clip-tiny, outside checkpoints/
-    models, mode = app.load_default_models(app.CHECKPOINT_DIR, [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
+    models, mode = zoo.load_default_models(app.CHECKPOINT_DIR, [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
     names = [m.name for m in models]
     assert names[0] == "clip-tiny" and "my-robust" in names and names.count("tecoa-tiny") == 1
     assert models[names.index("my-robust")].clip is models[0].clip  # shares the loaded base
@@ -511,6 +511,6 @@ def test_an_extra_fine_tune_shares_an_extra_base(tmp_path, monkeypatch):
     ft = tmp_path / "ft.safetensors"
     train(TrainConfig(model="pmg-test", method="clean", dataset="toy-colours", max_steps=1, batch_size=8, out=str(ft)),
           progress=False)
-    models, _ = app.load_default_models(app.CHECKPOINT_DIR, ["pmg-test", str(ft)])
+    models, _ = zoo.load_default_models(app.CHECKPOINT_DIR, ["pmg-test", str(ft)])
     by_name = {m.name: m for m in models}
     assert by_name["ft"].clip is by_name["pmg-test"].clip

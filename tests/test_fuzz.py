@@ -426,10 +426,11 @@ def checks_only(monkeypatch):
     """CLI eval/train stop after every input check (a huge valid --steps or --max-steps would run for hours)."""
     import pmg_core.evaluate as evaluate
     import pmg_core.train as train
+    from pmg_core.zoo import load_models
 
     def evaluate_checked(cfg, **_):
         cfg.validate()
-        evaluate.load_models(cfg.models, "cpu")
+        load_models(cfg.models, "cpu")
         return {"config": {}, "results": []}
 
     monkeypatch.setattr(evaluate, "evaluate", evaluate_checked)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
+from pmg_core import zoo  # noqa: E402
 from test_app_handlers import EACH  # noqa: E402
 from test_app_server import free_port  # noqa: E402
 
@@ -56,7 +57,7 @@ def colours(n: int) -> list[tuple[int, int, int]]:
 
 @pytest.fixture(scope="module")
 def embedded_models():
-    models, mode = app.load_default_models()
+    models, mode = zoo.load_default_models()
     if "Embedded" not in mode:
         pytest.skip(f"the embedded checkpoints are not in checkpoints/: {mode}")
     return models
