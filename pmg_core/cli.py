@@ -277,7 +277,7 @@ def _run_datasets(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "importers")  # modules that add their own sub-command
+OPTIONAL = ("pretrain", "bench", "importers", "zoo_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
