@@ -207,11 +207,15 @@ def _add_attack(sub) -> None:
     p.add_argument("--loss", default="ce", help="ce | margin")
     p.add_argument("--source", default=None, help="attack this model only and transfer the image to all")
     p.add_argument("--out", default=None, help="write the adversarial image (PNG, lossless) here")
+    p.add_argument("--json", default=None, metavar="OUT",
+                   help="write the comparison as JSON here (the document the app shows as its details)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_attack)
 
 
 def _run_attack(args) -> int:
+    from pathlib import Path
+
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
     from .inputs import parse_labels
@@ -222,12 +226,14 @@ def _run_attack(args) -> int:
     image = load_image(args.image)
     if args.out:
         _check_writable(args.out, "adversarial image")
+    if args.json:
+        _check_writable(args.json, "comparison JSON")
     models = load_models(args.models, args.device or default_device())
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
-    res = compare(models, image, labels, args.true,
-                  AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source))
+    settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source)
+    res = compare(models, image, labels, args.true, settings)
     for v in res.verdicts:
         print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")
         for kind, pred in (("clean", v.clean), ("adversarial", v.adversarial)):
@@ -236,6 +242,10 @@ def _run_attack(args) -> int:
             print(f"  {kind:>11}: {top}{mark}")
     if args.out:
         print(f"wrote {save_png(res.verdicts[0].adv_image, args.out)}")
+    if args.json:
+        path = Path(args.json).expanduser()
+        path.write_text(json.dumps(res.to_dict(settings), indent=2) + "\n")
+        print(f"wrote {path}")
     return 0
 
 
@@ -279,7 +289,7 @@ def _run_datasets(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "importers")  # modules that add their own sub-command
+OPTIONAL = ("pretrain", "bench", "importers", "zoo_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
