@@ -3,8 +3,8 @@
 Every folder is read from its environment variable at the moment it is asked for, so a variable set
 after import (a test, a notebook) is honoured everywhere:
 - checkpoints: $PMG_CHECKPOINT_DIR, else checkpoints/ beside the package (the shipped tiny models);
-- downloads (published checkpoints of the zoo): $PMG_CACHE_DIR, else $XDG_CACHE_HOME/pmg_core,
-  else ~/.cache/pmg_core;
+- downloads (published checkpoints of the zoo): $PMG_CACHE_DIR, else $XDG_CACHE_HOME/pmg-aft-studio,
+  else ~/.cache/pmg-aft-studio;
 - datasets: the folder given (``--data-root``), else $PMG_DATA_ROOT, else ./data.
 Offline means told so (PMG_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) or the hub not answering
 a bounded probe; a machine found offline stays so for the process (the probe runs once).
@@ -39,7 +39,7 @@ def cache_dir() -> Path:
     if explicit:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "pmg_core"
+    return Path(base).expanduser() / "pmg-aft-studio"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
