@@ -87,3 +87,20 @@ def test_quick_bench_writes_report(tmp_path, capsys):
 def test_bench_rejects_unknown_method(capsys):
     assert main(["bench", "--arch", "pmg-test", "--method", "mart"]) == 2
     assert "Unknown method 'mart'" in capsys.readouterr().err
+
+
+def test_app_part_times_todays_comparison_against_the_streamed_one(tmp_path):
+    out = tmp_path / "app.json"
+    rc = main(["bench", "--device", "cpu", "--parts", "app", "--app-arch", "pmg-test", "--app-models", "3",
+               "--app-steps", "4", "--app-eps", "8", "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    assert rc == 0
+    app = json.loads(out.read_text())["app"]
+    assert app["models"] == ["original-0", "robust-1", "robust-2"] and app["steps"] == 4
+    assert app["same_verdicts"] is True and app["same_right_wrong_with_margin"] is True
+    # Without a margin every model runs every step; today's path shows its first verdict at its end.
+    assert set(app["streamed"]["steps_taken"].values()) == {4}
+    assert app["todays_path"]["first_verdict_s"] == app["todays_path"]["all_verdicts_s"]
+    for variant in ("streamed", "streamed_with_margin"):
+        v = app[variant]
+        assert 0 < v["first_verdict_s"] <= v["all_verdicts_s"] and v["first_verdict_speedup"] > 0
+        assert sorted(v["order"]) == sorted(app["models"])

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import check, check_number
-from .config import METHODS, PARTS, BenchConfig
+from .config import DEFAULT_PARTS, METHODS, BenchConfig
 from .report import to_markdown
 from .run import run_bench
 
@@ -39,9 +39,16 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-model", default=d.eval_model, help="model of the early-stop study (default %(default)s)")
     p.add_argument("--eval-datasets", default=None, help=f"datasets of the early-stop study (default {d.eval_datasets})")
     p.add_argument("--eval-limit", type=int, default=None, help=f"samples per dataset there (default {d.eval_limit})")
-    p.add_argument("--parts", default=",".join(PARTS),
+    p.add_argument("--app-arch", default=d.app_arch, help="architecture of the live-comparison timing (default %(default)s)")
+    p.add_argument("--app-models", type=int, default=d.app_models, help="models compared there (default %(default)s)")
+    p.add_argument("--app-steps", type=int, default=d.app_steps, help="PGD steps there (default %(default)s)")
+    p.add_argument("--app-eps", type=float, default=round(d.app_eps * 255, 4), help="eps there in /255 (default %(default)s)")
+    p.add_argument("--app-stop-margin", type=float, default=d.app_stop_margin,
+                   help="the streamed path's stop margin in logits (default %(default)s, the app's)")
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
                    help="what to run, comma-separated: steps (training step per method), attack (PGD alone and "
-                        "robust eval), study (early-stop study); default all")
+                        "robust eval), study (early-stop study), app (the app's live comparison: today's path vs "
+                        "streamed); default %(default)s")
     p.add_argument("--quick", action="store_true", help="one repeat, no warm-up, a small early-stop study (smoke test)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="write the JSON report here")
@@ -62,6 +69,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        eval_step_size=None if args.eval_step_size is None else args.eval_step_size / 255,
                        classes=args.classes, amp=args.amp, attack_amp=args.attack_amp, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
+                       app_arch=args.app_arch, app_models=args.app_models, app_steps=args.app_steps,
+                       app_eps=args.app_eps / 255, app_stop_margin=args.app_stop_margin,
                        **resolved)
 
 

@@ -15,7 +15,8 @@ import torch
 from ..errors import check, check_number
 
 METHODS = ("clean", "tecoa", "pmg-aft", "fare")
-PARTS = ("steps", "attack", "study")  # training steps per method; PGD alone + robust eval; early-stop study
+PARTS = ("steps", "attack", "study", "app")  # training steps; PGD alone + robust eval; early-stop study; the live comparison
+DEFAULT_PARTS = PARTS[:3]  # the live comparison loads four ViT-B-32 models: asked for by name
 ROLES = ("ours", "reference", "floor")
 
 
@@ -36,11 +37,17 @@ class BenchConfig:
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
     attack_amp: bool = False  # the training attack under that autocast too (TrainConfig.attack_amp); else fp32
     seed: int = 0
-    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    parts: list[str] = field(default_factory=lambda: list(DEFAULT_PARTS))
     eval_model: str = "clip-tiny"  # model of the early-stop study
     eval_datasets: str = "mini"
     eval_limit: int = 200  # samples per dataset in the early-stop study
     eval_batch_size: int = 128
+    app_arch: str = "ViT-B-32-quickgelu"  # models of the live-comparison timing (random init)
+    app_models: int = 4
+    app_steps: int = 10
+    app_eps: float = 4 / 255  # pixel units
+    app_step_size: float | None = None  # None: PGD's default rule (1/255 at eps 4/255, 10 steps)
+    app_stop_margin: float = 1.0  # the app's default stop margin (logits)
 
     def validate(self) -> None:
         check_number("batch size", self.batch_size, low=1, integer=True)
@@ -56,6 +63,10 @@ class BenchConfig:
         check_number("warm-up iterations", self.warmup, low=0, integer=True)
         check_number("eval limit", self.eval_limit, low=1, integer=True)
         check_number("eval batch size", self.eval_batch_size, low=1, integer=True)
+        check_number("app models", self.app_models, low=1, high=16, integer=True)
+        check_number("app steps", self.app_steps, low=0, integer=True)
+        check_number("app eps", self.app_eps, low=0, high=1)
+        check_number("app stop margin", self.app_stop_margin, low=0)
         check(len(self.parts) > 0 and all(p in PARTS for p in self.parts),
               f"Choose the parts to run among {', '.join(PARTS)}; got {', '.join(self.parts) or 'none'}.")
         check("steps" not in self.parts or len(self.methods) > 0, "Give at least one method to benchmark.")

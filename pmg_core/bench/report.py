@@ -43,6 +43,20 @@ def to_markdown(report: dict) -> str:
                       f"(the pass counts allow {es['pass_speedup_vs_attack_all']:.2f}x, a gradient pass costing "
                       f"{es['grad_pass_cost']:.2f} forwards), {es['speedup_vs_no_early_stop']:.2f}x over no early "
                       f"stop; same accuracy: {'yes' if es['same_accuracy'] else 'NO'}."]
+    app = report.get("app")
+    if app:
+        lines += ["", f"## The app's live comparison: {len(app['models'])} x {app['arch']} (random init), one 224 px "
+                      f"image, PGD-{app['steps']} at eps {app['eps_255']}/255, {app['threads']} threads", "",
+                  "| path | first verdict s | all verdicts s | first verdict, vs today | all, vs today | steps taken |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for k, label in (("todays_path", "today's (all at the end)"), ("streamed", "streamed, no margin"),
+                         ("streamed_with_margin", f"streamed, stop margin {app['stop_margin']:g}")):
+            v = app[k]
+            steps = ", ".join(f"{m} {n}" for m, n in v.get("steps_taken", {}).items()) or "all"
+            lines.append(f"| {label} | {v['first_verdict_s']:.2f} | {v['all_verdicts_s']:.2f} | "
+                         f"{v.get('first_verdict_speedup', 1):.2f}x | {v.get('all_verdicts_speedup', 1):.2f}x | {steps} |")
+        lines += ["", f"Same verdicts without a margin: {'yes' if app['same_verdicts'] else 'NO'}; same right/wrong "
+                      f"marks with it: {'yes' if app['same_right_wrong_with_margin'] else 'NO'}."]
     return "\n".join(lines) + "\n"
 
 

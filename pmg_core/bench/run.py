@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from .comparison import bench_app
 from .config import BenchConfig
 from .early_stop import eval_early_stop_study
 from .instruments import PeakMemory, device_info
@@ -37,4 +38,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     if "study" in cfg.parts:
         say(f"robust evaluation early-stop study on {cfg.eval_model}")
         report["eval_early_stop"] = eval_early_stop_study(cfg, device)
+    if "app" in cfg.parts:
+        say(f"the app's live comparison: {cfg.app_models} x {cfg.app_arch}, today's path vs streamed")
+        report["app"] = bench_app(cfg, device)
     return report

@@ -1,0 +1,125 @@
+"""The app's live comparison (`bench --parts app`): today's path against the streamed one.
+
+Four random-init CLIP models (nothing downloaded; timing does not need trained weights) and one
+224 px image, attacked as the Attack tab attacks them. Today's path is the comparison as it ran
+before streaming, written out here as a yardstick: each model in turn, PGD judging the clean image
+itself, then the clean and adversarial verdicts, and nothing on the page until every model is done.
+The streamed path is `explore.iter_compare`, timed to its first verdict and to its last, without a
+stop margin (the same verdicts, checked) and with the app's margin.
+
+Random weights need one adjustment to show what the margin does: a model's logits can only move
+as far as its logit scale lets them, and at the init scale (1/0.07) the attack never leads by a
+logit. The first model, the stand-in for the non-robust original CLIP, gets CLIP's trained scale
+(100) and is labelled with its own clean prediction; the other three keep the init scale, so the
+margin never stops them and they run every step, as robust fine-tunes do.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+
+from .config import BenchConfig, class_names
+from .instruments import sync
+
+STOP_MARGIN = 1.0  # the app's default (studio's Attack tab)
+
+
+def bench_models(cfg: BenchConfig, device: torch.device) -> list:
+    from ..models import load_model
+
+    models = []
+    for i in range(cfg.app_models):
+        torch.manual_seed(cfg.seed + i)
+        m = load_model(cfg.app_arch, device=device)
+        m.name = f"{'original' if i == 0 else 'robust'}-{i}"
+        models.append(m)
+    with torch.no_grad():
+        models[0].clip.logit_scale.fill_(math.log(100.0))  # CLIP's trained scale: see the module docstring
+    return models
+
+
+def todays_path(models, image: torch.Tensor, classes: list[str], true_label: str, settings) -> list:
+    """The comparison as it ran before streaming: -> [(model, clean Prediction, adversarial Prediction, image)]."""
+    from ..attacks import PGD
+    from ..explore import predict, prepare_image, quantize_in_ball
+
+    x = prepare_image(image, settings.max_side)
+    t = classes.index(true_label)
+    out = []
+    for m in models:
+        clf = m.classifier(classes).eval()
+        xb, y = x[None].to(m.device), torch.tensor([t], device=m.device)
+        res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
+                  random_start=False).run(xb, y)  # judges the clean image a second time
+        adv = quantize_in_ball(x, res.adv[0].cpu(), settings.eps, settings.norm)
+        out.append((m.name, predict(clf, x.to(m.device), classes, t), predict(clf, adv.to(m.device), classes, t), adv))
+    return out
+
+
+def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
+    from dataclasses import replace
+
+    from ..explore import AttackSettings, iter_compare
+
+    models = bench_models(cfg, device)
+    classes = class_names(cfg.classes)
+    image = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():  # the first model's own clean prediction is the true label
+        true_label = classes[int(models[0].classifier(classes).eval()(image[None].to(device)).argmax())]
+    plain = AttackSettings(eps=cfg.app_eps, steps=cfg.app_steps, step_size=cfg.app_step_size)
+    margin = replace(plain, stop_margin=cfg.app_stop_margin)
+    for m in models:  # the app's models are warm: text features cached per (model, labels), kernels run once
+        xi = image[None].to(device).requires_grad_(True)
+        torch.autograd.grad(m.classifier(classes).eval()(xi).sum(), xi)
+
+    def today() -> dict:
+        t0 = time.perf_counter()
+        verdicts = todays_path(models, image, classes, true_label, plain)
+        sync(device)
+        end = time.perf_counter() - t0
+        return {"first": end, "all": end, "verdicts": verdicts}  # the page shows nothing before the end
+
+    def streamed(settings) -> dict:
+        t0, first, order = time.perf_counter(), None, []
+        for event in iter_compare(models, image, classes, true_label, settings):
+            if event["event"] == "verdict":
+                sync(device)
+                first = first if first is not None else time.perf_counter() - t0
+                order.append(event["verdict"].model)
+        return {"first": first, "all": time.perf_counter() - t0, "verdicts": event["comparison"].verdicts,
+                "order": order}
+
+    variants = {"todays_path": today, "streamed": lambda: streamed(plain), "streamed_with_margin": lambda: streamed(margin)}
+    times: dict[str, dict[str, list[float]]] = {k: {"first": [], "all": []} for k in variants}
+    last: dict[str, dict] = {}
+    for r in range(cfg.warmup + cfg.repeats):
+        for name, fn in variants.items():
+            last[name] = fn()
+            if r >= cfg.warmup:
+                for k in ("first", "all"):
+                    times[name][k].append(last[name][k])
+    out: dict = {"arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
+                 "steps": cfg.app_steps, "eps_255": round(cfg.app_eps * 255, 4),
+                 "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads()}
+    for name in variants:
+        out[name] = {f"{k}_verdict_s" if k == "first" else "all_verdicts_s": round(statistics.median(v), 3)
+                     for k, v in times[name].items()}
+        out[name]["seconds_all"] = [round(t, 3) for t in times[name]["all"]]
+        if "order" in last[name]:
+            out[name]["order"] = last[name]["order"]
+            out[name]["steps_taken"] = {v.model: v.steps_taken for v in last[name]["verdicts"]}
+    base = out["todays_path"]["all_verdicts_s"]
+    for name in ("streamed", "streamed_with_margin"):
+        out[name]["first_verdict_speedup"] = round(base / out[name]["first_verdict_s"], 3)
+        out[name]["all_verdicts_speedup"] = round(base / out[name]["all_verdicts_s"], 3)
+    before = last["todays_path"]["verdicts"]
+    out["same_verdicts"] = all(
+        (v.model, v.clean, v.adversarial) == (name, clean, adv) and torch.equal(v.adv_image, image_)
+        for v, (name, clean, adv, image_) in zip(last["streamed"]["verdicts"], before))
+    # With the margin a model may stop at a weaker adversarial image: the right/wrong marks must hold.
+    out["same_right_wrong_with_margin"] = all(
+        v.adversarial.correct == adv.correct for v, (_, _, adv, _) in zip(last["streamed_with_margin"]["verdicts"], before))
+    return out
