@@ -30,6 +30,22 @@ def _mark(pred: Prediction) -> str:
     return "<span class='pmg-ok'>&#10004; right</span>" if pred.correct else "<span class='pmg-bad'>&#10008; wrong</span>"
 
 
+def progress_html(event: dict) -> str:
+    """The line above the verdicts while a comparison streams (an explore.iter_compare event)."""
+    line = f"{event['done']} of {event['total']} models done"
+    if event["event"] == "step":
+        line += f"; attacking <b>{html.escape(event['model'])}</b>: step {event['step']} of {event['steps']}"
+    return f"<p class='pmg-progress'>{line}&hellip;</p>"
+
+
+def _stopped(v, steps: int) -> str:
+    """Says when the margin stopped a model's attack before its last step (shown in its verdict)."""
+    if v.stop_margin is None or v.steps_taken is None or v.steps_taken >= steps:
+        return ""
+    return (f"<br><small>stopped after {v.steps_taken} step{'s' if v.steps_taken != 1 else ''}: fooled by a margin of "
+            f"{v.stop_margin:g} logit{'s' if v.stop_margin != 1 else ''}</small>")
+
+
 def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
     """Clean vs adversarial top-5 per model, a right/wrong mark and the confidence change: of the true
     class (untargeted), or of the target class (targeted; the true class's too when it is given)."""
@@ -44,7 +60,7 @@ def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
         if target and v.confidence_drop is not None:
             change += f"<br><small>true class: {_points(-v.confidence_drop)}</small>"
         rows.append(f"<tr class='pmg-model' data-model='{html.escape(v.model)}'><td><b>{html.escape(v.model)}</b>"
-                    f"<br><small>attacked via {html.escape(v.attacked_by)}</small></td>"
+                    f"<br><small>attacked via {html.escape(v.attacked_by)}</small>{_stopped(v, settings.steps)}</td>"
                     f"<td>{_mark(v.clean)}{_top5(v.clean, comp.true_label, target)}</td>"
                     f"<td>{_mark(v.adversarial)}{_top5(v.adversarial, comp.true_label, target)}</td>"
                     f"<td class='pmg-drop'>{change}</td></tr>")

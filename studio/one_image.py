@@ -11,17 +11,21 @@ import numpy as np
 import torch
 
 from pmg_core import analysis, inputs, plots
-from pmg_core.explore import AttackSettings, Comparison, compare, prepare_image
+from pmg_core.explore import AttackSettings, Comparison, iter_compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
 
-from .html import verdict_html
+from .html import progress_html, verdict_html
 from .state import Studio
 
 EACH_MODEL = "each model attacks itself"
 NORMS = ["Linf", "L2"]
 LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
 ATTACK_SIDE = AttackSettings().max_side
+# The Attack tab's early stop: a model is done once the wrong class (or the target) leads by this many
+# logits, e times as likely, and its 8-bit image still fools it.
+STOP_MARGIN = 1.0
+UNCHANGED = object()  # an output a streamed update leaves as it is (the tab turns it into gr.skip())
 
 
 def preview(studio: Studio, image) -> np.ndarray | None:
@@ -50,17 +54,44 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names):
-    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details)."""
+           model_names, stop_early: bool = False):
+    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details): the
+    stream's last outputs."""
+    for outputs in attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target,
+                                 source, model_names, stop_early):
+        pass
+    return outputs
+
+
+def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
+                  model_names, stop_early: bool = True):
+    """attack() as it happens: the outputs again after each model's verdict, with a progress line
+    above the verdicts; after each attack step only that line changes (UNCHANGED elsewhere).
+    stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
-    comp = compare(models, x, classes, true_label, settings)
-    advs = _distinct_adversarials(comp)
+    settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
-    files = [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs]
-    gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
-    perturb = [(to_uint8(analysis.amplify_perturbation(comp.image, adv)), f"via {name}") for name, adv in advs]
-    return gallery, perturb, verdict_html(comp, settings), files, comp.to_dict(settings)
+    order = [m.name for m in models]
+    shown = Comparison(prepare_image(x, settings.max_side), classes, true_label)
+    outputs: list = [[], [], "", [], None]
+    for event in iter_compare(models, x, classes, true_label, settings):
+        if event["event"] == "step":
+            yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings),) + (UNCHANGED,) * 2
+            continue
+        if event["event"] == "verdict":
+            # In the models' order, as at the end.
+            shown.verdicts = sorted([*shown.verdicts, event["verdict"]], key=lambda v: order.index(v.model))
+            progress = progress_html(event)
+        else:
+            shown, progress = event["comparison"], ""
+        advs = _distinct_adversarials(shown)
+        outputs = [[(to_uint8(adv), f"via {name}") for name, adv in advs],
+                   [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), f"via {name}") for name, adv in advs],
+                   progress + verdict_html(shown, settings),
+                   [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs],
+                   shown.to_dict(settings)]
+        yield tuple(outputs)
 
 
 def _sweep_eps(studio: Studio, eps_list, norm: str) -> list[float]:

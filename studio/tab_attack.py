@@ -43,6 +43,7 @@ class _Settings:
     seen: gr.Image  # the image as the models see it
     target: gr.Dropdown
     eps: gr.Number
+    stop_early: gr.Checkbox
     attack_btn: gr.Button
 
 
@@ -89,13 +90,19 @@ def build(studio: Studio) -> AttackTab:
                      show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
     settings = [tab.image, tab.labels, tab.true_label, tab.norm, own.eps, tab.steps, tab.step_size, tab.loss,
                 own.target, tab.source, tab.chosen]
-    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.attack, studio)), settings,
+    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(_attack_stream, studio)), [*settings, own.stop_early],
                          [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details],
-                         api_name="attack", **INTERACTIVE)
+                         api_name="attack", show_progress="minimal", **INTERACTIVE)
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
     res.sweep_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.eps_sweep, studio)), sweep_settings,
                         [res.sweep_plot, res.sweep_rows], api_name="eps_sweep", **INTERACTIVE)
     return tab
+
+
+def _attack_stream(studio: Studio, *fields):
+    """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between."""
+    for outputs in one_image.attack_stream(studio, *fields):
+        yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs)
 
 
 def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[AttackTab, _Settings]:
@@ -127,9 +134,12 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
     source = gr.Dropdown([one_image.EACH_MODEL, *studio.names], value=one_image.EACH_MODEL, label="Who is attacked",
                          info="Each model white-box, or one model's adversarial image transferred to all.")
     chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
+    stop_early = gr.Checkbox(True, label="Stop attacking a model once it is clearly fooled",
+                             info=f"Faster: a model is done once the wrong class leads by {one_image.STOP_MARGIN:g} "
+                                  "logit and its PNG still fools it; its verdict says after how many steps.")
     attack_btn = gr.Button("Attack", variant="primary", elem_id="pmg-attack")
     return (AttackTab(image, labels, true_label, norm, steps, step_size, loss, chosen, source),
-            _Settings(preset, seen, target, eps, attack_btn))
+            _Settings(preset, seen, target, eps, stop_early, attack_btn))
 
 
 def _results_column() -> _Results:

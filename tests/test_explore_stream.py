@@ -89,3 +89,21 @@ def test_stop_margin_with_a_transferred_attack_and_a_clean_wrong_model(shipped, 
     assert [v.steps_taken for v in comp.verdicts] == [None, None, None, comp.verdicts[-1].steps_taken]
     assert comp.verdicts[-1].steps_taken < 10 and comp.verdicts[-1].adversarial.correct is False
     assert all(torch.equal(v.adv_image, comp.verdicts[-1].adv_image) for v in comp.verdicts)
+
+
+def test_the_attack_tab_streams_a_progress_line_then_each_verdict(shipped, tmp_path):
+    from studio import one_image
+    from studio.state import Studio
+
+    studio = Studio.create(shipped, tmp_path)
+    fields = (str(EXAMPLE), ", ".join(LABELS), "circle", "Linf", 8, 10, 2, "cross-entropy", "", one_image.EACH_MODEL,
+              [m.name for m in shipped])
+    updates = list(one_image.attack_stream(studio, *fields, True))
+    progress = [u for u in updates if u[0] is one_image.UNCHANGED]
+    assert progress and "models done; attacking" in progress[0][2] and "step 1 of 10" in progress[0][2]
+    shown = [u for u in updates if u[0] is not one_image.UNCHANGED]
+    assert [len(u[4]["verdicts"]) for u in shown] == [1, 2, 3, 4, 4]  # one more verdict each time, then the end
+    assert "clip-tiny" in shown[0][2] and "stopped after" in shown[0][2]  # fooled first, and it says so
+    assert "models done" not in shown[-1][2]
+    final = one_image.attack(studio, *fields, True)
+    assert final[4] == shown[-1][4] and final[2] == shown[-1][2]
