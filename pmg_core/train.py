@@ -39,6 +39,8 @@ class TrainConfig:
     step_size: float | None = 1 / 255
     alpha: float = 1.0
     beta: float = 1.0
+    tga_alpha: float = 0.08
+    tga_beta: float = 0.05
     preset: str = "paper"
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
@@ -81,7 +83,7 @@ class TrainConfig:
 
     def method_settings(self) -> MethodSettings:
         return MethodSettings(self.eps, self.attack_steps, self.step_size, self.alpha, self.beta, self.preset,
-                              self.attack_amp)
+                              self.attack_amp, tga_alpha=self.tga_alpha, tga_beta=self.tga_beta)
 
 
 def state_path(out: str | Path) -> Path:
