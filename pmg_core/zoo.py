@@ -40,10 +40,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checkpoints import load_checkpoint_model, read_metadata
+from . import env
+from .env import cache_dir
+from .checkpoints import read_metadata
 from .errors import UserError, check, first_line
-from .models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, checkpoint_path, default_device, is_offline,
-                     list_checkpoints, load_model)
+from .models import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
 
 log = logging.getLogger(__name__)
 KNOWN_ORDER = ("clip", "tecoa", "pmg-aft", "fare")  # how checkpoints are listed: original first
@@ -236,13 +237,6 @@ def parse_zoo_ids(text: str | None) -> list[str]:
 
 # --- the cache and fetching -----------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """$PMG_CACHE_DIR, else pmg-aft-studio in the user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
-    if os.environ.get("PMG_CACHE_DIR"):
-        return Path(os.environ["PMG_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "pmg-aft-studio"
-
-
 def converted_path(entry: Entry) -> Path:
     return cache_dir() / "models" / f"{entry.id}.safetensors"
 
@@ -414,8 +408,8 @@ def _default_models(directory: Path, wait_for_download: bool = True) -> tuple[li
     """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort.
     Online, without `wait_for_download`, a real CLIP not yet in the cache is left to a background
     fetch and the embedded world serves meanwhile."""
-    device = default_device()
-    online = not is_offline()
+    device = env.default_device()
+    online = not env.is_offline()
     if online and not wait_for_download and not is_cached(ZOO["clip-b32"]):
         models, mode = _embedded_models(directory, device, "until real CLIP joins")
         return models, ("**Real CLIP is downloading** in the background (progress on the About tab). " + mode)
@@ -444,11 +438,11 @@ def _embedded_models(directory: Path, device, why: str = "offline") -> tuple[lis
         "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
 
 
-def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] = (),
+def load_default_models(directory: Path | None = None, extra: Sequence[str] = (),
                         wait_for_download: bool = True) -> tuple[list[ClipModel], str]:
     """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped.
     `wait_for_download` False: an uncached real CLIP is not downloaded here (see _default_models)."""
-    models, mode = _default_models(directory, wait_for_download)
+    models, mode = _default_models(Path(directory or env.checkpoint_dir()), wait_for_download)
     for spec in extra:
         try:
             model = load_sharing_bases(spec, models[0].device, models)

@@ -19,7 +19,8 @@ from pmg_core import inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError
 from pmg_core.explore import label_presets
-from pmg_core.models import CHECKPOINT_DIR, ClipModel, is_offline
+from pmg_core import env
+from pmg_core.models import ClipModel
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
 from .assets import METHOD_IN_PLAIN_WORDS
@@ -35,7 +36,7 @@ class Studio:
 
     models: dict[str, ClipModel]
     mode: str
-    checkpoint_dir: Path = CHECKPOINT_DIR
+    checkpoint_dir: Path = field(default_factory=env.checkpoint_dir)
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
     jobs: Jobs = field(default_factory=Jobs)
@@ -47,8 +48,8 @@ class Studio:
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
                extra_models: Sequence[str] = (), zoo_ids: Sequence[str] = (), **kw) -> "Studio":
         """`zoo_ids`: published models to fetch and add in the background (online only; offline nothing changes)."""
-        directory = Path(checkpoint_dir or CHECKPOINT_DIR)
-        zoo_ids = with_bases(zoo_ids) if zoo_ids and not is_offline() else []
+        directory = Path(checkpoint_dir or env.checkpoint_dir())
+        zoo_ids = with_bases(zoo_ids) if zoo_ids and not env.is_offline() else []
         if models is None:
             # With zoo models to fetch, an uncached real CLIP downloads in the background too.
             models, mode = load_default_models(directory, extra_models, wait_for_download=not zoo_ids)

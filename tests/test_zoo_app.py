@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import app
-from pmg_core import downloads, zoo
+from pmg_core import downloads, env, zoo
 from pmg_core.models import load_model
 from published_files import FileServer, Route
 from studio import assets, one_image, state
@@ -21,7 +21,7 @@ EXAMPLE = str(assets.EXAMPLES_DIR / "example.png")
 @pytest.fixture
 def online(tmp_path, monkeypatch):
     """A machine that is online as far as the app can tell, a fresh cache, and a local model host."""
-    monkeypatch.setattr(state, "is_offline", lambda: False)
+    monkeypatch.setattr(env, "is_offline", lambda: False)
     monkeypatch.setenv("PMG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PMG_ZOO_MIRROR", raising=False)
     monkeypatch.setattr(downloads, "TIMEOUT_S", 60.0)  # the held-up download must not time out
@@ -93,7 +93,7 @@ def test_a_failed_download_is_named_on_about_and_the_app_keeps_serving(online, m
 
 
 def test_offline_the_app_fetches_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(state, "is_offline", lambda: True)
+    monkeypatch.setattr(env, "is_offline", lambda: True)
     demo = app.build_app([base_model()], checkpoint_dir=tmp_path / "ckpt", zoo_ids=["pmg-aft-b32"])
     assert demo.studio.loader is None and "Published models" not in demo.studio.about()
 
