@@ -63,12 +63,12 @@ def _add_train(sub) -> None:
     from .train import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, FARE, clean)",
+    p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, TGA-ZSR, FARE, clean)",
                        description="Fine-tune model.visual adversarially. eps/step sizes in /255 units.",
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--config", default=None, help="YAML/JSON recipe; flags given on the command line override it")
     p.add_argument("--model", help=f"base model spec (default {d.model})")
-    p.add_argument("--method", help=f"clean | tecoa | pmg-aft | fare (default {d.method})")
+    p.add_argument("--method", help=f"clean | tecoa | pmg-aft | tga-zsr | fare (default {d.method})")
     p.add_argument("--dataset", help=f"registered dataset or ImageFolder path (default {d.dataset})")
     p.add_argument("--data-root", help="where on-disk datasets live (default $PMG_DATA_ROOT, else ./data)")
     p.add_argument("--eps", type=_e, help="Linf radius in /255 (default 1)")
@@ -76,6 +76,8 @@ def _add_train(sub) -> None:
     p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
     p.add_argument("--alpha", type=float, help=f"PMG-AFT weight of KL to the original model (default {d.alpha})")
     p.add_argument("--beta", type=float, help=f"PMG-AFT weight of KL to its clean output (default {d.beta})")
+    p.add_argument("--tga-alpha", type=float, help=f"TGA-ZSR weight of its attention refinement term (default {d.tga_alpha})")
+    p.add_argument("--tga-beta", type=float, help=f"TGA-ZSR weight of its attention constraint term (default {d.tga_beta})")
     p.add_argument("--preset", help=f"paper | public-code | public-code-4baf55d (the public code's first-commit "
                                     f"KL direction; docs/METHOD.md) (default {d.preset})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
@@ -207,27 +209,33 @@ def _add_attack(sub) -> None:
     p.add_argument("--loss", default="ce", help="ce | margin")
     p.add_argument("--source", default=None, help="attack this model only and transfer the image to all")
     p.add_argument("--out", default=None, help="write the adversarial image (PNG, lossless) here")
+    p.add_argument("--json", default=None, metavar="OUT",
+                   help="write the comparison as JSON here (the document the app shows as its details)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_attack)
 
 
 def _run_attack(args) -> int:
-    from .evaluate import load_models
+    from pathlib import Path
+
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
     from .inputs import parse_labels
     from .models import default_device
+    from .zoo import load_models
 
     labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
     image = load_image(args.image)
     if args.out:
         _check_writable(args.out, "adversarial image")
+    if args.json:
+        _check_writable(args.json, "comparison JSON")
     models = load_models(args.models, args.device or default_device())
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
-    res = compare(models, image, labels, args.true,
-                  AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source))
+    settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source)
+    res = compare(models, image, labels, args.true, settings)
     for v in res.verdicts:
         print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")
         for kind, pred in (("clean", v.clean), ("adversarial", v.adversarial)):
@@ -236,6 +244,10 @@ def _run_attack(args) -> int:
             print(f"  {kind:>11}: {top}{mark}")
     if args.out:
         print(f"wrote {save_png(res.verdicts[0].adv_image, args.out)}")
+    if args.json:
+        path = Path(args.json).expanduser()
+        path.write_text(json.dumps(res.to_dict(settings), indent=2) + "\n")
+        print(f"wrote {path}")
     return 0
 
 
@@ -279,7 +291,7 @@ def _run_datasets(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "importers")  # modules that add their own sub-command
+OPTIONAL = ("pretrain", "bench", "importers", "zoo_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,9 @@ from .attacks import ATTACKS, NORMS, PGD, make_attack, random_start
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
-from .checkpoints import read_metadata
-from .models import ClipModel, ZeroShotClassifier, checkpoint_path, default_device, load_model
+from .models import ClipModel, ZeroShotClassifier, default_device
 from .presets import Preset, get_preset
+from .zoo import load_models
 
 
 @dataclass
@@ -183,22 +183,6 @@ def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> 
     """Clean and robust accuracy of one model on one dataset (one result row)."""
     *_, row = iter_evaluate_model(model, data, cfg)
     return {k: v for k, v in row.items() if k != "event"}
-
-
-def load_sharing_bases(spec: str, device, loaded: Sequence[ClipModel]) -> ClipModel:
-    """Load `spec`; a fine-tune whose base model is among `loaded` shares it instead of loading it again."""
-    bases = {m.spec: m for m in loaded if m.spec == m.base}
-    path = checkpoint_path(spec)
-    base = bases.get(read_metadata(path).get("base")) if path is not None else None
-    return load_model(spec, device=device, base=base)
-
-
-def load_models(specs: Sequence[str], device) -> list[ClipModel]:
-    """Load models, letting fine-tunes of an already loaded base share its text side."""
-    out: list[ClipModel] = []
-    for spec in specs:
-        out.append(load_sharing_bases(spec, device, out))
-    return out
 
 
 def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None,

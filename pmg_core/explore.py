@@ -79,6 +79,15 @@ class Comparison:
     true_label: str | None
     verdicts: list[ModelVerdict] = field(default_factory=list)
 
+    def to_dict(self, settings: AttackSettings) -> dict:
+        """The comparison as plain JSON data (no images): the app's details and `attack --json` write this."""
+        return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
+                "true_label": self.true_label, "target": settings.target,
+                "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
+                              "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop,
+                              "target_gain": v.target_gain}
+                             for v in self.verdicts]}
+
 
 def prepare_image(image: torch.Tensor, max_side: int) -> torch.Tensor:
     """Center-square crop and downscale to max_side, then quantize: the exact clean input."""

@@ -53,6 +53,8 @@ def visual_state(state: dict, source: str) -> dict[str, torch.Tensor]:
     check(bool(out), f"{source} holds no image-encoder weights.")
     bad = next((k for k, v in out.items() if not torch.is_tensor(v)), None)
     check(bad is None, f"{source} has a non-tensor entry '{bad}' where weights were expected.")
+    bad = next((k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    check(bad is None, f"{source} has NaN or infinite values in '{bad}'; refused.")
     return out
 
 
@@ -70,7 +72,9 @@ def _pick_state(obj, source: str) -> dict:
 
 def _numpy_scalar_globals() -> list:
     """What unpickling a numpy number needs (the public code saves best_acc1 as numpy.float64):
-    rebuilding a scalar from a dtype and raw bytes, which runs no code."""
+    rebuilding a scalar from a dtype and raw bytes, which runs no code. Files pickled under numpy
+    1.x (the published .pth.tar ones) name the rebuilder ``numpy.core.multiarray.scalar``; numpy 2
+    moved it to ``numpy._core``, so the old name is allowed too, for that one function only."""
     import numpy as np
 
     try:
@@ -78,7 +82,7 @@ def _numpy_scalar_globals() -> list:
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar
     kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)
-    return [scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *(type(np.dtype(k)) for k in kinds)]
 
 
 def load_torch_file(path: Path) -> dict:
@@ -162,11 +166,14 @@ def default_out(source: str) -> Path:
 
 
 def import_checkpoint(source: str, out: str | Path | None = None, base: str | None = None,
-                      method: str | None = None, device="cpu", preset: str | None = None):
+                      method: str | None = None, device="cpu", preset: str | None = None,
+                      extra_metadata: dict | None = None, base_model=None):
     """Convert `source` to a fine-tune checkpoint at `out`; returns (path, the loaded ClipModel).
 
-    `preset`: the numerics the weights were trained with (the public PMG-AFT / TeCoA code's are
-    "public-code"); recorded, so evaluation judges the model with them unless told otherwise.
+    `preset`: the numerics the weights were trained with (only checkpoints of the public PMG-AFT
+    code are "public-code"); recorded, so evaluation judges the model with them unless told
+    otherwise. `extra_metadata` joins the checkpoint's metadata (the zoo records who trained it, the
+    source address and the licence); `base_model`: the loaded base `base` names, to share.
     """
     from .models import load_model
     from .presets import get_preset
@@ -175,14 +182,14 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
         get_preset(preset)  # one sentence for an unknown name, before any loading
     state, meta, hub_model = read_source(source)
     out = Path(out) if out else default_out(source)
-    if base or hub_model is None:
-        base_model = load_model(base or guess_base(state), device="cpu")
-    else:
+    if hub_model is not None and not base:
         base_model = hub_model
+    elif base_model is None or base_model.spec != (base or guess_base(state)):
+        base_model = load_model(base or guess_base(state), device="cpu")
     model = base_model.fork(out.stem, str(out), {})
     load_visual_into(model, {f"visual.{k}": v for k, v in state.items()}, f"'{meta['source']}'")
     meta = {"method": method or guess_method(source), "imported": True, **meta,
-            **({"preset": preset} if preset else {})}
+            **({"preset": preset} if preset else {}), **(extra_metadata or {})}
     path = save_finetune(out, model, meta)
     model.spec, model.metadata = str(path), {"kind": "finetune", "base": model.base, **meta}
     return path, model.to(device)

@@ -22,11 +22,26 @@ CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class Limits:
-    """How long a job one person starts may run: a public server shares its device with everyone."""
+    """The ranges the app accepts for what people type: how long a job one person starts may run (a
+    public server shares its device with everyone, so it lowers these) and how large an attack or
+    a training setting may be. Radii and step sizes are in /255, as people type them."""
 
     train_steps: int = 10_000
     eval_samples: int = 100_000
     where: str = ""  # said in the refusal when the limit is lower than the library's
+    eps_255: float = 64  # Linf radius of an attack, a sweep or an evaluation
+    eps_l2_255: float = 2550  # L2 radius of an attack or a sweep
+    attack_steps: int = 200  # PGD steps of an attack, a sweep or an evaluation
+    step_size_255: float = 255  # one PGD step of the Attack tab
+    eval_step_size_255: float = 64
+    train_eps_255: float = 32
+    train_attack_steps: int = 20
+    lr: tuple[float, float] = (1e-8, 1.0)
+    batch_size: int = 512
+    loss_weight: float = 100  # alpha and beta of PMG-AFT
+
+    def eps_max_255(self, norm: str) -> float:
+        return self.eps_255 if norm == "Linf" else self.eps_l2_255
 
 
 LOCAL = Limits()

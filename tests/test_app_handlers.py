@@ -14,16 +14,18 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import app  # noqa: E402
-from pmg_core import analysis, inputs  # noqa: E402
+import gradio as gr  # noqa: E402
+from pmg_core import analysis, inputs, zoo  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
 from pmg_core.images import load_image  # noqa: E402
-from pmg_core.models import load_model  # noqa: E402
+from pmg_core.models import CHECKPOINT_DIR, load_model  # noqa: E402
+from studio import assets, evaluation, one_image, safety, training  # noqa: E402
+from studio.state import Studio  # noqa: E402
 
-EXAMPLE = str(Path(app.EXAMPLES_DIR) / "example.png")
+EXAMPLE = str(Path(assets.EXAMPLES_DIR) / "example.png")
 LABELS = "circle, square, triangle, diamond, cross, star"
-EACH = app.EACH_MODEL
+EACH = one_image.EACH_MODEL
 
 
 def tiny_models():
@@ -43,14 +45,14 @@ def tiny_models():
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    return app.Studio.create(tiny_models(), tmp_path_factory.mktemp("ckpt"))
+    return Studio.create(tiny_models(), tmp_path_factory.mktemp("ckpt"))
 
 
 def attack(studio, **kw):
     args = dict(image=EXAMPLE, labels=LABELS, true_label="circle", norm="Linf", eps_255=8, steps=10, step_size_255=1,
                 loss="cross-entropy", target="", source=EACH, model_names=studio.names)
     args.update(kw)
-    return studio.attack(**args)
+    return one_image.attack(studio, **args)
 
 
 def test_attack_each_model_gives_top5_verdicts_and_bit_exact_pngs_inside_the_eps_ball(studio):
@@ -88,7 +90,7 @@ def test_targeted_attack_needs_no_true_label_and_shows_the_target_class_gain(stu
 
 
 def test_targeted_eps_sweep_plots_the_target_class_probability(studio):
-    fig, rows = studio.eps_sweep(EXAMPLE, LABELS, "", "Linf", "0, 8", 3, 2, "cross-entropy", "star", EACH, ["clip"])
+    fig, rows = one_image.eps_sweep(studio, EXAMPLE, LABELS, "", "Linf", "0, 8", 3, 2, "cross-entropy", "star", EACH, ["clip"])
     assert [r["target"] for r in rows] == ["star", "star"] and all(r["true_prob"] is None for r in rows)
     (trace,) = fig.data
     assert list(trace.y) == [r["target_prob"] for r in rows] and None not in trace.y
@@ -96,7 +98,7 @@ def test_targeted_eps_sweep_plots_the_target_class_probability(studio):
 
 
 def test_eps_sweep_starts_at_the_clean_confidence(studio):
-    fig, rows = studio.eps_sweep(EXAMPLE, LABELS, "circle", "Linf", "4, 0, 8", 5, 1, "cross-entropy", "", EACH,
+    fig, rows = one_image.eps_sweep(studio, EXAMPLE, LABELS, "circle", "Linf", "4, 0, 8", 5, 1, "cross-entropy", "", EACH,
                                  ["clip", "tecoa"])
     assert [r["eps_255"] for r in rows] == [0.0, 0.0, 4.0, 4.0, 8.0, 8.0]
     _, _, _, _, data = attack(studio, model_names=["clip", "tecoa"], steps=0)
@@ -110,7 +112,7 @@ def test_eps_sweep_starts_at_the_clean_confidence(studio):
 
 
 def test_feature_distances_are_zero_without_attack_and_grow_with_it(studio):
-    d_fig, r_fig, p_fig, data = studio.distances(EXAMPLE, LABELS, "circle", "Linf", "0, 8", 5, 1, "cross-entropy",
+    d_fig, r_fig, p_fig, data = one_image.distances(studio, EXAMPLE, LABELS, "circle", "Linf", "0, 8", 5, 1, "cross-entropy",
                                                  studio.names, "clip")
     rows = data["distances"]
     at0 = [r for r in rows if r["eps_255"] == 0]
@@ -172,8 +174,6 @@ def test_grayscale_rgba_16bit_and_palette_images_are_attacked(studio, tmp_path, 
 
 
 def test_safe_wrapper_turns_user_errors_into_their_sentence_and_others_into_a_generic_one():
-    import gradio as gr
-
     def bad_input():
         raise UserError("eps must be a number; got 'x'.")
 
@@ -181,10 +181,10 @@ def test_safe_wrapper_turns_user_errors_into_their_sentence_and_others_into_a_ge
         raise RuntimeError("internal detail")
 
     with pytest.raises(gr.Error, match="eps must be a number"):
-        app.safe(bad_input)()
+        safety.safe(bad_input)()
     with pytest.raises(gr.Error) as e:
-        app.safe(bug)()
-    assert "internal detail" not in str(e.value) and e.value.message == app.GENERIC_ERROR
+        safety.safe(bug)()
+    assert "internal detail" not in str(e.value) and e.value.message == safety.GENERIC_ERROR
 
 
 def test_label_parsing_accepts_unicode_and_refuses_control_characters_and_floods():
@@ -224,13 +224,13 @@ def test_upload_size_limit(tmp_path):
 
 
 def test_evaluate_streams_rows_and_can_be_cancelled(studio):
-    events = list(studio.evaluate(studio.names, "toy-colours", "", 1, 2, 1, 16))
+    events = list(evaluation.evaluate(studio, studio.names, "toy-colours", "", 1, 2, 1, 16))
     status, table, fig = events[-1]
     assert "Done" in status and [row[0] for row in table] == studio.names
     assert all(0 <= row[4] <= row[3] <= 100 for row in table)  # robust <= clean, in %
-    gen = studio.evaluate(studio.names, "toy-colours", "", 1, 2, 1, 16)
+    gen = evaluation.evaluate(studio, studio.names, "toy-colours", "", 1, 2, 1, 16)
     next(gen)
-    assert "Stopping" in studio.cancel("evaluate", wait=0)  # it stops when next iterated
+    assert "Stopping" in studio.jobs.cancel("evaluate", wait=0)  # it stops when next iterated
     status, table, _ = list(gen)[-1]
     assert "Cancelled" in status and len(table) < len(studio.names)
 
@@ -239,26 +239,26 @@ def test_evaluate_refuses_folders_when_serving_in_public(studio, tmp_path):
     studio.public = True
     try:
         with pytest.raises(UserError, match="public"):
-            next(studio.evaluate(studio.names, "toy-colours", str(tmp_path), 1, 2, 1, 16))
+            next(evaluation.evaluate(studio, studio.names, "toy-colours", str(tmp_path), 1, 2, 1, 16))
     finally:
         studio.public = False
 
 
 def test_train_saves_a_checkpoint_that_joins_the_model_lists(studio):
-    events = list(studio.train("clip", "pmg-aft", "toy-colours", 1, 1, 0.01, 3, 32, 1, 1, "handler-run"))
+    events = list(training.train(studio, "clip", "pmg-aft", "toy-colours", 1, 1, 0.01, 3, 32, 1, 1, "handler-run"))
     assert "Done" in events[-1][0]
     assert (studio.checkpoint_dir / "handler-run.safetensors").is_file()
     assert "handler-run" in studio.names
     assert studio.models["handler-run"].metadata["method"] == "pmg-aft"
     assert "handler-run" in studio.about()
     with pytest.raises(UserError, match="already exists"):
-        next(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 3, 32, 1, 1, "handler-run"))
+        next(training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 3, 32, 1, 1, "handler-run"))
 
 
 def test_train_cancel_stops_early_and_keeps_the_checkpoint(studio):
-    gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "cancelled-run")
+    gen = training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "cancelled-run")
     next(gen)  # started
-    studio.cancel("train", wait=0)
+    studio.jobs.cancel("train", wait=0)
     last = list(gen)[-1][0]
     assert "Stopped" in last
     meta = studio.models["cancelled-run"].metadata
@@ -267,14 +267,14 @@ def test_train_cancel_stops_early_and_keeps_the_checkpoint(studio):
 
 def test_default_models_fall_back_to_random_weights_when_no_checkpoint_is_there(tmp_path, monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
-    models, mode = app.load_default_models(tmp_path)
+    models, mode = zoo.load_default_models(tmp_path)
     assert [m.name for m in models] == ["pmg-tiny (random weights)"] and "random" in mode.lower()
 
 
-@pytest.mark.skipif(not (app.CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(), reason="clip-tiny not built yet")
+@pytest.mark.skipif(not (CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(), reason="clip-tiny not built yet")
 def test_default_models_offline_are_the_embedded_world(monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
-    models, mode = app.load_default_models(app.CHECKPOINT_DIR)
+    models, mode = zoo.load_default_models(CHECKPOINT_DIR)
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert all(m.base == models[0].spec for m in models)
 
@@ -283,7 +283,7 @@ def test_presets_and_examples_fit_the_embedded_world(studio):
     presets = studio.presets()
     assert presets["synth-shape"][:2] == ["circle", "square"]
     assert "CIFAR-10" not in presets  # only offered with a real CLIP
-    for path, labels, true in app._examples(presets):
+    for path, labels, true in assets.examples(presets):
         assert os.path.isfile(path) and true in inputs.parse_labels(labels)
 
 
@@ -330,7 +330,7 @@ def test_quantizing_into_the_ball_never_rounds_outward():
 def test_a_real_size_clip_gets_cifar10_and_all_1000_imagenet_classes():
     big = tiny_models()[0]
     big.image_size = 224  # what a real CLIP reports; the presets only look at the size
-    presets = app.Studio.create([big], Path("unused")).presets()
+    presets = Studio.create([big], Path("unused")).presets()
     assert presets["CIFAR-10"][0] == "airplane" and len(presets["CIFAR-10"]) == 10
     imagenet = presets["ImageNet (1000 classes)"]
     assert len(inputs.parse_labels(", ".join(imagenet))) == 1000  # the whole list is accepted as labels
@@ -340,10 +340,10 @@ def test_a_real_size_clip_gets_cifar10_and_all_1000_imagenet_classes():
 
 
 def test_rescan_skips_an_unreadable_checkpoint_with_a_log_line(tmp_path, caplog):
-    studio = app.Studio.create(tiny_models()[:1], tmp_path)
+    studio = Studio.create(tiny_models()[:1], tmp_path)
     (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
     (tmp_path / "folder.safetensors").mkdir()
-    with caplog.at_level("WARNING", logger="pmg_studio"):
+    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
         assert studio.rescan() == []
     assert "skipping checkpoint broken.safetensors" in caplog.text
     assert "skipping checkpoint folder.safetensors" in caplog.text
@@ -362,39 +362,39 @@ def test_output_folders_older_than_an_hour_are_removed(studio):
 def test_the_preview_is_what_the_models_see_and_refuses_a_bad_file_at_once(studio, tmp_path):
     wide = tmp_path / "wide.png"
     Image.new("RGB", (600, 300), (200, 30, 30)).save(wide)
-    assert studio.preview(str(wide)).shape == (224, 224, 3)  # center square, scaled to 224
-    assert studio.preview(None) is None  # cleared upload: nothing to show, no error
+    assert one_image.preview(studio, str(wide)).shape == (224, 224, 3)  # center square, scaled to 224
+    assert one_image.preview(studio, None) is None  # cleared upload: nothing to show, no error
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(UserError, match="not a readable image"):
-        studio.preview(str(tmp_path / "text.png"))
+        one_image.preview(studio, str(tmp_path / "text.png"))
 
 
 def test_evaluate_step_size_0_means_automatic_as_in_the_attack_tab(studio):
-    status, table, _ = list(studio.evaluate(["clip"], "toy-colours", "", 1, 2, 0, 8))[-1]
+    status, table, _ = list(evaluation.evaluate(studio, ["clip"], "toy-colours", "", 1, 2, 0, 8))[-1]
     assert "Done" in status and "auto step" in status and len(table) == 1
 
 
 def test_public_servers_cap_training_steps_and_evaluation_samples(tmp_path):
-    studio = app.Studio.create(tiny_models()[:1], tmp_path, public=True)
+    studio = Studio.create(tiny_models()[:1], tmp_path, public=True)
     with pytest.raises(UserError, match="between 1 and 500 on this public server"):
-        next(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 501, 8, 1, 1, "too-long"))
+        next(training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 501, 8, 1, 1, "too-long"))
     with pytest.raises(UserError, match="between 1 and 2000 on this public server"):
-        next(studio.evaluate(["clip"], "toy-colours", "", 1, 1, 1, 2001))
-    assert app.Studio.create(tiny_models()[:1], tmp_path).limits.train_steps == 10_000  # local: the full range
+        next(evaluation.evaluate(studio, ["clip"], "toy-colours", "", 1, 1, 1, 2001))
+    assert Studio.create(tiny_models()[:1], tmp_path).limits.train_steps == 10_000  # local: the full range
 
 
 # --- cancelling and ending runs -----------------------------------------------------------------------
 
 def test_a_cancel_with_nothing_running_does_not_cancel_the_next_run(studio):
-    assert "No train run" in studio.cancel("train")
-    last = list(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 2, 32, 1, 1, "after-stale-cancel"))[-1][0]
+    assert "No train run" in studio.jobs.cancel("train")
+    last = list(training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 2, 32, 1, 1, "after-stale-cancel"))[-1][0]
     assert "Done" in last and "after-stale-cancel" in studio.names
 
 
 def test_cancel_returns_the_final_status_once_the_run_has_saved(studio):
-    gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "cancel-reports")
+    gen = training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "cancel-reports")
     next(gen)
-    stopper = threading.Thread(target=lambda: answers.append(studio.cancel("train")))
+    stopper = threading.Thread(target=lambda: answers.append(studio.jobs.cancel("train")))
     answers: list[str] = []
     stopper.start()
     last = list(gen)[-1][0]
@@ -407,20 +407,20 @@ def test_a_run_closed_by_gradio_still_saves_and_joins_the_lists(studio, monkeypa
     done are kept, and the last step, the save and the rescan happen in the run's own thread, so
     closing returns at once instead of holding up every other session."""
     rescans = []
-    real_rescan = app.Studio.rescan
-    monkeypatch.setattr(app.Studio, "rescan", lambda self: (rescans.append(threading.current_thread()), real_rescan(self))[1])
-    gen = studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "closed-run")
+    real_rescan = Studio.rescan
+    monkeypatch.setattr(Studio, "rescan", lambda self: (rescans.append(threading.current_thread()), real_rescan(self))[1])
+    gen = training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 32, 1, 1, "closed-run")
     next(gen)
     while "Step" not in next(gen)[0]:
         pass
-    job = studio.jobs["train:local"]
+    job = studio.jobs.get("train")
     gen.close()
     assert job.done.wait(60) and "Stopped" in job.final
     assert rescans and threading.current_thread() not in rescans
     assert "closed-run" in studio.names and 0 < studio.models["closed-run"].metadata["steps"] < 500
 
 
-class PoisonedTrainer(app.Trainer):
+class PoisonedTrainer(training.Trainer):
     """A trainer whose loss is NaN on the given calls of its method (0-based)."""
 
     bad_calls: set[int] = set()
@@ -438,17 +438,17 @@ class PoisonedTrainer(app.Trainer):
 
 
 def test_train_status_counts_skipped_non_finite_steps(studio, monkeypatch):
-    monkeypatch.setattr(app, "Trainer", PoisonedTrainer)
+    monkeypatch.setattr(training, "Trainer", PoisonedTrainer)
     monkeypatch.setattr(PoisonedTrainer, "bad_calls", {1, 3})
-    updates = [u[0] for u in studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 4, 8, 1, 1, "skipping-run")]
+    updates = [u[0] for u in training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 4, 8, 1, 1, "skipping-run")]
     assert "Done" in updates[-1] and "2 step(s) were skipped" in updates[-1]
     assert studio.models["skipping-run"].metadata["steps"] == 4
 
 
 def test_too_many_bad_steps_stop_with_the_reason_and_the_checkpoint_joins_the_lists(studio, monkeypatch):
-    monkeypatch.setattr(app, "Trainer", PoisonedTrainer)
+    monkeypatch.setattr(training, "Trainer", PoisonedTrainer)
     monkeypatch.setattr(PoisonedTrainer, "bad_calls", set(range(2, 1000)))
-    last = list(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "diverged-run"))[-1][0]
+    last = list(training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "diverged-run"))[-1][0]
     assert "NaN/inf" in last and "after 2 steps" in last and "added to the model lists" in last
     assert studio.models["diverged-run"].metadata["steps"] == 2
 
@@ -456,36 +456,36 @@ def test_too_many_bad_steps_stop_with_the_reason_and_the_checkpoint_joins_the_li
 def test_a_run_that_breaks_says_so_in_one_sentence_and_frees_its_slot(studio, monkeypatch, caplog):
     """An unexpected error inside the run's thread reaches the stream as the generic sentence
     (details in the log), and the session can start another run."""
-    class BrokenTrainer(app.Trainer):
+    class BrokenTrainer(training.Trainer):
         def run(self, should_stop=None):
             yield from super().run(should_stop=lambda: self.step >= 1)
             raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(app, "Trainer", BrokenTrainer)
-    with caplog.at_level("ERROR", logger="pmg_studio"), pytest.raises(app.gr.Error, match="went wrong"):
-        list(app.safe(studio.train)("clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "broken-run"))
-    assert "disk on fire" in caplog.text and "train:local" not in studio.jobs
+    monkeypatch.setattr(training, "Trainer", BrokenTrainer)
+    with caplog.at_level("ERROR", logger="pmg_studio"), pytest.raises(gr.Error, match="went wrong"):
+        list(safety.safe(training.train, studio)("clip", "tecoa", "toy-colours", 1, 1, 0.01, 50, 8, 1, 1, "broken-run"))
+    assert "disk on fire" in caplog.text and studio.jobs.get("train") is None
 
 
 # --- which models the app loads -------------------------------------------------------------------------
 
-EMBEDDED = pytest.mark.skipif(not (app.CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(),
+EMBEDDED = pytest.mark.skipif(not (CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(),
                               reason="clip-tiny not built yet")
 
 
 @EMBEDDED
 def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkeypatch, caplog):
-    real_load = app.load_model
+    real_load = zoo.load_model
 
     def load_model(spec, **kw):
-        if spec == app.OPENAI_VIT_B32:
+        if spec == zoo.OPENAI_VIT_B32:
             raise RuntimeError("download interrupted")  # not a UserError
         return real_load(spec, **kw)
 
-    monkeypatch.setattr(app, "is_offline", lambda: False)
-    monkeypatch.setattr(app, "load_model", load_model)
-    with caplog.at_level("WARNING", logger="pmg_studio"):
-        models, mode = app.load_default_models(app.CHECKPOINT_DIR)
+    monkeypatch.setattr(zoo, "is_offline", lambda: False)
+    monkeypatch.setattr(zoo, "load_model", load_model)
+    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
+        models, mode = zoo.load_default_models(CHECKPOINT_DIR)
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert "Real CLIP could not be loaded (download interrupted)" in caplog.text
 
@@ -494,8 +494,8 @@ def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkey
 def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
     mine = tmp_path / "my-robust.safetensors"
-    shutil.copy(app.CHECKPOINT_DIR / "tecoa-tiny.safetensors", mine)  # a fine-tune of clip-tiny, outside checkpoints/
-    models, mode = app.load_default_models(app.CHECKPOINT_DIR, [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
+    shutil.copy(CHECKPOINT_DIR / "tecoa-tiny.safetensors", mine)  # a fine-tune of clip-tiny, outside checkpoints/
+    models, mode = zoo.load_default_models(CHECKPOINT_DIR, [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
     names = [m.name for m in models]
     assert names[0] == "clip-tiny" and "my-robust" in names and names.count("tecoa-tiny") == 1
     assert models[names.index("my-robust")].clip is models[0].clip  # shares the loaded base
@@ -511,6 +511,26 @@ def test_an_extra_fine_tune_shares_an_extra_base(tmp_path, monkeypatch):
     ft = tmp_path / "ft.safetensors"
     train(TrainConfig(model="pmg-test", method="clean", dataset="toy-colours", max_steps=1, batch_size=8, out=str(ft)),
           progress=False)
-    models, _ = app.load_default_models(app.CHECKPOINT_DIR, ["pmg-test", str(ft)])
+    models, _ = zoo.load_default_models(CHECKPOINT_DIR, ["pmg-test", str(ft)])
     by_name = {m.name: m for m in models}
     assert by_name["ft"].clip is by_name["pmg-test"].clip
+
+
+@EMBEDDED
+def test_the_cli_writes_the_same_comparison_json_as_the_app_shows(tmp_path, capsys):
+    """`python -m pmg_core attack --json OUT` and the app's Details (JSON) are one document for one attack."""
+    import json
+
+    from pmg_core import cli
+
+    specs = ["clip-tiny", "tecoa-tiny"]
+    out = tmp_path / "comparison.json"
+    assert cli.main(["attack", EXAMPLE, "--models", ",".join(specs), "--labels", LABELS, "--true", "circle",
+                     "--target", "star", "--eps", "8", "--steps", "3", "--step-size", "2", "--norm", "L2",
+                     "--loss", "margin", "--source", "clip-tiny", "--json", str(out), "--device", "cpu"]) == 0
+    studio = Studio.create(zoo.load_models(specs, "cpu"), tmp_path)
+    *_, details = one_image.attack(studio, EXAMPLE, LABELS, "circle", "L2", 8, 3, 2, "CW margin", "star", "clip-tiny",
+                                   specs)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(details))
+    assert [v["model"] for v in written["verdicts"]] == specs and written["target"] == "star"

@@ -12,12 +12,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
 from pmg_core import inputs  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
+from pmg_core.models import CHECKPOINT_DIR  # noqa: E402
+from studio import one_image, training  # noqa: E402
+from studio.state import Studio  # noqa: E402
 from test_app_handlers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    return app.Studio.create(tiny_models(), tmp_path_factory.mktemp("ckpt"))
+    return Studio.create(tiny_models(), tmp_path_factory.mktemp("ckpt"))
 
 
 def one_sentence(e: BaseException) -> str:
@@ -37,7 +40,7 @@ def test_a_file_one_byte_over_the_limit_is_refused_by_the_handler_before_decodin
     with open(big, "wb") as f:  # sparse: costs no disk and no time
         f.truncate(inputs.MAX_UPLOAD_BYTES + 1)
     with pytest.raises(UserError) as e:
-        studio.attack({"path": str(big)}, LABELS, "circle", "Linf", 4, 1, 1, "cross-entropy", "", EACH, ["clip"])
+        one_image.attack(studio, {"path": str(big)}, LABELS, "circle", "Linf", 4, 1, 1, "cross-entropy", "", EACH, ["clip"])
     assert "upload limit" in one_sentence(e.value)
 
 
@@ -77,7 +80,7 @@ def test_train_refuses_checkpoint_names_that_are_paths_and_writes_nothing(studio
     outside = Path("/tmp/pmg-escape.safetensors")
     before = sorted(os.listdir(studio.checkpoint_dir))
     with pytest.raises(UserError) as e:
-        next(studio.train("clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, name))
+        next(training.train(studio, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, name))
     assert "not allowed" in one_sentence(e.value) or "name" in str(e.value)
     assert sorted(os.listdir(studio.checkpoint_dir)) == before and not outside.exists()
 
@@ -93,13 +96,13 @@ def test_a_symlink_in_the_checkpoint_folder_cannot_redirect_a_new_checkpoint(tmp
     assert not (outside / "target.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", str(app.CHECKPOINT_DIR / "clip-tiny.safetensors"), "/etc/passwd"])
+@pytest.mark.parametrize("name", ["../../etc/passwd", str(CHECKPOINT_DIR / "clip-tiny.safetensors"), "/etc/passwd"])
 def test_model_names_typed_in_the_ui_are_only_looked_up_among_loaded_models(studio, name):
     with pytest.raises(UserError) as e:
-        studio.attack(EXAMPLE, LABELS, "circle", "Linf", 4, 1, 1, "cross-entropy", "", EACH, [name])
+        one_image.attack(studio, EXAMPLE, LABELS, "circle", "Linf", 4, 1, 1, "cross-entropy", "", EACH, [name])
     assert "not loaded" in one_sentence(e.value)
     with pytest.raises(UserError) as e:
-        next(studio.train(name, "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "fine-name"))
+        next(training.train(studio, name, "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "fine-name"))
     assert "not loaded" in one_sentence(e.value)
 
 
@@ -128,7 +131,7 @@ def test_main_binds_the_resolved_host_and_hides_server_folders_in_public(monkeyp
     seen = launched(monkeypatch, argv, env)
     assert seen["server_name"] == host and seen["public"] is public
     assert seen["max_file_size"] == inputs.MAX_UPLOAD_BYTES
-    studio = app.Studio.create(tiny_models()[:1], Path("unused"), public=public)
+    studio = Studio.create(tiny_models()[:1], Path("unused"), public=public)
     assert studio.allow_folders is not public and (studio.limits == inputs.PUBLIC) is public
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
+from studio import assets, safety  # noqa: E402
 from test_app_handlers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -212,13 +213,13 @@ def test_zerogpu_gives_each_handler_a_duration_and_is_a_no_op_without_spaces(mon
     app.build_app(tiny_models()[:1], checkpoint_dir=tmp_path)
     assert durations == {"attack": 120, "eps_sweep": 120, "distances": 120, "evaluate": 300, "train": 300}
     monkeypatch.setitem(sys.modules, "spaces", None)  # `import spaces` raises ImportError
-    assert app.gpu(300)(len) is len
+    assert safety.gpu(300)(len) is len
 
 
 def test_readme_front_matter_is_what_a_space_needs():
-    text = (Path(app.ROOT) / "README.md").read_text()
+    text = (assets.ROOT / "README.md").read_text()
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---\n", 2)[1])
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == gr.__version__
-    assert meta["app_file"] == "app.py" and (Path(app.ROOT) / meta["app_file"]).is_file()
+    assert meta["app_file"] == "app.py" and (assets.ROOT / meta["app_file"]).is_file()
     assert re.fullmatch(r"3\.\d+", str(meta["python_version"]))

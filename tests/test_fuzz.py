@@ -24,11 +24,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import app  # noqa: E402
 from pmg_core import cli, inputs  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image  # noqa: E402
 from pmg_core.images import MAX_PIXELS, load_image  # noqa: E402
+from studio import evaluation, one_image, training  # noqa: E402
+from studio.state import Studio  # noqa: E402
 from test_app_handlers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -54,9 +55,9 @@ def record_cases():
 
 
 @functools.cache
-def shared_studio() -> app.Studio:
+def shared_studio() -> Studio:
     """One tiny-model Studio for every case (not a fixture: hypothesis would print its whole repr)."""
-    return app.Studio.create(tiny_models()[:1], Path(tempfile.mkdtemp(prefix="pmg_fuzz_ckpt_")))
+    return Studio.create(tiny_models()[:1], Path(tempfile.mkdtemp(prefix="pmg_fuzz_ckpt_")))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def run_cli(test: str, argv: list[str]) -> tuple[int, str, str]:
 
 
 def attack(studio, image=EXAMPLE, labels=LABELS, true_label="circle", eps=4, steps=2, step_size=1):
-    return studio.attack(image, labels, true_label, "Linf", eps, steps, step_size, "cross-entropy", "", EACH,
+    return one_image.attack(studio, image, labels, true_label, "Linf", eps, steps, step_size, "cross-entropy", "", EACH,
                          ["clip"])
 
 
@@ -195,7 +196,7 @@ def test_the_downloaded_png_stays_inside_any_eps_ball(workdir, norm, eps, seed):
     noise = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     path = write(workdir, encode(Image.fromarray(noise), "PNG"))
     # step = eps and no random start: PGD's one step lands on the ball's surface, between grey levels
-    status, out = run_handler("handler eps-ball", studio.attack, path, LABELS, "circle", norm, eps, 1, eps,
+    status, out = run_handler("handler eps-ball", one_image.attack, studio, path, LABELS, "circle", norm, eps, 1, eps,
                               "cross-entropy", "", EACH, ["clip"])
     assert status == "ok", out
     delta = np.asarray(Image.open(out[3][0])).astype(float) - noise
@@ -370,7 +371,7 @@ def test_evaluate_numbers_at_below_above_range_nan_inf(fv):
     field, value = fv
     kw = {"eps_255": 1, "steps": 2, "step_size_255": 1, "limit": 8, field: value}
     status, out = run_handler("handler evaluate-numbers", lambda: started(
-        studio.evaluate(["clip"], "toy-colours", "", kw["eps_255"], kw["steps"], kw["step_size_255"], kw["limit"])))
+        evaluation.evaluate(studio, ["clip"], "toy-colours", "", kw["eps_255"], kw["steps"], kw["step_size_255"], kw["limit"])))
     check_number_outcome(status, out, EVAL_FIELDS, field, value, auto_ok=field == "step_size_255")  # as in the attack tab
     if status == "ok":
         assert out[0].startswith("Evaluating 1 model")
@@ -384,7 +385,7 @@ def test_train_numbers_at_below_above_range_nan_inf(fv):
     kw = {"eps_255": 1, "attack_steps": 1, "lr": 0.01, "max_steps": 1, "batch_size": 8, "alpha": 1, "beta": 1,
           field: value}
     name = f"fuzz-{next(_names)}"
-    status, out = run_handler("handler train-numbers", lambda: started(studio.train(
+    status, out = run_handler("handler train-numbers", lambda: started(training.train(studio, 
         "clip", "pmg-aft", "toy-colours", kw["eps_255"], kw["attack_steps"], kw["lr"], kw["max_steps"],
         kw["batch_size"], kw["alpha"], kw["beta"], name)))
     check_number_outcome(status, out, TRAIN_FIELDS, field, value)
@@ -395,10 +396,10 @@ def test_train_numbers_at_below_above_range_nan_inf(fv):
 def test_sweep_lists_with_nan_inf_and_junk_get_one_sentence():
     studio = shared_studio()
     for text in ["0, nan", "inf", "-1", "65", "a, b", "", ",", "1e400", "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"]:
-        status, out = run_handler("handler sweep-list", studio.eps_sweep, EXAMPLE, LABELS, "circle", "Linf", text, 1, 1,
+        status, out = run_handler("handler sweep-list", one_image.eps_sweep, studio, EXAMPLE, LABELS, "circle", "Linf", text, 1, 1,
                                   "cross-entropy", "", EACH, ["clip"])
         assert status == "refused" and "eps" in out.lower(), (text, out)
-    status, (_, rows) = run_handler("handler sweep-list", studio.eps_sweep, EXAMPLE, LABELS, "circle", "Linf",
+    status, (_, rows) = run_handler("handler sweep-list", one_image.eps_sweep, studio, EXAMPLE, LABELS, "circle", "Linf",
                                     "2, 0, , 2", 1, 1, "cross-entropy", "", EACH, ["clip"])
     assert [r["eps_255"] for r in rows] == [0.0, 2.0]
 
@@ -426,10 +427,11 @@ def checks_only(monkeypatch):
     """CLI eval/train stop after every input check (a huge valid --steps or --max-steps would run for hours)."""
     import pmg_core.evaluate as evaluate
     import pmg_core.train as train
+    from pmg_core.zoo import load_models
 
     def evaluate_checked(cfg, **_):
         cfg.validate()
-        evaluate.load_models(cfg.models, "cpu")
+        load_models(cfg.models, "cpu")
         return {"config": {}, "results": []}
 
     monkeypatch.setattr(evaluate, "evaluate", evaluate_checked)

@@ -221,7 +221,7 @@ def test_state_for_another_optimizer_is_refused(tmp_path, model):
 # --- no unpickling anywhere in the project -----------------------------------------------------
 
 def _project_sources() -> list[Path]:
-    files = [*(ROOT / "pmg_core").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]
+    files = [*(ROOT / "pmg_core").rglob("*.py"), *(ROOT / "studio").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]
     return [p for p in files + [ROOT / "app.py"] if p.is_file()]
 
 

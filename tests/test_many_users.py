@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
+from pmg_core import zoo  # noqa: E402
+from studio import one_image  # noqa: E402
 from test_app_handlers import EACH  # noqa: E402
 from test_app_server import free_port  # noqa: E402
 
@@ -56,7 +58,7 @@ def colours(n: int) -> list[tuple[int, int, int]]:
 
 @pytest.fixture(scope="module")
 def embedded_models():
-    models, mode = app.load_default_models()
+    models, mode = zoo.load_default_models()
     if "Embedded" not in mode:
         pytest.skip(f"the embedded checkpoints are not in checkpoints/: {mode}")
     return models
@@ -146,7 +148,8 @@ def test_twenty_sessions_get_their_own_answers_while_training_runs(tmp_path, emb
         assert len(results) + len(queue_full) == USERS and len(results) >= studio_queue_size(demo)
 
         for i, (_, _, html, files, details) in results.items():
-            _, _, _, own_files, own = studio.attack(*attack_args(images[i], False, names))  # the same request, in process
+            # the same request, in process
+            _, _, _, own_files, own = one_image.attack(studio, *attack_args(images[i], False, names))
             assert details == own, f"user {i} got another user's answer"
             for got, want in zip(files, own_files):
                 got_px, want_px = np.asarray(Image.open(got)), np.asarray(Image.open(want))

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pmg_core.importers import guess_base, import_checkpoint, load_torch_file
 from pmg_core.models import load_model
 from pmg_core.recipes import load_recipe, save_recipe
 from pmg_core.train import TrainConfig
+from published_files import NUMPY1_SCALAR, pickle_globals, public_code_checkpoint, save_numpy1_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -170,10 +172,8 @@ def foreign(tiny_model):
     return {k: torch.randn(v.shape, generator=g) for k, v in tiny_model.visual.state_dict().items()}
 
 
-def _public_code(weights, prefix):  # the public PMG-AFT / TeCoA training script's checkpoint dict
-    return {"epoch": 10, "state_dict": {}, "add_prompter": {}, "best_acc1": np.float64(31.2),
-            "vision_encoder_state_dict": {prefix + k: v for k, v in weights.items()},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 5e-5, "momentum": 0.9, "params": [0, 1]}]}}
+def _public_code(weights, prefix):  # as saved under today's numpy (numpy 2 names its scalar numpy._core...)
+    return {**public_code_checkpoint(weights, prefix), "best_acc1": np.float64(31.2)}
 
 
 LAYOUTS = {
@@ -234,6 +234,28 @@ def test_a_pickle_carrying_code_is_refused_without_running(tmp_path, writer):
 def test_numpy_numbers_in_public_checkpoints_load(tmp_path, foreign):
     torch.save(_public_code(foreign, "module."), tmp_path / "c.pth.tar")
     assert load_torch_file(tmp_path / "c.pth.tar")["best_acc1"] == 31.2
+
+
+def test_a_checkpoint_pickled_under_numpy_1_imports(tmp_path, foreign):
+    """The published .pth.tar files name numpy 1.x's scalar rebuilder, which numpy 2 renamed."""
+    src = save_numpy1_checkpoint(public_code_checkpoint(foreign, "module."), tmp_path / "PMG_AFT.pth.tar")
+    names = pickle_globals(src)
+    assert NUMPY1_SCALAR in names and not any(n.startswith("numpy._core") for n in names)
+    assert load_torch_file(src)["best_acc1"] == 31.2
+    path, _ = import_checkpoint(str(src), tmp_path / "pmg.safetensors", base="pmg-test")
+    assert all(torch.equal(load_tensors(path)[f"visual.{k}"], v) for k, v in foreign.items())
+
+
+def test_other_numpy_1_names_stay_refused(tmp_path, foreign):
+    """Allowing numpy 1.x's scalar rebuilder allows nothing else from numpy.core (an array's rebuilder here)."""
+    src = save_numpy1_checkpoint(public_code_checkpoint(foreign), tmp_path / "arr.pth.tar")
+    with zipfile.ZipFile(src) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(src, "w") as z:
+        for info, data in entries:
+            z.writestr(info, data.replace(b"cnumpy.core.multiarray\nscalar\n", b"cnumpy.core.multiarray\n_reconstruct\n"))
+    with pytest.raises(UserError, match="arbitrary Python objects"):
+        load_torch_file(src)
 
 
 def test_mismatched_or_unreadable_sources_are_one_sentence(tmp_path, foreign):

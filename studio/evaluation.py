@@ -1,0 +1,67 @@
+"""Handler of the Evaluate tab: zero-shot clean/robust accuracy, streamed one model x dataset at a time.
+
+The run is `pmg_core.evaluate.iter_evaluate`'s event stream; it runs in the handler's own thread,
+so Cancel (studio/jobs.py) only sets a flag that the stream reads between events.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import gradio as gr
+
+from pmg_core import inputs, plots
+from pmg_core.data import expand_names
+from pmg_core.evaluate import EvalConfig, iter_evaluate
+
+from .jobs import Job
+from .state import Studio
+
+EVAL_BATCH = 64  # images per forward pass: small enough for a shared CPU, large enough for a GPU
+
+
+def evaluate(studio: Studio, model_names, dataset, folder, eps_255, steps, step_size_255, limit,
+             request: gr.Request | None = None, progress=gr.Progress()) -> Iterator[tuple]:
+    """Yields (status, result rows, bar chart) after each model x dataset; stops when cancelled."""
+    limits = studio.limits
+    models = studio.pick(model_names)
+    if isinstance(folder, str) and folder.strip():
+        datasets = [inputs.folder_path(folder, studio.allow_folders)]
+    else:
+        datasets = expand_names([inputs.parse_choice("dataset", dataset, studio.dataset_choices())])
+    cfg = EvalConfig(models=[m.name for m in models], datasets=datasets,
+                     eps=inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_255) / 255,
+                     steps=inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True),
+                     step_size=inputs.parse_step_size(step_size_255, limits.eval_step_size_255),
+                     limit=inputs.parse_number("sample limit", limit, 1, limits.eval_samples, integer=True,
+                                               where=limits.where),
+                     batch_size=EVAL_BATCH, device=str(models[0].device))
+    with studio.jobs.running("evaluate", request) as job:
+        yield from _stream(cfg, models, datasets, job, progress)
+
+
+def _stream(cfg: EvalConfig, models, datasets, job: Job, progress) -> Iterator[tuple]:
+    total, results = len(models) * len(datasets), []
+    yield f"Evaluating {len(models)} model(s) on {len(datasets)} dataset(s)...", [], None
+    events = iter_evaluate(cfg, models)
+    try:
+        for ev in events:
+            if job.stop.is_set():
+                job.final = f"**Cancelled** after {len(results)} of {total} model x dataset runs."
+                yield job.final, _table(results), plots.eval_figure(results) if results else None
+                return
+            if ev["event"] == "progress":
+                progress((len(results) + ev["done"] / max(ev["total"], 1)) / total,
+                         desc=f"{ev['model']} on {ev['dataset']}")
+            else:
+                results.append(ev)
+                yield f"{len(results)} of {total} done", _table(results), plots.eval_figure(results)
+    finally:
+        events.close()
+    step = "auto step" if cfg.step_size is None else f"step {cfg.step_size * 255:g}/255"
+    job.final = f"**Done**: {total} model x dataset runs, eps {cfg.eps * 255:g}/255, PGD-{cfg.steps} ({step})."
+    yield job.final, _table(results), plots.eval_figure(results)
+
+
+def _table(results: list[dict]) -> list[list]:
+    return [[r["model"], r["dataset"], r["n"], round(100 * r["clean_acc"], 2), round(100 * r["robust_acc"], 2),
+             r["seconds"]] for r in results]

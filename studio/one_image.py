@@ -1,0 +1,103 @@
+"""Handlers of the Attack & compare and Feature distances tabs: one uploaded image, attacked live.
+
+Each takes the app's state and the raw values of the tab's fields, checks them (pmg_core.inputs)
+and makes one call into pmg_core.explore or pmg_core.analysis; what it returns is ready for the
+tab's components. The comparison's JSON comes from pmg_core (Comparison.to_dict), so the app's
+details and `python -m pmg_core attack --json` are the same document.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pmg_core import analysis, inputs, plots
+from pmg_core.explore import AttackSettings, Comparison, compare, prepare_image
+from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
+from pmg_core.models import ClipModel
+
+from .html import verdict_html
+from .state import Studio
+
+EACH_MODEL = "each model attacks itself"
+NORMS = ["Linf", "L2"]
+LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
+ATTACK_SIDE = AttackSettings().max_side
+
+
+def preview(studio: Studio, image) -> np.ndarray | None:
+    """The uploaded image as the models will see it (a bad file is refused here, right after upload)."""
+    if image is None:
+        return None
+    return to_uint8(prepare_image(load_image(inputs.upload_path(image)), ATTACK_SIDE))
+
+
+def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
+                  model_names) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
+    """The first tab's fields, checked -> (models, image, classes, true label, attack settings)."""
+    limits = studio.limits
+    models = studio.pick(model_names)
+    x = load_image(inputs.upload_path(image))
+    classes = inputs.parse_labels(labels)
+    norm = inputs.parse_choice("norm", norm, NORMS)
+    loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
+    eps = inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)) / 255
+    steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True)
+    step = inputs.parse_step_size(step_size_255, limits.step_size_255)
+    true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
+    target = inputs.parse_choice("target class", target, classes, optional=True)
+    source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
+    return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source)
+
+
+def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
+           model_names):
+    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details)."""
+    models, x, classes, true_label, settings = attack_inputs(
+        studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
+    comp = compare(models, x, classes, true_label, settings)
+    advs = _distinct_adversarials(comp)
+    folder = new_output_folder(studio.out_dir)
+    files = [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs]
+    gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
+    perturb = [(to_uint8(analysis.amplify_perturbation(comp.image, adv)), f"via {name}") for name, adv in advs]
+    return gallery, perturb, verdict_html(comp, settings), files, comp.to_dict(settings)
+
+
+def _sweep_eps(studio: Studio, eps_list, norm: str) -> list[float]:
+    return [e / 255 for e in inputs.parse_number_list("eps (/255)", eps_list, 0, studio.limits.eps_max_255(norm))]
+
+
+def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
+              model_names):
+    """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
+    models, x, classes, true_label, settings = attack_inputs(
+        studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names)
+    eps = _sweep_eps(studio, eps_list, settings.norm)
+    comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+    rows = analysis.sweep_rows(comps, eps, settings.target)
+    return plots.sweep_figure(rows), rows
+
+
+def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, model_names,
+              reference):
+    """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
+    models, x, classes, true_label, settings = attack_inputs(
+        studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names)
+    eps = _sweep_eps(studio, eps_list, settings.norm)
+    reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
+    comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+    rows = analysis.feature_distances(models, comps, eps, reference)
+    proj = analysis.projection(models, comps[-1])
+    return (plots.distance_figure(rows), plots.reference_figure(rows), plots.projection_figure(proj),
+            {"distances": rows, "projection_eps_255": round(eps[-1] * 255, 4), **proj})
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+
+
+def _distinct_adversarials(comp: Comparison) -> list[tuple[str, torch.Tensor]]:
+    seen: dict[str, torch.Tensor] = {}
+    for v in comp.verdicts:
+        seen.setdefault(v.attacked_by, v.adv_image)
+    return list(seen.items())

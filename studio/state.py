@@ -1,0 +1,112 @@
+"""The app's state: the loaded models (the one global cache, shared by every session) and the jobs running.
+
+Which models exist and how they load is pmg_core.zoo's; this holds them for the app, picks them by
+the names people chose, adds fine-tunes that appear in the checkpoint folder (after a Train run,
+or copied there), and describes them on the About tab. `public` (serving beyond this machine)
+lowers the job limits and switches off reading folders from the server's disk.
+"""
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from pmg_core import inputs
+from pmg_core.data import list_datasets, list_groups
+from pmg_core.errors import UserError
+from pmg_core.explore import label_presets
+from pmg_core.models import CHECKPOINT_DIR, ClipModel
+from pmg_core.zoo import finetunes_of, load_default_models, order_key
+
+from .assets import METHOD_IN_PLAIN_WORDS
+from .jobs import Jobs
+
+
+@dataclass
+class Studio:
+    """Loaded models by name (listed in order_key's order), the mode text, and each session's running jobs."""
+
+    models: dict[str, ClipModel]
+    mode: str
+    checkpoint_dir: Path = CHECKPOINT_DIR
+    public: bool = False  # serving beyond this machine: no server folders, shorter jobs
+    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
+    jobs: Jobs = field(default_factory=Jobs)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
+
+    @classmethod
+    def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
+               extra_models: Sequence[str] = (), **kw) -> "Studio":
+        directory = Path(checkpoint_dir or CHECKPOINT_DIR)
+        if models is None:
+            models, mode = load_default_models(directory, extra_models)
+        else:
+            mode = "**Custom models** given by the caller: " + ", ".join(m.name for m in models) + "."
+        ordered = sorted(models, key=order_key)
+        return cls({m.name: m for m in ordered}, mode, directory, **kw)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    @property
+    def allow_folders(self) -> bool:
+        """ImageFolder paths on the server's disk: only for the machine's owner, never in public."""
+        return not self.public
+
+    @property
+    def limits(self) -> inputs.Limits:
+        return inputs.PUBLIC if self.public else inputs.LOCAL
+
+    def pick(self, names) -> list[ClipModel]:
+        names = [names] if isinstance(names, str) else list(names or [])
+        if not names:
+            raise UserError("Choose at least one model.")
+        unknown = [n for n in names if n not in self.models]
+        if unknown:
+            raise UserError(f"The model '{unknown[0]}' is not loaded; press 'Refresh model lists'.")
+        return [self.models[n] for n in names]
+
+    def rescan(self) -> list[str]:
+        """Load fine-tunes that appeared in the checkpoint folder since start; returns the new names."""
+        added = []
+        with self.lock:
+            for base in [m for m in self.models.values() if m.spec == m.base]:
+                for m in finetunes_of(base, self.checkpoint_dir, skip=self.names):
+                    self.models[m.name] = m
+                    added.append(m.name)
+            self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
+        return added
+
+    def presets(self) -> dict[str, list[str]]:
+        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet when a real-size CLIP is loaded."""
+        return label_presets(real_clip=any(m.image_size >= 128 for m in self.models.values()))
+
+    def dataset_choices(self) -> list[str]:
+        return list(list_groups()) + [d.name for d in list_datasets()]
+
+    def about(self) -> str:
+        """The About tab: the mode, the device, every loaded model with its metadata, the method in plain words."""
+        rows = ["| model | kind | base | method | eps (/255) | steps | data | file |", "|---|---|---|---|---|---|---|---|"]
+        for m in self.models.values():
+            meta = m.metadata or {}
+            kind = meta.get("kind", "base" if m.spec == m.base else "finetune")
+            rows.append("| " + " | ".join(html.escape(str(v)) for v in (
+                m.name, kind, m.base, meta.get("method", "-"), meta.get("eps_255", "-"), meta.get("steps", "-"),
+                _short(meta.get("data", "-")), Path(m.spec).name if m.spec.endswith(".safetensors") else m.spec)) + " |")
+        details = "\n".join(f"<details><summary>{html.escape(m.name)} metadata</summary>\n\n```json\n"
+                            f"{json.dumps(m.metadata, indent=2, default=str)}\n```\n</details>"
+                            for m in self.models.values() if m.metadata)
+        return (f"### Mode\n{self.mode}\n\nDevice: `{next(iter(self.models.values())).device}`.\n\n"
+                f"### Loaded models\n" + "\n".join(rows) + "\n\n" + details + "\n\n### What this is\n\n"
+                + METHOD_IN_PLAIN_WORDS)
+
+
+def _short(text, limit: int = 48) -> str:
+    """A table cell that does not squeeze the others (the full text is in the metadata below)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

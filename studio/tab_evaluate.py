@@ -1,0 +1,53 @@
+"""The Evaluate tab: clean and robust zero-shot accuracy of the chosen models on a dataset or group."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from . import evaluation
+from .safety import JOB_GPU_S, JOBS, gpu, safe
+from .state import Studio
+
+
+@dataclass
+class EvaluateTab:
+    models: gr.CheckboxGroup  # the models evaluated
+
+
+def build(studio: Studio) -> EvaluateTab:
+    limits, datasets = studio.limits, studio.dataset_choices()
+    with gr.Tab("Evaluate"):
+        with gr.Row():
+            models = gr.CheckboxGroup(studio.names, value=studio.names, label="Models")
+            dataset = gr.Dropdown(datasets, value=pick_default(datasets, "mini"),
+                                  label="Dataset (a registered task or group)")
+            folder = gr.Textbox("", label="...or an ImageFolder path on this machine", visible=studio.allow_folders,
+                                placeholder="/data/my_images (one folder per class)")
+        with gr.Row():
+            eps = gr.Number(1, label="eps (/255)", minimum=0)
+            steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
+            step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0)
+            limit = gr.Number(100, label="samples per dataset", precision=0, minimum=1,
+                              info=f"at most {limits.eval_samples:,}{limits.where}")
+        with gr.Row():
+            run_btn = gr.Button("Evaluate", variant="primary")
+            cancel_btn = gr.Button("Cancel", variant="stop")
+        status = gr.Markdown()
+        table = gr.Dataframe(headers=["model", "dataset", "n", "clean %", "robust %", "seconds"],
+                             label="Results", interactive=False)
+        plot = gr.Plot(label="Accuracy")
+
+    def cancel(request: gr.Request) -> str:
+        return studio.jobs.cancel("evaluate", request)
+
+    run = run_btn.click(gpu(JOB_GPU_S)(safe(evaluation.evaluate, studio)),
+                        [models, dataset, folder, eps, steps, step_size, limit], [status, table, plot],
+                        api_name="evaluate", **JOBS)
+    # Cancel takes a waiting run off the queue (cancels=) and stops a running one after its step (the flag).
+    cancel_btn.click(safe(cancel), None, status, api_name="cancel_evaluate", queue=False, cancels=[run])
+    return EvaluateTab(models)
+
+
+def pick_default(choices: list[str], preferred: str) -> str | None:
+    return preferred if preferred in choices else (choices[0] if choices else None)

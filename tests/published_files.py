@@ -1,0 +1,153 @@
+"""Checkpoint files as their publishers' tools wrote them, for importer and zoo tests.
+
+The test-time-counterattacks repo saved its .pth.tar files with torch 2.0 under numpy 1.26, so
+the number in `best_acc1` is pickled through ``numpy.core.multiarray.scalar``; numpy 2 writes
+``numpy._core`` instead. Rather than trust today's numpy, the scalar's pickle is written here
+opcode by opcode (protocol 2, as torch.save uses) and put into a torch zip archive.
+"""
+import pickletools
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+
+NUMPY1_SCALAR = "numpy.core.multiarray scalar"  # the GLOBAL a numpy 1.x pickle of a number names
+
+
+def _unicode(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
+
+
+def numpy1_float64_ops(value: float) -> bytes:
+    """The pickle opcodes numpy 1.x emits for numpy.float64(value) at protocol 2 (no memo)."""
+    raw = struct.pack("<d", value).decode("latin1")  # protocol 2 carries bytes as _codecs.encode(str, 'latin1')
+    return (b"c" + NUMPY1_SCALAR.replace(" ", "\n").encode() + b"\n"   # GLOBAL numpy.core.multiarray scalar
+            + b"cnumpy\ndtype\n" + _unicode("f8") + b"\x89\x88\x87R"     # dtype('f8', False, True)
+            + b"(K\x03" + _unicode("<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # its state, BUILD
+            + b"c_codecs\nencode\n" + _unicode(raw) + _unicode("latin1") + b"\x86R"  # the 8 raw bytes
+            + b"\x86R")                                                  # scalar(dtype, bytes)
+
+
+def save_numpy1_checkpoint(obj: dict, path: Path, number_key: str = "best_acc1", value: float = 31.2) -> Path:
+    """torch.save(obj) with obj[number_key] = a numpy-1.x-pickled float64 `value`."""
+    marker = "PMG-TEST-NUMPY1-SCALAR"
+    torch.save({**obj, number_key: marker}, path)
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            if info.filename.endswith("/data.pkl"):
+                assert data.count(_unicode(marker)) == 1
+                data = data.replace(_unicode(marker), numpy1_float64_ops(value))
+            z.writestr(info, data)
+    return path
+
+
+def pickle_globals(path: Path) -> set[str]:
+    """The GLOBAL names a torch zip checkpoint's pickle refers to (read without unpickling)."""
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    return {str(arg) for op, arg, _ in pickletools.genops(pkl) if op.name == "GLOBAL"}
+
+
+def public_code_checkpoint(weights: dict, prefix: str = "") -> dict:
+    """The dict the public PMG-AFT / TeCoA / test-time-counterattacks training scripts save."""
+    return {"epoch": 10, "state_dict": {}, "add_prompter": {},
+            "vision_encoder_state_dict": {prefix + k: v for k, v in weights.items()},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 5e-5, "momentum": 0.9, "params": [0, 1]}]}}
+
+
+# --- a local server standing in for Google Drive, Nextcloud and mirrors ------------------------------
+
+class Route:
+    """How the server answers one path: `body` with byte ranges, or one of the ways hosts fail."""
+
+    def __init__(self, body: bytes = b"", *, status: int = 200, content_type: str = "application/octet-stream",
+                 ranges: bool = True, cut_at: int | None = None, stall_after: int | None = None,
+                 redirect: str | None = None):
+        self.body, self.status, self.content_type, self.ranges = body, status, content_type, ranges
+        self.cut_at, self.stall_after, self.redirect = cut_at, stall_after, redirect
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1 (a port of its own) serving `routes`; records each request's Range."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, str | None]] = []  # (path with query, Range header)
+        self.stop = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet test output
+                pass
+
+            def do_GET(self):
+                from urllib.parse import urlsplit
+
+                server.requests.append((self.path, self.headers.get("Range")))
+                route = server.routes.get(urlsplit(self.path).path) or server.routes.get(self.path)
+                if route is None or route.status >= 400:
+                    self.send_error(404 if route is None else route.status)
+                    return
+                if route.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", route.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body, start = route.body, 0
+                rng = self.headers.get("Range")
+                if rng and route.ranges and rng.startswith("bytes="):
+                    start = int(rng[len("bytes="):].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(route.status)
+                if route.ranges:
+                    self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                end = len(body) if route.cut_at is None else min(route.cut_at, len(body))
+                if route.stall_after is not None:
+                    self.wfile.write(body[start:start + route.stall_after])
+                    self.wfile.flush()
+                    server.stop.wait(30)  # says nothing until the test ends
+                    return
+                self.wfile.write(body[start:end])
+                if route.cut_at is not None:  # a cut connection: fewer bytes than announced
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="test-file-server")
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def drive_confirm_page(action: str, file_id: str) -> str:
+    """A Google Drive 'cannot scan this file for viruses' page, in the shape Drive sends it."""
+    return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+            "<p>Google Drive can't scan this file for viruses.</p>"
+            f"<form id=\"download-form\" action=\"{action}\" method=\"get\">"
+            "<input type=\"submit\" value=\"Download anyway\"/>"
+            f"<input type=\"hidden\" name=\"id\" value=\"{file_id}\">"
+            "<input type=\"hidden\" name=\"export\" value=\"download\">"
+            "<input type=\"hidden\" name=\"confirm\" value=\"t\">"
+            "<input type=\"hidden\" name=\"uuid\" value=\"0b5e-test\"></form></body></html>")
+
+
+DRIVE_QUOTA_PAGE = ("<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
+                    "<p>Too many users have viewed or downloaded this file recently. Please try accessing the file "
+                    "again later.</p></body></html>")
