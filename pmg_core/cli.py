@@ -221,7 +221,7 @@ def _run_attack(args) -> int:
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
     from .inputs import parse_labels
-    from .models import default_device
+    from .env import default_device
     from .zoo import load_models
 
     labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels

@@ -40,10 +40,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checkpoints import load_checkpoint_model, read_metadata
+from . import env
+from .env import cache_dir
+from .checkpoints import read_metadata
 from .errors import UserError, check, first_line
-from .models import (CHECKPOINT_DIR, OPENAI_VIT_B32, ClipModel, checkpoint_path, default_device, is_offline,
-                     list_checkpoints, load_model)
+from .models import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
 
 log = logging.getLogger(__name__)
 KNOWN_ORDER = ("clip", "tecoa", "pmg-aft", "fare")  # how checkpoints are listed: original first
@@ -223,13 +224,6 @@ def parse_zoo_ids(text: str | None) -> list[str]:
 
 # --- the cache and fetching -----------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """$PMG_CACHE_DIR, else pmg-aft-studio in the user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
-    if os.environ.get("PMG_CACHE_DIR"):
-        return Path(os.environ["PMG_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "pmg-aft-studio"
-
-
 def converted_path(entry: Entry) -> Path:
     return cache_dir() / "models" / f"{entry.id}.safetensors"
 
@@ -399,8 +393,8 @@ def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), dev
 
 def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
     """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort."""
-    device = default_device()
-    if not is_offline():
+    device = env.default_device()
+    if not env.is_offline():
         try:
             base = load_model(OPENAI_VIT_B32, device=device)
             return [base] + finetunes_of(base, directory), (
@@ -421,9 +415,9 @@ def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
         "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
 
 
-def load_default_models(directory: Path = CHECKPOINT_DIR, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
+def load_default_models(directory: Path | None = None, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
     """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped."""
-    models, mode = _default_models(directory)
+    models, mode = _default_models(Path(directory or env.checkpoint_dir()))
     for spec in extra:
         try:
             model = load_sharing_bases(spec, models[0].device, models)
