@@ -70,7 +70,11 @@ def build(studio: Studio) -> AttackTab:
                 res = _results_column()
         examples = assets.examples(presets)
         if examples:
-            gr.Examples(examples, [tab.image, tab.labels, tab.true_label], label="Examples from the embedded world")
+            photos = any(not e[0].startswith(str(assets.EXAMPLES_DIR)) for e in examples)
+            gr.Examples(examples, [tab.image, tab.labels, tab.true_label],
+                        label="Examples: photos and the embedded world" if photos else "Examples from the embedded world")
+            if photos:
+                gr.Markdown(assets.PHOTO_CREDITS)
 
     def on_preset(name):
         classes = presets.get(name, [])
