@@ -148,6 +148,7 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
 
 def _add_eval(sub) -> None:
+    from .attacks import ATTACKS
     from .evaluate import EvalConfig
 
     d = EvalConfig()
@@ -161,7 +162,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--eps", type=_e, help="attack radius in /255 (default 1)")
     p.add_argument("--steps", type=int, help=f"attack steps; AutoAttack's APGD/FAB iterations (default {d.steps})")
     p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
-    p.add_argument("--attack", help=f"pgd | cw | autoattack | autoattack-standard (default {d.attack})")
+    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack})")
     p.add_argument("--norm", help=f"Linf | L2 (default {d.norm})")
     p.add_argument("--no-random-start", dest="random_start", action="store_false")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",

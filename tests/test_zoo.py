@@ -230,7 +230,8 @@ def test_every_registry_entry_is_complete_and_its_recipe_uses_registered_dataset
 
 
 def test_zoo_ids_are_parsed_as_people_write_them():
-    assert zoo.parse_zoo_ids("") == list(zoo.DEFAULT_ZOO) and zoo.parse_zoo_ids("none") == []
+    assert zoo.parse_zoo_ids("") == list(zoo.DEFAULT_ZOO) and zoo.parse_zoo_ids("none") == ["clip-b32"]
+    assert zoo.with_bases(["tecoa1-b32-rvlm", "clip-b32"]) == ["clip-b32", "tecoa1-b32-rvlm"]  # the base first
     assert zoo.parse_zoo_ids(" fare4-b32-rvlm , tecoa1-b32-rvlm") == ["fare4-b32-rvlm", "tecoa1-b32-rvlm"]
     with pytest.raises(UserError, match="no model 'nope'"):
         zoo.parse_zoo_ids("clip-b32,nope")
