@@ -37,10 +37,26 @@ def default_step_size(eps: float, steps: int) -> float:
 # under autocast to it (the public code's fp16); OUTER_AUTOCAST keeps whatever autocast the caller
 # set (training with attack_amp: faster on a GPU, not the paper's numerics).
 OUTER_AUTOCAST = "outer"
+# TF32: fp32 passes whose CUDA matrix products may round their inputs to TF32 (10-bit mantissa): faster
+# on Ampere and later, a change of numerics, so off unless asked for (TrainConfig.attack_tf32).
+TF32 = "tf32"
+
+
+@contextlib.contextmanager
+def _tf32_matmuls(x: torch.Tensor):
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _autocast(x: torch.Tensor, dtype: torch.dtype | str | None):
     outer = torch.is_autocast_enabled(x.device.type)
+    if dtype == TF32:
+        return _tf32_matmuls(x)
     if dtype == OUTER_AUTOCAST or (dtype is None and not outer):
         return contextlib.nullcontext()
     if dtype is None:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attacks import OUTER_AUTOCAST, PGD, FeatureAttack
+from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
 from .errors import UserError, check, check_number
 from .models import ZeroShotClassifier
 from .presets import KL_DIRECTIONS, Preset, get_preset
@@ -36,6 +36,9 @@ class MethodSettings:
     # Run the inner attack under the training step's autocast (bf16 on CUDA) instead of fp32:
     # faster on a GPU, but not the paper's numerics. Presets with their own attack dtype keep it.
     attack_amp: bool = False
+    # Run the inner attack's fp32 passes with TF32 matrix products on CUDA (attacks.TF32): faster on
+    # a GPU, a change of numerics; off by default.
+    attack_tf32: bool = False
     tga_alpha: float = 0.08  # TGA-ZSR: weight of its attention refinement term (its code's default)
     tga_beta: float = 0.05  # TGA-ZSR: weight of its attention-based model constraint (its code's default)
 
@@ -49,6 +52,8 @@ class MethodSettings:
         check_number("TGA-ZSR alpha", self.tga_alpha, low=0)
         check_number("TGA-ZSR beta", self.tga_beta, low=0)
         check(isinstance(self.attack_amp, bool), f"attack_amp must be true or false; got {self.attack_amp!r}.")
+        check(not (self.attack_amp and self.attack_tf32), "Choose attack_amp (bf16 attacks) or attack_tf32 "
+                                                          "(TF32 attacks), not both.")
         get_preset(self.preset)
 
 
@@ -97,6 +102,8 @@ class Method:
     def attack_dtype(self) -> torch.dtype | str | None:
         if self.preset.attack_dtype is None and self.settings.attack_amp:
             return OUTER_AUTOCAST
+        if self.preset.attack_dtype is None and self.settings.attack_tf32:
+            return TF32
         return self.preset.attack_dtype
 
     def pgd(self, model: ZeroShotClassifier) -> PGD:

@@ -62,6 +62,10 @@ class TrainConfig:
     # Also run the training attack under that autocast: faster on a GPU, but not the paper's numerics
     # (its attacks run in fp32, as they do here by default). public-code's fp16 attacks ignore it.
     attack_amp: bool = False
+    attack_tf32: bool = False  # the training attack's fp32 passes with TF32 matrix products on CUDA (off: the paper's)
+    # torch.compile the image encoders (trained and frozen): the same losses and gradients within float
+    # tolerance (tests/test_train.py), fewer launches on a GPU; the first steps pay the compilation.
+    compile: bool = False
     num_workers: int = 0
     max_bad_steps: int = 10  # non-finite losses tolerated (each skipped) before stopping
     extra_metadata: dict = field(default_factory=dict)
@@ -84,7 +88,7 @@ class TrainConfig:
 
     def method_settings(self) -> MethodSettings:
         return MethodSettings(self.eps, self.attack_steps, self.step_size, self.alpha, self.beta, self.preset,
-                              self.attack_amp, tga_alpha=self.tga_alpha, tga_beta=self.tga_beta)
+                              self.attack_amp, self.attack_tf32, tga_alpha=self.tga_alpha, tga_beta=self.tga_beta)
 
 
 def state_path(out: str | Path) -> Path:
@@ -164,9 +168,19 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         # Hook for DDP: the module whose forward computes the loss passes (the classifier itself by default).
+        if cfg.compile:
+            check(world == 1, "compile runs in one process for now; leave it off under torchrun.")
+            self._compile_encoders()
         self.train_module: torch.nn.Module = self.classifier
         if world > 1:
             self.train_module = self._ddp_classifier()
+
+    def _compile_encoders(self) -> None:
+        """torch.compile the encoders the step runs (the trained one and f_o); the model keeps the plain
+        modules, so checkpoints and other classifiers of it are unchanged."""
+        self.classifier.visual = torch.compile(self.classifier.visual)
+        if self.original is not None:
+            self.original.visual = torch.compile(self.original.visual)
 
     def _ddp_classifier(self) -> ZeroShotClassifier:
         """The classifier again, its image encoder wrapped in DDP (gradients averaged over ranks).

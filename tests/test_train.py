@@ -78,6 +78,27 @@ def test_training_attack_runs_in_fp32_inside_the_step_autocast_unless_asked(mode
     assert trainer._metadata({})["method_settings"]["attack_amp"] is attack_amp  # recorded in the checkpoint
 
 
+@pytest.mark.parametrize("attack_tf32", [False, True])
+def test_tf32_attack_passes_only_when_asked_and_only_inside_the_attack(model, attack_tf32):
+    """TrainConfig.attack_tf32 lets the training attack's fp32 matrix products use TF32 on CUDA (a change
+    of numerics, off by default); the loss passes and everything after the attack keep the setting."""
+    trainer = Trainer(cfg(method="tecoa", max_steps=1, attack_steps=2, attack_tf32=attack_tf32), model=model)
+    seen = []
+    hook = model.visual.register_forward_hook(
+        lambda mod, inp, out: seen.append((torch.backends.cuda.matmul.allow_tf32, out.dtype)))
+    before = torch.backends.cuda.matmul.allow_tf32
+    x, y = next(iter(trainer._loader(0, 0)))
+    try:
+        assert trainer.train_step(x, y) is not None
+    finally:
+        hook.remove()
+    assert seen == [(attack_tf32 or before, torch.float32)] * 2 + [(before, torch.float32)]
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert trainer._metadata({})["method_settings"]["attack_tf32"] is attack_tf32  # recorded in the checkpoint
+    with pytest.raises(UserError, match="not both"):
+        Trainer(cfg(method="tecoa", attack_amp=True, attack_tf32=True), model=model)
+
+
 @pytest.mark.parametrize("method", ["tecoa", "pmg-aft"])
 def test_adversarial_fine_tuning_raises_robust_accuracy(pretrained, method):
     model = copy.deepcopy(pretrained)

@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     p.add_argument("--attack-amp", action="store_true",
                    help="the training attack under the step's bf16 autocast too (train --attack-amp); default fp32")
+    p.add_argument("--attack-tf32", action="store_true",
+                   help="the training attack's fp32 passes with TF32 matmuls on CUDA (train --attack-tf32); default off")
+    p.add_argument("--compile", action="store_true",
+                   help="also run each method's step torch.compile'd and check it against the eager one (steps part)")
     p.add_argument("--eval-eps", type=float, default=None, help="eps of the early-stop study in /255 (default: --eps)")
     p.add_argument("--eval-step-size", type=float, default=None,
                    help="PGD step of the early-stop study in /255 (default: its eps)")
@@ -67,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
                        eps=args.eps / 255, eval_eps=None if args.eval_eps is None else args.eval_eps / 255,
                        eval_step_size=None if args.eval_step_size is None else args.eval_step_size / 255,
-                       classes=args.classes, amp=args.amp, attack_amp=args.attack_amp, seed=args.seed,
+                       classes=args.classes, amp=args.amp, attack_amp=args.attack_amp, attack_tf32=args.attack_tf32,
+                       compile=args.compile, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
                        app_arch=args.app_arch, app_models=args.app_models, app_steps=args.app_steps,
                        app_eps=args.app_eps / 255, app_stop_margin=args.app_stop_margin,

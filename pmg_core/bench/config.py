@@ -36,6 +36,8 @@ class BenchConfig:
     warmup: int = 1
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
     attack_amp: bool = False  # the training attack under that autocast too (TrainConfig.attack_amp); else fp32
+    attack_tf32: bool = False  # the training attack's fp32 passes with TF32 matmuls on CUDA (TrainConfig.attack_tf32)
+    compile: bool = False  # also check each method's torch.compile'd step against the eager one (steps part)
     seed: int = 0
     parts: list[str] = field(default_factory=lambda: list(DEFAULT_PARTS))
     eval_model: str = "clip-tiny"  # model of the early-stop study
@@ -95,7 +97,8 @@ def make_trainer(model, method: str, cfg: BenchConfig, device: torch.device):
     data = random_data(cfg.classes, model.image_size, cfg.batch_size)
     tcfg = TrainConfig(model=model.spec, method=method, dataset=data.name, eps=cfg.eps, attack_steps=cfg.pgd_steps,
                        step_size=cfg.eps, batch_size=cfg.batch_size, max_steps=1_000_000, warmup=1, lr=1e-6,
-                       device=str(device), amp=cfg.amp, attack_amp=cfg.attack_amp, seed=cfg.seed)
+                       device=str(device), amp=cfg.amp, attack_amp=cfg.attack_amp, attack_tf32=cfg.attack_tf32,
+                       seed=cfg.seed)
     return Trainer(tcfg, model=model, data=data)
 
 

@@ -24,6 +24,12 @@ def to_markdown(report: dict) -> str:
                      f"{r['efficiency_vs_floor']:.2f} | {r['ours']['peak_memory_mib']:.0f} ({r['ours']['step_memory_mib']:.0f}) | "
                      f"{r['reference']['peak_memory_mib']:.0f} ({r['reference']['step_memory_mib']:.0f}) | "
                      f"{tflops_cell(r)} |")
+    checks = {k: r["eager_vs_compiled"] for k, r in report["methods"].items() if "eager_vs_compiled" in r}
+    for name, c in checks.items():
+        lines += ["", f"torch.compile, {name}: same step as eager: {'yes' if c['same_step'] else 'NO'} (loss relative "
+                      f"difference {c['loss_rel_diff']:.1e}, largest gradient difference {c['grad_max_abs_diff']:.1e}); "
+                      f"step {c['compiled_step_s']:.3f} s compiled vs {c['eager_step_s']:.3f} s eager, first compiled "
+                      f"step {c['compiled_first_step_s']:.1f} s."]
     es = report.get("eval_early_stop")
     if es:
         lines += ["", f"## Robust evaluation early stop: {es['model']} on {es['datasets']} "

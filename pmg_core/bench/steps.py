@@ -7,10 +7,13 @@ floor; the FLOPs of our step give its achieved TFLOP/s against the device's peak
 """
 from __future__ import annotations
 
+import copy
+import time
+
 import torch
 
 from .config import BenchConfig, attack_autocast, fixed_batch, make_trainer
-from .instruments import PeakMemory, count_flops, time_interleaved
+from .instruments import PeakMemory, best_seconds, count_flops, sync, time_interleaved
 from .yardsticks import Reference, floor_passes, input_grad_passes
 
 
@@ -44,7 +47,10 @@ def bench_method(model, method: str, cfg: BenchConfig, device: torch.device, mem
                          attack_autocast(trainer, cfg))
     fns = {"ours": lambda: trainer.train_step(x, y), "reference": lambda: ref.step(x, y), "floor": floor}
     flops = count_flops(fns["ours"])  # doubles as one more warm-up of our step
-    return summarise(time_interleaved(fns, cfg.warmup, cfg.repeats, device, memory), cfg.batch_size, flops, peaks)
+    out = summarise(time_interleaved(fns, cfg.warmup, cfg.repeats, device, memory), cfg.batch_size, flops, peaks)
+    if cfg.compile:
+        out["eager_vs_compiled"] = eager_vs_compiled(model, method, cfg, device)
+    return out
 
 
 def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory: PeakMemory,
@@ -83,4 +89,41 @@ def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory:
                               "floor": floor_eval}, cfg.warmup, cfg.repeats, device, memory)
     out["eval"] = summarise(timed, cfg.batch_size, count_flops(ours_eval), peaks)
     out["eval"]["steps"] = cfg.eval_steps
+    return out
+
+
+# What "the same step" means for torch.compile: float reassociation in fused kernels moves the last
+# digits, so the loss must agree to LOSS_RTOL and every gradient entry to GRAD_RTOL * |g| + GRAD_ATOL
+# (the tolerances of the reference check in tests/test_bench.py).
+LOSS_RTOL, GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-3, 1e-6
+
+
+def eager_vs_compiled(model, method: str, cfg: BenchConfig, device: torch.device) -> dict:
+    """One training step eager and one torch.compile'd (TrainConfig.compile), from the same weights,
+    batch and random start: their losses and gradients, the compiled first step (compilation
+    included) and the best of a few further steps of each."""
+    trainers = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        t = make_trainer(copy.deepcopy(model), method, cfg, device)
+        if compiled:
+            t._compile_encoders()  # noqa: SLF001 - what TrainConfig(compile=True) does in the Trainer
+        trainers[name] = t
+    x, y = fixed_batch(trainers["eager"], cfg.seed)
+    out: dict = {}
+    for name, t in trainers.items():
+        torch.manual_seed(cfg.seed + 1)
+        sync(device)
+        t0 = time.perf_counter()
+        out[f"loss_{name}"] = t.train_step(x, y)["loss"]
+        sync(device)
+        out[f"{name}_first_step_s"] = round(time.perf_counter() - t0, 3)
+    pairs = [(a.grad, b.grad) for a, b in zip(trainers["eager"].params, trainers["compiled"].params)
+             if a.grad is not None and b.grad is not None]
+    excess = max(float(((e - c).abs() - GRAD_RTOL * e.abs()).max()) for e, c in pairs)
+    out["loss_rel_diff"] = abs(out["loss_eager"] - out["loss_compiled"]) / max(abs(out["loss_eager"]), 1e-12)
+    out["grad_max_abs_diff"] = max(float((e - c).abs().max()) for e, c in pairs)
+    out["tolerance"] = {"loss_rtol": LOSS_RTOL, "grad_rtol": GRAD_RTOL, "grad_atol": GRAD_ATOL}
+    out["same_step"] = out["loss_rel_diff"] <= LOSS_RTOL and excess <= GRAD_ATOL
+    for name, t in trainers.items():
+        out[f"{name}_step_s"] = round(best_seconds(lambda t=t: t.train_step(x, y), device, max(cfg.repeats, 1)), 4)
     return out
