@@ -135,6 +135,7 @@ class PGDPass:
     samples: torch.Tensor  # batch indices of the samples this pass attacked
     images: torch.Tensor  # their iterate, as judged (a copy)
     logits: torch.Tensor  # the model's logits on it, detached
+    grad: torch.Tensor  # the attack loss's input gradient there (what the ascent from it follows)
 
 
 class PGD:
@@ -264,7 +265,7 @@ class PGD:
                 grad, loss, logits = self._grad(judged, y[active], targeted)
                 pred = logits.argmax(1)
                 self._keep(best_adv, best_loss, best_pred, fooled, active, judged, loss, pred, y, targeted)
-                yield PGDPass(r, k, active, judged, logits)
+                yield PGDPass(r, k, active, judged, logits, grad)
                 if self.early_stop:  # a fooled sample keeps the iterate that fooled it
                     keep = ~fooled[active]
                     active, grad = active[keep], grad[keep]

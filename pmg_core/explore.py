@@ -18,10 +18,6 @@ from .models import ClipModel
 from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
 
-# Gradient passes a comparison with a stop margin runs on every model in turn before it attacks them one
-# by one: the first judges the image itself, the next two one and two steps in, where PGD fools a
-# non-robust CLIP at eps 4/255.
-LOCKSTEP_PASSES = 3
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -168,6 +164,8 @@ class _Attacked:
     taken: int = 0  # gradient passes run so far
     clean_lead: float = -math.inf  # how far the attack's goal leads on the clean image (see _Setup.lead)
     lead: float = -math.inf  # the same at the attack's last pass
+    alpha: float = 0.0  # the attack's step size
+    pace: float = 0.0  # what one ascent should add to the attack loss, to first order (step x gradient norm)
     adv_logits: torch.Tensor | None = None  # the logits of the image a margin stop judged (no second forward)
     adv: torch.Tensor | None = None  # the adversarial image, once the attack is over
 
@@ -207,6 +205,7 @@ class _Setup:
         s = self.settings
         y = torch.tensor([self.goal], device=job.clean_logits.device)
         pgd = PGD(job.clf, s.eps, s.step_size, s.steps, s.norm, s.loss, random_start=False)
+        job.alpha = pgd.alpha
         job.passes = pgd.iterate(self.x[None].to(y.device), y, target=y if self.target_idx is not None else None,
                                  clean_logits=job.clean_logits)
 
@@ -221,6 +220,8 @@ class _Setup:
             return self.quantized(end.value.adv[0])
         job.taken += 1
         job.lead = self.lead(step.logits)
+        # An ascent of alpha along sign(grad) (Linf) or grad/|grad| (L2) gains alpha * the dual norm.
+        job.pace = job.alpha * float(step.grad.abs().sum() if self.settings.norm == "Linf" else step.grad.norm())
         margin = self.settings.stop_margin
         if margin is not None and job.lead >= margin:
             adv = self.quantized(step.images[0])
@@ -231,6 +232,11 @@ class _Setup:
                 job.adv_logits = logits
                 return adv
         return None
+
+    def passes_to_stop(self, job: _Attacked) -> float:
+        """A guess of the passes `job` still needs to lead by the stop margin, at its first-order pace
+        (it only decides which model goes next)."""
+        return (self.settings.stop_margin - job.lead) / job.pace if job.pace > 0 else math.inf
 
     def quantized(self, adv: torch.Tensor) -> torch.Tensor:
         return quantize_in_ball(self.x, adv.detach().cpu(), self.settings.eps, self.settings.norm)
@@ -255,9 +261,9 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
     finish, then "done" with the Comparison, its verdicts in the models' order. Without a stop
     margin the models are attacked one after the other, in their order, exactly as compare()
     always did. With settings.stop_margin, a model's attack stops once an iterate fools it by that
-    many logits (checked on the 8-bit image it would show), and the first LOCKSTEP_PASSES passes
-    go round the models, so those fooled at once (a non-robust original CLIP) report first and the
-    others follow in their order. Each model's clean image is judged once, for its verdict and its
+    many logits (checked on the 8-bit image it would show), and after every model's first pass the
+    models go on in the order in which the steepness of their loss says they will be fooled, so a
+    non-robust original CLIP reports first. Each model's clean image is judged once, for its verdict and its
     attack; its text features come from the model's cache (ClipModel.text_features).
     """
     setup = _Setup(models, image, classes, true_label, settings, templates)
@@ -303,12 +309,14 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
                 yield finished(job, setup.x, job.model.name, 0)
             else:
                 setup.start(job)
-        # With a stop margin the first passes go round the models, so one fooled within them (a
-        # non-robust original CLIP) reports before any other runs long; the rest follow in order.
-        for _ in range(LOCKSTEP_PASSES if settings.stop_margin is not None else 0):
+        order = jobs
+        if settings.stop_margin is not None:
+            # Every model's first pass (which every attack runs) shows how steep its loss is there:
+            # the models likeliest to be fooled soonest (a non-robust original CLIP) go first.
             for job in jobs:
                 yield from attack(job, 1)
-        for job in jobs:
+            order = sorted(jobs, key=setup.passes_to_stop)
+        for job in order:
             yield from attack(job)
     out.verdicts = list(done)
     yield {"event": "done", "comparison": out}
