@@ -169,6 +169,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--preset", help="paper | public-code (default: each model's own, else paper)")
+    p.add_argument("--defense", help="a test-time defense: none | ttc (default none); a defended model is "
+                                     "reported under the usual attack and under an adaptive one through the defense")
+    p.add_argument("--eot", type=int, help=f"the adaptive attack's gradients per step, each through a fresh draw of the defense (default {d.eot})")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.add_argument("--device")
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")
