@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .attacks import ascend, random_start
-from .errors import UserError, check, check_number
+from .errors import UserError, check_number
 from .models import ClipModel, ZeroShotClassifier
 
 

@@ -117,14 +117,11 @@ def read_source(source: str):
     check(path.is_file(), f"'{source}' is neither a file nor an hf-hub:ORG/REPO id.")
     digest = sha256_file(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        from .checkpoints import META_KEY, load_tensors
+        from .checkpoints import header_metadata, load_tensors
 
         state, fmt = load_tensors(path), "safetensors state dict"  # one-sentence error if unreadable
-        with safe_open(str(path), framework="pt") as f:
-            check(META_KEY not in (f.metadata() or {}),
-                  f"'{path.name}' is already a pmg_core checkpoint; use it as a model spec directly.")
+        check(header_metadata(path) is None,
+              f"'{path.name}' is already a pmg_core checkpoint; use it as a model spec directly.")
     else:
         obj = load_torch_file(path)
         state = _pick_state(obj, f"'{path.name}'")
@@ -158,11 +155,11 @@ def guess_method(source: str) -> str:
 
 
 def default_out(source: str) -> Path:
-    from .models import CHECKPOINT_DIR
+    from .env import checkpoint_dir
 
     name = source.split("/")[-1] if source.startswith("hf-hub:") else Path(source).name
     name = re.sub(r"(\.pth\.tar|\.pth|\.pt|\.tar|\.bin|\.safetensors)$", "", name) or "imported"
-    return Path(CHECKPOINT_DIR) / f"{name}.safetensors"
+    return checkpoint_dir() / f"{name}.safetensors"
 
 
 def import_checkpoint(source: str, out: str | Path | None = None, base: str | None = None,
@@ -217,7 +214,7 @@ def add_parser(sub) -> None:
 def _run_import(args) -> int:
     import json
 
-    from .models import default_device
+    from .env import default_device
 
     device = args.device or default_device()
     path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)

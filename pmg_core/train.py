@@ -24,8 +24,9 @@ from .checkpoints import (load_tensors, load_training_state, load_visual_into, r
                           save_training_state, visual_state)
 from .data import ZeroShotDataset, get_dataset
 from .errors import UserError, check, check_number
+from .env import default_device
 from .methods import MethodSettings, get_method
-from .models import ClipModel, ZeroShotClassifier, default_device, frozen_copy, load_model
+from .models import ClipModel, ZeroShotClassifier, frozen_copy, load_model
 
 
 @dataclass
@@ -157,9 +158,7 @@ class Trainer:
         self.classifier: ZeroShotClassifier = self.model.classifier(data.classes, data.templates, cfg.preset)
         self.original = None
         if self.method.needs_original:
-            self.original = ZeroShotClassifier(frozen_copy(visual), self.classifier.text_features,
-                                               self.classifier.logit_scale, self.classifier.image_size,
-                                               self.classifier.mean.flatten().tolist(), self.classifier.std.flatten().tolist())
+            self.original = self.classifier.with_visual(frozen_copy(visual))
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(cfg.warmup, self.total_steps))
         self.step = 0
@@ -177,11 +176,9 @@ class Trainer:
         """
         from torch.nn.parallel import DistributedDataParallel
 
-        c = self.classifier
         ddp = DistributedDataParallel(self.model.visual, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                       forward_sync_buffers=False)
-        return ZeroShotClassifier(ddp, c.text_features, c.logit_scale, c.image_size,
-                                  c.mean.flatten().tolist(), c.std.flatten().tolist())
+        return self.classifier.with_visual(ddp)
 
     def _all_ranks(self, values: list[float]) -> list[float]:
         """Per-rank values summed over ranks (one small collective); identity in one process."""
@@ -243,23 +240,13 @@ class Trainer:
             out = self.method(self.train_module, self.original, x, y)
         # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
         if self._all_ranks([float(not torch.isfinite(out.loss))])[0] > 0:
-            self.bad_steps += 1
-            check(self.bad_steps <= self.cfg.max_bad_steps,
-                  f"Training stopped: the loss was NaN/inf on {self.bad_steps} steps (limit {self.cfg.max_bad_steps}); "
-                  "lower the learning rate or eps. The last good checkpoint is kept.")
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+            return self._skip_bad_step()
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         # A finite loss can still give NaN/inf gradients (overflow inside backward): a bad step too,
         # or one optimizer step would poison the weights and every checkpoint after it.
         if not all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None):
-            self.bad_steps += 1
-            check(self.bad_steps <= self.cfg.max_bad_steps,
-                  f"Training stopped: the loss or its gradients were NaN/inf on {self.bad_steps} steps "
-                  f"(limit {self.cfg.max_bad_steps}); lower the learning rate or eps. The last good checkpoint is kept.")
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+            return self._skip_bad_step()
         self.optimizer.step()
         self.scheduler.step()
         # No logit-scale clamp here: the scale is frozen with the text side (and may be shared with
@@ -269,6 +256,14 @@ class Trainer:
         # scale batch sums by world, see methods.py).
         values = self._all_ranks([out.loss.item(), *out.metrics.values()])
         return {k: v / self.world for k, v in zip(names, values)}
+
+    def _skip_bad_step(self) -> None:
+        """Count a step whose loss or gradients were NaN/inf and drop its gradients; too many stop the run."""
+        self.bad_steps += 1
+        check(self.bad_steps <= self.cfg.max_bad_steps,
+              f"Training stopped: the loss or its gradients were NaN/inf on {self.bad_steps} steps "
+              f"(limit {self.cfg.max_bad_steps}); lower the learning rate or eps. The last good checkpoint is kept.")
+        self.optimizer.zero_grad(set_to_none=True)
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
         if self.cfg.resume:

@@ -129,7 +129,7 @@ def _run_fetch(args) -> int:
 def _run_verify(args) -> int:
     from .data import get_dataset
     from .evaluate import EvalConfig, evaluate
-    from .models import default_device
+    from .env import default_device
 
     e = zoo.get(args.id)
     if e.published is None:

@@ -59,9 +59,9 @@ def test_shipped_recipes_hold_the_papers_settings():
     assert public == {**pmg, "preset": "public-code", "out": public["out"]} and public["out"] != pmg["out"]
     methods = {n: load_recipe(CONFIGS / f"{n}_vitb32.yaml", "train")["method"] for n in ("tecoa", "fare")}
     assert methods == {"tecoa": "tecoa", "fare": "fare"}
-    from pmg_core.models import CHECKPOINT_DIR  # where eval_paper.yaml's models are looked up by name
+    from pmg_core.env import checkpoint_dir  # where eval_paper.yaml's models are looked up by name
 
-    assert Path(pmg["out"]) == CHECKPOINT_DIR / "pmg-aft-vitb32.safetensors"
+    assert Path(pmg["out"]) == checkpoint_dir() / "pmg-aft-vitb32.safetensors"
 
     runs = {p.stem: load_recipe(p, "eval") for p in sorted(CONFIGS.glob("eval_paper*.yaml"))}
     settings = sorted((round(r["eps"] * 255, 6), r["attack"]) for r in runs.values())
@@ -135,9 +135,7 @@ def test_cli_train_flag_at_its_default_beats_the_recipe(tmp_path, capsys):
 
 
 def test_recipe_out_by_bare_name_lands_where_eval_finds_it(tmp_path, monkeypatch, capsys):
-    from pmg_core import models
-
-    monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path / "ckpts")
+    monkeypatch.setenv("PMG_CHECKPOINT_DIR", str(tmp_path / "ckpts"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # wherever the command runs from
@@ -146,7 +144,7 @@ def test_recipe_out_by_bare_name_lands_where_eval_finds_it(tmp_path, monkeypatch
     assert main(["train", "--config", str(recipe)]) == 0
     assert (tmp_path / "ckpts" / "toy-pmg.safetensors").is_file() and not any(elsewhere.iterdir())
     assert main(["eval", "--models", "toy-pmg", "--datasets", "toy-colours", "--steps", "1", "--limit", "8"]) == 0
-    assert "| toy-pmg | robust |" in capsys.readouterr().out
+    assert "| toy-pmg | paper | robust |" in capsys.readouterr().out
     # a path with a folder stays relative to the working directory, as --out always is
     recipe.write_text("kind: train\nout: runs/x.safetensors\n")
     assert load_recipe(recipe, "train")["out"] == "runs/x.safetensors"
@@ -344,4 +342,4 @@ def test_cli_import_then_evaluate(tmp_path, foreign, capsys):
                "--eval", "toy-colours", "--limit", "8", "--device", "cpu"])
     assert rc == 0 and read_metadata(out)["method"] == "pmg-aft"
     printed = capsys.readouterr().out
-    assert f"wrote {out}" in printed and "| pmg | robust |" in printed
+    assert f"wrote {out}" in printed and "| pmg | paper | robust |" in printed
