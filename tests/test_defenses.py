@@ -7,7 +7,7 @@ import torch
 
 from pmg_core.attacks import random_start
 from pmg_core.data import get_dataset
-from pmg_core.defenses import DefenseSettings, defend, get_defense, list_defenses, original_reference
+from pmg_core.defenses import defend, get_defense, list_defenses, original_reference
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models import load_model
@@ -149,3 +149,20 @@ def test_the_attack_through_the_defense_fools_the_defended_model_on_its_own(embe
     with torch.no_grad():
         clean, attacked = (defended(x).argmax(1) == y).sum(), (defended(adv).argmax(1) == y).sum()
     assert attacked < 0.75 * clean
+
+
+def test_compare_judges_each_model_with_and_without_the_defense(model):
+    from pmg_core.explore import AttackSettings, compare
+
+    x, _ = make_toy(1, seed=5).tensors
+    settings = AttackSettings(eps=8 / 255, steps=3, defense="ttc", eot=2)
+    res = compare([model], x[0], CLASSES, "red", settings, templates=("a {} image",))
+    (v,) = res.verdicts
+    assert v.defended is not None and v.defended.defense == "ttc"
+    assert (v.defended.adaptive_image - res.image).abs().max() <= 8 / 255 + 1e-6
+    doc = res.to_dict(settings)
+    assert doc["defense"] == "ttc" and set(doc["verdicts"][0]["defended"]) == {"clean", "adversarial", "adaptive"}
+    plain = compare([model], x[0], CLASSES, "red", AttackSettings(eps=8 / 255, steps=3), templates=("a {} image",))
+    assert plain.verdicts[0].defended is None and "defended" not in plain.to_dict(AttackSettings())["verdicts"][0]
+    with pytest.raises(UserError, match="Unknown defense"):
+        compare([model], x[0], CLASSES, "red", AttackSettings(defense="magic"))
