@@ -8,9 +8,7 @@ to it. Files are written atomically (temp file + rename) and read without unpick
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import tempfile
 import time
@@ -53,17 +51,23 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     return path
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The JSON metadata of a checkpoint, read from the header only (cheap)."""
+def header_metadata(path: str | Path) -> str | None:
+    """The raw pmg_core entry of a safetensors file's header (None if it has none), read without the weights."""
     from safetensors import safe_open
 
     path = Path(path)
-    check(path.is_file(), f"Checkpoint file '{path}' does not exist.")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
+            return (f.metadata() or {}).get(META_KEY)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"'{path.name}' is not a readable safetensors checkpoint (truncated or corrupt?): {e}") from None
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a checkpoint, read from the header only (cheap)."""
+    path = Path(path)
+    check(path.is_file(), f"Checkpoint file '{path}' does not exist.")
+    raw = header_metadata(path)
     check(raw is not None, f"'{path.name}' has no pmg_core metadata; import foreign checkpoints with `python -m pmg_core import`.")
     try:
         meta = json.loads(raw)
@@ -109,59 +113,6 @@ def load_visual_into(model, tensors: dict[str, torch.Tensor], source: str) -> No
     model.visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-@contextlib.contextmanager
-def _no_random_init_warning():
-    """Silence open_clip's "Model initialized randomly" (logged on the root logger) while an
-    architecture is built only to receive a checkpoint's weights: it would tell users the opposite."""
-    def keep(record: logging.LogRecord) -> bool:
-        return "Model initialized randomly" not in record.getMessage()
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
-
-
-def load_checkpoint_model(path: str | Path, device="cpu", base=None):
-    """Load a checkpoint file as a ClipModel (fine-tunes load their base first, or reuse `base`)."""
-    from .models import _open_clip, _wrap, load_model
-
-    path = Path(path)
-    meta = read_metadata(path)
-    tensors = load_tensors(path)
-    # Checkpoints in checkpoints/ are known by name; others by path, so the spec loads them again.
-    spec = path.stem if path.parent.resolve() == _ckpt_dir() else str(path)
-    if meta["kind"] == "base":
-        oc = _open_clip()
-        arch = meta.get("arch", "")
-        check(arch in oc.list_models(), f"'{path.name}' needs architecture '{arch}', which this install does not know.")
-        with _no_random_init_warning():  # the weights come from the file right below
-            model = oc.create_model(arch, pretrained=None, device="cpu")
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise UserError(f"'{path.name}' does not fit architecture '{arch}': {str(e).splitlines()[0]}") from None
-        out = _wrap(path.stem, model, oc.get_tokenizer(arch), spec, spec, mean=meta.get("mean"), std=meta.get("std"))
-        out.metadata = meta
-        return out.to(device)
-    base_spec = meta.get("base")
-    check(bool(base_spec), f"'{path.name}' is a fine-tune that does not name its base model.")
-    if base is None or base.spec != base_spec:
-        base = load_model(base_spec, device=device)
-    model = base.fork(path.stem, spec, meta)
-    load_visual_into(model, tensors, f"'{path.name}'")
-    model.metadata = meta
-    return model.to(device)
-
-
-def _ckpt_dir() -> Path:
-    from .models import CHECKPOINT_DIR
-
-    return Path(CHECKPOINT_DIR).resolve()
-
-
 # --- training state for exact resume -------------------------------------------------------------
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, step: int,
@@ -195,13 +146,10 @@ def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, sche
 def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler,
                         device: torch.device | None = None) -> dict:
     """Restore what save_training_state wrote (the device RNG into `device`); returns its JSON part."""
-    from safetensors import safe_open
-
     path = Path(path)
     check(path.is_file(), f"Training state '{path}' does not exist; resume needs the .state.safetensors file.")
     tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(META_KEY)
+    raw = header_metadata(path)
     try:
         meta = json.loads(raw or "")
     except json.JSONDecodeError:

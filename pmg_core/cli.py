@@ -63,12 +63,12 @@ def _add_train(sub) -> None:
     from .train import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, FARE, clean)",
+    p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, TGA-ZSR, FARE, clean)",
                        description="Fine-tune model.visual adversarially. eps/step sizes in /255 units.",
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--config", default=None, help="YAML/JSON recipe; flags given on the command line override it")
     p.add_argument("--model", help=f"base model spec (default {d.model})")
-    p.add_argument("--method", help=f"clean | tecoa | pmg-aft | fare (default {d.method})")
+    p.add_argument("--method", help=f"clean | tecoa | pmg-aft | tga-zsr | fare (default {d.method})")
     p.add_argument("--dataset", help=f"registered dataset or ImageFolder path (default {d.dataset})")
     p.add_argument("--data-root", help="where on-disk datasets live (default $PMG_DATA_ROOT, else ./data)")
     p.add_argument("--eps", type=_e, help="Linf radius in /255 (default 1)")
@@ -76,6 +76,8 @@ def _add_train(sub) -> None:
     p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
     p.add_argument("--alpha", type=float, help=f"PMG-AFT weight of KL to the original model (default {d.alpha})")
     p.add_argument("--beta", type=float, help=f"PMG-AFT weight of KL to its clean output (default {d.beta})")
+    p.add_argument("--tga-alpha", type=float, help=f"TGA-ZSR weight of its attention refinement term (default {d.tga_alpha})")
+    p.add_argument("--tga-beta", type=float, help=f"TGA-ZSR weight of its attention constraint term (default {d.tga_beta})")
     p.add_argument("--preset", help=f"paper | public-code (default {d.preset})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -217,7 +219,7 @@ def _run_attack(args) -> int:
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
     from .inputs import parse_labels
-    from .models import default_device
+    from .env import default_device
     from .zoo import load_models
 
     labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
@@ -287,7 +289,7 @@ def _run_datasets(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "importers")  # modules that add their own sub-command
+OPTIONAL = ("pretrain", "bench", "importers", "zoo_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:

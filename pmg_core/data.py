@@ -15,8 +15,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .errors import UserError, check
-
-DEFAULT_TEMPLATES = ("This is a photo of a {}",)
+from .presets import DEFAULT_TEMPLATES
 
 
 @dataclass

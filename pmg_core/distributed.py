@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError, check
-from .models import default_device
+from .env import default_device
 
 TIMEOUT_ENV = "PMG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0

@@ -22,7 +22,8 @@ from .attacks import ATTACKS, NORMS, PGD, make_attack, random_start
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
-from .models import ClipModel, ZeroShotClassifier, default_device
+from .env import default_device
+from .models import ClipModel, ZeroShotClassifier
 from .presets import Preset, get_preset
 from .zoo import load_models
 

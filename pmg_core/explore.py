@@ -11,10 +11,11 @@ from typing import Sequence
 import torch
 
 from .attacks import PGD
-from .data import DEFAULT_TEMPLATES, list_groups
+from .data import list_groups
 from .errors import check, check_number
 from .images import center_square, quantize
 from .models import ClipModel
+from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

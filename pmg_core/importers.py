@@ -53,6 +53,8 @@ def visual_state(state: dict, source: str) -> dict[str, torch.Tensor]:
     check(bool(out), f"{source} holds no image-encoder weights.")
     bad = next((k for k, v in out.items() if not torch.is_tensor(v)), None)
     check(bad is None, f"{source} has a non-tensor entry '{bad}' where weights were expected.")
+    bad = next((k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    check(bad is None, f"{source} has NaN or infinite values in '{bad}'; refused.")
     return out
 
 
@@ -115,14 +117,11 @@ def read_source(source: str):
     check(path.is_file(), f"'{source}' is neither a file nor an hf-hub:ORG/REPO id.")
     digest = sha256_file(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        from .checkpoints import META_KEY, load_tensors
+        from .checkpoints import header_metadata, load_tensors
 
         state, fmt = load_tensors(path), "safetensors state dict"  # one-sentence error if unreadable
-        with safe_open(str(path), framework="pt") as f:
-            check(META_KEY not in (f.metadata() or {}),
-                  f"'{path.name}' is already a pmg_core checkpoint; use it as a model spec directly.")
+        check(header_metadata(path) is None,
+              f"'{path.name}' is already a pmg_core checkpoint; use it as a model spec directly.")
     else:
         obj = load_torch_file(path)
         state = _pick_state(obj, f"'{path.name}'")
@@ -156,19 +155,22 @@ def guess_method(source: str) -> str:
 
 
 def default_out(source: str) -> Path:
-    from .models import CHECKPOINT_DIR
+    from .env import checkpoint_dir
 
     name = source.split("/")[-1] if source.startswith("hf-hub:") else Path(source).name
     name = re.sub(r"(\.pth\.tar|\.pth|\.pt|\.tar|\.bin|\.safetensors)$", "", name) or "imported"
-    return Path(CHECKPOINT_DIR) / f"{name}.safetensors"
+    return checkpoint_dir() / f"{name}.safetensors"
 
 
 def import_checkpoint(source: str, out: str | Path | None = None, base: str | None = None,
-                      method: str | None = None, device="cpu", preset: str | None = None):
+                      method: str | None = None, device="cpu", preset: str | None = None,
+                      extra_metadata: dict | None = None, base_model=None):
     """Convert `source` to a fine-tune checkpoint at `out`; returns (path, the loaded ClipModel).
 
-    `preset`: the numerics the weights were trained with (the public PMG-AFT / TeCoA code's are
-    "public-code"); recorded, so evaluation judges the model with them unless told otherwise.
+    `preset`: the numerics the weights were trained with (only checkpoints of the public PMG-AFT
+    code are "public-code"); recorded, so evaluation judges the model with them unless told
+    otherwise. `extra_metadata` joins the checkpoint's metadata (the zoo records who trained it, the
+    source address and the licence); `base_model`: the loaded base `base` names, to share.
     """
     from .models import load_model
     from .presets import get_preset
@@ -177,14 +179,14 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
         get_preset(preset)  # one sentence for an unknown name, before any loading
     state, meta, hub_model = read_source(source)
     out = Path(out) if out else default_out(source)
-    if base or hub_model is None:
-        base_model = load_model(base or guess_base(state), device="cpu")
-    else:
+    if hub_model is not None and not base:
         base_model = hub_model
+    elif base_model is None or base_model.spec != (base or guess_base(state)):
+        base_model = load_model(base or guess_base(state), device="cpu")
     model = base_model.fork(out.stem, str(out), {})
     load_visual_into(model, {f"visual.{k}": v for k, v in state.items()}, f"'{meta['source']}'")
     meta = {"method": method or guess_method(source), "imported": True, **meta,
-            **({"preset": preset} if preset else {})}
+            **({"preset": preset} if preset else {}), **(extra_metadata or {})}
     path = save_finetune(out, model, meta)
     model.spec, model.metadata = str(path), {"kind": "finetune", "base": model.base, **meta}
     return path, model.to(device)
@@ -212,7 +214,7 @@ def add_parser(sub) -> None:
 def _run_import(args) -> int:
     import json
 
-    from .models import default_device
+    from .env import default_device
 
     device = args.device or default_device()
     path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)

@@ -22,6 +22,7 @@ from .attacks import OUTER_AUTOCAST, PGD, FeatureAttack
 from .errors import UserError, check, check_number
 from .models import ZeroShotClassifier
 from .presets import KL_DIRECTIONS, Preset, get_preset
+from .text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 
 
 @dataclass
@@ -35,6 +36,8 @@ class MethodSettings:
     # Run the inner attack under the training step's autocast (bf16 on CUDA) instead of fp32:
     # faster on a GPU, but not the paper's numerics. Presets with their own attack dtype keep it.
     attack_amp: bool = False
+    tga_alpha: float = 0.08  # TGA-ZSR: weight of its attention refinement term (its code's default)
+    tga_beta: float = 0.05  # TGA-ZSR: weight of its attention-based model constraint (its code's default)
 
     def validate(self) -> None:
         check_number("eps", self.eps, low=0, high=1)
@@ -43,6 +46,8 @@ class MethodSettings:
             check_number("step size", self.step_size, low=0)
         check_number("alpha", self.alpha, low=0)
         check_number("beta", self.beta, low=0)
+        check_number("TGA-ZSR alpha", self.tga_alpha, low=0)
+        check_number("TGA-ZSR beta", self.tga_beta, low=0)
         check(isinstance(self.attack_amp, bool), f"attack_amp must be true or false; got {self.attack_amp!r}.")
         get_preset(self.preset)
 
@@ -186,6 +191,47 @@ class PMGAFT(Method):
         return StepOutput(loss, logits_adv.detach(), {
             "ce": ce.item(), "kl_original": kl_gen.item(), "kl_clean": kl_clean.item(),
             "adv_acc": _acc(logits_adv, y), "acc": _acc(logits_clean, y)})
+
+
+@register_method("tga-zsr")
+class TGAZSR(Method):
+    """TGA-ZSR: TeCoA's CE plus text-guided attention terms (pmg_core/text_attention.py).
+
+    Follows its public code (zhyblue424/TGA-ZSR, TGA-ZSR.py): x_adv from PGD on the CE (random
+    start, last iterate); the target model's map on x_adv and on x both pulled toward the frozen
+    original's map on x. Deviations: its attack's backward leaks into the model's .grad (ours
+    uses autograd.grad); it trains under fp16 autocast (the paper preset runs fp32 here); its
+    HEAD's training loop scales the text features by a misspelt, undefined `logit_scale` (the
+    line it replaced used exp(logit_scale)), so CLIP's logit scale is used, as the paper preset does.
+    """
+
+    needs_original = True
+
+    def __init__(self, settings: MethodSettings):
+        super().__init__(settings)
+        # Its code uses CLIP's normalisation and x100 logits: PMG-AFT's public-code numerics would
+        # be a different method.
+        check(self.preset.name == "paper", "TGA-ZSR runs with the paper preset only (its public code uses "
+                                           f"CLIP's normalisation and logit scale); got preset {self.preset.name!r}.")
+
+    def __call__(self, model, original, x, y):
+        check(original is not None, "TGA-ZSR needs the frozen original model.")
+        x_adv = self.attack(model, x, y)
+        n = x.shape[0]
+        # One forward of f_t over [x_adv; x] gives the logits on x_adv and both attention maps.
+        pooled, tokens = image_tokens(model.visual, model.preprocess(torch.cat([x_adv, x])))
+        text = model.text_features[y]
+        map_adv, map_clean = text_guided_attention(tokens, torch.cat([text, text]), model.image_size).split(n)
+        with torch.no_grad():
+            map_orig = text_guided_attention(image_tokens(original.visual, original.preprocess(x))[1], text,
+                                             original.image_size)
+        logits = model.logits_from_features(pooled)
+        s = self.settings
+        loss, ce, refine, constraint = tga_zsr_loss(logits[:n], y, map_adv, map_clean, map_orig, s.tga_alpha,
+                                                    s.tga_beta)
+        return StepOutput(loss, logits[:n].detach(), {
+            "ce": ce.item(), "attention_refine": refine.item(), "attention_constraint": constraint.item(),
+            "adv_acc": _acc(logits[:n], y), "acc": _acc(logits[n:], y)})
 
 
 def fare_loss(feats_adv: torch.Tensor, feats_orig_clean: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,12 @@ A model spec is one of
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import logging
 import os
-import socket
 import string
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,15 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DEFAULT_TEMPLATES
+from . import env
+from .checkpoints import load_tensors, load_visual_into, read_metadata
 from .errors import UserError, check, first_line
-from .presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
+from .presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-CHECKPOINT_DIR = Path(os.environ.get("PMG_CHECKPOINT_DIR", Path(__file__).resolve().parent.parent / "checkpoints"))
 OPENAI_VIT_B32 = "ViT-B-32-quickgelu:openai"
 ALIASES = {"openai": OPENAI_VIT_B32, "clip": OPENAI_VIT_B32, "clip-vit-b-32": OPENAI_VIT_B32}
-PROBE_TIMEOUT_S = 1.5  # the whole network probe, name lookup included
 
 
 @functools.cache
@@ -42,42 +41,6 @@ def _open_clip():
     for cfg in sorted(CONFIG_DIR.glob("*.json")):
         open_clip.add_model_config(cfg)
     return open_clip
-
-
-def is_offline() -> bool:
-    """True when told to stay offline or when the hub cannot be reached (probed once, PROBE_TIMEOUT_S max)."""
-    for var in ("PMG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
-            return True
-    return not _hub_reachable()
-
-
-@functools.cache
-def _hub_reachable() -> bool:
-    # In a daemon thread: create_connection's timeout does not cover the DNS lookup, which can
-    # block for many seconds on a machine without network; an unfinished probe counts as offline.
-    reached = threading.Event()
-
-    def probe() -> None:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=PROBE_TIMEOUT_S).close()
-            reached.set()
-        except OSError:
-            pass
-
-    threading.Thread(target=probe, daemon=True, name="pmg-hub-probe").start()
-    return reached.wait(PROBE_TIMEOUT_S)
-
-
-def _go_offline() -> None:
-    # Make huggingface_hub answer from its cache instead of retrying downloads for ~45 s.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        from huggingface_hub import constants
-
-        constants.HF_HUB_OFFLINE = True
-    except ImportError:
-        pass
 
 
 @dataclass
@@ -196,6 +159,11 @@ class ZeroShotClassifier(nn.Module):
         self.logit_scale = float(logit_scale)
         self.image_size = int(image_size)
 
+    def with_visual(self, visual: nn.Module) -> "ZeroShotClassifier":
+        """The same classifier (text features, logit scale, input size, normalisation) over another image encoder."""
+        return ZeroShotClassifier(visual, self.text_features, self.logit_scale, self.image_size,
+                                  self.mean.flatten().tolist(), self.std.flatten().tolist())
+
     @property
     def num_classes(self) -> int:
         return self.text_features.shape[0]
@@ -237,7 +205,7 @@ def list_architectures() -> list[str]:
 
 
 def list_checkpoints(directory: str | Path | None = None) -> list[Path]:
-    d = Path(directory) if directory else CHECKPOINT_DIR
+    d = Path(directory) if directory else env.checkpoint_dir()
     return sorted(d.glob("*.safetensors")) if d.is_dir() else []
 
 
@@ -268,8 +236,8 @@ def _load_pretrained(arch: str, tag: str, device) -> ClipModel:
     check(bool(cfg) or os.path.isfile(tag),
           f"Unknown pretrained tag '{tag}' for {arch}; open_clip knows: {', '.join(oc.list_pretrained_tags_by_model(arch)) or 'none'}.")
     weights = tag
-    if is_offline():
-        _go_offline()
+    if env.is_offline():
+        env.go_offline()
         weights = _cached_hub_file(cfg.get("hf_hub", "")) if cfg else tag
         if not weights:
             raise UserError(f"Weights for {arch}:{tag} are not in the local cache and this machine is offline; "
@@ -303,8 +271,8 @@ def _cached_hub_file(hub: str) -> str | None:
 
 def _load_hf_hub(spec: str, device) -> ClipModel:
     oc = _open_clip()
-    if is_offline():
-        _go_offline()
+    if env.is_offline():
+        env.go_offline()
         if not _cached_hub_file(spec[len("hf-hub:"):] + "/open_clip_config.json"):
             raise UserError(f"'{spec}' is not in the local Hugging Face cache and this machine is offline; "
                             "connect once to download it, or use the embedded default 'clip-tiny'.")
@@ -322,8 +290,6 @@ def load_model(spec: str, device="cpu", base: ClipModel | None = None) -> ClipMo
     spec = ALIASES.get(spec.strip(), spec.strip())
     path = checkpoint_path(spec)
     if path is not None:
-        from .checkpoints import load_checkpoint_model
-
         return load_checkpoint_model(path, device=device, base=base)
     if spec.startswith("hf-hub:"):
         return _load_hf_hub(spec, device)
@@ -343,11 +309,53 @@ def checkpoint_path(spec: str) -> Path | None:
         check(p.is_file(), f"Checkpoint file '{spec}' does not exist.")
         return p
     if "/" not in spec and ":" not in spec:
-        candidate = CHECKPOINT_DIR / f"{spec}.safetensors"
+        candidate = env.checkpoint_dir() / f"{spec}.safetensors"
         if candidate.is_file():
             return candidate
     return None
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+@contextlib.contextmanager
+def _no_random_init_warning():
+    """Silence open_clip's "Model initialized randomly" (logged on the root logger) while an
+    architecture is built only to receive a checkpoint's weights: it would tell users the opposite."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def load_checkpoint_model(path: str | Path, device="cpu", base: ClipModel | None = None) -> ClipModel:
+    """Load a checkpoint file (checkpoints.py's format) as a ClipModel; a fine-tune loads its base
+    first, or reuses `base` when that is it."""
+    path = Path(path)
+    meta = read_metadata(path)
+    tensors = load_tensors(path)
+    # Checkpoints in the checkpoint folder are known by name; others by path, so the spec loads them again.
+    spec = path.stem if path.parent.resolve() == env.checkpoint_dir().resolve() else str(path)
+    if meta["kind"] == "base":
+        oc = _open_clip()
+        arch = meta.get("arch", "")
+        check(arch in oc.list_models(), f"'{path.name}' needs architecture '{arch}', which this install does not know.")
+        with _no_random_init_warning():  # the weights come from the file right below
+            model = oc.create_model(arch, pretrained=None, device="cpu")
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise UserError(f"'{path.name}' does not fit architecture '{arch}': {str(e).splitlines()[0]}") from None
+        out = _wrap(path.stem, model, oc.get_tokenizer(arch), spec, spec, mean=meta.get("mean"), std=meta.get("std"))
+        out.metadata = meta
+        return out.to(device)
+    base_spec = meta.get("base")
+    check(bool(base_spec), f"'{path.name}' is a fine-tune that does not name its base model.")
+    if base is None or base.spec != base_spec:
+        base = load_model(base_spec, device=device)
+    model = base.fork(path.stem, spec, meta)
+    load_visual_into(model, tensors, f"'{path.name}'")
+    model.metadata = meta
+    return model.to(device)

@@ -24,10 +24,10 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .data import ZeroShotDataset, register_dataset, register_group
+from .env import data_root
 from .errors import UserError, check, first_line
 
 PAPER_TEMPLATES = ("This is a photo of a {}",)  # the public code's single template, for every set
-DATA_ROOT_ENV = "PMG_DATA_ROOT"
 IMAGENET_NAMES_FILE = Path(__file__).parent / "class_names" / "imagenet.txt"
 
 
@@ -41,10 +41,6 @@ class PaperDataset:
     splits: dict  # our split name ("train" | "test") -> the dataset's own split name (None: whole set)
     downloadable: bool
     source: str = ""  # where torchvision downloads it from, when that needs saying
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    return Path(root or os.environ.get(DATA_ROOT_ENV) or "data").expanduser()
 
 
 def _to_rgb(image):
@@ -295,9 +291,9 @@ def _should_download(spec: PaperDataset, download: bool | None) -> bool:
     if not spec.downloadable:
         return False
     if download is None:
-        from .models import is_offline
+        from . import env
 
-        return not is_offline()
+        return not env.is_offline()
     return bool(download)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .errors import UserError
 
+DEFAULT_TEMPLATES = ("This is a photo of a {}",)  # the paper's single prompt template
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KL_DIRECTIONS = ("ref||adv", "adv||ref")

@@ -13,15 +13,15 @@ import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .errors import check, check_number
+from .train import cosine_with_warmup
 
 CHECK_LIMIT = 100  # images per mini task of the quick reproduction check stored in the metadata
-DEFAULT_OUT = str(Path(__file__).resolve().parent.parent / "checkpoints" / "clip-tiny.safetensors")
+DEFAULT_NAME = "clip-tiny.safetensors"  # in the checkpoint folder (pmg_core.env.checkpoint_dir())
 
 
 @dataclass
@@ -35,7 +35,7 @@ class PretrainConfig:
     loss: str = "multi-positive"  # "clip": plain symmetric InfoNCE; "multi-positive": see multi_positive_loss
     seed: int = 0
     threads: int | None = 2
-    out: str = DEFAULT_OUT
+    out: str | None = None  # None: DEFAULT_NAME in the checkpoint folder
     eval_limit: int | None = None  # test images per mini task for the final accuracies (None: all)
     device: str = "cpu"
 
@@ -91,16 +91,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def cosine_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 @torch.no_grad()
 def zero_shot_accuracies(model, names=None, limit: int | None = None, batch_size: int = 250) -> dict[str, float]:
     """Clean zero-shot top-1 accuracy (%) of a ClipModel on registered datasets (default: mini)."""
@@ -138,7 +128,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, log_every: int = 100):
     clip = model.clip
     clip.train()
     opt = torch.optim.AdamW(_param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg.warmup, cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup, cfg.steps))
     batches = synthetic.pretraining_stream(cfg.batch_size, seed=cfg.seed, steps=cfg.steps)
     start, losses = time.time(), []
     bar = tqdm(batches, total=cfg.steps, desc=f"pretrain {cfg.arch}", disable=not progress, mininterval=2)
@@ -206,7 +196,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up steps (default %(default)s)")
     p.add_argument("--loss", default=d.loss, choices=LOSSES, help="contrastive loss (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
-    p.add_argument("--out", default="checkpoints/clip-tiny.safetensors", help="checkpoint path (default %(default)s)")
+    p.add_argument("--out", default=None, help=f"checkpoint path (default {DEFAULT_NAME} in the checkpoint folder, "
+                                                "$PMG_CHECKPOINT_DIR or checkpoints/)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default %(default)s)")
     p.add_argument("--eval-limit", type=int, default=None, help="test images per mini task for the final accuracies")
     p.add_argument("--device", default=d.device, help="default %(default)s")
@@ -220,7 +211,9 @@ def run(args) -> int:
     names = {f for f in PretrainConfig.__dataclass_fields__}
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     model, meta = pretrain(cfg, progress=True)
-    path = save_base(cfg.out, model, meta)
+    from .env import checkpoint_dir
+
+    path = save_base(cfg.out or checkpoint_dir() / DEFAULT_NAME, model, meta)
     print(f"saved {path}")
     for name, a in meta["metrics"]["clean_zero_shot_accuracy"].items():
         print(f"  {name:<18} {a:6.2f}")

@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from .checkpoints import (load_tensors, load_training_state, load_visual_into, read_metadata, save_finetune,
                           save_training_state, visual_state)
-from .data import get_dataset
+from .data import ZeroShotDataset, get_dataset
 from .errors import UserError, check, check_number
+from .env import default_device
 from .methods import MethodSettings, get_method
-from .models import ClipModel, ZeroShotClassifier, default_device, frozen_copy, load_model
+from .models import ClipModel, ZeroShotClassifier, frozen_copy, load_model
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TrainConfig:
     step_size: float | None = 1 / 255
     alpha: float = 1.0
     beta: float = 1.0
+    tga_alpha: float = 0.08
+    tga_beta: float = 0.05
     preset: str = "paper"
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
@@ -81,7 +84,7 @@ class TrainConfig:
 
     def method_settings(self) -> MethodSettings:
         return MethodSettings(self.eps, self.attack_steps, self.step_size, self.alpha, self.beta, self.preset,
-                              self.attack_amp)
+                              self.attack_amp, tga_alpha=self.tga_alpha, tga_beta=self.tga_beta)
 
 
 def state_path(out: str | Path) -> Path:
@@ -118,14 +121,21 @@ def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, model: ClipModel | None = None, rank: int = 0, world: int = 1):
+    """One fine-tune. `model` and `data` (a ZeroShotDataset) are loaded from cfg.model / cfg.dataset
+    unless given: callers that build their own (the app, the benchmark's random images) pass them in."""
+
+    def __init__(self, cfg: TrainConfig, model: ClipModel | None = None, rank: int = 0, world: int = 1,
+                 data: ZeroShotDataset | None = None):
         cfg.validate()
         self.cfg, self.rank, self.world = cfg, rank, world
         check(cfg.batch_size % world == 0, f"The global batch size {cfg.batch_size} must divide evenly over {world} processes.")
         self.device = torch.device(cfg.device or default_device())
         self.method = get_method(cfg.method, cfg.method_settings())
         self.method.shard = (rank, world)
-        data = get_dataset(cfg.dataset, split="train", root=cfg.data_root).limited(cfg.limit, cfg.seed)
+        self.data_name = cfg.dataset if data is None else data.name  # what the checkpoint records
+        if data is None:
+            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root)
+        data = data.limited(cfg.limit, cfg.seed)
         check(len(data) >= cfg.batch_size,
               f"The training set has {len(data)} samples, fewer than one batch of {cfg.batch_size}; lower the batch size.")
         self.data = data
@@ -148,9 +158,7 @@ class Trainer:
         self.classifier: ZeroShotClassifier = self.model.classifier(data.classes, data.templates, cfg.preset)
         self.original = None
         if self.method.needs_original:
-            self.original = ZeroShotClassifier(frozen_copy(visual), self.classifier.text_features,
-                                               self.classifier.logit_scale, self.classifier.image_size,
-                                               self.classifier.mean.flatten().tolist(), self.classifier.std.flatten().tolist())
+            self.original = self.classifier.with_visual(frozen_copy(visual))
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(cfg.warmup, self.total_steps))
         self.step = 0
@@ -168,11 +176,9 @@ class Trainer:
         """
         from torch.nn.parallel import DistributedDataParallel
 
-        c = self.classifier
         ddp = DistributedDataParallel(self.model.visual, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                       forward_sync_buffers=False)
-        return ZeroShotClassifier(ddp, c.text_features, c.logit_scale, c.image_size,
-                                  c.mean.flatten().tolist(), c.std.flatten().tolist())
+        return self.classifier.with_visual(ddp)
 
     def _all_ranks(self, values: list[float]) -> list[float]:
         """Per-rank values summed over ranks (one small collective); identity in one process."""
@@ -186,7 +192,7 @@ class Trainer:
     def _metadata(self, metrics: dict) -> dict:
         c = self.cfg
         return {"method": c.method, "method_settings": asdict(c.method_settings()), "eps": c.eps,
-                "eps_255": round(c.eps * 255, 4), "attack_steps": c.attack_steps, "data": c.dataset,
+                "eps_255": round(c.eps * 255, 4), "attack_steps": c.attack_steps, "data": self.data_name,
                 "train_samples": len(self.data), "epochs": self.step / max(1, self.steps_per_epoch),
                 "steps": self.step, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "preset": c.preset,
                 "metrics": metrics, **c.extra_metadata}
@@ -223,33 +229,24 @@ class Trainer:
         return DataLoader(self.data.data, batch_sampler=sampler, num_workers=self.cfg.num_workers,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
-    def _autocast(self):
+    def autocast(self):
+        """The precision of the loss passes: bf16 autocast on CUDA when cfg.amp, else a no-op."""
         enabled = self.cfg.amp and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
         self.classifier.train()
-        with self._autocast():
+        with self.autocast():
             out = self.method(self.train_module, self.original, x, y)
         # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
         if self._all_ranks([float(not torch.isfinite(out.loss))])[0] > 0:
-            self.bad_steps += 1
-            check(self.bad_steps <= self.cfg.max_bad_steps,
-                  f"Training stopped: the loss was NaN/inf on {self.bad_steps} steps (limit {self.cfg.max_bad_steps}); "
-                  "lower the learning rate or eps. The last good checkpoint is kept.")
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+            return self._skip_bad_step()
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         # A finite loss can still give NaN/inf gradients (overflow inside backward): a bad step too,
         # or one optimizer step would poison the weights and every checkpoint after it.
         if not all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None):
-            self.bad_steps += 1
-            check(self.bad_steps <= self.cfg.max_bad_steps,
-                  f"Training stopped: the loss or its gradients were NaN/inf on {self.bad_steps} steps "
-                  f"(limit {self.cfg.max_bad_steps}); lower the learning rate or eps. The last good checkpoint is kept.")
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+            return self._skip_bad_step()
         self.optimizer.step()
         self.scheduler.step()
         # No logit-scale clamp here: the scale is frozen with the text side (and may be shared with
@@ -259,6 +256,14 @@ class Trainer:
         # scale batch sums by world, see methods.py).
         values = self._all_ranks([out.loss.item(), *out.metrics.values()])
         return {k: v / self.world for k, v in zip(names, values)}
+
+    def _skip_bad_step(self) -> None:
+        """Count a step whose loss or gradients were NaN/inf and drop its gradients; too many stop the run."""
+        self.bad_steps += 1
+        check(self.bad_steps <= self.cfg.max_bad_steps,
+              f"Training stopped: the loss or its gradients were NaN/inf on {self.bad_steps} steps "
+              f"(limit {self.cfg.max_bad_steps}); lower the learning rate or eps. The last good checkpoint is kept.")
+        self.optimizer.zero_grad(set_to_none=True)
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[dict]:
         if self.cfg.resume:

@@ -19,7 +19,8 @@ from pmg_core import inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError
 from pmg_core.explore import label_presets
-from pmg_core.models import CHECKPOINT_DIR, ClipModel
+from pmg_core import env
+from pmg_core.models import ClipModel
 from pmg_core.zoo import finetunes_of, load_default_models, order_key
 
 from .assets import METHOD_IN_PLAIN_WORDS
@@ -32,7 +33,7 @@ class Studio:
 
     models: dict[str, ClipModel]
     mode: str
-    checkpoint_dir: Path = CHECKPOINT_DIR
+    checkpoint_dir: Path = field(default_factory=env.checkpoint_dir)
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
     jobs: Jobs = field(default_factory=Jobs)
@@ -41,7 +42,7 @@ class Studio:
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
                extra_models: Sequence[str] = (), **kw) -> "Studio":
-        directory = Path(checkpoint_dir or CHECKPOINT_DIR)
+        directory = Path(checkpoint_dir or env.checkpoint_dir())
         if models is None:
             models, mode = load_default_models(directory, extra_models)
         else:

@@ -57,3 +57,97 @@ def public_code_checkpoint(weights: dict, prefix: str = "") -> dict:
     return {"epoch": 10, "state_dict": {}, "add_prompter": {},
             "vision_encoder_state_dict": {prefix + k: v for k, v in weights.items()},
             "optimizer": {"state": {}, "param_groups": [{"lr": 5e-5, "momentum": 0.9, "params": [0, 1]}]}}
+
+
+# --- a local server standing in for Google Drive, Nextcloud and mirrors ------------------------------
+
+class Route:
+    """How the server answers one path: `body` with byte ranges, or one of the ways hosts fail."""
+
+    def __init__(self, body: bytes = b"", *, status: int = 200, content_type: str = "application/octet-stream",
+                 ranges: bool = True, cut_at: int | None = None, stall_after: int | None = None,
+                 redirect: str | None = None):
+        self.body, self.status, self.content_type, self.ranges = body, status, content_type, ranges
+        self.cut_at, self.stall_after, self.redirect = cut_at, stall_after, redirect
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1 (a port of its own) serving `routes`; records each request's Range."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, str | None]] = []  # (path with query, Range header)
+        self.stop = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet test output
+                pass
+
+            def do_GET(self):
+                from urllib.parse import urlsplit
+
+                server.requests.append((self.path, self.headers.get("Range")))
+                route = server.routes.get(urlsplit(self.path).path) or server.routes.get(self.path)
+                if route is None or route.status >= 400:
+                    self.send_error(404 if route is None else route.status)
+                    return
+                if route.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", route.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body, start = route.body, 0
+                rng = self.headers.get("Range")
+                if rng and route.ranges and rng.startswith("bytes="):
+                    start = int(rng[len("bytes="):].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(route.status)
+                if route.ranges:
+                    self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                end = len(body) if route.cut_at is None else min(route.cut_at, len(body))
+                if route.stall_after is not None:
+                    self.wfile.write(body[start:start + route.stall_after])
+                    self.wfile.flush()
+                    server.stop.wait(30)  # says nothing until the test ends
+                    return
+                self.wfile.write(body[start:end])
+                if route.cut_at is not None:  # a cut connection: fewer bytes than announced
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="test-file-server")
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def drive_confirm_page(action: str, file_id: str) -> str:
+    """A Google Drive 'cannot scan this file for viruses' page, in the shape Drive sends it."""
+    return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+            "<p>Google Drive can't scan this file for viruses.</p>"
+            f"<form id=\"download-form\" action=\"{action}\" method=\"get\">"
+            "<input type=\"submit\" value=\"Download anyway\"/>"
+            f"<input type=\"hidden\" name=\"id\" value=\"{file_id}\">"
+            "<input type=\"hidden\" name=\"export\" value=\"download\">"
+            "<input type=\"hidden\" name=\"confirm\" value=\"t\">"
+            "<input type=\"hidden\" name=\"uuid\" value=\"0b5e-test\"></form></body></html>")
+
+
+DRIVE_QUOTA_PAGE = ("<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
+                    "<p>Too many users have viewed or downloaded this file recently. Please try accessing the file "
+                    "again later.</p></body></html>")

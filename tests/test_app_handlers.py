@@ -2,7 +2,6 @@
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,35 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradio as gr  # noqa: E402
 from pmg_core import analysis, inputs, zoo  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
 from pmg_core.images import load_image  # noqa: E402
-from pmg_core.models import CHECKPOINT_DIR, load_model  # noqa: E402
+from pmg_core import env  # noqa: E402
+from pmg_core.env import checkpoint_dir  # noqa: E402
 from studio import assets, evaluation, one_image, safety, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
-
-EXAMPLE = str(Path(assets.EXAMPLES_DIR) / "example.png")
-LABELS = "circle, square, triangle, diamond, cross, star"
-EACH = one_image.EACH_MODEL
-
-
-def tiny_models():
-    """Three models sharing one text side: 'clip' and two differently perturbed image encoders."""
-    torch.manual_seed(0)
-    base = load_model("pmg-test")
-    base.name = "clip"
-    out = [base]
-    for i, name in enumerate(("tecoa", "pmg-aft")):
-        m = base.fork(name, name)
-        with torch.no_grad():
-            for p in m.visual.parameters():
-                p.add_(0.05 * (i + 1) * torch.randn_like(p))
-        out.append(m)
-    return out
+from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -271,10 +252,10 @@ def test_default_models_fall_back_to_random_weights_when_no_checkpoint_is_there(
     assert [m.name for m in models] == ["pmg-tiny (random weights)"] and "random" in mode.lower()
 
 
-@pytest.mark.skipif(not (CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(), reason="clip-tiny not built yet")
+@pytest.mark.skipif(not (checkpoint_dir() / "clip-tiny.safetensors").is_file(), reason="clip-tiny not built yet")
 def test_default_models_offline_are_the_embedded_world(monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
-    models, mode = zoo.load_default_models(CHECKPOINT_DIR)
+    models, mode = zoo.load_default_models(checkpoint_dir())
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert all(m.base == models[0].spec for m in models)
 
@@ -469,7 +450,7 @@ def test_a_run_that_breaks_says_so_in_one_sentence_and_frees_its_slot(studio, mo
 
 # --- which models the app loads -------------------------------------------------------------------------
 
-EMBEDDED = pytest.mark.skipif(not (CHECKPOINT_DIR / "clip-tiny.safetensors").is_file(),
+EMBEDDED = pytest.mark.skipif(not (checkpoint_dir() / "clip-tiny.safetensors").is_file(),
                               reason="clip-tiny not built yet")
 
 
@@ -482,10 +463,10 @@ def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkey
             raise RuntimeError("download interrupted")  # not a UserError
         return real_load(spec, **kw)
 
-    monkeypatch.setattr(zoo, "is_offline", lambda: False)
+    monkeypatch.setattr(env, "is_offline", lambda: False)
     monkeypatch.setattr(zoo, "load_model", load_model)
     with caplog.at_level("WARNING", logger="pmg_core.zoo"):
-        models, mode = zoo.load_default_models(CHECKPOINT_DIR)
+        models, mode = zoo.load_default_models(checkpoint_dir())
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert "Real CLIP could not be loaded (download interrupted)" in caplog.text
 
@@ -494,8 +475,8 @@ def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkey
 def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("PMG_OFFLINE", "1")
     mine = tmp_path / "my-robust.safetensors"
-    shutil.copy(CHECKPOINT_DIR / "tecoa-tiny.safetensors", mine)  # a fine-tune of clip-tiny, outside checkpoints/
-    models, mode = zoo.load_default_models(CHECKPOINT_DIR, [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
+    shutil.copy(checkpoint_dir() / "tecoa-tiny.safetensors", mine)  # a fine-tune of clip-tiny, outside checkpoints/
+    models, mode = zoo.load_default_models(checkpoint_dir(), [str(mine), "tecoa-tiny", str(tmp_path / "no.safetensors")])
     names = [m.name for m in models]
     assert names[0] == "clip-tiny" and "my-robust" in names and names.count("tecoa-tiny") == 1
     assert models[names.index("my-robust")].clip is models[0].clip  # shares the loaded base
@@ -511,7 +492,7 @@ def test_an_extra_fine_tune_shares_an_extra_base(tmp_path, monkeypatch):
     ft = tmp_path / "ft.safetensors"
     train(TrainConfig(model="pmg-test", method="clean", dataset="toy-colours", max_steps=1, batch_size=8, out=str(ft)),
           progress=False)
-    models, _ = zoo.load_default_models(CHECKPOINT_DIR, ["pmg-test", str(ft)])
+    models, _ = zoo.load_default_models(checkpoint_dir(), ["pmg-test", str(ft)])
     by_name = {m.name: m for m in models}
     assert by_name["ft"].clip is by_name["pmg-test"].clip
 

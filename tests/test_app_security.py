@@ -1,21 +1,18 @@
 """Uploads and paths: the upload size limit, checkpoint names that try to leave checkpoints/, the bind address."""
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
 from pmg_core import inputs  # noqa: E402
+from pmg_core.env import checkpoint_dir  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
-from pmg_core.models import CHECKPOINT_DIR  # noqa: E402
 from studio import one_image, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
-from test_app_handlers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
+from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +44,7 @@ def test_a_file_one_byte_over_the_limit_is_refused_by_the_handler_before_decodin
 def test_the_live_server_refuses_an_upload_over_the_limit_and_keeps_serving(tmp_path):
     from gradio_client import Client, handle_file
 
-    from test_app_server import free_port
+    from helpers import free_port
 
     demo = app.build_app(tiny_models()[:1], checkpoint_dir=tmp_path / "ckpt")
     port = free_port()
@@ -96,7 +93,7 @@ def test_a_symlink_in_the_checkpoint_folder_cannot_redirect_a_new_checkpoint(tmp
     assert not (outside / "target.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", str(CHECKPOINT_DIR / "clip-tiny.safetensors"), "/etc/passwd"])
+@pytest.mark.parametrize("name", ["../../etc/passwd", str(checkpoint_dir() / "clip-tiny.safetensors"), "/etc/passwd"])
 def test_model_names_typed_in_the_ui_are_only_looked_up_among_loaded_models(studio, name):
     with pytest.raises(UserError) as e:
         one_image.attack(studio, EXAMPLE, LABELS, "circle", "Linf", 4, 1, 1, "cross-entropy", "", EACH, [name])

@@ -1,6 +1,5 @@
 """A live app on 127.0.0.1 driven through gradio_client: every endpoint, errors, train + cancel, lanes, Spaces."""
 import re
-import socket
 import struct
 import sys
 import time
@@ -15,23 +14,15 @@ import pytest
 import yaml
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
 from studio import assets, safety  # noqa: E402
-from test_app_handlers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
+from helpers import EACH, EXAMPLE, LABELS, free_port, tiny_models, wait_for  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +142,6 @@ def test_a_bad_upload_gets_our_sentence_through_the_server_and_it_keeps_serving(
 
 
 # --- two lanes, and Cancel of a run that is still waiting ------------------------------------------------
-
-def wait_for(predicate, seconds: float = 120) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline and not predicate():
-        time.sleep(0.1)
-    return predicate()
-
 
 def cancel_like_the_browser(url: str, session_hash: str, api_name: str) -> str:
     """The Cancel button's own event (queue=False): the browser POSTs it to /run/, past the queue."""

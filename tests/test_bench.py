@@ -39,6 +39,15 @@ def test_optimized_step_equals_reference_step(tiny_model, method):
     assert not any(p.requires_grad for p in ref_trainer.model.clip.transformer.parameters())
 
 
+def test_bench_trains_on_its_own_data_without_registering_it(tiny_model):
+    from pmg_core.data import list_datasets
+
+    trainer, _ = _pair(tiny_model, "tecoa")
+    assert "bench-random" not in [e.name for e in list_datasets()]  # the random images are handed to the Trainer
+    assert trainer.data.classes == [f"object {i}" for i in range(5)] and len(trainer.data) == 6
+    assert trainer._metadata({})["data"] == "bench-random"  # a checkpoint would say what it trained on
+
+
 def test_reference_differs_when_attack_differs(tiny_model):
     # Guards the equality test against passing trivially: a different random start changes the loss.
     ours_trainer, ref_trainer = _pair(tiny_model, "tecoa")

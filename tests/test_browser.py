@@ -2,13 +2,10 @@
 image is uploaded, previewed as the models see it, and attacked."""
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
@@ -17,7 +14,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
-from test_app_handlers import EXAMPLE, tiny_models  # noqa: E402
+from helpers import EXAMPLE, tiny_models  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 

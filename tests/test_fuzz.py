@@ -10,7 +10,6 @@ import io
 import itertools
 import math
 import resource
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -21,8 +20,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pmg_core import cli, inputs  # noqa: E402
 from pmg_core.errors import UserError  # noqa: E402
@@ -30,7 +27,7 @@ from pmg_core.explore import prepare_image  # noqa: E402
 from pmg_core.images import MAX_PIXELS, load_image  # noqa: E402
 from studio import evaluation, one_image, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
-from test_app_handlers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
+from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CASES: Counter = Counter()  # (test, outcome) -> cases run

@@ -8,7 +8,6 @@ Users held, queue-full refusals, time and memory are written to tests/artifacts/
 import contextlib
 import ctypes
 import gc
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,14 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
 from pmg_core import zoo  # noqa: E402
 from studio import one_image  # noqa: E402
-from test_app_handlers import EACH  # noqa: E402
-from test_app_server import free_port  # noqa: E402
+from helpers import EACH, first_step_shown, free_port, wait_for  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -98,8 +94,7 @@ def test_twenty_sessions_get_their_own_answers_while_training_runs(tmp_path, emb
         train_job = trainer.submit(names[0], "tecoa", "toy-colours", 1, 1, 0.01, 5000, 32, 1, 1, "many-users-run",
                                    api_name="/train")
         deadline = time.time() + 60
-        while time.time() < deadline and not any("Step" in str(o[0]) for o in train_job.outputs()):
-            time.sleep(0.1)
+        wait_for(lambda: first_step_shown(train_job), max(0.0, deadline - time.time()))
         assert any("Step" in str(o[0]) for o in train_job.outputs()), "training never started"
 
         results: dict[int, tuple] = {}

@@ -88,7 +88,7 @@ def test_pmg_aft_method_matches_formula_and_tecoa(model, preset):
     clf = model.classifier(CLASSES, ("a {} image",), preset)
     orig = frozen_copy(clf)
     with torch.no_grad():  # make f_t differ from f_o so the KL to the original is not zero
-        next(clf.visual.parameters()).add_(0.05)
+        clf.visual.proj.add_(0.2 * torch.randn(clf.visual.proj.shape, generator=torch.Generator().manual_seed(0)))
     out = _fixed_adv(get_method("pmg-aft", eps=1 / 255, preset=preset), x_adv)(clf, orig, x, y)
     la, lc, lo = clf(x_adv), clf(x), orig(x_adv)
     expected = by_hand(la.double(), lc.double(), lo.double(), y, 1.0, 1.0, *PRESET_KL[preset])
@@ -114,7 +114,7 @@ def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(
     clf = model.classifier(CLASSES, ("a {} image",))
     orig = frozen_copy(clf)
     with torch.no_grad():
-        next(clf.visual.parameters()).add_(0.05)
+        clf.visual.proj.add_(0.2 * torch.randn(clf.visual.proj.shape, generator=torch.Generator().manual_seed(0)))
     params = [p for p in clf.visual.parameters() if p.requires_grad]
     full = _fixed_adv(get_method("pmg-aft", eps=1 / 255), x_adv)
     detached = _fixed_adv(get_method("pmg-aft", eps=1 / 255), x_adv)
@@ -145,7 +145,7 @@ def test_fare_method_matches_formula(model):
     clf = model.classifier(CLASSES, ("a {} image",))
     orig = frozen_copy(clf)
     with torch.no_grad():
-        next(clf.visual.parameters()).add_(0.05)
+        clf.visual.proj.add_(0.2 * torch.randn(clf.visual.proj.shape, generator=torch.Generator().manual_seed(0)))
     method = get_method("fare", eps=2 / 255, steps=0)  # no attack steps: x_adv is the random start
     torch.manual_seed(0)
     out = method(clf, orig, x, y)
@@ -181,7 +181,7 @@ def test_a_batch_split_over_processes_averages_to_the_whole_batch_gradient(model
     clf = model.classifier(CLASSES, ("a {} image",), preset)
     orig = frozen_copy(clf)
     with torch.no_grad():
-        next(clf.visual.parameters()).add_(0.05)
+        clf.visual.proj.add_(0.2 * torch.randn(clf.visual.proj.shape, generator=torch.Generator().manual_seed(0)))
 
     def run(rows, shard):
         method = _fixed_adv(get_method("pmg-aft", eps=3 / 255, preset=preset), x_adv[rows])
@@ -202,7 +202,7 @@ def test_split_batch_attacks_draw_the_whole_batch_random_start(model, name):
     clf = model.classifier(CLASSES, ("a {} image",))
     orig = frozen_copy(clf)
     with torch.no_grad():
-        next(clf.visual.parameters()).add_(0.05)
+        clf.visual.proj.add_(0.2 * torch.randn(clf.visual.proj.shape, generator=torch.Generator().manual_seed(0)))
 
     def run(rows, shard):
         torch.manual_seed(0)  # the trainer seeds every rank alike

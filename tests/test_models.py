@@ -7,7 +7,7 @@ import open_clip
 import pytest
 import torch
 
-from pmg_core import models
+from pmg_core import env, models
 from pmg_core.errors import UserError
 from pmg_core.models import load_model
 
@@ -47,7 +47,7 @@ def _online(monkeypatch, error: Exception):
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(models, "is_offline", lambda: False)
+    monkeypatch.setattr(env, "is_offline", lambda: False)
     monkeypatch.setattr(open_clip, "create_model", broken)
 
 
@@ -92,11 +92,11 @@ def test_the_network_probe_is_bounded_even_when_name_lookup_hangs(monkeypatch):
         release.wait(30)
         raise OSError("no network")
 
-    monkeypatch.setattr(models, "PROBE_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(models.socket, "create_connection", hanging)
+    monkeypatch.setattr(env, "PROBE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(env.socket, "create_connection", hanging)
     start = time.monotonic()
     try:
-        assert models._hub_reachable.__wrapped__() is False
+        assert env.hub_reachable.__wrapped__() is False
         assert time.monotonic() - start < 2
     finally:
         release.set()
@@ -107,8 +107,8 @@ def test_the_network_probe_says_reachable_when_it_connects(monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(models.socket, "create_connection", lambda address, timeout=None: Conn())
-    assert models._hub_reachable.__wrapped__() is True
+    monkeypatch.setattr(env.socket, "create_connection", lambda address, timeout=None: Conn())
+    assert env.hub_reachable.__wrapped__() is True
 
 
 def test_loading_a_saved_model_does_not_claim_random_weights(model, tmp_path, caplog):

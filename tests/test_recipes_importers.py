@@ -59,9 +59,9 @@ def test_shipped_recipes_hold_the_papers_settings():
     assert public == {**pmg, "preset": "public-code", "out": public["out"]} and public["out"] != pmg["out"]
     methods = {n: load_recipe(CONFIGS / f"{n}_vitb32.yaml", "train")["method"] for n in ("tecoa", "fare")}
     assert methods == {"tecoa": "tecoa", "fare": "fare"}
-    from pmg_core.models import CHECKPOINT_DIR  # where eval_paper.yaml's models are looked up by name
+    from pmg_core.env import checkpoint_dir  # where eval_paper.yaml's models are looked up by name
 
-    assert Path(pmg["out"]) == CHECKPOINT_DIR / "pmg-aft-vitb32.safetensors"
+    assert Path(pmg["out"]) == checkpoint_dir() / "pmg-aft-vitb32.safetensors"
 
     runs = {p.stem: load_recipe(p, "eval") for p in sorted(CONFIGS.glob("eval_paper*.yaml"))}
     settings = sorted((round(r["eps"] * 255, 6), r["attack"]) for r in runs.values())
@@ -135,9 +135,7 @@ def test_cli_train_flag_at_its_default_beats_the_recipe(tmp_path, capsys):
 
 
 def test_recipe_out_by_bare_name_lands_where_eval_finds_it(tmp_path, monkeypatch, capsys):
-    from pmg_core import models
-
-    monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path / "ckpts")
+    monkeypatch.setenv("PMG_CHECKPOINT_DIR", str(tmp_path / "ckpts"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # wherever the command runs from

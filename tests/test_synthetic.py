@@ -180,9 +180,9 @@ def test_real_digits_are_scikit_learn_images():
 
 def _expected_accuracies():
     from pmg_core.checkpoints import read_metadata
-    from pmg_core.models import CHECKPOINT_DIR
+    from pmg_core.env import checkpoint_dir
 
-    path = CHECKPOINT_DIR / "clip-tiny.safetensors"
+    path = checkpoint_dir() / "clip-tiny.safetensors"
     assert path.is_file(), "checkpoints/clip-tiny.safetensors is shipped with the repository"
     meta = read_metadata(path)
     return meta["metrics"]

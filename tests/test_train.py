@@ -64,7 +64,7 @@ def test_training_attack_runs_in_fp32_inside_the_step_autocast_unless_asked(mode
     """The paper's attacks are fp32; TrainConfig.attack_amp runs them under the step's autocast
     (bf16 on CUDA; here a CPU bf16 autocast stands in for it)."""
     trainer = Trainer(cfg(method="tecoa", max_steps=1, attack_steps=2, attack_amp=attack_amp), model=model)
-    trainer._autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    trainer.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     seen = []
     hook = model.visual.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     x, y = next(iter(trainer._loader(0, 0)))

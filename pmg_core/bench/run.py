@@ -1,0 +1,40 @@
+"""`run_bench`: every requested part of the benchmark in one run, as one JSON-ready report."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from .config import BenchConfig
+from .early_stop import eval_early_stop_study
+from .instruments import PeakMemory, device_info
+from .steps import bench_attack_and_eval, bench_method
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Run every requested measurement; returns the JSON-ready report."""
+    from ..env import default_device
+    from ..models import load_model
+
+    cfg.validate()
+    say = progress or (lambda _msg: None)
+    device = torch.device(cfg.device or default_device())
+    info = device_info(device)
+    peaks = {k: info[f] for k, f in (("peak", "peak_bf16_tflops"), ("matmul", "matmul_bf16_tflops")) if info.get(f)}
+    memory = PeakMemory(device)
+    torch.manual_seed(cfg.seed)
+    model = load_model(cfg.arch, device=device) if {"steps", "attack"} & set(cfg.parts) else None
+    report: dict = {"config": {**asdict(cfg), "eps_255": round(cfg.eps * 255, 4)}, "device": info,
+                    "memory_kind": memory.kind, "methods": {}}
+    for method in cfg.methods if "steps" in cfg.parts else ():
+        say(f"timing {method} (ours / reference / floor)")
+        report["methods"][method] = bench_method(model, method, cfg, device, memory, peaks)
+    if "attack" in cfg.parts:
+        say("timing PGD alone and robust evaluation")
+        report.update(bench_attack_and_eval(model, cfg, device, memory, peaks))
+    report["memory_kind"] = memory.kind
+    if "study" in cfg.parts:
+        say(f"robust evaluation early-stop study on {cfg.eval_model}")
+        report["eval_early_stop"] = eval_early_stop_study(cfg, device)
+    return report

@@ -1,0 +1,87 @@
+"""Facts about where pmg_core runs, in one place: network, device and folders.
+
+Every folder is read from its environment variable at the moment it is asked for, so a variable set
+after import (a test, a notebook) is honoured everywhere:
+- checkpoints: $PMG_CHECKPOINT_DIR, else checkpoints/ beside the package (the shipped tiny models);
+- downloads (published checkpoints of the zoo): $PMG_CACHE_DIR, else $XDG_CACHE_HOME/pmg-aft-studio,
+  else ~/.cache/pmg-aft-studio;
+- datasets: the folder given (``--data-root``), else $PMG_DATA_ROOT, else ./data.
+Offline means told so (PMG_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) or the hub not answering
+a bounded probe; a machine found offline stays so for the process (the probe runs once).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import threading
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_DIR_ENV = "PMG_CHECKPOINT_DIR"
+CACHE_DIR_ENV = "PMG_CACHE_DIR"
+DATA_ROOT_ENV = "PMG_DATA_ROOT"
+OFFLINE_ENVS = ("PMG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+PROBE_HOST = ("huggingface.co", 443)
+PROBE_TIMEOUT_S = 1.5  # the whole network probe, name lookup included
+
+
+def checkpoint_dir() -> Path:
+    """Where checkpoints are found by name and new ones are written."""
+    return Path(os.environ.get(CHECKPOINT_DIR_ENV) or SHIPPED_CHECKPOINTS).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where downloaded files are kept (created on first use by whoever writes there)."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "pmg-aft-studio"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    return Path(root or os.environ.get(DATA_ROOT_ENV) or "data").expanduser()
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def told_offline() -> bool:
+    return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on") for var in OFFLINE_ENVS)
+
+
+def is_offline() -> bool:
+    """True when told to stay offline or when the hub cannot be reached (probed once, PROBE_TIMEOUT_S max)."""
+    return told_offline() or not hub_reachable()
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    # In a daemon thread: create_connection's timeout does not cover the DNS lookup, which can
+    # block for many seconds on a machine without network; an unfinished probe counts as offline.
+    reached = threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection(PROBE_HOST, timeout=PROBE_TIMEOUT_S).close()
+            reached.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, daemon=True, name="pmg-hub-probe").start()
+    return reached.wait(PROBE_TIMEOUT_S)
+
+
+def go_offline() -> None:
+    """Make huggingface_hub answer from its cache instead of retrying downloads for ~45 s."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass

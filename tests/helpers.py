@@ -1,0 +1,47 @@
+"""What several test files share: tiny models for the app, its example inputs, ports and waiting."""
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from pmg_core.models import load_model
+from studio.one_image import EACH_MODEL as EACH  # noqa: F401 - re-exported: "each model attacks itself"
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = str(ROOT / "assets" / "examples" / "example.png")
+LABELS = "circle, square, triangle, diamond, cross, star"
+
+
+def tiny_models():
+    """Three models sharing one text side: 'clip' and two differently perturbed image encoders."""
+    torch.manual_seed(0)
+    base = load_model("pmg-test")
+    base.name = "clip"
+    out = [base]
+    for i, name in enumerate(("tecoa", "pmg-aft")):
+        m = base.fork(name, name)
+        with torch.no_grad():
+            for p in m.visual.parameters():
+                p.add_(0.05 * (i + 1) * torch.randn_like(p))
+        out.append(m)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, seconds: float = 120) -> bool:
+    """Poll `predicate` until it holds or `seconds` pass; its last answer."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not predicate():
+        time.sleep(0.1)
+    return predicate()
+
+
+def first_step_shown(job) -> bool:
+    """Whether a streamed Train job (gradio_client Job) has shown a training step yet."""
+    return any("Step" in str(o[0]) for o in job.outputs())
