@@ -1,6 +1,6 @@
 """PMG-AFT Studio: attack CLIP live and compare the original model with its robust fine-tunes.
 
-`python app.py [--host H] [--port P] [--share] [--models SPEC,...]`. The entry point (the Space's
+`python app.py [--host H] [--port P] [--share] [--models SPEC,...] [--zoo ID,...]`. The entry point (the Space's
 app_file): it assembles the tabs of the `studio` package (one builder per tab, each wiring its own
 events) and launches them. Handlers are thin calls into pmg_core, which never imports the UI.
 """
@@ -16,8 +16,9 @@ from typing import Mapping, Sequence
 import gradio as gr
 
 from pmg_core import inputs
+from pmg_core.errors import UserError
 from pmg_core.models import ClipModel
-from pmg_core.zoo import parse_model_specs
+from pmg_core.zoo import parse_model_specs, parse_zoo_ids
 from studio import tab_about, tab_attack, tab_distances, tab_evaluate, tab_train
 from studio.assets import CSS
 from studio.state import Studio
@@ -26,10 +27,13 @@ log = logging.getLogger("pmg_studio")
 
 
 def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | Path | None = None,
-              public: bool = False, queue_size: int = 16, extra_models: Sequence[str] = ()) -> gr.Blocks:
+              public: bool = False, queue_size: int = 16, extra_models: Sequence[str] = (),
+              zoo_ids: Sequence[str] = ()) -> gr.Blocks:
     """The whole UI. `models`: use these instead of loading the default ones (tests pass tiny models);
-    `public`: serving beyond this machine (no server folders, capped jobs); `extra_models`: more specs."""
-    studio = Studio.create(models, Path(checkpoint_dir) if checkpoint_dir else None, extra_models, public=public)
+    `public`: serving beyond this machine (no server folders, capped jobs); `extra_models`: more specs;
+    `zoo_ids`: published models fetched in the background and added when ready (online only)."""
+    studio = Studio.create(models, Path(checkpoint_dir) if checkpoint_dir else None, extra_models, zoo_ids,
+                           public=public)
     with gr.Blocks(title="PMG-AFT Studio", delete_cache=(3600, 3600)) as demo:
         demo.studio = studio  # tests reach the state through the app
         gr.Markdown("# PMG-AFT Studio\nAttack CLIP live and see how the original model and its robust "
@@ -65,11 +69,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--models", default=os.environ.get("PMG_MODELS", ""), metavar="SPEC[,SPEC...]",
                    help="more models besides the default: checkpoint files or names, hf-hub:ORG/REPO, ARCH:TAG "
                         "(default: $PMG_MODELS)")
+    p.add_argument("--zoo", default=os.environ.get("PMG_ZOO", ""), metavar="ID[,ID...]",
+                   help="published models fetched in the background when online (`python -m pmg_core zoo list`; "
+                        "default: $PMG_ZOO, else OpenAI CLIP ViT-B/32 with PMG-AFT, TeCoA and FARE; 'none': CLIP alone)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     host, public = resolve_host(args.host, args.share, os.environ)
+    try:
+        zoo_ids = parse_zoo_ids(args.zoo)
+    except UserError as e:
+        p.error(str(e))  # an unknown id: one sentence and the usage, before anything loads
     start = time.time()
-    demo = build_app(public=public, extra_models=parse_model_specs(args.models))
+    demo = build_app(public=public, extra_models=parse_model_specs(args.models), zoo_ids=zoo_ids)
     log.info("models loaded in %.1f s: %s", time.time() - start, ", ".join(demo.studio.names))
     demo.launch(server_name=host, server_port=args.port, share=args.share, **launch_options())
 

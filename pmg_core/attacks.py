@@ -16,10 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError, check, check_number
+from .errors import check, check_number
 
 NORMS = ("Linf", "L2")
 LOSSES = ("ce", "margin")
+
+
+def check_norm(norm: str) -> str:
+    check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+    return norm
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """PGD's step when none is given: eps itself for one or two steps, else 2.5 eps / steps (Madry et al.)."""
+    return eps if steps <= 2 else 2.5 * eps / steps
 
 
 # An attack's `dtype`: None runs its passes in fp32 even inside a caller's autocast (the paper's
@@ -121,11 +131,11 @@ class PGD:
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=0, integer=True)
         check_number("restarts", restarts, low=1, integer=True)
-        check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+        check_norm(norm)
         check(loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
         check(select in ("best", "last"), f"select must be 'best' or 'last'; got {select!r}.")
         if alpha is None:
-            alpha = eps if steps <= 2 else 2.5 * eps / max(steps, 1)
+            alpha = default_step_size(eps, steps)
         check_number("step size", alpha, low=0)
         if norm == "Linf":
             check(eps <= 1, f"A Linf eps of {eps} exceeds the whole [0,1] pixel range; eps is in pixel units (1/255 per level).")
@@ -306,9 +316,8 @@ class FeatureAttack:
                  steps: int = 10, norm: str = "Linf", random_start: bool = True, dtype: torch.dtype | str | None = None):
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=0, integer=True)
-        check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
-        self.encoder, self.eps, self.steps, self.norm = encoder, float(eps), int(steps), norm
-        self.alpha = float(alpha if alpha is not None else (eps if steps <= 2 else 2.5 * eps / steps))
+        self.encoder, self.eps, self.steps, self.norm = encoder, float(eps), int(steps), check_norm(norm)
+        self.alpha = float(alpha if alpha is not None else default_step_size(eps, steps))
         self.random_start, self.dtype = random_start, dtype
 
     def __call__(self, images: torch.Tensor, target_features: torch.Tensor,
@@ -349,7 +358,7 @@ class AutoAttackAdapter:
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=1, integer=True)
         check_number("Square queries", n_queries, low=1, integer=True)
-        check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
+        check_norm(norm)
         check(version in ("standard", "fast"), f"AutoAttack version must be 'standard' or 'fast'; got {version!r}.")
         n_classes = n_classes or model.num_classes
         check(n_classes >= 2, f"AutoAttack needs at least 2 classes; got {n_classes}.")
@@ -371,17 +380,57 @@ class AutoAttackAdapter:
             return self.attack(images, labels).detach()
 
 
-ATTACKS = ("pgd", "cw", "autoattack", "autoattack-standard")
+# --- the registry of attacks by name ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """An attack evaluation can run by name. `pgd_loss`: the attack is our PGD with that loss, which
+    evaluation runs itself (per-sample random starts, ever-fooled verdicts, early stop as a stream)."""
+
+    name: str
+    build: Callable[..., Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    description: str
+    pgd_loss: str | None = None
+
+
+ATTACKS: dict[str, AttackEntry] = {}
+
+
+def register_attack(name: str, description: str, pgd_loss: str | None = None) -> Callable[[Callable], Callable]:
+    """build(model, eps, steps, alpha, norm, seed) -> attack(images, labels) -> adversarial images."""
+    def deco(build: Callable) -> Callable:
+        ATTACKS[name] = AttackEntry(name, build, description, pgd_loss)
+        return build
+
+    return deco
+
+
+def get_attack(name: str) -> AttackEntry:
+    check(name in ATTACKS, f"Unknown attack '{name}': choose one of {', '.join(ATTACKS)}.")
+    return ATTACKS[name]
 
 
 def make_attack(name: str, model: nn.Module, eps: float, steps: int = 10, alpha: float | None = None,
-                norm: str = "Linf", **kwargs):
-    """Attack registry by name: pgd (CE), cw (PGD on the CW margin), autoattack(-standard)."""
-    if name == "pgd":
-        return PGD(model, eps, alpha, steps, norm, loss="ce", **kwargs)
-    if name == "cw":
-        return PGD(model, eps, alpha, steps, norm, loss="margin", **kwargs)
-    if name in ("autoattack", "autoattack-standard"):
-        return AutoAttackAdapter(model, eps, norm, "standard" if name.endswith("standard") else "fast",
-                                 seed=kwargs.get("seed") or 0, steps=steps)
-    raise UserError(f"Unknown attack '{name}': choose one of {', '.join(ATTACKS)}.")
+                norm: str = "Linf", seed: int | None = None):
+    """The attack registered as `name`, ready to call as attack(images, labels)."""
+    return get_attack(name).build(model, eps, steps, alpha, norm, seed)
+
+
+@register_attack("pgd", "PGD on the cross-entropy", pgd_loss="ce")
+def _pgd(model, eps, steps, alpha, norm, seed):
+    return PGD(model, eps, alpha, steps, norm, loss="ce", seed=seed)
+
+
+@register_attack("cw", "PGD on the CW margin (best other logit minus the true one)", pgd_loss="margin")
+def _cw(model, eps, steps, alpha, norm, seed):
+    return PGD(model, eps, alpha, steps, norm, loss="margin", seed=seed)
+
+
+@register_attack("autoattack", "AutoAttack's gradient attacks: APGD-CE then APGD-T (torchattacks)")
+def _autoattack_fast(model, eps, steps, alpha, norm, seed):
+    return AutoAttackAdapter(model, eps, norm, "fast", seed=seed or 0, steps=steps)
+
+
+@register_attack("autoattack-standard", "standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (torchattacks)")
+def _autoattack_standard(model, eps, steps, alpha, norm, seed):
+    return AutoAttackAdapter(model, eps, norm, "standard", seed=seed or 0, steps=steps)

@@ -78,7 +78,8 @@ def _add_train(sub) -> None:
     p.add_argument("--beta", type=float, help=f"PMG-AFT weight of KL to its clean output (default {d.beta})")
     p.add_argument("--tga-alpha", type=float, help=f"TGA-ZSR weight of its attention refinement term (default {d.tga_alpha})")
     p.add_argument("--tga-beta", type=float, help=f"TGA-ZSR weight of its attention constraint term (default {d.tga_beta})")
-    p.add_argument("--preset", help=f"paper | public-code (default {d.preset})")
+    p.add_argument("--preset", help=f"paper | public-code | public-code-4baf55d (the public code's first-commit "
+                                    f"KL direction; docs/METHOD.md) (default {d.preset})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
@@ -147,6 +148,7 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
 
 def _add_eval(sub) -> None:
+    from .attacks import ATTACKS
     from .evaluate import EvalConfig
 
     d = EvalConfig()
@@ -160,7 +162,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--eps", type=_e, help="attack radius in /255 (default 1)")
     p.add_argument("--steps", type=int, help=f"attack steps; AutoAttack's APGD/FAB iterations (default {d.steps})")
     p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
-    p.add_argument("--attack", help=f"pgd | cw | autoattack | autoattack-standard (default {d.attack})")
+    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack})")
     p.add_argument("--norm", help=f"Linf | L2 (default {d.norm})")
     p.add_argument("--no-random-start", dest="random_start", action="store_false")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
@@ -168,7 +170,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--limit", type=int, help="samples per dataset (default all)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--preset", help="paper | public-code (default: each model's own, else paper)")
+    p.add_argument("--preset", help="paper | public-code | public-code-4baf55d (default: each model's own, else "
+                                    "paper; the tables name each model's)")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.add_argument("--device")
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks import ATTACKS, NORMS, PGD, make_attack, random_start
+from .attacks import PGD, check_norm, get_attack, make_attack, random_start
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
@@ -50,12 +50,11 @@ class EvalConfig:
     def validate(self) -> None:
         check(len(self.models) > 0, "Give at least one model to evaluate.")
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else None)
-        check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}.")
+        check_norm(self.norm)
         check_number("attack steps", self.steps, low=0, integer=True)
         if self.step_size is not None:
             check_number("step size", self.step_size, low=0)
-        check(self.attack in ATTACKS, f"Unknown attack '{self.attack}': choose one of {', '.join(ATTACKS)}.")
-        check(self.attack in ("pgd", "cw") or self.steps >= 1,
+        check(get_attack(self.attack).pgd_loss is not None or self.steps >= 1,
               f"{self.attack} needs at least 1 iteration (attack steps); got {self.steps}.")
         check_number("batch size", self.batch_size, low=1, integer=True)
         check_number("seed", self.seed, low=0, high=2**32 - 1, integer=True)  # torch seeds overflow beyond int64
@@ -84,7 +83,7 @@ def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
 
 
 def _pgd(clf: ZeroShotClassifier, cfg: EvalConfig, preset: Preset) -> PGD:
-    return PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, "ce" if cfg.attack == "pgd" else "margin",
+    return PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, get_attack(cfg.attack).pgd_loss,
                random_start=False, early_stop=cfg.early_stop, dtype=preset.attack_dtype)
 
 
@@ -98,7 +97,7 @@ def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig) -> torch.Tensor
 def _streams(cfg: EvalConfig) -> bool:
     """PGD with early stop attacks a whole dataset as one stream (PGD.fooled_stream), so its passes
     stay full while fooled samples leave; other attacks go batch by batch (evaluate_batch)."""
-    return cfg.attack in ("pgd", "cw") and cfg.early_stop and cfg.eps > 0 and cfg.steps > 0
+    return get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.eps > 0 and cfg.steps > 0
 
 
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -108,11 +107,12 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
     clean = logits.argmax(1) == y
     robust = clean.clone()
     todo = clean.nonzero().squeeze(1)
-    if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and cfg.attack in ("pgd", "cw"):
+    pgd_loss = get_attack(cfg.attack).pgd_loss
+    if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and pgd_loss is not None:
         return clean, robust
     xs, ys = x[todo], y[todo]
     preset = preset or get_preset(cfg.preset or "paper")
-    if cfg.attack in ("pgd", "cw"):
+    if pgd_loss is not None:
         init = _starts(idx[todo.cpu()], xs, cfg)
         robust[todo] = ~_pgd(clf, cfg, preset).run(xs, ys, init=init, clean_logits=logits[todo]).fooled
     else:
@@ -237,27 +237,43 @@ def _pivot(results: list[dict]) -> tuple[list[str], list[str], dict]:
     return models, datasets, cell
 
 
+def _preset_of(row: dict) -> str:
+    return row.get("preset") or "-"  # reports written before rows named their preset
+
+
+def mixed_presets(results: list[dict]) -> str | None:
+    """One line saying that a table judges its models with different presets, or None when it does not."""
+    presets = list(dict.fromkeys(_preset_of(r) for r in results))
+    if len(presets) < 2:
+        return None
+    return (f"Note: this table mixes presets ({', '.join(presets)}): each model is judged with its own "
+            "logits, normalisation and attack numerics, so its rows were not attacked alike (--preset sets one for all).")
+
+
 def to_markdown(results: list[dict]) -> str:
-    """The paper's table layout: one row per model and metric, one column per dataset, plus Average."""
+    """The paper's table layout: one row per model and metric, one column per dataset, plus Average;
+    each model's preset in its own column, and a note under the table when presets are mixed."""
     models, datasets, cell = _pivot(results)
-    lines = ["| model | metric | " + " | ".join(datasets) + " | Average |",
-             "|---|---|" + "---:|" * (len(datasets) + 1)]
+    preset = {r["model"]: _preset_of(r) for r in results}
+    lines = ["| model | preset | metric | " + " | ".join(datasets) + " | Average |",
+             "|---|---|---|" + "---:|" * (len(datasets) + 1)]
     for m in models:
         for metric, key in (("robust", "robust_acc"), ("clean", "clean_acc")):
             vals = [cell[(m, d)][key] * 100 if (m, d) in cell else None for d in datasets]
             known = [v for v in vals if v is not None]
             avg = sum(known) / len(known) if known else float("nan")
             row = " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
-            lines.append(f"| {m} | {metric} | {row} | {avg:.2f} |")
-    return "\n".join(lines) + "\n"
+            lines.append(f"| {m} | {preset[m]} | {metric} | {row} | {avg:.2f} |")
+    note = mixed_presets(results)
+    return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"
 
 
 def to_csv(results: list[dict]) -> str:
     buf = io.StringIO()
-    cols = ["model", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "seconds"]
+    cols = ["model", "preset", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
-    w.writerows(results)
+    w.writerows({**r, "preset": _preset_of(r)} for r in results)
     return buf.getvalue()
 
 

@@ -209,13 +209,26 @@ def get(entry_id: str) -> Entry:
     return ZOO[entry_id]
 
 
+def with_bases(ids: Sequence[str]) -> list[str]:
+    """`ids` with, before each converted entry, the registry entry of its base (fetched first, then shared)."""
+    out: list[str] = []
+    for entry_id in ids:
+        entry = get(entry_id)
+        base = next((e.id for e in ZOO.values() if e.format == "open_clip" and e.base == entry.base), None)
+        for i in ([base] if entry.converted and base else []) + [entry_id]:
+            if i not in out:
+                out.append(i)
+    return out
+
+
 def parse_zoo_ids(text: str | None) -> list[str]:
-    """'a,b' -> ['a', 'b'] (--zoo / PMG_ZOO); 'none' -> []; empty -> the default set. Unknown ids are refused."""
+    """'a,b' -> ['a', 'b'] (--zoo / PMG_ZOO); empty -> the default set; 'none' -> CLIP alone (no published
+    fine-tunes). Unknown ids are refused."""
     text = (text or "").strip()
     if not text:
         return list(DEFAULT_ZOO)
     if text.lower() == "none":
-        return []
+        return [DEFAULT_ZOO[0]]
     ids = [s.strip() for s in text.split(",") if s.strip()]
     for i in ids:
         get(i)
@@ -342,14 +355,20 @@ def _tidy(folder: Path) -> None:
 
 def load_entry(entry_id: str, device="cpu", base: ClipModel | None = None, progress=None,
                say: Report = log.info) -> ClipModel:
-    """Fetch (if needed) and load a zoo model, sharing `base` when it is its base; its card joins its metadata."""
+    """Fetch (if needed) and load a zoo model, sharing `base` when it is its base; its card joins its metadata.
+
+    open_clip / hf-hub entries are loaded once, by open_clip (huggingface_hub downloads them); a
+    hub model is named by its zoo id, the OpenAI base by its spec as everywhere else."""
     entry = get(entry_id)
-    where = fetch(entry_id, progress, base, say)
-    if base is not None and base.spec == entry.base and not entry.converted:
-        return base
-    model = load_model(where, device=device, base=base if base is not None and base.spec == entry.base else None)
-    if not entry.converted:  # open_clip names it by its spec; the card says what it is
-        model.name, model.metadata = entry.id, {**(model.metadata or {}), **entry.card()}
+    shared = base if base is not None and base.spec == entry.base else None
+    if entry.converted:
+        return load_model(fetch(entry_id, progress, shared, say), device=device, base=shared)
+    if shared is not None:
+        return shared
+    model = load_model(entry.base, device=device)
+    if entry.format == "hf-hub":
+        model.name = entry.id
+    model.metadata = {**(model.metadata or {}), **entry.card()}
     return model
 
 
@@ -391,21 +410,32 @@ def finetunes_of(base: ClipModel, directory: Path, skip: Sequence[str] = (), dev
     return out
 
 
-def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
-    """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort."""
+def _default_models(directory: Path, wait_for_download: bool = True) -> tuple[list[ClipModel], str]:
+    """Real CLIP and its robust fine-tunes online; the embedded tiny world offline; random weights as last resort.
+    Online, without `wait_for_download`, a real CLIP not yet in the cache is left to a background
+    fetch and the embedded world serves meanwhile."""
     device = env.default_device()
-    if not env.is_offline():
+    online = not env.is_offline()
+    if online and not wait_for_download and not is_cached(ZOO["clip-b32"]):
+        models, mode = _embedded_models(directory, device, "until real CLIP joins")
+        return models, ("**Real CLIP is downloading** in the background (progress on the About tab). " + mode)
+    if online:
         try:
             base = load_model(OPENAI_VIT_B32, device=device)
+            base.metadata = {**(base.metadata or {}), **ZOO["clip-b32"].card()}
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works
             log.warning("Real CLIP could not be loaded (%s); serving the embedded default instead.", first_line(e))
+    return _embedded_models(directory, device)
+
+
+def _embedded_models(directory: Path, device, why: str = "offline") -> tuple[list[ClipModel], str]:
     if (directory / "clip-tiny.safetensors").is_file():
         base = load_model(str(directory / "clip-tiny.safetensors"), device=device)
         base.name = "clip-tiny"
         return [base] + finetunes_of(base, directory, skip=("clip-tiny",)), (
-            "**Embedded tiny world** (offline): a tiny CLIP pretrained by this project on procedurally drawn "
+            f"**Embedded tiny world** ({why}): a tiny CLIP pretrained by this project on procedurally drawn "
             "32x32 scenes, with its fine-tunes from checkpoints/. Labels outside that world mean little to it.")
     torch.manual_seed(0)
     base = load_model("pmg-tiny", device=device)
@@ -415,9 +445,11 @@ def _default_models(directory: Path) -> tuple[list[ClipModel], str]:
         "this is an untrained pmg-tiny model: predictions are meaningless, but every tab works.")
 
 
-def load_default_models(directory: Path | None = None, extra: Sequence[str] = ()) -> tuple[list[ClipModel], str]:
-    """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped."""
-    models, mode = _default_models(Path(directory or env.checkpoint_dir()))
+def load_default_models(directory: Path | None = None, extra: Sequence[str] = (),
+                        wait_for_download: bool = True) -> tuple[list[ClipModel], str]:
+    """The default models plus `extra` specs (checkpoint files, hub ids...); a spec that fails is logged and skipped.
+    `wait_for_download` False: an uncached real CLIP is not downloaded here (see _default_models)."""
+    models, mode = _default_models(Path(directory or env.checkpoint_dir()), wait_for_download)
     for spec in extra:
         try:
             model = load_sharing_bases(spec, models[0].device, models)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pmg_core import analysis, inputs, plots
+from pmg_core.attacks import NORMS
 from pmg_core.explore import AttackSettings, Comparison, compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
@@ -19,7 +20,6 @@ from .html import verdict_html
 from .state import Studio
 
 EACH_MODEL = "each model attacks itself"
-NORMS = ["Linf", "L2"]
 LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
 ATTACK_SIDE = AttackSettings().max_side
 

@@ -13,17 +13,20 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from pmg_core import env, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError
 from pmg_core.explore import label_presets
 from pmg_core.models import ClipModel
-from pmg_core.zoo import finetunes_of, load_default_models, order_key
+from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
 from .assets import METHOD_IN_PLAIN_WORDS
 from .jobs import Jobs
+
+if TYPE_CHECKING:
+    from .zoo_loader import ZooLoader
 
 
 @dataclass
@@ -37,17 +40,44 @@ class Studio:
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
     jobs: Jobs = field(default_factory=Jobs)
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
+    version: int = 0  # grows whenever a model joins: sessions redraw their lists when it changed
+    loader: "ZooLoader | None" = None  # published models joining in the background
 
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
-               extra_models: Sequence[str] = (), **kw) -> "Studio":
+               extra_models: Sequence[str] = (), zoo_ids: Sequence[str] = (), **kw) -> "Studio":
+        """`zoo_ids`: published models to fetch and add in the background (online only; offline nothing changes)."""
         directory = Path(checkpoint_dir or env.checkpoint_dir())
+        zoo_ids = with_bases(zoo_ids) if zoo_ids and not env.is_offline() else []
         if models is None:
-            models, mode = load_default_models(directory, extra_models)
+            # With zoo models to fetch, an uncached real CLIP downloads in the background too.
+            models, mode = load_default_models(directory, extra_models, wait_for_download=not zoo_ids)
         else:
             mode = "**Custom models** given by the caller: " + ", ".join(m.name for m in models) + "."
         ordered = sorted(models, key=order_key)
-        return cls({m.name: m for m in ordered}, mode, directory, **kw)
+        studio = cls({m.name: m for m in ordered}, mode, directory, **kw)
+        if zoo_ids:
+            from .zoo_loader import ZooLoader
+
+            studio.mode += ("\n\nPublished robust models join as they are fetched and checked: "
+                            + ", ".join(zoo_ids) + " (progress on the About tab).")
+            studio.loader = ZooLoader(studio, zoo_ids).start()
+        return studio
+
+    @property
+    def device(self):
+        return next(iter(self.models.values())).device
+
+    def model_with_spec(self, spec: str) -> ClipModel | None:
+        """The loaded model that `spec` loads (a base the zoo's fine-tunes share), if any."""
+        return next((m for m in list(self.models.values()) if m.spec == spec), None)
+
+    def add(self, model: ClipModel) -> None:
+        """A model joins the lists (from the zoo's background loader), in order_key's order."""
+        with self.lock:
+            self.models[model.name] = model
+            self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
+            self.version += 1
 
     @property
     def names(self) -> list[str]:
@@ -80,11 +110,13 @@ class Studio:
                     self.models[m.name] = m
                     added.append(m.name)
             self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
+            self.version += len(added)
         return added
 
     def presets(self) -> dict[str, list[str]]:
-        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet when a real-size CLIP is loaded."""
-        return label_presets(real_clip=any(m.image_size >= 128 for m in self.models.values()))
+        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet when a real-size CLIP is loaded
+        or on its way (published models are loading)."""
+        return label_presets(real_clip=self.loader is not None or any(m.image_size >= 128 for m in self.models.values()))
 
     def dataset_choices(self) -> list[str]:
         return list(list_groups()) + [d.name for d in list_datasets()]
@@ -101,9 +133,25 @@ class Studio:
         details = "\n".join(f"<details><summary>{html.escape(m.name)} metadata</summary>\n\n```json\n"
                             f"{json.dumps(m.metadata, indent=2, default=str)}\n```\n</details>"
                             for m in self.models.values() if m.metadata)
-        return (f"### Mode\n{self.mode}\n\nDevice: `{next(iter(self.models.values())).device}`.\n\n"
-                f"### Loaded models\n" + "\n".join(rows) + "\n\n" + details + "\n\n### What this is\n\n"
-                + METHOD_IN_PLAIN_WORDS)
+        downloads = f"### Published models\n{self.loader.markdown()}\n\n" if self.loader else ""
+        return (f"### Mode\n{self.mode}\n\nDevice: `{self.device}`.\n\n{downloads}"
+                f"### Loaded models\n" + "\n".join(rows) + "\n\n" + _cards(self.models.values()) + details
+                + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS)
+
+
+def _cards(models) -> str:
+    """Who made each published model, from which paper and source, under which licence (the zoo's card)."""
+    lines = []
+    for m in models:
+        meta = m.metadata or {}
+        if not meta.get("trainer"):
+            continue
+        paper = f"[{meta['paper']}]({meta['paper_url']})" if meta.get("paper_url") else meta.get("paper", "")
+        lines.append(f"- **{html.escape(m.name)}**: {html.escape(meta.get('title', ''))}. Trained by "
+                     f"{html.escape(meta['trainer'])}; paper: {paper}; source: {meta.get('source_page', '-')}; "
+                     f"licence: {html.escape(meta.get('licence', '-'))}; judged with the `{meta.get('preset', 'paper')}` "
+                     "preset.")
+    return ("### Model cards\n" + "\n".join(lines) + "\n\n") if lines else ""
 
 
 def _short(text, limit: int = 48) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pmg_core import inputs
+from pmg_core.attacks import NORMS
 from pmg_core.errors import UserError
 
 from . import assets, one_image
@@ -69,7 +70,11 @@ def build(studio: Studio) -> AttackTab:
                 res = _results_column()
         examples = assets.examples(presets)
         if examples:
-            gr.Examples(examples, [tab.image, tab.labels, tab.true_label], label="Examples from the embedded world")
+            photos = any(not e[0].startswith(str(assets.EXAMPLES_DIR)) for e in examples)
+            gr.Examples(examples, [tab.image, tab.labels, tab.true_label],
+                        label="Examples: photos and the embedded world" if photos else "Examples from the embedded world")
+            if photos:
+                gr.Markdown(assets.PHOTO_CREDITS)
 
     def on_preset(name):
         classes = presets.get(name, [])
@@ -118,7 +123,7 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
         target = gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
                              label="Target class (optional: targeted attack)")
     with gr.Row():
-        norm = gr.Radio(one_image.NORMS, value="Linf", label="Norm")
+        norm = gr.Radio(list(NORMS), value="Linf", label="Norm")
         loss = gr.Radio(list(one_image.LOSSES), value="cross-entropy", label="Attack loss")
     with gr.Row():
         eps = gr.Number(4, label="eps (/255)", minimum=0)

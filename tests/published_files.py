@@ -66,9 +66,10 @@ class Route:
 
     def __init__(self, body: bytes = b"", *, status: int = 200, content_type: str = "application/octet-stream",
                  ranges: bool = True, cut_at: int | None = None, stall_after: int | None = None,
-                 redirect: str | None = None):
+                 redirect: str | None = None, gate=None):
         self.body, self.status, self.content_type, self.ranges = body, status, content_type, ranges
         self.cut_at, self.stall_after, self.redirect = cut_at, stall_after, redirect
+        self.gate = gate  # a threading.Event: the answer waits until the test sets it
 
 
 class FileServer:
@@ -92,6 +93,8 @@ class FileServer:
 
                 server.requests.append((self.path, self.headers.get("Range")))
                 route = server.routes.get(urlsplit(self.path).path) or server.routes.get(self.path)
+                if route is not None and route.gate is not None:
+                    route.gate.wait(60)
                 if route is None or route.status >= 400:
                     self.send_error(404 if route is None else route.status)
                     return

@@ -1,0 +1,111 @@
+"""The app with published models joining in the background: it answers at once and keeps serving.
+
+A local server plays the model's host; the base is the tiny pmg-test CLIP, so the zoo entry here is
+a test entry onto it.
+"""
+import io
+import threading
+
+import pytest
+import torch
+
+import app
+from pmg_core import downloads, env, zoo
+from pmg_core.models import load_model
+from published_files import FileServer, Route
+from studio import assets, one_image, state
+
+EXAMPLE = str(assets.EXAMPLES_DIR / "example.png")
+
+
+@pytest.fixture
+def online(tmp_path, monkeypatch):
+    """A machine that is online as far as the app can tell, a fresh cache, and a local model host."""
+    monkeypatch.setattr(env, "is_offline", lambda: False)
+    monkeypatch.setenv("PMG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PMG_ZOO_MIRROR", raising=False)
+    monkeypatch.setattr(downloads, "TIMEOUT_S", 60.0)  # the held-up download must not time out
+    server = FileServer()
+    yield server
+    server.close()
+
+
+def base_model():
+    torch.manual_seed(0)
+    base = load_model("pmg-test")
+    base.name = "clip"
+    return base
+
+
+def published(monkeypatch, server, name, route: Route) -> zoo.Entry:
+    server.routes[f"/{name}"] = route
+    e = zoo.Entry(name, f"{name} (a test model)", "pmg-test", "state-dict", urls=(f"{server.url}/{name}",),
+                  filename=f"{name}.pt", method="tecoa", trainer="the test suite", paper="A Test (2026)",
+                  paper_url="https://example.org/paper", source_page="https://example.org/repo", licence="CC0")
+    monkeypatch.setitem(zoo.ZOO, name, e)
+    return e
+
+
+def weights_file(model, seed=5) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    buf = io.BytesIO()
+    torch.save({k: torch.randn(v.shape, generator=g) for k, v in model.visual.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def answers(studio) -> list[str]:
+    *_, details = one_image.attack(studio, EXAMPLE, "circle, square, star", "circle", "Linf", 4, 2, 1,
+                                   "cross-entropy", "", one_image.EACH_MODEL, studio.names)
+    return [v["model"] for v in details["verdicts"]]
+
+
+def test_a_cold_start_answers_at_once_and_the_model_joins_when_its_download_ends(online, monkeypatch, tmp_path):
+    base = base_model()
+    gate = threading.Event()
+    published(monkeypatch, online, "robust-test", Route(weights_file(base), gate=gate))
+    demo = app.build_app([base], checkpoint_dir=tmp_path / "ckpt", zoo_ids=["robust-test"])
+    studio = demo.studio
+    assert studio.loader.busy and studio.loader.status["robust-test"] == "downloading"
+    assert answers(studio) == ["clip"]  # served while the download is held up
+    assert "| robust-test | robust-test (a test model) | downloading" in studio.about() and studio.loader.busy
+    version = studio.version
+    gate.set()
+    studio.loader.thread.join(60)
+    assert studio.names == ["clip", "robust-test"] and studio.version > version
+    assert answers(studio) == ["clip", "robust-test"]
+    about = studio.about()
+    assert "| robust-test | robust-test (a test model) | ready |" in about
+    assert "Trained by the test suite" in about and "[A Test (2026)](https://example.org/paper)" in about
+    assert studio.models["robust-test"].clip is base.clip  # shares the loaded base
+
+
+def test_a_failed_download_is_named_on_about_and_the_app_keeps_serving(online, monkeypatch, tmp_path):
+    base = base_model()
+    published(monkeypatch, online, "gone-test", Route(status=404))
+    published(monkeypatch, online, "fine-test", Route(weights_file(base)))
+    studio = state.Studio.create([base], tmp_path / "ckpt", zoo_ids=["gone-test", "fine-test"])
+    studio.loader.thread.join(60)
+    status = studio.loader.status["gone-test"]
+    assert status.startswith("not loaded: Downloading gone-test failed") and "HTTP 404" in status
+    assert "\n" not in status and status in studio.about()
+    assert studio.names == ["clip", "fine-test"]  # the next one still came
+    assert answers(studio) == ["clip", "fine-test"]
+
+
+def test_offline_the_app_fetches_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(env, "is_offline", lambda: True)
+    demo = app.build_app([base_model()], checkpoint_dir=tmp_path / "ckpt", zoo_ids=["pmg-aft-b32"])
+    assert demo.studio.loader is None and "Published models" not in demo.studio.about()
+
+
+def test_real_clip_mode_offers_photo_examples_with_imagenet_labels():
+    from pmg_core.explore import label_presets
+    from pmg_core.paper_datasets import imagenet_names
+
+    photos = [e for e in assets.examples(label_presets(real_clip=True)) if not e[0].startswith(str(assets.EXAMPLES_DIR))]
+    assert [p[0].rsplit("/", 1)[-1] for p in photos] == ["china.jpg", "flower.jpg"]
+    names = set(imagenet_names().values())
+    for path, labels, true in photos:
+        classes = [c.strip() for c in labels.split(",")]
+        assert true in classes and set(classes) <= names
+    assert not any("china.jpg" in e[0] for e in assets.examples(label_presets(real_clip=False)))
