@@ -10,7 +10,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .attacks import PGD, margin_loss
+from .attacks import EOTPGD, PGD, margin_loss
+from .defenses import defend, get_defense
 from .data import list_groups
 from .errors import check, check_number
 from .images import center_square, quantize
@@ -31,6 +32,17 @@ class Prediction:
 
 
 @dataclass
+class DefendedVerdict:
+    """The same model behind a test-time defense (settings.defense)."""
+
+    defense: str
+    clean: Prediction  # on the clean image
+    adversarial: Prediction  # on the verdict's adversarial image: an attack unaware of the defense
+    adaptive: Prediction  # on an image attacked through the defense (BPDA + EOT), its own
+    adaptive_image: torch.Tensor  # [3,H,W], quantized
+
+
+@dataclass
 class ModelVerdict:
     model: str
     clean: Prediction
@@ -39,6 +51,7 @@ class ModelVerdict:
     adv_image: torch.Tensor  # [3,H,W], quantized
     steps_taken: int | None = None  # gradient passes of the attack that made adv_image (None: transferred to this model)
     stop_margin: float | None = None  # the margin that could stop that attack early (None: it ran every step)
+    defended: DefendedVerdict | None = None
 
     @property
     def confidence_drop(self) -> float | None:
@@ -67,6 +80,8 @@ class AttackSettings:
     # Stop attacking a model once an iterate fools it by this many logits (the wrong class, or the
     # target, ahead by it) and its 8-bit image still fools it; None: every model gets every step.
     stop_margin: float | None = None
+    defense: str = "none"  # also judge each model behind this test-time defense (pmg_core.defenses)
+    eot: int = 4  # the attack through the defense: gradients per step, each through a fresh draw
 
     def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
@@ -78,6 +93,8 @@ class AttackSettings:
             check_number("stop margin", self.stop_margin, low=0, high=100)
         check(self.source is None or self.source in model_names,
               f"The source model '{self.source}' is not loaded; choose one of {', '.join(model_names)}.")
+        get_defense(self.defense)
+        check_number("EOT samples", self.eot, low=1, high=64, integer=True)
 
 
 @dataclass
@@ -91,10 +108,13 @@ class Comparison:
         """The comparison as plain JSON data (no images): the app's details and `attack --json` write this."""
         return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
                 "true_label": self.true_label, "target": settings.target,
+                "defense": settings.defense,
                 "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
                               "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop,
                               "target_gain": v.target_gain, "steps_taken": v.steps_taken,
-                              "stop_margin": v.stop_margin}
+                              "stop_margin": v.stop_margin,
+                              **({"defended": {k: vars(p) for k, p in vars(v.defended).items()
+                                               if isinstance(p, Prediction)}} if v.defended else {})}
                              for v in self.verdicts]}
 
 
@@ -201,13 +221,22 @@ class _Setup:
         margin = float(margin_loss(logits.float(), y)[0])
         return -margin if self.target_idx is not None else margin
 
-    def start(self, job: _Attacked) -> None:
+    def pgd(self, clf, eot: int | None = None) -> PGD:
+        """The comparison's attack on `clf`; with `eot`, through a randomised defense (EOTPGD)."""
         s = self.settings
-        y = torch.tensor([self.goal], device=job.clean_logits.device)
-        pgd = PGD(job.clf, s.eps, s.step_size, s.steps, s.norm, s.loss, random_start=False)
+        kind, extra = (PGD, {}) if eot is None else (EOTPGD, {"eot": eot})
+        return kind(clf, s.eps, s.step_size, s.steps, s.norm, s.loss, random_start=False, **extra)
+
+    def labels(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the attack's labels, its target or None) as PGD.run takes them."""
+        y = torch.tensor([self.goal], device=device)
+        return y, (y if self.target_idx is not None else None)
+
+    def start(self, job: _Attacked) -> None:
+        pgd = self.pgd(job.clf)
         job.alpha = pgd.alpha
-        job.passes = pgd.iterate(self.x[None].to(y.device), y, target=y if self.target_idx is not None else None,
-                                 clean_logits=job.clean_logits)
+        y, target = self.labels(job.clean_logits.device)
+        job.passes = pgd.iterate(self.x[None].to(y.device), y, target=target, clean_logits=job.clean_logits)
 
     def advance(self, job: _Attacked) -> torch.Tensor | None:
         """One gradient pass of `job`'s attack; the adversarial image (quantized) once it is over:
@@ -249,7 +278,20 @@ class _Setup:
         judged = [prediction(lg, self.classes, self.true_idx, target_idx=self.target_idx)
                   for lg in (job.clean_logits, logits)]
         return ModelVerdict(job.model.name, *judged, attacked_by, adv, steps_taken,
-                            self.settings.stop_margin if steps_taken is not None else None)
+                            self.settings.stop_margin if steps_taken is not None else None,
+                            self.behind_defense(job, adv) if self.settings.defense != "none" else None)
+
+    def behind_defense(self, job: _Attacked, adv: torch.Tensor) -> DefendedVerdict:
+        """The model behind settings.defense: on the clean image, on `adv` (an attack unaware of the
+        defense) and on its own image attacked through the defense (EOT, run to its end)."""
+        s, dev = self.settings, job.model.device
+        defended = defend(job.model, job.clf, s.defense)
+        y, target = self.labels(dev)
+        through = self.quantized(self.pgd(defended, s.eot).run(self.x[None].to(dev), y, target=target).adv[0])
+        defended.reseed()  # the verdicts' draws do not depend on how many the attack took
+        judge = [predict(defended, img.to(dev), self.classes, self.true_idx, target_idx=self.target_idx)
+                 for img in (self.x, adv, through)]
+        return DefendedVerdict(s.defense, *judge, through)
 
 
 def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[str], true_label: str | None,
