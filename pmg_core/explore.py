@@ -49,7 +49,7 @@ class ModelVerdict:
     adversarial: Prediction
     attacked_by: str  # the model whose gradients made the adversarial image
     adv_image: torch.Tensor  # [3,H,W], quantized
-    steps_taken: int | None = None  # gradient passes of the attack that made adv_image (None: transferred to this model)
+    steps_taken: int | None = None  # PGD steps that made adv_image (None: transferred to this model)
     stop_margin: float | None = None  # the margin that could stop that attack early (None: it ran every step)
     defended: DefendedVerdict | None = None
 
@@ -182,6 +182,7 @@ class _Attacked:
     clean_logits: torch.Tensor  # [1, C], judged once for the clean verdict and the attack
     passes: Iterator | None = None  # PGD.iterate's passes
     taken: int = 0  # gradient passes run so far
+    steps: int | None = None  # ascents that made the adversarial image, once a margin stopped the attack
     clean_lead: float = -math.inf  # how far the attack's goal leads on the clean image (see _Setup.lead)
     lead: float = -math.inf  # the same at the attack's last pass
     alpha: float = 0.0  # the attack's step size
@@ -252,13 +253,13 @@ class _Setup:
         # An ascent of alpha along sign(grad) (Linf) or grad/|grad| (L2) gains alpha * the dual norm.
         job.pace = job.alpha * float(step.grad.abs().sum() if self.settings.norm == "Linf" else step.grad.norm())
         margin = self.settings.stop_margin
-        if margin is not None and job.lead >= margin:
+        # Not at the starting point: the image shown must be one the attack made, a step or more in.
+        if margin is not None and step.step >= 1 and job.lead >= margin:
             adv = self.quantized(step.images[0])
             with torch.no_grad():
                 logits = job.clf(adv[None].to(job.clean_logits.device))
             if self.lead(logits) > 0:  # what the page shows fools the model: stop here
-                job.passes = None
-                job.adv_logits = logits
+                job.passes, job.adv_logits, job.steps = None, logits, step.step
                 return adv
         return None
 
@@ -303,7 +304,7 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
     finish, then "done" with the Comparison, its verdicts in the models' order. Without a stop
     margin the models are attacked one after the other, in their order, exactly as compare()
     always did. With settings.stop_margin, a model's attack stops once an iterate fools it by that
-    many logits (checked on the 8-bit image it would show), and after every model's first pass the
+    many logits (checked on the 8-bit image it would show; a step or more in), and after every model's first pass the
     models go on in the order in which the steepness of their loss says they will be fooled, so a
     non-robust original CLIP reports first. Each model's clean image is judged once, for its verdict and its
     attack; its text features come from the model's cache (ClipModel.text_features).
@@ -317,6 +318,10 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
         done[job.index] = setup.verdict(job, adv, attacked_by, steps_taken)
         return {"event": "verdict", "verdict": done[job.index], "done": sum(v is not None for v in done),
                 "total": total}
+
+    def ascents(job: _Attacked) -> int:
+        """The steps that made the job's adversarial image: all of them unless a margin stopped it."""
+        return job.steps if job.steps is not None else settings.steps
 
     def step_event(job: _Attacked) -> dict:
         return {"event": "step", "model": job.model.name, "step": job.taken, "steps": settings.steps,
@@ -334,7 +339,7 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
                 continue
             job.adv = adv
             if not settings.source:
-                yield finished(job, adv, job.model.name, job.taken)
+                yield finished(job, adv, job.model.name, ascents(job))
             return
 
     jobs = [setup.judge_clean(i, m) for i, m in enumerate(setup.models)]
@@ -343,14 +348,10 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
         setup.start(source)
         yield from attack(source)
         for job in [source] + [j for j in jobs if j is not source]:
-            yield finished(job, source.adv, settings.source, source.taken if job is source else None)
+            yield finished(job, source.adv, settings.source, ascents(source) if job is source else None)
     else:
         for job in jobs:
-            if settings.stop_margin is not None and job.clean_lead >= settings.stop_margin and job.clean_lead > 0:
-                job.adv_logits = job.clean_logits  # wrong by the margin already: nothing to attack
-                yield finished(job, setup.x, job.model.name, 0)
-            else:
-                setup.start(job)
+            setup.start(job)
         order = jobs
         if settings.stop_margin is not None:
             # Every model's first pass (which every attack runs) shows how steep its loss is there:
