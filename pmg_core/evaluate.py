@@ -24,6 +24,7 @@ from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
 from .env import default_device
 from .models import ClipModel, ZeroShotClassifier
+from .paper_prompts import check_prompts
 from .presets import Preset, get_preset
 from .zoo import load_models
 
@@ -43,6 +44,7 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     preset: str | None = None  # None: each model's own (the one it was fine-tuned with), else `paper`
+    prompts: str = "public-code"  # class names and templates of the paper's datasets (paper_prompts.py)
     data_root: str | None = None
     device: str | None = None
     num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
@@ -63,6 +65,7 @@ class EvalConfig:
         check_number("data-loading workers", self.num_workers, low=0, integer=True)
         if self.preset is not None:
             get_preset(self.preset)
+        check_prompts(self.prompts)
 
 
 def model_preset(model: ClipModel, cfg: EvalConfig) -> Preset:
@@ -143,7 +146,7 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     ctx = ctx or Dist()
     start = time.time()
     preset = model_preset(model, cfg)
-    clf = model.classifier(data.classes, data.templates, preset).eval()
+    clf = model.classifier(data.classes, data.templates, preset, exact=True).eval()
     # Indices stay global, so each sample's random start is the same whoever evaluates it.
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
@@ -195,7 +198,7 @@ def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None,
     cfg.validate()
     device = ctx.device if ctx is not None and ctx.enabled else torch.device(cfg.device or default_device())
     names = expand_names(cfg.datasets)
-    datasets = [get_dataset(n, split="test", root=cfg.data_root).limited(cfg.limit, cfg.seed) for n in names]
+    datasets = [get_dataset(n, split="test", root=cfg.data_root, prompts=cfg.prompts).limited(cfg.limit, cfg.seed) for n in names]
     models = list(models) if models is not None else load_models(cfg.models, device)
     for model in models:
         for data in datasets:
