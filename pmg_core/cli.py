@@ -161,14 +161,20 @@ def _add_eval(sub) -> None:
     p.add_argument("--models", type=_csv, help=f"comma-separated model specs (default {','.join(d.models)})")
     p.add_argument("--datasets", type=_csv, help=f"comma-separated datasets or groups (default {','.join(d.datasets)})")
     p.add_argument("--data-root", help="where on-disk datasets live (default $PMG_DATA_ROOT, else ./data)")
-    p.add_argument("--eps", type=_e, help="attack radius in /255 (default 1)")
-    p.add_argument("--steps", type=int, help=f"attack steps; AutoAttack's APGD/FAB iterations (default {d.steps})")
+    p.add_argument("--eps", type=_e, help="attack radius in /255 units, for L2 too (--norm L2 --eps 128 is 128/255 ≈ 0.5) "
+                                         "(default 1)")
+    p.add_argument("--steps", type=int, help="attack steps; AutoAttack's APGD/FAB iterations (default: the attack's "
+                                             "standard count, PGD 10, AutoAttack 100)")
     p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
-    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack})")
+    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack}; pgd-public-code reproduces the "
+                                    "public code's weaker fp16 batch-mean PGD: docs/METHOD.md)")
     p.add_argument("--norm", help=f"Linf | L2 (default {d.norm})")
     p.add_argument("--no-random-start", dest="random_start", action="store_false")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="attack every sample for all steps (same result, slower)")
+    p.add_argument("--robust-rule", choices=["ever", "final"],
+                   help="ever: robust only if no PGD iterate fools it (default); final: the last iterate only, "
+                        "as the public code scores")
     p.add_argument("--limit", type=int, help="samples per dataset (default all)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
@@ -192,6 +198,7 @@ def _run_eval(args) -> int:
     def run(ctx) -> int:
         report = evaluate(cfg, progress=True, ctx=ctx)
         if ctx.is_main:
+            print(report["protocol"] + "\n")
             print(to_markdown(report["results"]))
             if args.out:
                 print("wrote " + ", ".join(write_report(report, args.out)))
@@ -207,7 +214,7 @@ def _add_attack(sub) -> None:
     p.add_argument("--labels", required=True, type=_csv, help="comma-separated class names")
     p.add_argument("--true", default=None, help="the true label (one of --labels)")
     p.add_argument("--target", default=None, help="target label for a targeted attack")
-    p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 (default 4)")
+    p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 units, for L2 too (default 4)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--step-size", type=_e, default=None, help="in /255 (default 2.5*eps/steps)")
     p.add_argument("--norm", default="Linf")
