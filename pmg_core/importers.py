@@ -201,8 +201,10 @@ def add_parser(sub) -> None:
                                                 "CLIP its shapes match, e.g. ViT-B-32-quickgelu:openai)")
     p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/<source name>.safetensors)")
     p.add_argument("--method", default=None, help="method recorded in the metadata (default: guessed from the name)")
-    p.add_argument("--preset", default=None, help="numerics it was trained with, used when evaluating it: paper | "
-                                                  "public-code (the public PMG-AFT/TeCoA code's; default paper)")
+    p.add_argument("--preset", default=None, help="numerics it was trained with, used when evaluating it (default "
+                                                  "paper): paper for TeCoA, RobustVLM (TeCoA/FARE) and test-time-"
+                                                  "counterattacks checkpoints (CLIP normalisation, x100 logits); "
+                                                  "public-code only for checkpoints made by the public PMG-AFT code")
     p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")
     p.add_argument("--eval-config", default=None, help="then evaluate with this eval recipe (its models replaced)")
     p.add_argument("--limit", type=int, default=None, help="samples per dataset for --eval")
