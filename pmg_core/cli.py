@@ -79,7 +79,8 @@ def _add_train(sub) -> None:
     p.add_argument("--beta", type=float, help=f"PMG-AFT weight of KL to its clean output (default {d.beta})")
     p.add_argument("--tga-alpha", type=float, help=f"TGA-ZSR weight of its attention refinement term (default {d.tga_alpha})")
     p.add_argument("--tga-beta", type=float, help=f"TGA-ZSR weight of its attention constraint term (default {d.tga_beta})")
-    p.add_argument("--preset", help=f"paper | public-code (default {d.preset})")
+    p.add_argument("--preset", help=f"paper | public-code | public-code-4baf55d (the public code's first-commit "
+                                    f"KL direction; docs/METHOD.md) (default {d.preset})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
@@ -170,7 +171,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--limit", type=int, help="samples per dataset (default all)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--preset", help="paper | public-code (default: each model's own, else paper)")
+    p.add_argument("--preset", help="paper | public-code | public-code-4baf55d (default: each model's own, else "
+                                    "paper; the tables name each model's)")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.add_argument("--device")
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")

@@ -238,27 +238,43 @@ def _pivot(results: list[dict]) -> tuple[list[str], list[str], dict]:
     return models, datasets, cell
 
 
+def _preset_of(row: dict) -> str:
+    return row.get("preset") or "-"  # reports written before rows named their preset
+
+
+def mixed_presets(results: list[dict]) -> str | None:
+    """One line saying that a table judges its models with different presets, or None when it does not."""
+    presets = list(dict.fromkeys(_preset_of(r) for r in results))
+    if len(presets) < 2:
+        return None
+    return (f"Note: this table mixes presets ({', '.join(presets)}): each model is judged with its own "
+            "logits, normalisation and attack numerics, so its rows were not attacked alike (--preset sets one for all).")
+
+
 def to_markdown(results: list[dict]) -> str:
-    """The paper's table layout: one row per model and metric, one column per dataset, plus Average."""
+    """The paper's table layout: one row per model and metric, one column per dataset, plus Average;
+    each model's preset in its own column, and a note under the table when presets are mixed."""
     models, datasets, cell = _pivot(results)
-    lines = ["| model | metric | " + " | ".join(datasets) + " | Average |",
-             "|---|---|" + "---:|" * (len(datasets) + 1)]
+    preset = {r["model"]: _preset_of(r) for r in results}
+    lines = ["| model | preset | metric | " + " | ".join(datasets) + " | Average |",
+             "|---|---|---|" + "---:|" * (len(datasets) + 1)]
     for m in models:
         for metric, key in (("robust", "robust_acc"), ("clean", "clean_acc")):
             vals = [cell[(m, d)][key] * 100 if (m, d) in cell else None for d in datasets]
             known = [v for v in vals if v is not None]
             avg = sum(known) / len(known) if known else float("nan")
             row = " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
-            lines.append(f"| {m} | {metric} | {row} | {avg:.2f} |")
-    return "\n".join(lines) + "\n"
+            lines.append(f"| {m} | {preset[m]} | {metric} | {row} | {avg:.2f} |")
+    note = mixed_presets(results)
+    return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"
 
 
 def to_csv(results: list[dict]) -> str:
     buf = io.StringIO()
-    cols = ["model", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "seconds"]
+    cols = ["model", "preset", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
-    w.writerows(results)
+    w.writerows({**r, "preset": _preset_of(r)} for r in results)
     return buf.getvalue()
 
 

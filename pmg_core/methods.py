@@ -123,9 +123,11 @@ def pmg_aft_loss(logits_adv: torch.Tensor, logits_clean: torch.Tensor, logits_or
                  direction: str = "ref||adv", kl_scale: float = 1.0):
     """L = CE(f_t(x_adv), y) + alpha KL(f_o(x_adv) || f_t(x_adv)) + beta KL(f_t(x) || f_t(x_adv)).
 
-    direction "adv||ref" swaps each KL's arguments, as the public code does: KL(f_t(x_adv) || f_o(x_adv))
-    and KL(f_t(x_adv) || f_t(x)). kl_scale multiplies both KL terms (the trainer's DDP correction for
-    sum-reduced KL; see the module docstring).
+    direction "adv||ref" swaps each KL's arguments, as the public code's first commit 4baf55d did
+    (preset public-code-4baf55d): KL(f_t(x_adv) || f_o(x_adv)) and KL(f_t(x_adv) || f_t(x)).
+    kl_scale multiplies both KL terms (the trainer's DDP correction for sum-reduced KL; see the
+    module docstring). The KL terms and CE are computed in fp32 from the logits, which the
+    classifier computes in fp32 too, even under the training step's bf16 autocast.
     """
     check(direction in KL_DIRECTIONS, f"KL direction must be one of {', '.join(KL_DIRECTIONS)}; got {direction!r}.")
     ce = F.cross_entropy(logits_adv.float(), y)

@@ -185,9 +185,16 @@ class ZeroShotClassifier(nn.Module):
         feats = self.visual(self.preprocess(x))
         return F.normalize(feats, dim=-1) if normalize else feats
 
-    def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
-        feats = F.normalize(feats.float(), dim=-1)
-        return self.logit_scale * feats @ self.text_features.t()
+    def logits_from_features(self, feats: torch.Tensor, fp32: bool = True) -> torch.Tensor:
+        """scale * cos(feats, text features). fp32 (the default) computes them in fp32 even under a
+        caller's autocast: a bf16 matmul errs by up to ~0.06 logit at CLIP's x100 scale, the size of
+        the differences PMG-AFT's KL terms measure. fp32=False leaves them to the autocast, as the
+        public code's fp16 attack computes them (attacks.PublicCodePGD)."""
+        if not fp32:
+            return self.logit_scale * F.normalize(feats, dim=-1) @ self.text_features.t().to(feats.dtype)
+        with torch.autocast(feats.device.type, enabled=False):
+            feats = F.normalize(feats.float(), dim=-1)
+            return self.logit_scale * feats @ self.text_features.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_from_features(self.visual(self.preprocess(x)))

@@ -355,14 +355,20 @@ def _tidy(folder: Path) -> None:
 
 def load_entry(entry_id: str, device="cpu", base: ClipModel | None = None, progress=None,
                say: Report = log.info) -> ClipModel:
-    """Fetch (if needed) and load a zoo model, sharing `base` when it is its base; its card joins its metadata."""
+    """Fetch (if needed) and load a zoo model, sharing `base` when it is its base; its card joins its metadata.
+
+    open_clip / hf-hub entries are loaded once, by open_clip (huggingface_hub downloads them); a
+    hub model is named by its zoo id, the OpenAI base by its spec as everywhere else."""
     entry = get(entry_id)
-    where = fetch(entry_id, progress, base, say)
-    if base is not None and base.spec == entry.base and not entry.converted:
-        return base
-    model = load_model(where, device=device, base=base if base is not None and base.spec == entry.base else None)
-    if not entry.converted:  # open_clip names it by its spec; the card says what it is
-        model.name, model.metadata = entry.id, {**(model.metadata or {}), **entry.card()}
+    shared = base if base is not None and base.spec == entry.base else None
+    if entry.converted:
+        return load_model(fetch(entry_id, progress, shared, say), device=device, base=shared)
+    if shared is not None:
+        return shared
+    model = load_model(entry.base, device=device)
+    if entry.format == "hf-hub":
+        model.name = entry.id
+    model.metadata = {**(model.metadata or {}), **entry.card()}
     return model
 
 
@@ -416,6 +422,7 @@ def _default_models(directory: Path, wait_for_download: bool = True) -> tuple[li
     if online:
         try:
             base = load_model(OPENAI_VIT_B32, device=device)
+            base.metadata = {**(base.metadata or {}), **ZOO["clip-b32"].card()}
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works

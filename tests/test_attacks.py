@@ -1,11 +1,11 @@
 """PGD and friends: eps-ball, monotone loss, batch-size independence, clean .grad, torchattacks parity."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pmg_core.attacks import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
+from numerics import MatmulDtypes
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]
@@ -210,34 +210,27 @@ def test_pgd_perturb_of_shards_equals_the_whole_batch(clf, batch):
         assert torch.allclose(part, whole[rank::2], atol=1e-6)
 
 
-class MatmulDtypes(TorchDispatchMode):
-    """Records the dtype of every matrix product that runs, forward and backward passes alike."""
-    OPS = {"mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
-           "_scaled_dot_product_flash_attention_for_cpu_backward", "convolution", "convolution_backward"}
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in self.OPS:
-            self.seen.append(next(a.dtype for a in args if isinstance(a, torch.Tensor)))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("dtype,expected", [(None, torch.float32), (OUTER_AUTOCAST, torch.bfloat16),
                                             (torch.float16, torch.float16)])
 def test_attack_numerics_inside_an_outer_autocast(clf, batch, dtype, expected):
     """A training step's autocast (bf16 here) must not reach an fp32 attack, in its forward passes
-    or in the input-gradient passes behind them; OUTER_AUTOCAST opts into it."""
+    or in the input-gradient passes behind them; OUTER_AUTOCAST opts into it. (The final logits
+    product is fp32 in every case: ZeroShotClassifier.logits_from_features.)"""
     x, y = batch
     attacks = [lambda: PGD(clf, 4 / 255, steps=2, select="last", dtype=dtype)(x[:8], y[:8]),
                lambda: PGD(clf, 4 / 255, steps=2, dtype=dtype).run(x[:8], y[:8]),
                lambda: FeatureAttack(clf, 4 / 255, steps=2, dtype=dtype)(x[:8], torch.zeros(8, 4))]
+
+    def encoder_dtypes() -> set:
+        with MatmulDtypes() as products:
+            clf(x[:4])
+        return set(products.seen)
+
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert clf(x[:4]).dtype == torch.bfloat16  # the outer autocast does apply to the model
+        assert torch.bfloat16 in encoder_dtypes()  # the outer autocast does apply to the model
         for attack in attacks:
             with MatmulDtypes() as products:
                 attack()
-            assert len(products.seen) >= 8 and set(products.seen) == {expected}
-        assert clf(x[:4]).dtype == torch.bfloat16  # and the outer passes still run (no cross-dtype weight cache)
+            assert len(products.seen) >= 8 and expected in products.seen
+            assert set(products.seen) <= {expected, torch.float32}
+        assert torch.bfloat16 in encoder_dtypes()  # and the outer passes still run (no cross-dtype weight cache)

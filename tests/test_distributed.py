@@ -126,7 +126,7 @@ def test_two_process_eval_of_an_odd_sized_set_gives_the_exact_counts(tmp_path):
     assert two["n"] == 45
     assert (two["clean_correct"], two["robust_correct"]) == (one["clean_correct"], one["robust_correct"])
     assert 0 < one["clean_correct"] < 45  # a count that could have come out differently
-    assert multi.stdout.count("| pmg-test | robust |") == 1  # one table, from rank 0
+    assert multi.stdout.count("| pmg-test | paper | robust |") == 1  # one table, from rank 0
 
 
 def _wait_for(path: Path, text: str, procs: list, limit_s: float = 240) -> None:

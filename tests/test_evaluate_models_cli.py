@@ -35,13 +35,27 @@ def test_eval_counts_equal_a_manual_count(model, early_stop):
     assert row["clean_acc"] == pytest.approx(int(clean.sum()) / 96)
 
 
+def _rows(model: str, preset: str | None = "paper") -> list[dict]:
+    return [{"model": model, "dataset": d, "n": 10, "clean_correct": c, "robust_correct": r, "clean_acc": c / 10,
+             "robust_acc": r / 10, "seconds": 0, **({"preset": preset} if preset else {})}
+            for d, c, r in (("a", 8, 2), ("b", 6, 4))]
+
+
 def test_tables_have_average_column():
-    rows = [{"model": "m", "dataset": d, "n": 10, "clean_correct": c, "robust_correct": r, "clean_acc": c / 10,
-             "robust_acc": r / 10, "seconds": 0} for d, c, r in (("a", 8, 2), ("b", 6, 4))]
-    md = to_markdown(rows)
+    md = to_markdown(_rows("m"))
     assert "| Average |" in md.splitlines()[0]
-    assert "| m | robust | 20.00 | 40.00 | 30.00 |" in md and "| m | clean | 80.00 | 60.00 | 70.00 |" in md
-    assert to_csv(rows).splitlines()[0].startswith("model,dataset,n,clean_correct")
+    assert "| m | paper | robust | 20.00 | 40.00 | 30.00 |" in md and "| m | paper | clean | 80.00 | 60.00 | 70.00 |" in md
+    assert to_csv(_rows("m")).splitlines()[0].startswith("model,preset,dataset,n,clean_correct")
+
+
+def test_tables_show_each_models_preset_and_warn_once_when_they_mix():
+    mixed = _rows("base") + _rows("tuned", "public-code")
+    md, csv_text = to_markdown(mixed), to_csv(mixed)
+    assert "| base | paper | robust |" in md and "| tuned | public-code | robust |" in md
+    assert md.count("mixes presets") == 1 and "paper, public-code" in md
+    assert csv_text.splitlines()[1].startswith("base,paper,a,") and csv_text.splitlines()[3].startswith("tuned,public-code,a,")
+    assert "mixes presets" not in to_markdown(_rows("base") + _rows("other"))
+    assert "| old | - | robust |" in to_markdown(_rows("old", None))  # a report from before rows named it
 
 
 def test_classifier_logits_are_scaled_cosines(model):

@@ -32,7 +32,10 @@ def by_hand(la, lc, lo, y, alpha, beta, reduction, direction="ref||adv"):
     return ce + alpha * kl(la, lo) + beta * kl(la, lc)
 
 
-PRESET_KL = {"paper": ("batchmean", "ref||adv"), "public-code": ("sum", "adv||ref")}
+# (reduction, direction) per preset: the public code's HEAD (a53fdd8) runs its KL terms in the
+# paper's direction; its first commit 4baf55d ran them the other way round.
+PRESET_KL = {"paper": ("batchmean", "ref||adv"), "public-code": ("sum", "ref||adv"),
+             "public-code-4baf55d": ("sum", "adv||ref")}
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "sum"])
@@ -81,7 +84,7 @@ def _fixed_adv(method, x_adv):
     return method
 
 
-@pytest.mark.parametrize("preset", ["paper", "public-code"])
+@pytest.mark.parametrize("preset", list(PRESET_KL))
 def test_pmg_aft_method_matches_formula_and_tecoa(model, preset):
     x, y = make_toy(8, seed=3).tensors
     x_adv = (x + 2 / 255).clamp(0, 1)
@@ -128,6 +131,39 @@ def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(
     other = torch.autograd.grad(out_full.loss, params)
     assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
     assert not all(torch.allclose(g, o, atol=1e-6) for g, o in zip(got, other))
+
+
+def test_public_code_kl_runs_in_the_papers_direction_unless_the_first_commit_is_asked_for():
+    from pmg_core.presets import get_preset
+
+    assert get_preset("public-code").kl_direction == get_preset("paper").kl_direction == "ref||adv"
+    old = get_preset("public-code-4baf55d")
+    assert old.kl_direction == "adv||ref"
+    # The first commit's preset differs from HEAD's in the KL direction and nothing else.
+    assert {**vars(old), "name": "public-code", "kl_direction": "ref||adv"} == vars(get_preset("public-code"))
+
+
+@pytest.mark.parametrize("preset", list(PRESET_KL))
+def test_training_step_logits_are_fp32_under_a_bf16_autocast(model, preset):
+    """The step's logits (the product with the text features) run in fp32 inside the trainer's
+    bf16 autocast, while the encoder runs in bf16; the loss equals the formula on those logits."""
+    from numerics import MatmulDtypes
+
+    x, y = make_toy(8, seed=3).tensors
+    x_adv = (x + 2 / 255).clamp(0, 1)
+    classes = CLASSES + ["purple", "teal", "amber"]  # a class count no width of the encoder has
+    clf = model.classifier(classes, ("a {} image",), preset)
+    orig = frozen_copy(clf)
+    with torch.no_grad():
+        clf.visual.proj.add_(0.5 * torch.randn(clf.visual.proj.shape, generator=torch.Generator().manual_seed(0)))
+    method = _fixed_adv(get_method("pmg-aft", eps=1 / 255, preset=preset), x_adv)
+    with torch.autocast("cpu", dtype=torch.bfloat16), MatmulDtypes() as products:
+        out = method(clf, orig, x, y)
+    logits_products = [dtype for dtype, shape in products.products if shape[-1] == len(classes)]
+    assert len(logits_products) == 2  # f_t over [x_adv; x], f_o over x_adv
+    assert set(logits_products) == {torch.float32}
+    assert torch.bfloat16 in products.seen  # the encoder did run under the autocast
+    assert out.logits.dtype == torch.float32
 
 
 def test_presets_change_logits(model):

@@ -144,7 +144,7 @@ def test_recipe_out_by_bare_name_lands_where_eval_finds_it(tmp_path, monkeypatch
     assert main(["train", "--config", str(recipe)]) == 0
     assert (tmp_path / "ckpts" / "toy-pmg.safetensors").is_file() and not any(elsewhere.iterdir())
     assert main(["eval", "--models", "toy-pmg", "--datasets", "toy-colours", "--steps", "1", "--limit", "8"]) == 0
-    assert "| toy-pmg | robust |" in capsys.readouterr().out
+    assert "| toy-pmg | paper | robust |" in capsys.readouterr().out
     # a path with a folder stays relative to the working directory, as --out always is
     recipe.write_text("kind: train\nout: runs/x.safetensors\n")
     assert load_recipe(recipe, "train")["out"] == "runs/x.safetensors"
@@ -342,4 +342,4 @@ def test_cli_import_then_evaluate(tmp_path, foreign, capsys):
                "--eval", "toy-colours", "--limit", "8", "--device", "cpu"])
     assert rc == 0 and read_metadata(out)["method"] == "pmg-aft"
     printed = capsys.readouterr().out
-    assert f"wrote {out}" in printed and "| pmg | robust |" in printed
+    assert f"wrote {out}" in printed and "| pmg | paper | robust |" in printed

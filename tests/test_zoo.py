@@ -289,3 +289,18 @@ def test_zoo_verify_prints_ours_beside_theirs(server, cache, weights, monkeypatc
     assert "a test table" in out and "a toy" in out
     assert main(["zoo", "verify", "verify-test", "--data-root", "x", "--eps", "2"]) == 2
     assert "No published number at eps 2/255" in capsys.readouterr().err
+
+
+def test_a_hub_entry_loads_through_open_clip_once_named_by_its_id_with_its_card(monkeypatch, tiny_model):
+    """Hub models are open_clip's to download (huggingface_hub); the zoo names them and adds their card."""
+    loads = []
+
+    def fake_load_model(spec, device="cpu", base=None):
+        loads.append(spec)
+        return tiny_model.fork(spec, spec)
+
+    monkeypatch.setattr(zoo, "load_model", fake_load_model)
+    model = zoo.load_entry("fare4-b32-laion")
+    assert loads == ["hf-hub:chs20/FARE4-ViT-B-32-laion2B-s34B-b79K"]
+    assert model.name == "fare4-b32-laion" and model.metadata["trainer"].startswith("Schlarmann")
+    assert model.metadata["method"] == "fare" and model.metadata["eps_255"] == 4
