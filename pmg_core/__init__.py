@@ -7,8 +7,12 @@ line stay quick)::
     model = pmg.load_model("clip-tiny")
     clf = model.classifier(["circle", "square", "triangle"])
     adv = pmg.PGD(clf, eps=8 / 255, steps=10)(images, labels)
-    report = pmg.evaluate(pmg.EvalConfig(models=["clip-tiny", "pmg-aft-tiny"], datasets=["mini"]))
-    pmg.train(pmg.TrainConfig(model="clip-tiny", method="pmg-aft", max_steps=10))
+    rows = list(pmg.iter_evaluate(pmg.EvalConfig(models=["clip-tiny", "pmg-aft-tiny"], datasets=["mini"])))
+    events = list(pmg.Trainer(pmg.TrainConfig(model="clip-tiny", method="pmg-aft", max_steps=10)).run())
+
+`pmg_core.evaluate` and `pmg_core.train` are the modules (their run-to-the-end functions share those
+names: ``from pmg_core.evaluate import evaluate``); a re-export under the same name would be
+replaced by the module as soon as anything imports it.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ _EXPORTS = {
     "load_model": "models", "ClipModel": "models", "ZeroShotClassifier": "models",
     "PGD": "attacks", "FeatureAttack": "attacks", "make_attack": "attacks", "list_attacks": "attacks",
     "get_method": "methods", "list_methods": "methods",
-    "Trainer": "train", "TrainConfig": "train", "train": "train",
-    "evaluate": "evaluate", "iter_evaluate": "evaluate", "EvalConfig": "evaluate",
+    "Trainer": "train", "TrainConfig": "train",
+    "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",
     "get_dataset": "data", "list_datasets": "data",
     "compare": "explore", "AttackSettings": "explore",
     "save_finetune": "checkpoints", "read_metadata": "checkpoints",

@@ -1,5 +1,6 @@
 """The package's front door and its layers: the names a user starts with, and imports that only run downward."""
 import ast
+import re
 from pathlib import Path
 
 import pmg_core
@@ -78,3 +79,11 @@ def test_the_names_a_user_starts_with_are_at_the_top_of_the_package():
     for name in pmg_core.__all__:
         assert getattr(pmg_core, name) is not None, name
     assert pmg_core.PGD.__module__ == "pmg_core.attacks" and pmg_core.load_model.__module__ == "pmg_core.models"
+
+
+def test_the_readme_python_example_runs(capsys):
+    readme = (PACKAGE.parent / "README.md").read_text()
+    code = re.search(r"<!-- python-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "| pmg-aft-tiny |" in out and "tensor(" in out
