@@ -42,6 +42,7 @@ from .models import ClipModel, ZeroShotClassifier
 from .paper_prompts import check_prompts
 from .presets import Preset, get_preset
 from .zoo import load_models
+from .units import to_255
 
 
 ROBUST_RULES = ("ever", "final")
@@ -300,7 +301,7 @@ def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progres
     if bar is not None:
         bar.close()
     config = asdict(cfg)
-    config["eps_255"] = round(cfg.eps * 255, 4)
+    config["eps_255"] = to_255(cfg.eps)
     return {"config": config, "protocol": describe_protocol(cfg), "results": results}
 
 
