@@ -18,6 +18,7 @@ from .images import center_square, quantize
 from .models import ClipModel
 from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
+from .units import to_255
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -106,7 +107,7 @@ class Comparison:
 
     def to_dict(self, settings: AttackSettings) -> dict:
         """The comparison as plain JSON data (no images): the app's details and `attack --json` write this."""
-        return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
+        return {"eps_255": to_255(settings.eps), "steps": settings.steps, "norm": settings.norm,
                 "true_label": self.true_label, "target": settings.target,
                 "defense": settings.defense,
                 "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import check, check_number
+from ..units import from_255, to_255
 from .config import DEFAULT_PARTS, METHODS, BenchConfig
 from .report import to_markdown
 from .run import run_bench
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--app-arch", default=d.app_arch, help="architecture of the live-comparison timing (default %(default)s)")
     p.add_argument("--app-models", type=int, default=d.app_models, help="models compared there (default %(default)s)")
     p.add_argument("--app-steps", type=int, default=d.app_steps, help="PGD steps there (default %(default)s)")
-    p.add_argument("--app-eps", type=float, default=round(d.app_eps * 255, 4), help="eps there in /255 (default %(default)s)")
+    p.add_argument("--app-eps", type=float, default=to_255(d.app_eps), help="eps there in /255 (default %(default)s)")
     p.add_argument("--app-stop-margin", type=float, default=d.app_stop_margin,
                    help="the streamed path's stop margin in logits (default %(default)s, the app's)")
     p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
@@ -69,13 +70,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     resolved = {k: v if v is not None else (QUICK[k] if args.quick else getattr(d, k)) for k, v in picked.items()}
     return BenchConfig(arch=args.arch, batch_size=args.batch_size, device=args.device,
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
-                       eps=args.eps / 255, eval_eps=None if args.eval_eps is None else args.eval_eps / 255,
-                       eval_step_size=None if args.eval_step_size is None else args.eval_step_size / 255,
+                       eps=from_255(args.eps), eval_eps=None if args.eval_eps is None else from_255(args.eval_eps),
+                       eval_step_size=None if args.eval_step_size is None else from_255(args.eval_step_size),
                        classes=args.classes, amp=args.amp, attack_amp=args.attack_amp, attack_tf32=args.attack_tf32,
                        compile=args.compile, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
                        app_arch=args.app_arch, app_models=args.app_models, app_steps=args.app_steps,
-                       app_eps=args.app_eps / 255, app_stop_margin=args.app_stop_margin,
+                       app_eps=from_255(args.app_eps), app_stop_margin=args.app_stop_margin,
                        **resolved)
 
 

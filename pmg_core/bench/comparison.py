@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from ..units import to_255
 from .config import BenchConfig, class_names
 from .instruments import sync
 
@@ -102,7 +103,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
                 for k in ("first", "all"):
                     times[name][k].append(last[name][k])
     out: dict = {"arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
-                 "steps": cfg.app_steps, "eps_255": round(cfg.app_eps * 255, 4),
+                 "steps": cfg.app_steps, "eps_255": to_255(cfg.app_eps),
                  "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads()}
     for name in variants:
         out[name] = {f"{k}_verdict_s" if k == "first" else "all_verdicts_s": round(statistics.median(v), 3)
