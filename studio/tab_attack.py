@@ -95,7 +95,7 @@ def build(studio: Studio) -> AttackTab:
                      show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
     settings = [tab.image, tab.labels, tab.true_label, tab.norm, own.eps, tab.steps, tab.step_size, tab.loss,
                 own.target, tab.source, tab.chosen]
-    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(_attack_stream, studio)), [*settings, own.stop_early],
+    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.stop_early],
                          [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details],
                          api_name="attack", show_progress="minimal", **INTERACTIVE)
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
@@ -104,7 +104,7 @@ def build(studio: Studio) -> AttackTab:
     return tab
 
 
-def _attack_stream(studio: Studio, *fields):
+def attack(studio: Studio, *fields):
     """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between."""
     for outputs in one_image.attack_stream(studio, *fields):
         yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs)
