@@ -66,8 +66,9 @@ def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step
 
 def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
                   model_names, stop_early: bool = True):
-    """attack() as it happens: the outputs again after each model's verdict, with a progress line
-    above the verdicts; after each attack step only that line changes (UNCHANGED elsewhere).
+    """attack() as it happens: the verdict table grows by each model's verdict as it arrives, under a
+    progress line that moves with every attack step; the images, files and details (UNCHANGED until
+    then) come with the last update.
     stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
@@ -75,24 +76,18 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]
     shown = Comparison(prepare_image(x, settings.max_side), classes, true_label)
-    outputs: list = [[], [], "", [], None]
     for event in iter_compare(models, x, classes, true_label, settings):
-        if event["event"] == "step":
+        if event["event"] != "done":
+            if event["event"] == "verdict":  # in the models' order, as at the end
+                shown.verdicts = sorted([*shown.verdicts, event["verdict"]], key=lambda v: order.index(v.model))
             yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings),) + (UNCHANGED,) * 2
             continue
-        if event["event"] == "verdict":
-            # In the models' order, as at the end.
-            shown.verdicts = sorted([*shown.verdicts, event["verdict"]], key=lambda v: order.index(v.model))
-            progress = progress_html(event)
-        else:
-            shown, progress = event["comparison"], ""
+        shown = event["comparison"]
         advs = _distinct_adversarials(shown)
-        outputs = [[(to_uint8(adv), f"via {name}") for name, adv in advs],
-                   [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), f"via {name}") for name, adv in advs],
-                   progress + verdict_html(shown, settings),
-                   [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs],
-                   shown.to_dict(settings)]
-        yield tuple(outputs)
+        files = [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs]
+        gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
+        perturb = [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), f"via {name}") for name, adv in advs]
+        yield gallery, perturb, verdict_html(shown, settings), files, shown.to_dict(settings)
 
 
 def _sweep_eps(studio: Studio, eps_list, norm: str) -> list[float]:
