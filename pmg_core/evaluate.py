@@ -44,6 +44,7 @@ class EvalConfig:
     seed: int = 0
     preset: str | None = None  # None: each model's own (the one it was fine-tuned with), else `paper`
     data_root: str | None = None
+    download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     device: str | None = None
     num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
 
@@ -195,7 +196,7 @@ def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None,
     cfg.validate()
     device = ctx.device if ctx is not None and ctx.enabled else torch.device(cfg.device or default_device())
     names = expand_names(cfg.datasets)
-    datasets = [get_dataset(n, split="test", root=cfg.data_root).limited(cfg.limit, cfg.seed) for n in names]
+    datasets = [get_dataset(n, split="test", root=cfg.data_root, download=cfg.download).limited(cfg.limit, cfg.seed) for n in names]
     models = list(models) if models is not None else load_models(cfg.models, device)
     for model in models:
         for data in datasets:

@@ -54,6 +54,7 @@ class TrainConfig:
     limit: int | None = None  # use at most this many training samples
     train_last_n: int | None = None  # train only the last N tensors of the image encoder
     out: str | None = None  # checkpoint path (.safetensors); None: no checkpoint
+    download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     save_every: int = 0  # also checkpoint every N steps (0: only at the end / on stop)
     resume: bool = False  # continue from `out` and its .state file
     keep_state: bool = False  # keep the .state file after a finished run
@@ -134,7 +135,7 @@ class Trainer:
         self.method.shard = (rank, world)
         self.data_name = cfg.dataset if data is None else data.name  # what the checkpoint records
         if data is None:
-            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root)
+            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root, download=cfg.download)
         data = data.limited(cfg.limit, cfg.seed)
         check(len(data) >= cfg.batch_size,
               f"The training set has {len(data)} samples, fewer than one batch of {cfg.batch_size}; lower the batch size.")
@@ -277,7 +278,8 @@ class Trainer:
         while self.step < self.total_steps:
             for x, y in self._loader(epoch, skip):
                 if should_stop is not None and should_stop():
-                    path = self.save(metrics, with_state=True)
+                    # Stopped before any step: nothing was learnt, so nothing is saved.
+                    path = self.save(metrics, with_state=True) if self.step else None
                     yield {"event": "stopped", "step": self.step, "path": str(path) if path else None}
                     return
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

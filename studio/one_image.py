@@ -16,6 +16,7 @@ from pmg_core.explore import AttackSettings, Comparison, compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
 
+from . import policy
 from .html import verdict_html
 from .state import Studio
 
@@ -41,7 +42,7 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     norm = inputs.parse_choice("norm", norm, NORMS)
     loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
     eps = inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)) / 255
-    steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True)
+    steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True, where=limits.where)
     step = inputs.parse_step_size(step_size_255, limits.step_size_255)
     true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
     target = inputs.parse_choice("target class", target, classes, optional=True)
@@ -54,6 +55,7 @@ def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step
     """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
+    policy.check_attack(studio.limits, len(models), settings.steps)
     comp = compare(models, x, classes, true_label, settings)
     advs = _distinct_adversarials(comp)
     folder = new_output_folder(studio.out_dir)
@@ -63,8 +65,12 @@ def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step
     return gallery, perturb, verdict_html(comp, settings), files, comp.to_dict(settings)
 
 
-def _sweep_eps(studio: Studio, eps_list, norm: str) -> list[float]:
-    return [e / 255 for e in inputs.parse_number_list("eps (/255)", eps_list, 0, studio.limits.eps_max_255(norm))]
+def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[ClipModel]) -> list[float]:
+    """The sweep's radii, checked with the cost of attacking every model at each."""
+    limits = studio.limits
+    eps = inputs.parse_number_list("eps (/255)", eps_list, 0, limits.eps_max_255(settings.norm), limits.sweep_values)
+    policy.check_attack(limits, len(models), settings.steps, len(eps))
+    return [e / 255 for e in eps]
 
 
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
@@ -72,7 +78,7 @@ def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names)
-    eps = _sweep_eps(studio, eps_list, settings.norm)
+    eps = _sweep_eps(studio, eps_list, settings, models)
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.sweep_rows(comps, eps, settings.target)
     return plots.sweep_figure(rows), rows
@@ -83,7 +89,7 @@ def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names)
-    eps = _sweep_eps(studio, eps_list, settings.norm)
+    eps = _sweep_eps(studio, eps_list, settings, models)
     reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)

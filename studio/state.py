@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from pmg_core import inputs
 from pmg_core.data import list_datasets, list_groups
-from pmg_core.errors import UserError
+from pmg_core.errors import UserError, check
 from pmg_core.explore import label_presets
 from pmg_core import env
 from pmg_core.models import ClipModel
@@ -25,6 +25,7 @@ from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_base
 
 from .assets import METHOD_IN_PLAIN_WORDS
 from .jobs import Jobs
+from .policy import unique_names
 
 if TYPE_CHECKING:
     from .zoo_loader import ZooLoader
@@ -43,6 +44,13 @@ class Studio:
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
     version: int = 0  # grows whenever a model joins: sessions redraw their lists when it changed
     loader: "ZooLoader | None" = None  # published models joining in the background
+    reserved: set = field(default_factory=set)  # checkpoint names of runs not yet saved (under `lock`)
+    # Held by a Train run's thread until it has really stopped: the jobs lane frees only then.
+    job_slot: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.public:
+            self.jobs.cancel_wait = 0
 
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
@@ -94,7 +102,7 @@ class Studio:
         return inputs.PUBLIC if self.public else inputs.LOCAL
 
     def pick(self, names) -> list[ClipModel]:
-        names = [names] if isinstance(names, str) else list(names or [])
+        names = unique_names([names] if isinstance(names, str) else list(names or []))
         if not names:
             raise UserError("Choose at least one model.")
         unknown = [n for n in names if n not in self.models]
@@ -102,12 +110,31 @@ class Studio:
             raise UserError(f"The model '{unknown[0]}' is not loaded; press 'Refresh model lists'.")
         return [self.models[n] for n in names]
 
+    def reserve_checkpoint(self, name) -> Path:
+        """The file for a new checkpoint, taken atomically: no other run may take the name until `release`."""
+        with self.lock:
+            out = inputs.new_checkpoint_path(name, self.checkpoint_dir)
+            check(out.stem not in self.reserved and out.stem not in self.models,
+                  f"A checkpoint named '{out.stem}' is being trained or loaded already; choose another name.")
+            self.reserved.add(out.stem)
+        return out
+
+    def release_checkpoint(self, out: Path) -> None:
+        with self.lock:
+            self.reserved.discard(out.stem)
+
+    def forget(self, names: Sequence[str]) -> None:
+        """Models whose files were deleted (expired visitor checkpoints) leave the lists."""
+        with self.lock:
+            gone = [n for n in names if self.models.pop(n, None) is not None]
+            self.version += len(gone)
+
     def rescan(self) -> list[str]:
         """Load fine-tunes that appeared in the checkpoint folder since start; returns the new names."""
         added = []
         with self.lock:
             for base in [m for m in self.models.values() if m.spec == m.base]:
-                for m in finetunes_of(base, self.checkpoint_dir, skip=self.names):
+                for m in finetunes_of(base, self.checkpoint_dir, skip=[*self.names, *self.reserved]):
                     self.models[m.name] = m
                     added.append(m.name)
             self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
