@@ -1,7 +1,8 @@
 """Draw the app's example images from the embedded world (run: python assets/make_examples.py).
 
 Each image is one scene of pmg_core.synthetic, rendered at the world's native 32x32 and saved as
-PNG; EXAMPLES lists, per file, the task whose labels it goes with and its true label.
+PNG. Which files there are, the task whose labels each goes with and its true label are the app's
+(studio/assets.py EXAMPLES); SCENES here says how each is drawn.
 """
 from __future__ import annotations
 
@@ -14,20 +15,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pmg_core import synthetic as S  # noqa: E402
 from pmg_core.images import save_png  # noqa: E402
+from studio.assets import EXAMPLES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "examples"
 
-# file name -> (task, true label, scene attributes as indices into the world's vocabulary)
-EXAMPLES = {
-    "example.png": ("synth-shape", "circle", dict(shape=S.SHAPES.index("circle"), colour=S.COLOUR_NAMES.index("green"),
-                                                  pattern=0, size=2, background=S.BACKGROUNDS.index("white"))),
-    "purple-star.png": ("synth-shape", "star", dict(shape=S.SHAPES.index("star"), colour=S.COLOUR_NAMES.index("purple"),
-                                                    pattern=0, size=2, background=S.BACKGROUNDS.index("gray"))),
-    "striped-diamond.png": ("synth-pattern", "striped shape",
-                            dict(shape=S.SHAPES.index("diamond"), colour=S.COLOUR_NAMES.index("cyan"),
-                                 pattern=S.PATTERNS.index("striped"), size=2, background=S.BACKGROUNDS.index("black"))),
-    "digit-seven.png": ("synth-digit", "digit 7", dict(kind=S.KIND_DIGIT, digit=7, background=S.BACKGROUNDS.index("black"),
-                                                       colour=S.COLOUR_NAMES.index("yellow"))),
+# file name -> scene attributes as indices into the world's vocabulary
+SCENES = {
+    "example.png": dict(shape=S.SHAPES.index("circle"), colour=S.COLOUR_NAMES.index("green"), pattern=0, size=2,
+                        background=S.BACKGROUNDS.index("white")),
+    "purple-star.png": dict(shape=S.SHAPES.index("star"), colour=S.COLOUR_NAMES.index("purple"), pattern=0, size=2,
+                            background=S.BACKGROUNDS.index("gray")),
+    "striped-diamond.png": dict(shape=S.SHAPES.index("diamond"), colour=S.COLOUR_NAMES.index("cyan"),
+                                pattern=S.PATTERNS.index("striped"), size=2, background=S.BACKGROUNDS.index("black")),
+    "digit-seven.png": dict(kind=S.KIND_DIGIT, digit=7, background=S.BACKGROUNDS.index("black"),
+                            colour=S.COLOUR_NAMES.index("yellow")),
 }
 
 
@@ -38,8 +39,8 @@ def scene(seed: int, kind: int = S.KIND_SHAPES, **attrs) -> S.Scenes:
 
 def main() -> None:
     HERE.mkdir(parents=True, exist_ok=True)
-    for i, (name, (_, _, attrs)) in enumerate(EXAMPLES.items()):
-        image = S.to_float(S.render(scene(1000 + i, **attrs)))[0]
+    for i, (name, _, _) in enumerate(EXAMPLES):
+        image = S.to_float(S.render(scene(1000 + i, **SCENES[name])))[0]
         print(save_png(image, HERE / name))
 
 

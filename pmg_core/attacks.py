@@ -306,6 +306,28 @@ class PGD:
         fooled[idx] |= self._success(pred, y[idx], targeted)
 
 
+class EOTPGD(PGD):
+    """PGD on a randomised model (a test-time defense with a random start): each step follows the
+    mean of `eot` input gradients, each through a fresh draw of the model's randomness
+    (Expectation over Transformation, Athalye, Carlini, Wagner, ICML 2018).
+
+    "Ever fooled" and the best iterate are judged on one draw per iterate, which flatters the attack
+    on a randomised model: callers judge the returned images afresh (evaluation does).
+    """
+
+    def __init__(self, *args, eot: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_number("EOT samples", eot, low=1, integer=True)
+        self.eot = int(eot)
+
+    def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
+        total = None
+        for _ in range(self.eot):
+            grad, loss, pred = super()._grad(x, y, targeted)
+            total = grad if total is None else total + grad
+        return total / self.eot, loss, pred
+
+
 class FeatureAttack:
     """PGD maximising ||phi(x_adv) - target_features||_2^2 (FARE's unsupervised inner attack).
 

@@ -172,6 +172,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--preset", help="paper | public-code | public-code-4baf55d (default: each model's own, else "
                                     "paper; the tables name each model's)")
+    p.add_argument("--defense", help="a test-time defense: none | ttc (default none); a defended model is "
+                                     "reported under the usual attack and under an adaptive one through the defense")
+    p.add_argument("--eot", type=int, help=f"the adaptive attack's gradients per step, each through a fresh draw of the defense (default {d.eot})")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.add_argument("--device")
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")
@@ -209,6 +212,9 @@ def _add_attack(sub) -> None:
     p.add_argument("--norm", default="Linf")
     p.add_argument("--loss", default="ce", help="ce | margin")
     p.add_argument("--source", default=None, help="attack this model only and transfer the image to all")
+    p.add_argument("--defense", default="none", help="also judge each model behind a test-time defense: none | ttc "
+                                                     "(its verdicts: the same adversarial image, and one attacked through the defense)")
+    p.add_argument("--eot", type=int, default=4, help="the attack through the defense: gradients per step (default 4)")
     p.add_argument("--out", default=None, help="write the adversarial image (PNG, lossless) here")
     p.add_argument("--json", default=None, metavar="OUT",
                    help="write the comparison as JSON here (the document the app shows as its details)")
@@ -235,14 +241,20 @@ def _run_attack(args) -> int:
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
-    settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source)
+    settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source,
+                              defense=args.defense, eot=args.eot)
     res = compare(models, image, labels, args.true, settings)
     for v in res.verdicts:
         print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")
-        for kind, pred in (("clean", v.clean), ("adversarial", v.adversarial)):
+        rows = [("clean", v.clean), ("adversarial", v.adversarial)]
+        if v.defended:
+            d = v.defended.defense
+            rows += [(f"{d}, clean", v.defended.clean), (f"{d}, same adv.", v.defended.adversarial),
+                     (f"{d}, adaptive", v.defended.adaptive)]
+        for kind, pred in rows:
             mark = "" if pred.correct is None else ("  [right]" if pred.correct else "  [wrong]")
             top = ", ".join(f"{lab} {p:.1%}" for lab, p in zip(pred.labels, pred.probs))
-            print(f"  {kind:>11}: {top}{mark}")
+            print(f"  {kind:>15}: {top}{mark}")
     if args.out:
         print(f"wrote {save_png(res.verdicts[0].adv_image, args.out)}")
     if args.json:

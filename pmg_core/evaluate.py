@@ -1,7 +1,17 @@
 """Zero-shot clean and robust accuracy of several models over several datasets -> tables.
 
 Robust accuracy counts a sample as robust only if it is classified correctly clean and at every
-attack iterate ("ever fooled" criterion). Samples misclassified clean are not attacked, and
+attack iterate ("ever fooled" criterion).
+
+Behind a test-time defense (`defense`, pmg_core/defenses.py) a model is attacked twice, and its
+row carries both numbers: `robust_acc_unaware`, the usual attack on the undefended model with its
+adversarial image then shown to the defended one, and `robust_acc`, the adaptive attacker's: it
+also attacks through the defense (BPDA, EOT over the defense's random start: `eot` gradients per
+step), and a sample counts as robust only if neither image fools the defended model. A defended model is
+randomised, so its verdicts are taken on the attacks' final images with one fresh draw each (not
+"ever fooled" over draws); a sample counts as robust only if its defended clean prediction is
+right too. Its random starts come from one seeded stream per batch, so defended rows, unlike the
+others, depend on the batch size. Samples misclassified clean are not attacked, and
 samples fooled mid-attack stop being attacked (early stop): both change time, not the result.
 PGD's random start is drawn per sample from (seed, sample index), so results do not depend on
 the batch size.
@@ -18,7 +28,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks import PGD, check_norm, get_attack, make_attack, random_start
+from .attacks import EOTPGD, PGD, check_norm, get_attack, make_attack, random_start
+from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
@@ -47,6 +58,8 @@ class EvalConfig:
     download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     device: str | None = None
     num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
+    defense: str = "none"  # a test-time defense (pmg_core/defenses.py): ttc
+    eot: int = 4  # the adaptive attack's gradients per step, each through a fresh draw of the defense
 
     def validate(self) -> None:
         check(len(self.models) > 0, "Give at least one model to evaluate.")
@@ -64,6 +77,8 @@ class EvalConfig:
         check_number("data-loading workers", self.num_workers, low=0, integer=True)
         if self.preset is not None:
             get_preset(self.preset)
+        get_defense(self.defense)
+        check_number("EOT samples", self.eot, low=1, integer=True)
 
 
 def model_preset(model: ClipModel, cfg: EvalConfig) -> Preset:
@@ -98,7 +113,7 @@ def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig) -> torch.Tensor
 def _streams(cfg: EvalConfig) -> bool:
     """PGD with early stop attacks a whole dataset as one stream (PGD.fooled_stream), so its passes
     stay full while fooled samples leave; other attacks go batch by batch (evaluate_batch)."""
-    return get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.eps > 0 and cfg.steps > 0
+    return get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.eps > 0 and cfg.steps > 0 and cfg.defense == "none"
 
 
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -120,6 +135,35 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
         adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
         robust[todo] = _clean_logits(clf, adv).argmax(1) == ys
     return clean, robust
+
+
+def evaluate_defended_batch(defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                            cfg: EvalConfig, preset: Preset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample flags for one batch behind a defense: defended clean-correct, robust to the attack
+    that does not know the defense, robust to the adaptive attack through it (module docstring)."""
+    clf = defended.classifier
+    defended.reseed(cfg.seed * 1_000_003 + int(idx[0]))
+    with torch.no_grad():
+        clean = defended(x).argmax(1) == y
+    unaware, adaptive = clean.clone(), clean.clone()
+    todo = clean.nonzero().squeeze(1)
+    loss = get_attack(cfg.attack).pgd_loss
+    if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and loss is not None:
+        return clean, unaware, adaptive
+    xs, ys = x[todo], y[todo]
+    if loss is not None:
+        init, common = _starts(idx[todo.cpu()], xs, cfg), dict(random_start=False, dtype=preset.attack_dtype)
+        adv = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, loss, **common).run(xs, ys, init=init).adv
+        through = EOTPGD(defended, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, loss, eot=cfg.eot,
+                         **common).run(xs, ys, init=init).adv
+    else:  # AutoAttack through the defense: BPDA gradients, one draw each (torchattacks has no EOT here)
+        adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
+        through = make_attack(cfg.attack, defended, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
+    with torch.no_grad():
+        unaware[todo] = defended(adv).argmax(1) == ys
+        # An adaptive attacker may also ignore the defense: robust only if both images fail.
+        adaptive[todo] = unaware[todo] & (defended(through).argmax(1) == ys)
+    return clean, unaware, adaptive
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -148,10 +192,12 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     # Indices stay global, so each sample's random start is the same whoever evaluates it.
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    counts = [0, 0, 0]  # samples, clean-correct, robust-correct so far
+    counts = [0, 0, 0, 0]  # samples, clean-correct, robust-correct (adaptive behind a defense), unaware so far
+    defended = defend(model, clf, cfg.defense, DefenseSettings(seed=cfg.seed)) if cfg.defense != "none" else None
+    name = model.name if defended is None else f"{model.name}+{cfg.defense}"
 
     def progress() -> dict:
-        return {"event": "progress", "model": model.name, "dataset": data.name, "done": counts[0], "total": len(shard)}
+        return {"event": "progress", "model": name, "dataset": data.name, "done": counts[0], "total": len(shard)}
 
     if _streams(cfg):
         def clean_correct():  # the clean pass, batch by batch; what it gets right goes on to the attack
@@ -170,15 +216,22 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     else:
         for x, y, idx in loader:
             x, y = x.to(model.device), y.to(model.device)
-            clean, robust = evaluate_batch(clf, x, y, idx, cfg, preset)
-            counts = [counts[0] + len(y), counts[1] + int(clean.sum()), counts[2] + int(robust.sum())]
+            if defended is None:
+                clean, robust = evaluate_batch(clf, x, y, idx, cfg, preset)
+                unaware = robust
+            else:
+                clean, unaware, robust = evaluate_defended_batch(defended, x, y, idx, cfg, preset)
+            counts = [c + v for c, v in zip(counts, (len(y), int(clean.sum()), int(robust.sum()), int(unaware.sum())))]
             yield progress()
-    n, clean_n, robust_n = counts
+    n, clean_n, robust_n, unaware_n = counts
     if ctx.enabled:
-        n, clean_n, robust_n = (int(v) for v in all_reduce_sum(torch.tensor([n, clean_n, robust_n]), ctx))
-    yield {"event": "result", "model": model.name, "dataset": data.name, "n": n, "clean_correct": clean_n,
+        n, clean_n, robust_n, unaware_n = (int(v) for v in all_reduce_sum(torch.tensor(counts), ctx))
+    row = {"event": "result", "model": name, "dataset": data.name, "n": n, "clean_correct": clean_n,
            "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
            "preset": preset.name, "seconds": round(time.time() - start, 3)}
+    if defended is not None:
+        row.update(defense=cfg.defense, robust_correct_unaware=unaware_n, robust_acc_unaware=unaware_n / max(n, 1))
+    yield row
 
 
 def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> dict:
@@ -259,7 +312,7 @@ def to_markdown(results: list[dict]) -> str:
     lines = ["| model | preset | metric | " + " | ".join(datasets) + " | Average |",
              "|---|---|---|" + "---:|" * (len(datasets) + 1)]
     for m in models:
-        for metric, key in (("robust", "robust_acc"), ("clean", "clean_acc")):
+        for metric, key in _metrics(m, results):
             vals = [cell[(m, d)][key] * 100 if (m, d) in cell else None for d in datasets]
             known = [v for v in vals if v is not None]
             avg = sum(known) / len(known) if known else float("nan")
@@ -269,9 +322,18 @@ def to_markdown(results: list[dict]) -> str:
     return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"
 
 
+def _metrics(model: str, results: list[dict]) -> tuple[tuple[str, str], ...]:
+    """(label, key) of a model's rows: a defended model shows both of its robust accuracies."""
+    if any("robust_acc_unaware" in r for r in results if r["model"] == model):
+        return (("robust, adaptive attack", "robust_acc"), ("robust, attack unaware of the defense", "robust_acc_unaware"),
+                ("clean", "clean_acc"))
+    return (("robust", "robust_acc"), ("clean", "clean_acc"))
+
+
 def to_csv(results: list[dict]) -> str:
     buf = io.StringIO()
-    cols = ["model", "preset", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "seconds"]
+    cols = ["model", "preset", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc",
+            "robust_acc_unaware", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     w.writerows({**r, "preset": _preset_of(r)} for r in results)
@@ -283,7 +345,7 @@ def averages(results: list[dict]) -> dict[str, dict[str, float]]:
     out = {}
     for m in models:
         rows = [cell[(m, d)] for d in datasets if (m, d) in cell]
-        out[m] = {k: sum(r[k] for r in rows) / len(rows) for k in ("clean_acc", "robust_acc")}
+        out[m] = {k: sum(r[k] for r in rows) / len(rows) for _, k in _metrics(m, results)}
     return out
 
 

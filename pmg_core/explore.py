@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from .attacks import PGD
+from .attacks import EOTPGD, PGD
+from .defenses import defend, get_defense
 from .data import list_groups
 from .errors import check, check_number
 from .images import center_square, quantize
@@ -31,12 +32,24 @@ class Prediction:
 
 
 @dataclass
+class DefendedVerdict:
+    """The same model behind a test-time defense (settings.defense)."""
+
+    defense: str
+    clean: Prediction  # on the clean image
+    adversarial: Prediction  # on the verdict's adversarial image: an attack unaware of the defense
+    adaptive: Prediction  # on an image attacked through the defense (BPDA + EOT), its own
+    adaptive_image: torch.Tensor  # [3,H,W], quantized
+
+
+@dataclass
 class ModelVerdict:
     model: str
     clean: Prediction
     adversarial: Prediction
     attacked_by: str  # the model whose gradients made the adversarial image
     adv_image: torch.Tensor  # [3,H,W], quantized
+    defended: DefendedVerdict | None = None
 
     @property
     def confidence_drop(self) -> float | None:
@@ -62,6 +75,8 @@ class AttackSettings:
     target: str | None = None  # a class name for a targeted attack
     source: str | None = None  # attack this model and transfer to all; None: each attacked itself
     max_side: int = 224  # attack at most at this resolution (the models see 224 px or less)
+    defense: str = "none"  # also judge each model behind this test-time defense (pmg_core.defenses)
+    eot: int = 4  # the attack through the defense: gradients per step, each through a fresh draw
 
     def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
@@ -71,6 +86,8 @@ class AttackSettings:
         check(self.target is None or self.target in classes, f"The target class '{self.target}' is not among the labels.")
         check(self.source is None or self.source in model_names,
               f"The source model '{self.source}' is not loaded; choose one of {', '.join(model_names)}.")
+        get_defense(self.defense)
+        check_number("EOT samples", self.eot, low=1, high=64, integer=True)
 
 
 @dataclass
@@ -84,9 +101,12 @@ class Comparison:
         """The comparison as plain JSON data (no images): the app's details and `attack --json` write this."""
         return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
                 "true_label": self.true_label, "target": settings.target,
+                "defense": settings.defense,
                 "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
                               "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop,
-                              "target_gain": v.target_gain}
+                              "target_gain": v.target_gain,
+                              **({"defended": {k: vars(p) for k, p in vars(v.defended).items()
+                                               if isinstance(p, Prediction)}} if v.defended else {})}
                              for v in self.verdicts]}
 
 
@@ -144,18 +164,26 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
     target_idx = classes.index(settings.target) if settings.target is not None else None
     clfs = {m.name: m.classifier(classes, templates).eval() for m in models}
 
-    def attack(clf) -> torch.Tensor:
+    def attack(clf, eot: int | None = None) -> torch.Tensor:
         device = next(clf.parameters()).device
         xb = x[None].to(device)
+        kind, extra = (PGD, {}) if eot is None else (EOTPGD, {"eot": eot})
+        pgd = kind(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
+                   random_start=False, **extra)
         if target_idx is not None:
             y = torch.tensor([target_idx], device=device)
-            res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
-                      random_start=False).run(xb, y, target=y)
+            res = pgd.run(xb, y, target=y)
         else:
             y = torch.tensor([true_idx], device=device)
-            res = PGD(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
-                      random_start=False).run(xb, y)
+            res = pgd.run(xb, y)
         return quantize_in_ball(x, res.adv[0].cpu(), settings.eps, settings.norm)
+
+    def behind_defense(m: ClipModel, adv: torch.Tensor) -> DefendedVerdict:
+        defended, dev = defend(m, clfs[m.name], settings.defense), m.device
+        through = attack(defended, settings.eot)
+        defended.reseed()  # the verdicts' draws do not depend on how many the attack took
+        judge = [predict(defended, img.to(dev), classes, true_idx, target_idx=target_idx) for img in (x, adv, through)]
+        return DefendedVerdict(settings.defense, *judge, through)
 
     out = Comparison(x, classes, true_label)
     shared = attack(clfs[settings.source]) if settings.source else None
@@ -165,7 +193,8 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
         dev = m.device
         out.verdicts.append(ModelVerdict(m.name, predict(clf, x.to(dev), classes, true_idx, target_idx=target_idx),
                                          predict(clf, adv.to(dev), classes, true_idx, target_idx=target_idx),
-                                         settings.source or m.name, adv))
+                                         settings.source or m.name, adv,
+                                         behind_defense(m, adv) if settings.defense != "none" else None))
     return out
 
 

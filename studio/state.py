@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from pmg_core import inputs
+from pmg_core import env, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError, check
 from pmg_core.explore import label_presets
-from pmg_core import env
 from pmg_core.models import ClipModel
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
@@ -186,3 +185,8 @@ def _short(text, limit: int = 48) -> str:
     """A table cell that does not squeeze the others (the full text is in the metadata below)."""
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def pick_default(choices: list[str], preferred: str) -> str | None:
+    """A dropdown's first value: `preferred` when it is offered, else the first choice."""
+    return preferred if preferred in choices else (choices[0] if choices else None)

@@ -7,7 +7,7 @@ import gradio as gr
 
 from . import evaluation
 from .safety import JOB_GPU_S, JOBS, gpu, safe
-from .state import Studio
+from .state import Studio, pick_default
 
 
 @dataclass
@@ -47,7 +47,3 @@ def build(studio: Studio) -> EvaluateTab:
     # Cancel takes a waiting run off the queue (cancels=) and stops a running one after its step (the flag).
     cancel_btn.click(safe(cancel), None, status, api_name="cancel_evaluate", queue=False, cancels=[run])
     return EvaluateTab(models)
-
-
-def pick_default(choices: list[str], preferred: str) -> str | None:
-    return preferred if preferred in choices else (choices[0] if choices else None)

@@ -10,8 +10,7 @@ from pmg_core.methods import list_methods
 
 from . import training
 from .safety import JOB_GPU_S, JOBS, gpu, safe
-from .state import Studio
-from .tab_evaluate import pick_default
+from .state import Studio, pick_default
 
 
 @dataclass
