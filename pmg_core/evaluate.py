@@ -33,7 +33,7 @@ from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
-from .env import default_device
+from .env import check_device, default_device
 from .models import ClipModel, ZeroShotClassifier
 from .presets import Preset, get_preset
 from .zoo import load_models
@@ -63,6 +63,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         check(len(self.models) > 0, "Give at least one model to evaluate.")
+        check_device(self.device)
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else None)
         check_norm(self.norm)
         check_number("attack steps", self.steps, low=0, integer=True)

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoints import (load_tensors, load_training_state, load_visual_into, read_metadata, save_finetune,
                           save_training_state, visual_state)
 from .data import ZeroShotDataset, get_dataset
-from .errors import UserError, check, check_number
-from .env import default_device
+from .errors import UserError, check, check_number, shorten
+from .env import check_device, default_device
 from .methods import MethodSettings, get_method
 from .models import ClipModel, ZeroShotClassifier, frozen_copy, load_model
 
@@ -81,6 +81,9 @@ class TrainConfig:
         if self.train_last_n is not None:
             check_number("train_last_n", self.train_last_n, low=1, integer=True)
         check(not self.resume or bool(self.out), "resume needs the checkpoint path (out) to resume from.")
+        check(isinstance(self.extra_metadata, dict) and all(isinstance(k, str) for k in self.extra_metadata),
+              f"extra_metadata must be a mapping of names to values; got {shorten(self.extra_metadata)}.")
+        check_device(self.device)
         self.method_settings().validate()
 
     def method_settings(self) -> MethodSettings:
@@ -214,6 +217,12 @@ class Trainer:
         meta = read_metadata(path)
         check(meta.get("base") == self.model.base,
               f"'{path.name}' fine-tunes {meta.get('base')}, not {self.model.base}; resume with the same base model.")
+        c = self.cfg
+        for key, mine in (("method", c.method), ("data", self.data_name), ("batch_size", c.batch_size), ("lr", c.lr),
+                          ("seed", c.seed), ("eps", c.eps), ("attack_steps", c.attack_steps)):
+            check(key not in meta or meta[key] == mine,
+                  f"'{path.name}' was trained with {key} {meta.get(key)!r}, not {mine!r}; resume with the run's own "
+                  "settings, or start a new run with another --out.")
         load_visual_into(self.model, load_tensors(path), f"'{path.name}'")
         state = load_training_state(state_path(path), self.optimizer, self.scheduler, device=self.device)
         # The state holds the weights of its own step: a kill between writing the checkpoint and its

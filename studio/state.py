@@ -7,8 +7,10 @@ lowers the job limits and switches off reading folders from the server's disk.
 """
 from __future__ import annotations
 
+import atexit
 import html
 import json
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from pmg_core import env, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError, check
 from pmg_core.explore import label_presets
-from pmg_core.models import ClipModel
+from pmg_core.models import ClipModel, list_checkpoints
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
 from .assets import METHOD_IN_PLAIN_WORDS
@@ -38,11 +40,12 @@ class Studio:
     mode: str
     checkpoint_dir: Path = field(default_factory=env.checkpoint_dir)
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
-    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
+    out_dir: Path = field(default_factory=lambda: _temporary_folder())
     jobs: Jobs = field(default_factory=Jobs)
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
     version: int = 0  # grows whenever a model joins: sessions redraw their lists when it changed
     loader: "ZooLoader | None" = None  # published models joining in the background
+    passed: dict = field(default_factory=dict)  # checkpoint files that gave no model: name -> (mtime, size)
     reserved: set = field(default_factory=set)  # checkpoint names of runs not yet saved (under `lock`)
     # Held by a Train run's thread until it has really stopped: the jobs lane frees only then.
     job_slot: threading.Lock = field(default_factory=threading.Lock)
@@ -132,12 +135,18 @@ class Studio:
         """Load fine-tunes that appeared in the checkpoint folder since start; returns the new names."""
         added = []
         with self.lock:
+            # A file that gave no model stays skipped until it changes: a broken 90 MB header is not
+            # read again on every page load.
+            unchanged = [p.stem for p in list_checkpoints(self.checkpoint_dir) if self.passed.get(p.stem) == _signature(p)]
+            skip = [*self.names, *self.reserved, *unchanged]
             for base in [m for m in self.models.values() if m.spec == m.base]:
-                for m in finetunes_of(base, self.checkpoint_dir, skip=[*self.names, *self.reserved]):
+                for m in finetunes_of(base, self.checkpoint_dir, skip=skip):
                     self.models[m.name] = m
                     added.append(m.name)
             self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
             self.version += len(added)
+            self.passed = {p.stem: _signature(p) for p in list_checkpoints(self.checkpoint_dir)
+                           if p.stem not in self.models and p.stem not in self.reserved}
         return added
 
     def presets(self) -> dict[str, list[str]]:
@@ -164,6 +173,21 @@ class Studio:
         return (f"### Mode\n{self.mode}\n\nDevice: `{self.device}`.\n\n{downloads}"
                 f"### Loaded models\n" + "\n".join(rows) + "\n\n" + _cards(self.models.values()) + details
                 + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS)
+
+
+def _temporary_folder() -> Path:
+    """Where adversarial PNGs for download go; removed when the server exits (one per start otherwise piles up)."""
+    path = Path(tempfile.mkdtemp(prefix="pmg_studio_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _signature(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
 
 
 def _cards(models) -> str:

@@ -181,3 +181,47 @@ def test_a_visitor_never_starts_a_dataset_download_even_online(public, monkeypat
     with pytest.raises(UserError, match="downloads are switched off here"):
         next(training.train(public, "clip", "tecoa", "food101", 1, 1, 0.01, 1, 8, 1, 1, "food"))
     assert asked and not any(asked)
+
+
+# --- smaller findings ------------------------------------------------------------------------------------
+
+def test_error_toasts_show_what_a_visitor_typed_as_text_not_html(server, tmp_path):
+    args = attack_args(["clip"])
+    args[2] = "<img src=x onerror=alert(1)>"
+    with pytest.raises(AppError) as e:
+        visitor(server[1], tmp_path, "a").predict(*args, api_name="/attack")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in str(e.value) and "<img" not in str(e.value)
+
+
+def test_text_features_of_new_label_sets_are_kept_for_the_last_64_only():
+    clip = tiny_models()[0]
+    for i in range(100):
+        clip.text_features([f"thing {i}", f"other {i}"])
+    assert len(clip.text_cache) == 64
+    assert clip.text_features(["thing 99", "other 99"]) is clip.text_features(["thing 99", "other 99"])
+
+
+def test_pil_opens_only_the_formats_the_app_accepts(tmp_path):
+    from pmg_core.images import load_image
+
+    eps = tmp_path / "drawing.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    with pytest.raises(UserError, match="not a readable image"):
+        load_image(str(eps))
+    assert load_image(EXAMPLE).shape[0] == 3
+
+
+def test_a_broken_checkpoint_is_read_once_until_it_changes(public, monkeypatch):
+    from pmg_core import zoo
+
+    broken = public.checkpoint_dir / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")
+    reads = []
+    read = zoo.read_metadata
+    monkeypatch.setattr(zoo, "read_metadata", lambda path: reads.append(path.name) or read(path))
+    for _ in range(3):
+        public.rescan()
+    assert reads.count("broken.safetensors") == 1
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{still broken}....")
+    public.rescan()
+    assert reads.count("broken.safetensors") == 2
