@@ -133,6 +133,9 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
     source = gr.Dropdown([one_image.EACH_MODEL, *studio.names], value=one_image.EACH_MODEL, label="Who is attacked",
                          info="Each model white-box, or one model's adversarial image transferred to all.")
     chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
+    notes = studio.model_notes()
+    if notes:
+        gr.Markdown(f"**About these models.** {notes}", elem_id="pmg-model-notes")
     defend = gr.Checkbox(False, label="Defend at test time (TTC)", elem_id="pmg-defend",
                          info="Also show each model behind a test-time counterattack (Xing et al., CVPR 2025): on the "
                               "same adversarial image, and attacked through the defense (slower).")
