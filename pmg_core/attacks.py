@@ -427,6 +427,10 @@ def register_attack(name: str, description: str, pgd_loss: str | None = None) ->
     return deco
 
 
+def list_attacks() -> list[str]:
+    return list(ATTACKS)
+
+
 def get_attack(name: str) -> AttackEntry:
     check(name in ATTACKS, f"Unknown attack '{name}': choose one of {', '.join(ATTACKS)}.")
     return ATTACKS[name]

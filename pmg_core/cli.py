@@ -11,12 +11,13 @@ import sys
 from typing import Callable
 
 from .errors import UserError
+from .units import from_255
 
 
 def _e(v: str) -> float:
     """/255 units -> pixel units."""
     try:
-        return float(v) / 255
+        return from_255(float(v))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of 1/255 steps, got {v!r}") from None
 
@@ -304,13 +305,61 @@ def _run_datasets(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "importers", "zoo_cli")  # modules that add their own sub-command
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="convert a published robust CLIP (.pth.tar, state dict, hf-hub id) to a checkpoint",
+                       description="Import a robust image encoder (public PMG-AFT/TeCoA .pth.tar, RobustVLM state "
+                                   "dicts, hf-hub:chs20/... ids) as a fine-tune checkpoint; optionally evaluate it.")
+    p.add_argument("source", help="checkpoint file or hf-hub:ORG/REPO")
+    p.add_argument("--base", default=None, help="base CLIP spec (default: an hf-hub model itself; for a file, the OpenAI "
+                                                "CLIP its shapes match, e.g. ViT-B-32-quickgelu:openai)")
+    p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/<source name>.safetensors)")
+    p.add_argument("--method", default=None, help="method recorded in the metadata (default: guessed from the name)")
+    p.add_argument("--preset", default=None, help="numerics it was trained with, used when evaluating it: paper | "
+                                                  "public-code (the public PMG-AFT/TeCoA code's; default paper)")
+    p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")
+    p.add_argument("--eval-config", default=None, help="then evaluate with this eval recipe (its models replaced)")
+    p.add_argument("--limit", type=int, default=None, help="samples per dataset for --eval")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    import json
+
+    from .env import default_device
+
+    device = args.device or default_device()
+    from .importers import import_checkpoint
+
+    path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)
+    print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")
+    if not (args.eval or args.eval_config):
+        return 0
+    from .evaluate import EvalConfig, evaluate, to_markdown
+
+    values = {}
+    if args.eval_config:
+        from .recipes import load_recipe
+
+        values = load_recipe(args.eval_config, "eval")
+    if args.eval:
+        values["datasets"] = [s.strip() for s in args.eval.split(",") if s.strip()]
+    values.update(models=[str(path)], device=device,
+                  **{k: v for k, v in (("limit", args.limit), ("data_root", args.data_root)) if v is not None})
+    report = evaluate(EvalConfig(**values), models=[model], progress=True)
+    print(to_markdown(report["results"]))
+    print(json.dumps(report["results"], indent=2))
+    return 0
+
+
+OPTIONAL = ("pretrain", "bench", "zoo_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pmg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_attack, _add_models, _add_datasets):
+    for add in (_add_train, _add_eval, _add_attack, _add_models, _add_datasets, _add_import):
         add(sub)
     for name in OPTIONAL:
         try:

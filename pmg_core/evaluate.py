@@ -37,6 +37,7 @@ from .env import default_device
 from .models import ClipModel, ZeroShotClassifier
 from .presets import Preset, get_preset
 from .zoo import load_models
+from .units import to_255
 
 
 @dataclass
@@ -277,7 +278,7 @@ def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progres
     if bar is not None:
         bar.close()
     config = asdict(cfg)
-    config["eps_255"] = round(cfg.eps * 255, 4)
+    config["eps_255"] = to_255(cfg.eps)
     return {"config": config, "results": results}
 
 

@@ -27,6 +27,7 @@ from .errors import UserError, check, check_number
 from .env import default_device
 from .methods import MethodSettings, get_method
 from .models import ClipModel, ZeroShotClassifier, frozen_copy, load_model
+from .units import to_255
 
 
 @dataclass
@@ -192,7 +193,7 @@ class Trainer:
     def _metadata(self, metrics: dict) -> dict:
         c = self.cfg
         return {"method": c.method, "method_settings": asdict(c.method_settings()), "eps": c.eps,
-                "eps_255": round(c.eps * 255, 4), "attack_steps": c.attack_steps, "data": self.data_name,
+                "eps_255": to_255(c.eps), "attack_steps": c.attack_steps, "data": self.data_name,
                 "train_samples": len(self.data), "epochs": self.step / max(1, self.steps_per_epoch),
                 "steps": self.step, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "preset": c.preset,
                 "metrics": metrics, **c.extra_metadata}

@@ -288,10 +288,10 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
     from .downloads import download
 
     folder = cache_dir() / "downloads" / entry.id
-    mirror = mirror_url(entry)
+    mirrored_at = mirror_url(entry)
     try:
-        if mirror:
-            got = download(mirror, folder / out.name, progress=progress, label=f"{entry.id} (mirror)")
+        if mirrored_at:
+            got = download(mirrored_at, folder / out.name, progress=progress, label=f"{entry.id} (mirror)")
             say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes, from the mirror)")
             _check_mirrored(entry, got.path, base_model)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from pmg_core.attacks import NORMS
 from pmg_core.explore import AttackSettings, Comparison, compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
+from pmg_core.units import from_255, to_255
 
 from .html import verdict_html
 from .state import Studio
@@ -41,7 +42,7 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     classes = inputs.parse_labels(labels)
     norm = inputs.parse_choice("norm", norm, NORMS)
     loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
-    eps = inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)) / 255
+    eps = from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)))
     steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True)
     step = inputs.parse_step_size(step_size_255, limits.step_size_255)
     true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
@@ -68,7 +69,7 @@ def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step
 
 
 def _sweep_eps(studio: Studio, eps_list, norm: str) -> list[float]:
-    return [e / 255 for e in inputs.parse_number_list("eps (/255)", eps_list, 0, studio.limits.eps_max_255(norm))]
+    return [from_255(e) for e in inputs.parse_number_list("eps (/255)", eps_list, 0, studio.limits.eps_max_255(norm))]
 
 
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
@@ -92,8 +93,8 @@ def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)
     proj = analysis.projection(models, comps[-1])
-    return (plots.distance_figure(rows), plots.reference_figure(rows), plots.projection_figure(proj),
-            {"distances": rows, "projection_eps_255": round(eps[-1] * 255, 4), **proj})
+    return (plots.distance_figure(rows), plots.distance_figure(rows, from_reference=True), plots.projection_figure(proj),
+            {"distances": rows, "projection_eps_255": to_255(eps[-1]), **proj})
 
 
 def _slug(name: str) -> str:

@@ -20,6 +20,7 @@ from pmg_core.data import list_datasets
 from pmg_core.errors import UserError
 from pmg_core.methods import list_methods
 from pmg_core.train import Trainer, TrainConfig
+from pmg_core.units import from_255
 
 from .jobs import Job
 from .state import Studio
@@ -36,7 +37,7 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     out = inputs.new_checkpoint_path(name, studio.checkpoint_dir)
     cfg = TrainConfig(
         model=base.spec, method=method, dataset=inputs.parse_choice("dataset", dataset, [d.name for d in list_datasets()]),
-        eps=inputs.parse_number("eps (/255)", eps_255, 0, limits.train_eps_255) / 255,
+        eps=from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.train_eps_255)),
         attack_steps=inputs.parse_number("PGD steps", attack_steps, 0, limits.train_attack_steps, integer=True),
         lr=inputs.parse_number("learning rate", lr, *limits.lr), epochs=1000,
         max_steps=inputs.parse_number("training steps", max_steps, 1, limits.train_steps, integer=True,

@@ -30,6 +30,7 @@ def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PMG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PMG_ZOO_MIRROR", raising=False)
     monkeypatch.setattr(downloads, "TIMEOUT_S", 2.0)  # a stalled test server fails in seconds
+    monkeypatch.setattr(zoo, "ZOO", dict(zoo.ZOO))  # entries registered by a test leave with it
     return tmp_path / "cache"
 
 
@@ -51,12 +52,11 @@ def state_dict_file(state) -> bytes:
     return buf.getvalue()
 
 
-def entry(monkeypatch, server, name, fmt="pth.tar", path=None, **kw) -> zoo.Entry:
+def entry(server, name, fmt="pth.tar", path=None, **kw) -> zoo.Entry:
     e = zoo.Entry(name, f"test {name}", "pmg-test", fmt, urls=(server.url + (path or f"/{name}"),),
                   filename=f"{name}.{'pth.tar' if fmt == 'pth.tar' else 'pt'}", method="tecoa",
                   trainer="the test suite", licence="CC0 (test)", paper="a test", **kw)
-    monkeypatch.setitem(zoo.ZOO, name, e)
-    return e
+    return zoo.register(e)
 
 
 def leftovers(cache: Path) -> list[str]:
@@ -71,13 +71,13 @@ def one_sentence(err) -> str:
 
 # --- fetch -> check -> convert -> load -----------------------------------------------------------------
 
-def test_a_drive_file_behind_its_virus_scan_page_is_fetched_checked_converted_and_loaded(
-        server, cache, weights, tmp_path, monkeypatch):
+def test_a_drive_file_behind_its_virus_scan_page_is_fetched_checked_converted_and_loaded(server, cache, weights,
+                                                                                         tmp_path):
     body = pth_tar(weights, tmp_path)
     server.routes["/uc"] = Route(drive_confirm_page(server.url + "/download", "abc").encode(),
                                  content_type="text/html; charset=utf-8")
     server.routes["/download"] = Route(body)
-    e = entry(monkeypatch, server, "ttc-test", path="/uc?export=download&id=abc")
+    e = entry(server, "ttc-test", path="/uc?export=download&id=abc")
     said = []
     where = zoo.fetch("ttc-test", say=said.append)
     digest = hashlib.sha256(body).hexdigest()
@@ -93,9 +93,9 @@ def test_a_drive_file_behind_its_virus_scan_page_is_fetched_checked_converted_an
     assert any("confirm=t" in path for path, _ in server.requests)
 
 
-def test_a_robustvlm_state_dict_is_fetched_and_shares_the_loaded_base(server, cache, weights, monkeypatch, tiny_model):
+def test_a_robustvlm_state_dict_is_fetched_and_shares_the_loaded_base(server, cache, weights, tiny_model):
     server.routes["/s/xyz/download/vitb32_tecoa_eps_1.pt"] = Route(state_dict_file(weights))
-    entry(monkeypatch, server, "rvlm-test", "state-dict", path="/s/xyz/download/vitb32_tecoa_eps_1.pt")
+    entry(server, "rvlm-test", "state-dict", path="/s/xyz/download/vitb32_tecoa_eps_1.pt")
     base = tiny_model.fork("pmg-test", "pmg-test")
     base.visual, base.spec, base.base = tiny_model.visual, "pmg-test", "pmg-test"
     model = zoo.load_entry("rvlm-test", base=base)
@@ -106,10 +106,10 @@ def test_a_robustvlm_state_dict_is_fetched_and_shares_the_loaded_base(server, ca
     assert len(server.requests) == 1
 
 
-def test_a_cut_download_resumes_where_it_stopped(server, cache, weights, monkeypatch):
+def test_a_cut_download_resumes_where_it_stopped(server, cache, weights):
     body = state_dict_file(weights)
     server.routes["/f"] = Route(body, cut_at=len(body) // 2)
-    entry(monkeypatch, server, "cut-test", "state-dict", path="/f")
+    entry(server, "cut-test", "state-dict", path="/f")
     with pytest.raises(UserError) as err:
         zoo.fetch("cut-test")
     assert "stopped at" in one_sentence(err) and "resume" in str(err.value)
@@ -123,7 +123,7 @@ def test_a_cut_download_resumes_where_it_stopped(server, cache, weights, monkeyp
 
 def test_a_mirror_serves_converted_checkpoints(server, cache, weights, tmp_path, monkeypatch):
     server.routes["/f"] = Route(state_dict_file(weights))
-    entry(monkeypatch, server, "mirrored", "state-dict", path="/f")
+    entry(server, "mirrored", "state-dict", path="/f")
     converted = Path(zoo.fetch("mirrored")).read_bytes()
     (cache / "models" / "mirrored.safetensors").unlink()
     server.routes.clear()
@@ -132,7 +132,7 @@ def test_a_mirror_serves_converted_checkpoints(server, cache, weights, tmp_path,
     model = zoo.load_entry("mirrored")
     assert all(torch.equal(model.visual.state_dict()[k], v) for k, v in weights.items())
     # a mirror that holds another entry's file under this name is refused
-    entry(monkeypatch, server, "other", "state-dict", path="/none")
+    entry(server, "other", "state-dict", path="/none")
     server.routes["/mirror/other.safetensors"] = Route(converted)
     with pytest.raises(UserError, match="is not a converted 'other'") as err:
         zoo.fetch("other")
@@ -168,10 +168,10 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("case", list(FAILURES))
-def test_a_bad_download_ends_in_one_sentence_with_nothing_left(server, cache, weights, tmp_path, monkeypatch, case):
+def test_a_bad_download_ends_in_one_sentence_with_nothing_left(server, cache, weights, tmp_path, case):
     make, words = FAILURES[case]
     server.routes["/f"] = make(weights, tmp_path)
-    entry(monkeypatch, server, "bad", "state-dict", path="/f")
+    entry(server, "bad", "state-dict", path="/f")
     with pytest.raises(UserError, match=words) as err:
         zoo.fetch("bad")
     assert "bad" in one_sentence(err)
@@ -182,7 +182,7 @@ def test_a_bad_download_ends_in_one_sentence_with_nothing_left(server, cache, we
 def test_a_pinned_hash_that_does_not_match_refuses_the_file(server, cache, weights, monkeypatch):
     body = state_dict_file(weights)
     server.routes["/f"] = Route(body)
-    entry(monkeypatch, server, "pinned", "state-dict", path="/f", sha256="0" * 64)
+    entry(server, "pinned", "state-dict", path="/f", sha256="0" * 64)
     with pytest.raises(UserError, match="does not match its pinned sha256") as err:
         zoo.fetch("pinned")
     one_sentence(err)
@@ -245,9 +245,9 @@ def test_the_cache_folder_follows_the_setting(monkeypatch, tmp_path):
     assert zoo.cache_dir() == tmp_path / "x" / "pmg-aft-studio"
 
 
-def test_loading_a_zoo_model_needs_nothing_but_the_converted_file(server, cache, weights, monkeypatch):
+def test_loading_a_zoo_model_needs_nothing_but_the_converted_file(server, cache, weights):
     server.routes["/f"] = Route(state_dict_file(weights))
-    entry(monkeypatch, server, "kept", "state-dict", path="/f")
+    entry(server, "kept", "state-dict", path="/f")
     path = zoo.fetch("kept")
     server.close()  # the sources are gone: the cache is enough
     assert all(torch.equal(load_model(path).visual.state_dict()[k], v) for k, v in weights.items())
@@ -255,11 +255,11 @@ def test_loading_a_zoo_model_needs_nothing_but_the_converted_file(server, cache,
 
 # --- the command line ------------------------------------------------------------------------------------
 
-def test_zoo_commands_list_show_and_fetch(server, cache, weights, monkeypatch, capsys):
+def test_zoo_commands_list_show_and_fetch(server, cache, weights, capsys):
     from pmg_core.cli import main
 
     server.routes["/f"] = Route(state_dict_file(weights))
-    entry(monkeypatch, server, "cli-test", "state-dict", path="/f")
+    entry(server, "cli-test", "state-dict", path="/f")
     assert main(["zoo", "fetch", "cli-test"]) == 0
     out = capsys.readouterr().out
     assert hashlib.sha256(state_dict_file(weights)).hexdigest() in out and "cli-test: ready" in out
@@ -274,12 +274,12 @@ def test_zoo_commands_list_show_and_fetch(server, cache, weights, monkeypatch, c
     assert "no model 'nope'" in capsys.readouterr().err
 
 
-def test_zoo_verify_prints_ours_beside_theirs(server, cache, weights, monkeypatch, capsys):
+def test_zoo_verify_prints_ours_beside_theirs(server, cache, weights, capsys):
     from pmg_core.cli import main
 
     server.routes["/f"] = Route(state_dict_file(weights))
     recipe = zoo.Protocol("toy recipe", ("toy-colours",), "pgd", 2, "clip", 16, "a toy")
-    entry(monkeypatch, server, "verify-test", "state-dict", path="/f",
+    entry(server, "verify-test", "state-dict", path="/f",
           published=zoo.Published(61.5, {1: 12.5, 4: 3.0}, recipe, "a test table"))
     assert main(["zoo", "verify", "verify-test", "--data-root", "unused", "--eps", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -24,6 +24,7 @@ def online(tmp_path, monkeypatch):
     monkeypatch.setattr(env, "is_offline", lambda: False)
     monkeypatch.setenv("PMG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PMG_ZOO_MIRROR", raising=False)
+    monkeypatch.setattr(zoo, "ZOO", dict(zoo.ZOO))  # entries registered by a test leave with it
     monkeypatch.setattr(downloads, "TIMEOUT_S", 60.0)  # the held-up download must not time out
     server = FileServer()
     yield server
@@ -37,13 +38,12 @@ def base_model():
     return base
 
 
-def published(monkeypatch, server, name, route: Route) -> zoo.Entry:
+def published(server, name, route: Route) -> zoo.Entry:
     server.routes[f"/{name}"] = route
     e = zoo.Entry(name, f"{name} (a test model)", "pmg-test", "state-dict", urls=(f"{server.url}/{name}",),
                   filename=f"{name}.pt", method="tecoa", trainer="the test suite", paper="A Test (2026)",
                   paper_url="https://example.org/paper", source_page="https://example.org/repo", licence="CC0")
-    monkeypatch.setitem(zoo.ZOO, name, e)
-    return e
+    return zoo.register(e)
 
 
 def weights_file(model, seed=5) -> bytes:
@@ -59,10 +59,10 @@ def answers(studio) -> list[str]:
     return [v["model"] for v in details["verdicts"]]
 
 
-def test_a_cold_start_answers_at_once_and_the_model_joins_when_its_download_ends(online, monkeypatch, tmp_path):
+def test_a_cold_start_answers_at_once_and_the_model_joins_when_its_download_ends(online, tmp_path):
     base = base_model()
     gate = threading.Event()
-    published(monkeypatch, online, "robust-test", Route(weights_file(base), gate=gate))
+    published(online, "robust-test", Route(weights_file(base), gate=gate))
     demo = app.build_app([base], checkpoint_dir=tmp_path / "ckpt", zoo_ids=["robust-test"])
     studio = demo.studio
     assert studio.loader.busy and studio.loader.status["robust-test"] == "downloading"
@@ -79,10 +79,10 @@ def test_a_cold_start_answers_at_once_and_the_model_joins_when_its_download_ends
     assert studio.models["robust-test"].clip is base.clip  # shares the loaded base
 
 
-def test_a_failed_download_is_named_on_about_and_the_app_keeps_serving(online, monkeypatch, tmp_path):
+def test_a_failed_download_is_named_on_about_and_the_app_keeps_serving(online, tmp_path):
     base = base_model()
-    published(monkeypatch, online, "gone-test", Route(status=404))
-    published(monkeypatch, online, "fine-test", Route(weights_file(base)))
+    published(online, "gone-test", Route(status=404))
+    published(online, "fine-test", Route(weights_file(base)))
     studio = state.Studio.create([base], tmp_path / "ckpt", zoo_ids=["gone-test", "fine-test"])
     studio.loader.thread.join(60)
     status = studio.loader.status["gone-test"]
