@@ -413,18 +413,24 @@ class AttackEntry:
     build: Callable[..., Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     description: str
     pgd_loss: str | None = None
+    standard_steps: int = 10  # the iteration count its name promises, used when none is given
 
 
 ATTACKS: dict[str, AttackEntry] = {}
 
 
-def register_attack(name: str, description: str, pgd_loss: str | None = None) -> Callable[[Callable], Callable]:
+def register_attack(name: str, description: str, pgd_loss: str | None = None,
+                    standard_steps: int = 10) -> Callable[[Callable], Callable]:
     """build(model, eps, steps, alpha, norm, seed) -> attack(images, labels) -> adversarial images."""
     def deco(build: Callable) -> Callable:
-        ATTACKS[name] = AttackEntry(name, build, description, pgd_loss)
+        ATTACKS[name] = AttackEntry(name, build, description, pgd_loss, standard_steps)
         return build
 
     return deco
+
+
+def list_attacks() -> list[str]:
+    return list(ATTACKS)
 
 
 def get_attack(name: str) -> AttackEntry:
@@ -448,11 +454,58 @@ def _cw(model, eps, steps, alpha, norm, seed):
     return PGD(model, eps, alpha, steps, norm, loss="margin", seed=seed)
 
 
-@register_attack("autoattack", "AutoAttack's gradient attacks: APGD-CE then APGD-T (torchattacks)")
+# AutoAttack's gradient attacks run 100 iterations in the original (Croce & Hein, 2020); fewer is a weaker attack.
+@register_attack("autoattack", "AutoAttack's gradient attacks: APGD-CE then APGD-T (torchattacks)", standard_steps=100)
 def _autoattack_fast(model, eps, steps, alpha, norm, seed):
     return AutoAttackAdapter(model, eps, norm, "fast", seed=seed or 0, steps=steps)
 
 
-@register_attack("autoattack-standard", "standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (torchattacks)")
+@register_attack("autoattack-standard", "standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (torchattacks)",
+                 standard_steps=100)
 def _autoattack_standard(model, eps, steps, alpha, norm, seed):
     return AutoAttackAdapter(model, eps, norm, "standard", seed=seed or 0, steps=steps)
+
+
+class PublicCodePGD:
+    """The public PMG-AFT code's evaluation PGD, defect included: use it to reproduce its numbers.
+
+    Each step ascends the batch-mean cross-entropy (not the sum) with its forward and backward
+    passes under fp16 autocast and no loss scaling, so with the public-code preset's plain-cosine
+    logits many input gradients underflow to zero; their sign is then 0 and those pixels do not
+    move. The mean also makes the gradient of each sample shrink with the batch size, which is why
+    the public code's robust accuracy depends on it. The random start is drawn per batch from
+    `seed`, and the final iterate is returned (the public code scores only that one). Our `pgd`
+    sums the loss and takes fp32 gradients: a stronger attack.
+    """
+
+    def __init__(self, model: nn.Module, eps: float, alpha: float | None = None, steps: int = 10, norm: str = "Linf",
+                 seed: int | None = None, random_start: bool = True):
+        check_number("eps", eps, low=0)
+        check_number("steps", steps, low=0, integer=True)
+        check_norm(norm)
+        self.model, self.eps, self.steps, self.norm, self.seed = model, float(eps), int(steps), norm, seed
+        self.random_start = random_start
+        self.alpha = float(alpha if alpha is not None else eps)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "logits_from_features"):  # a ZeroShotClassifier: its logits in fp16 too, as there
+            return self.model.logits_from_features(self.model.visual(self.model.preprocess(x)), fp32=False)
+        return self.model(x)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x0 = images.detach().clamp(0, 1)
+        gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        x = (x0 + random_start(x0, self.eps, self.norm, gen)).clamp(0, 1) if self.random_start and self.eps > 0 else x0
+        for _ in range(self.steps):
+            x = x.detach().requires_grad_(True)
+            with torch.autocast(device_type=x.device.type, dtype=torch.float16):
+                loss = F.cross_entropy(self._logits(x), labels)
+                (grad,) = torch.autograd.grad(loss, x)
+            x = ascend(x.detach(), x0, grad, self.alpha, self.eps, self.norm)
+        return x.detach()
+
+
+@register_attack("pgd-public-code", "the public PMG-AFT code's PGD, reproducing its defect: batch-mean CE under "
+                                    "fp16 autocast without loss scaling, final iterate (weaker than pgd)")
+def _pgd_public_code(model, eps, steps, alpha, norm, seed):
+    return PublicCodePGD(model, eps, alpha, steps, norm, seed)

@@ -11,12 +11,13 @@ import sys
 from typing import Callable
 
 from .errors import UserError
+from .units import from_255
 
 
 def _e(v: str) -> float:
     """/255 units -> pixel units."""
     try:
-        return float(v) / 255
+        return from_255(float(v))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of 1/255 steps, got {v!r}") from None
 
@@ -80,6 +81,8 @@ def _add_train(sub) -> None:
     p.add_argument("--tga-beta", type=float, help=f"TGA-ZSR weight of its attention constraint term (default {d.tga_beta})")
     p.add_argument("--preset", help=f"paper | public-code | public-code-4baf55d (the public code's first-commit "
                                     f"KL direction; docs/METHOD.md) (default {d.preset})")
+    p.add_argument("--prompts", help=f"public-code | clip: class names and templates of the paper's datasets "
+                                     f"(docs/METHOD.md; default {d.prompts})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
@@ -159,19 +162,27 @@ def _add_eval(sub) -> None:
     p.add_argument("--models", type=_csv, help=f"comma-separated model specs (default {','.join(d.models)})")
     p.add_argument("--datasets", type=_csv, help=f"comma-separated datasets or groups (default {','.join(d.datasets)})")
     p.add_argument("--data-root", help="where on-disk datasets live (default $PMG_DATA_ROOT, else ./data)")
-    p.add_argument("--eps", type=_e, help="attack radius in /255 (default 1)")
-    p.add_argument("--steps", type=int, help=f"attack steps; AutoAttack's APGD/FAB iterations (default {d.steps})")
+    p.add_argument("--eps", type=_e, help="attack radius in /255 units, for L2 too (--norm L2 --eps 128 is 128/255 ≈ 0.5) "
+                                         "(default 1)")
+    p.add_argument("--steps", type=int, help="attack steps; AutoAttack's APGD/FAB iterations (default: the attack's "
+                                             "standard count, PGD 10, AutoAttack 100)")
     p.add_argument("--step-size", type=_e, help="PGD step in /255 (default 1)")
-    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack})")
+    p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack}; pgd-public-code reproduces the "
+                                    "public code's weaker fp16 batch-mean PGD: docs/METHOD.md)")
     p.add_argument("--norm", help=f"Linf | L2 (default {d.norm})")
     p.add_argument("--no-random-start", dest="random_start", action="store_false")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="attack every sample for all steps (same result, slower)")
+    p.add_argument("--robust-rule", choices=["ever", "final"],
+                   help="ever: robust only if no PGD iterate fools it (default); final: the last iterate only, "
+                        "as the public code scores")
     p.add_argument("--limit", type=int, help="samples per dataset (default all)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--preset", help="paper | public-code | public-code-4baf55d (default: each model's own, else "
                                     "paper; the tables name each model's)")
+    p.add_argument("--prompts", help="public-code | clip: class names and templates of the paper's datasets; "
+                                     f"public-code as the paper's numbers were made (docs/METHOD.md; default {d.prompts})")
     p.add_argument("--defense", help="a test-time defense: none | ttc (default none); a defended model is "
                                      "reported under the usual attack and under an adaptive one through the defense")
     p.add_argument("--eot", type=int, help=f"the adaptive attack's gradients per step, each through a fresh draw of the defense (default {d.eot})")
@@ -191,6 +202,7 @@ def _run_eval(args) -> int:
     def run(ctx) -> int:
         report = evaluate(cfg, progress=True, ctx=ctx)
         if ctx.is_main:
+            print(report["protocol"] + "\n")
             print(to_markdown(report["results"]))
             if args.out:
                 print("wrote " + ", ".join(write_report(report, args.out)))
@@ -206,7 +218,7 @@ def _add_attack(sub) -> None:
     p.add_argument("--labels", required=True, type=_csv, help="comma-separated class names")
     p.add_argument("--true", default=None, help="the true label (one of --labels)")
     p.add_argument("--target", default=None, help="target label for a targeted attack")
-    p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 (default 4)")
+    p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 units, for L2 too (default 4)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--step-size", type=_e, default=None, help="in /255 (default 2.5*eps/steps)")
     p.add_argument("--norm", default="Linf")
@@ -305,13 +317,63 @@ def _run_datasets(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "importers", "zoo_cli")  # modules that add their own sub-command
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="convert a published robust CLIP (.pth.tar, state dict, hf-hub id) to a checkpoint",
+                       description="Import a robust image encoder (public PMG-AFT/TeCoA .pth.tar, RobustVLM state "
+                                   "dicts, hf-hub:chs20/... ids) as a fine-tune checkpoint; optionally evaluate it.")
+    p.add_argument("source", help="checkpoint file or hf-hub:ORG/REPO")
+    p.add_argument("--base", default=None, help="base CLIP spec (default: an hf-hub model itself; for a file, the OpenAI "
+                                                "CLIP its shapes match, e.g. ViT-B-32-quickgelu:openai)")
+    p.add_argument("--out", default=None, help="output .safetensors (default checkpoints/<source name>.safetensors)")
+    p.add_argument("--method", default=None, help="method recorded in the metadata (default: guessed from the name)")
+    p.add_argument("--preset", default=None, help="numerics it was trained with, used when evaluating it (default "
+                                                  "paper): paper for TeCoA, RobustVLM (TeCoA/FARE) and test-time-"
+                                                  "counterattacks checkpoints (CLIP normalisation, x100 logits); "
+                                                  "public-code only for checkpoints made by the public PMG-AFT code")
+    p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")
+    p.add_argument("--eval-config", default=None, help="then evaluate with this eval recipe (its models replaced)")
+    p.add_argument("--limit", type=int, default=None, help="samples per dataset for --eval")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    import json
+
+    from .env import default_device
+
+    device = args.device or default_device()
+    from .importers import import_checkpoint
+
+    path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)
+    print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")
+    if not (args.eval or args.eval_config):
+        return 0
+    from .evaluate import EvalConfig, evaluate, to_markdown
+
+    values = {}
+    if args.eval_config:
+        from .recipes import load_recipe
+
+        values = load_recipe(args.eval_config, "eval")
+    if args.eval:
+        values["datasets"] = [s.strip() for s in args.eval.split(",") if s.strip()]
+    values.update(models=[str(path)], device=device,
+                  **{k: v for k, v in (("limit", args.limit), ("data_root", args.data_root)) if v is not None})
+    report = evaluate(EvalConfig(**values), models=[model], progress=True)
+    print(to_markdown(report["results"]))
+    print(json.dumps(report["results"], indent=2))
+    return 0
+
+
+OPTIONAL = ("pretrain", "bench", "zoo_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pmg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_attack, _add_models, _add_datasets):
+    for add in (_add_train, _add_eval, _add_attack, _add_models, _add_datasets, _add_import):
         add(sub)
     for name in OPTIONAL:
         try:

@@ -10,8 +10,9 @@ def check(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
-def check_number(name: str, value, *, low=None, high=None, integer=False, low_open=False) -> None:
-    """Reject NaN/inf and values outside [low, high] with one sentence naming the accepted range."""
+def check_number(name: str, value, *, low=None, high=None, integer=False, low_open=False, where: str = ""):
+    """`value` if it is a finite number inside [low, high] (low excluded when low_open); else one
+    sentence naming the accepted range (`where` says why the range, e.g. " on this public server")."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite(value)
     if ok and integer:
         ok = float(value).is_integer()
@@ -20,10 +21,14 @@ def check_number(name: str, value, *, low=None, high=None, integer=False, low_op
     if ok and high is not None:
         ok = value <= high
     if not ok:
-        kind = "an integer" if integer else "a number"
-        lo = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
-        hi = "" if high is None else f"{' and' if lo else ''} <= {high}"
-        raise UserError(f"{name} must be {kind}{lo}{hi}; got {shorten(value)}.")
+        kind = "a whole number" if integer else "a number"
+        if low is not None and high is not None and not low_open:
+            bounds = f" between {low} and {high}"
+        else:
+            lo = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
+            bounds = lo + ("" if high is None else f"{' and' if lo else ''} <= {high}")
+        raise UserError(f"{name} must be {kind}{bounds}{where}; got {shorten(value)}.")
+    return value
 
 
 def is_finite(value: int | float) -> bool:

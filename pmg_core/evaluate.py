@@ -1,7 +1,11 @@
 """Zero-shot clean and robust accuracy of several models over several datasets -> tables.
 
-Robust accuracy counts a sample as robust only if it is classified correctly clean and at every
-attack iterate ("ever fooled" criterion).
+Robust accuracy, rule "ever" (the default): a sample counts as robust only if it is classified
+correctly clean and at every PGD iterate ("ever fooled" is the stronger criterion). Rule "final"
+scores only the last iterate, as the public PMG-AFT code does; a sample fooled mid-attack may then
+count as robust. Attacks that are not our PGD (AutoAttack, pgd-public-code) are judged on the
+images they return. Every report names its protocol in one line (`protocol`), the robust rule
+included, and says when an attack ran fewer iterations than its name promises.
 
 Behind a test-time defense (`defense`, pmg_core/defenses.py) a model is attacked twice, and its
 row carries both numbers: `robust_acc_unaware`, the usual attack on the undefended model with its
@@ -11,7 +15,7 @@ step), and a sample counts as robust only if neither image fools the defended mo
 randomised, so its verdicts are taken on the attacks' final images with one fresh draw each (not
 "ever fooled" over draws); a sample counts as robust only if its defended clean prediction is
 right too. Its random starts come from one seeded stream per batch, so defended rows, unlike the
-others, depend on the batch size. Samples misclassified clean are not attacked, and
+others, depend on the batch size. Samples misclassified clean are not attacked, and under "ever"
 samples fooled mid-attack stop being attacked (early stop): both change time, not the result.
 PGD's random start is drawn per sample from (seed, sample index), so results do not depend on
 the batch size.
@@ -28,15 +32,20 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks import EOTPGD, PGD, check_norm, get_attack, make_attack, random_start
+from .attacks import ATTACKS, EOTPGD, PGD, check_norm, get_attack, make_attack, random_start
 from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
 from .env import check_device, default_device
 from .models import ClipModel, ZeroShotClassifier
+from .paper_prompts import check_prompts
 from .presets import Preset, get_preset
 from .zoo import load_models
+from .units import to_255
+
+
+ROBUST_RULES = ("ever", "final")
 
 
 @dataclass
@@ -44,16 +53,18 @@ class EvalConfig:
     models: list[str] = field(default_factory=lambda: ["clip-tiny"])
     datasets: list[str] = field(default_factory=lambda: ["mini"])
     eps: float = 1 / 255  # pixel units
-    steps: int = 10
+    steps: int | None = None  # None: the attack's standard count (PGD 10, AutoAttack 100)
     step_size: float | None = 1 / 255
-    attack: str = "pgd"  # pgd | cw | autoattack | autoattack-standard
+    attack: str = "pgd"  # a name in attacks.ATTACKS: pgd | cw | autoattack | autoattack-standard | pgd-public-code
     norm: str = "Linf"
     random_start: bool = True
     early_stop: bool = True
+    robust_rule: str = "ever"  # ever: fooled at no iterate; final: the last iterate only (the public code's)
     limit: int | None = None  # samples per dataset (a fixed seeded subset)
     batch_size: int = 128
     seed: int = 0
     preset: str | None = None  # None: each model's own (the one it was fine-tuned with), else `paper`
+    prompts: str = "public-code"  # class names and templates of the paper's datasets (paper_prompts.py)
     data_root: str | None = None
     download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     device: str | None = None
@@ -61,11 +72,19 @@ class EvalConfig:
     defense: str = "none"  # a test-time defense (pmg_core/defenses.py): ttc
     eot: int = 4  # the adaptive attack's gradients per step, each through a fresh draw of the defense
 
+    def __post_init__(self) -> None:
+        if self.steps is None and self.attack in ATTACKS:
+            self.steps = ATTACKS[self.attack].standard_steps
+
     def validate(self) -> None:
         check(len(self.models) > 0, "Give at least one model to evaluate.")
         check_device(self.device)
+        check(self.robust_rule in ROBUST_RULES,
+              f"robust rule must be one of {', '.join(ROBUST_RULES)}; got {self.robust_rule!r}.")
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else None)
         check_norm(self.norm)
+        if self.steps is None:
+            self.steps = get_attack(self.attack).standard_steps
         check_number("attack steps", self.steps, low=0, integer=True)
         if self.step_size is not None:
             check_number("step size", self.step_size, low=0)
@@ -78,6 +97,7 @@ class EvalConfig:
         check_number("data-loading workers", self.num_workers, low=0, integer=True)
         if self.preset is not None:
             get_preset(self.preset)
+        check_prompts(self.prompts)
         get_defense(self.defense)
         check_number("EOT samples", self.eot, low=1, integer=True)
 
@@ -100,8 +120,10 @@ def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
 
 
 def _pgd(clf: ZeroShotClassifier, cfg: EvalConfig, preset: Preset) -> PGD:
+    final = cfg.robust_rule == "final"  # the last iterate counts: every sample runs every step
     return PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, get_attack(cfg.attack).pgd_loss,
-               random_start=False, early_stop=cfg.early_stop, dtype=preset.attack_dtype)
+               random_start=False, select="last" if final else "best", early_stop=cfg.early_stop and not final,
+               dtype=preset.attack_dtype)
 
 
 def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
@@ -114,7 +136,8 @@ def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig) -> torch.Tensor
 def _streams(cfg: EvalConfig) -> bool:
     """PGD with early stop attacks a whole dataset as one stream (PGD.fooled_stream), so its passes
     stay full while fooled samples leave; other attacks go batch by batch (evaluate_batch)."""
-    return get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.eps > 0 and cfg.steps > 0 and cfg.defense == "none"
+    return (get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.robust_rule == "ever"
+            and cfg.eps > 0 and cfg.steps > 0 and cfg.defense == "none")
 
 
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -131,7 +154,8 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
     preset = preset or get_preset(cfg.preset or "paper")
     if pgd_loss is not None:
         init = _starts(idx[todo.cpu()], xs, cfg)
-        robust[todo] = ~_pgd(clf, cfg, preset).run(xs, ys, init=init, clean_logits=logits[todo]).fooled
+        res = _pgd(clf, cfg, preset).run(xs, ys, init=init, clean_logits=logits[todo])
+        robust[todo] = ~res.fooled if cfg.robust_rule == "ever" else res.adv_pred == ys
     else:
         adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
         robust[todo] = _clean_logits(clf, adv).argmax(1) == ys
@@ -189,7 +213,7 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     ctx = ctx or Dist()
     start = time.time()
     preset = model_preset(model, cfg)
-    clf = model.classifier(data.classes, data.templates, preset).eval()
+    clf = model.classifier(data.classes, data.templates, preset, exact=True).eval()
     # Indices stay global, so each sample's random start is the same whoever evaluates it.
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
@@ -250,7 +274,7 @@ def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None,
     cfg.validate()
     device = ctx.device if ctx is not None and ctx.enabled else torch.device(cfg.device or default_device())
     names = expand_names(cfg.datasets)
-    datasets = [get_dataset(n, split="test", root=cfg.data_root, download=cfg.download).limited(cfg.limit, cfg.seed) for n in names]
+    datasets = [get_dataset(n, split="test", root=cfg.data_root, prompts=cfg.prompts, download=cfg.download).limited(cfg.limit, cfg.seed) for n in names]
     models = list(models) if models is not None else load_models(cfg.models, device)
     for model in models:
         for data in datasets:
@@ -279,8 +303,27 @@ def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progres
     if bar is not None:
         bar.close()
     config = asdict(cfg)
-    config["eps_255"] = round(cfg.eps * 255, 4)
-    return {"config": config, "results": results}
+    config["eps_255"] = to_255(cfg.eps)
+    return {"config": config, "protocol": describe_protocol(cfg), "results": results}
+
+
+def describe_protocol(cfg: EvalConfig) -> str:
+    """One line naming what a report's numbers mean: attack, strength, robust rule, prompts."""
+    entry = get_attack(cfg.attack)
+    step = f", step {cfg.step_size * 255:g}/255" if cfg.step_size is not None and entry.pgd_loss else ""
+    rule = (f"robust = {'never fooled at any iterate' if cfg.robust_rule == 'ever' else 'right at the final iterate'} "
+            f"(--robust-rule {cfg.robust_rule})" if entry.pgd_loss else "robust = right on the returned image")
+    if cfg.defense != "none":  # a randomised model: judged once on each attack's returned image
+        rule = "robust = right on the returned image (a fresh draw of the defense)"
+    line = (f"{cfg.attack}, {cfg.steps} iterations, {cfg.norm} eps {cfg.eps * 255:g}/255{step}; {rule}; "
+            f"prompts {cfg.prompts}.")
+    if cfg.steps < entry.standard_steps:
+        line += f" Fewer iterations than {cfg.attack}'s standard {entry.standard_steps}: a weaker attack."
+    if cfg.defense != "none":
+        through = f"EOT-{cfg.eot} {cfg.attack} through it (BPDA)" if entry.pgd_loss else f"{cfg.attack} through it (BPDA)"
+        line += (f" Behind {cfg.defense}: right on the clean image and on the image of the attack unaware of the "
+                 f"defense; adaptive: also on that of {through}.")
+    return line
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -359,5 +402,5 @@ def write_report(report: dict, path: str) -> list[str]:
     p.write_text(json.dumps(report, indent=2))
     csv_p, md_p = p.with_suffix(".csv"), p.with_suffix(".md")
     csv_p.write_text(to_csv(report["results"]))
-    md_p.write_text(to_markdown(report["results"]))
+    md_p.write_text((f"{report['protocol']}\n\n" if report.get("protocol") else "") + to_markdown(report["results"]))
     return [str(p), str(csv_p), str(md_p)]

@@ -18,6 +18,7 @@ from .images import center_square, quantize
 from .models import ClipModel
 from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
+from .units import to_255
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -99,7 +100,7 @@ class Comparison:
 
     def to_dict(self, settings: AttackSettings) -> dict:
         """The comparison as plain JSON data (no images): the app's details and `attack --json` write this."""
-        return {"eps_255": round(settings.eps * 255, 4), "steps": settings.steps, "norm": settings.norm,
+        return {"eps_255": to_255(settings.eps), "steps": settings.steps, "norm": settings.norm,
                 "true_label": self.true_label, "target": settings.target,
                 "defense": settings.defense,
                 "verdicts": [{"model": v.model, "attacked_by": v.attacked_by, "clean": vars(v.clean),
@@ -170,12 +171,8 @@ def compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequence[
         kind, extra = (PGD, {}) if eot is None else (EOTPGD, {"eot": eot})
         pgd = kind(clf, settings.eps, settings.step_size, settings.steps, settings.norm, settings.loss,
                    random_start=False, **extra)
-        if target_idx is not None:
-            y = torch.tensor([target_idx], device=device)
-            res = pgd.run(xb, y, target=y)
-        else:
-            y = torch.tensor([true_idx], device=device)
-            res = pgd.run(xb, y)
+        y = torch.tensor([true_idx if target_idx is None else target_idx], device=device)
+        res = pgd.run(xb, y, target=None if target_idx is None else y)
         return quantize_in_ball(x, res.adv[0].cpu(), settings.eps, settings.norm)
 
     def behind_defense(m: ClipModel, adv: torch.Tensor) -> DefendedVerdict:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError, check, is_finite, shorten
+from .errors import check, check_number
+from .units import from_255
 
 MAX_LABELS = 1000
 MAX_LABEL_CHARS = 200
@@ -96,20 +97,13 @@ def parse_choice(name: str, value, choices: Sequence[str], optional: bool = Fals
 
 def parse_number(name: str, value, low: float | None = None, high: float | None = None,
                  integer: bool = False, where: str = "") -> float | int:
-    """A finite number (from a float, int or numeric string) inside [low, high]; `where` says why the range."""
+    """A number typed or picked in the UI (a float, int or numeric string) -> checked by check_number."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            value = value[:30]  # refused below, with the accepted range
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite(value)
-    ok = ok and (not integer or float(value).is_integer())
-    ok = ok and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        kind = "a whole number" if integer else "a number"
-        bounds = " between {} and {}".format(low, high) if low is not None and high is not None else \
-            (f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
-        raise UserError(f"{name} must be {kind}{bounds}{where}; got {shorten(value)}.")
+            value = value[:30]  # refused by check_number, with the accepted range
+    check_number(name, value, low=low, high=high, integer=integer, where=where)
     return int(value) if integer else float(value)
 
 
@@ -117,7 +111,7 @@ def parse_step_size(value, high_255: float) -> float | None:
     """A PGD step size typed in /255 -> pixel units; empty or 0 means automatic (None), as the fields say."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    return parse_number("step size (/255)", value, 0, high_255) / 255 or None
+    return from_255(parse_number("step size (/255)", value, 0, high_255)) or None
 
 
 def parse_number_list(name: str, text, low: float, high: float, max_items: int = 12) -> list[float]:

@@ -111,9 +111,13 @@ class ClipModel:
         return self
 
     @torch.no_grad()
-    def text_features(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
-        """L2-normalised class embeddings, one per class (template ensemble averaged as in CLIP)."""
-        classes, templates = _check_classes(classes), _check_templates(templates)
+    def text_features(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                      exact: bool = False) -> torch.Tensor:
+        """L2-normalised class embeddings, one per class (template ensemble averaged as in CLIP).
+
+        Typed labels are trimmed and must be distinct; `exact` takes a dataset's class names as they
+        are, spaces and repeats included (the public code's prompts have both: paper_prompts.py)."""
+        classes, templates = _check_classes(classes, exact), _check_templates(templates)
         key = (classes, templates, str(self.device))
         cached = self.text_cache.get(key)
         if cached is None:
@@ -136,12 +140,13 @@ class ClipModel:
         return (self.metadata or {}).get("preset") or "paper"
 
     def classifier(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
-                   preset: str | Preset | None = None) -> "ZeroShotClassifier":
-        """The zero-shot classifier over `classes`; `preset` None: the model's own (see own_preset)."""
+                   preset: str | Preset | None = None, exact: bool = False) -> "ZeroShotClassifier":
+        """The zero-shot classifier over `classes`; `preset` None: the model's own (see own_preset);
+        `exact`: see text_features."""
         preset = get_preset(preset or self.own_preset)
         mean, std = (self.mean, self.std) if preset.normalization == "model" else (IMAGENET_MEAN, IMAGENET_STD)
         scale = self.logit_scale if preset.logits == "scaled" else 1.0
-        return ZeroShotClassifier(self.visual, self.text_features(classes, templates), scale,
+        return ZeroShotClassifier(self.visual, self.text_features(classes, templates, exact), scale,
                                   self.image_size, mean, std)
 
     def fork(self, name: str, spec: str, metadata: dict | None = None) -> "ClipModel":
@@ -163,12 +168,12 @@ def _check_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     return templates or DEFAULT_TEMPLATES
 
 
-def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+def _check_classes(classes: Sequence[str], exact: bool = False) -> tuple[str, ...]:
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",")]
-    classes = tuple(str(c).strip() for c in classes)
-    check(len(classes) > 0 and all(classes), "Give at least one class name, none of them empty.")
-    check(len(set(classes)) == len(classes), "Class names must be distinct; remove the duplicates.")
+    classes = tuple(str(c) if exact else str(c).strip() for c in classes)
+    check(len(classes) > 0 and all(c.strip() for c in classes), "Give at least one class name, none of them empty.")
+    check(exact or len(set(classes)) == len(classes), "Class names must be distinct; remove the duplicates.")
     return classes
 
 

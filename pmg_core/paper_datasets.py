@@ -1,10 +1,12 @@
 """The PMG-AFT paper's datasets: TinyImageNet for training and the 16 zero-shot evaluation sets.
 
 Each is registered by name (group "paper": all 16 in the paper's table order; "paper-zeroshot":
-the 15 that are not the training set) and comes out as a `ZeroShotDataset` with readable class
-names and the paper's prompt template. torchvision's dataset classes read the files where they
-exist; ImageNet and TinyImageNet are read here (ImageFolder trees, TinyImageNet's
-val_annotations.txt), their WordNet ids mapped to CLIP's class names (class_names/imagenet.txt).
+the 15 that are not the training set) and comes out as a `ZeroShotDataset` whose class names and
+templates follow a prompt protocol, ``prompts="public-code"`` (the default: the public PMG-AFT
+code's, with which the paper's numbers were made) or ``"clip"`` (OpenAI's curated ones); the
+protocols are paper_prompts.py. torchvision's dataset classes read the files where they exist;
+ImageNet and TinyImageNet are read here (ImageFolder trees, TinyImageNet's val_annotations.txt),
+their WordNet ids named from the dataset's own synset list or OpenAI's names.
 
 Files live under a data root: `root` (``--data-root``), else $PMG_DATA_ROOT, else ./data.
 torchvision downloads what it can when the machine is online (or when asked with download=True);
@@ -26,8 +28,8 @@ from torch.utils.data import Dataset
 from .data import ZeroShotDataset, register_dataset, register_group
 from .env import data_root
 from .errors import UserError, check, first_line
+from .paper_prompts import check_prompts, class_prompts, first_synonyms, openai_imagenet_names
 
-PAPER_TEMPLATES = ("This is a photo of a {}",)  # the public code's single template, for every set
 IMAGENET_NAMES_FILE = Path(__file__).parent / "class_names" / "imagenet.txt"
 
 
@@ -56,61 +58,25 @@ def image_transform(native: bool) -> Callable:
     return transforms.Compose(steps + [transforms.ToTensor()])
 
 
-def readable(name: str) -> str:
-    """Folder-style class names ('apple_pie', 'bakery/shop') -> prompt words ('apple pie', 'bakery shop')."""
-    return " ".join(name.replace("_", " ").replace("/", " ").split())
-
-
-# --- class names that need more than `readable` ---------------------------------------------------
-
-EUROSAT_NAMES = {  # CLIP's wording for the EuroSAT folders
-    "AnnualCrop": "annual crop land", "Forest": "forest", "HerbaceousVegetation": "brushland or shrubland",
-    "Highway": "highway or road", "Industrial": "industrial buildings or commercial buildings",
-    "Pasture": "pasture land", "PermanentCrop": "permanent crop land",
-    "Residential": "residential buildings or homes or apartments", "River": "river", "SeaLake": "lake or sea",
-}
-CALTECH101_NAMES = {"Faces": "off-center face", "Faces_easy": "centered face", "Leopards": "leopard",
-                    "Motorbikes": "motorbike", "airplanes": "airplane", "car_side": "side of a car"}
-PCAM_NAMES = ["lymph node", "lymph node containing metastatic tumor tissue"]
-
-
-def caltech256_name(folder: str) -> str:
-    """'001.ak47' -> 'ak47', '253.faces-easy-101' -> 'faces easy'."""
-    name = folder.split(".", 1)[-1]
-    name = name[: -len("-101")] if name.endswith("-101") else name
-    return readable(name.replace("-", " "))
-
-
 def imagenet_names() -> dict[str, str]:
     """ImageNet wnid -> readable class name, in the 1000 classes' order."""
     lines = IMAGENET_NAMES_FILE.read_text().splitlines()
     return dict(line.split("\t", 1) for line in lines if line.strip())
 
 
-def _synset_file_names(directory: Path) -> dict[str, str]:
-    """wnid -> first lemma from the dataset's own words.txt / LOC_synset_mapping.txt, if present."""
-    out: dict[str, str] = {}
-    for fname in ("words.txt", "LOC_synset_mapping.txt"):
-        f = directory / fname
-        if f.is_file():
-            for line in f.read_text().splitlines():
-                parts = line.strip().split(None, 1)
-                if len(parts) == 2:
-                    out.setdefault(parts[0], parts[1].split(",")[0].strip())
-    return out
-
-
-def wnid_names(wnids: list[str], directory: Path) -> list[str]:
-    """CLIP's readable names for ImageNet wnids, else the first lemma from the dataset's own files."""
-    known = imagenet_names()
-    unknown = [w for w in wnids if w not in known]
-    if unknown:
-        known = {**_synset_file_names(directory), **known}
-        missing = [w for w in wnids if w not in known]
-        if missing:
-            raise UserError(f"No class name for WordNet id {missing[0]}: put the dataset's words.txt (or "
-                            f"LOC_synset_mapping.txt) in {directory}.")
-    return [known[w] for w in wnids]
+def imagenet_words(wnids: list[str], directory: Path, prompts: str) -> list[str]:
+    """Each WordNet id's class name before the protocol words it: OpenAI's name under "clip" (for a
+    class outside ImageNet-1k, as under "public-code", the first synonym in the dataset's own synset
+    list in `directory`)."""
+    known = dict(zip(imagenet_names(), openai_imagenet_names())) if prompts == "clip" else {}
+    if all(w in known for w in wnids):
+        return [known[w] for w in wnids]
+    synonyms = first_synonyms(directory)
+    missing = [w for w in wnids if w not in known and w not in synonyms]
+    if missing:
+        raise UserError(f"No class name for WordNet id {missing[0]}: put the dataset's synset list (words.txt, "
+                        f"LOC_synset_mapping.txt or torchvision's meta.bin) in {directory}.")
+    return [known.get(w) or synonyms[w] for w in wnids]
 
 
 # --- on-disk readers for what torchvision has no class for -------------------------------------
@@ -143,14 +109,14 @@ def _image_folder(directory: Path, transform: Callable):
 
 
 def tiny_imagenet(split: str, base: Path, transform: Callable) -> tuple[Dataset, list[str]]:
-    """tiny-imagenet-200 as unpacked: train/<wnid>/images/*.JPEG and val/images + val/val_annotations.txt
+    """(data, WordNet ids): tiny-imagenet-200 as unpacked: train/<wnid>/images/*.JPEG and val/images + val/val_annotations.txt
     (or val/ already sorted into <wnid>/ folders, as the public code expects)."""
     train_wnids = _wnid_dirs(base / "train")
     wnids_file = base / "wnids.txt"
     wnids = sorted(wnids_file.read_text().split()) if wnids_file.is_file() else train_wnids
     if split == "train":
         data = _image_folder(base / "train", transform)
-        return data, wnid_names(data.classes, base)
+        return data, data.classes
     annotations = base / "val" / "val_annotations.txt"
     if annotations.is_file():
         check(bool(wnids), f"TinyImageNet at {base} lacks wnids.txt (and train/), so the label order is unknown.")
@@ -162,15 +128,15 @@ def tiny_imagenet(split: str, base: Path, transform: Callable) -> tuple[Dataset,
                 check(parts[1] in index, f"{annotations} names class {parts[1]}, which is not in wnids.txt.")
                 items.append((base / "val" / "images" / parts[0], index[parts[1]]))
         check(bool(items), f"{annotations} lists no images.")
-        return FileList(items, transform), wnid_names(wnids, base)
+        return FileList(items, transform), wnids
     data = _image_folder(base / "val", transform)
-    return data, wnid_names(data.classes, base)
+    return data, data.classes
 
 
 def imagenet(split: str, base: Path, transform: Callable) -> tuple[Dataset, list[str]]:
-    """ImageNet-1k as class folders: <base>/val/<wnid>/*.JPEG (and train/<wnid>/ for training)."""
+    """(data, WordNet ids): ImageNet-1k as class folders: <base>/val/<wnid>/*.JPEG (and train/<wnid>/ for training)."""
     data = _image_folder(base / ("train" if split == "train" else "val"), transform)
-    return data, wnid_names(data.classes, base)
+    return data, data.classes
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -227,7 +193,7 @@ SPECS: dict[str, PaperDataset] = {s.name: s for s in _specs()}
 
 
 def _torchvision(spec: PaperDataset, split, root: Path, transform, download: bool) -> tuple[Dataset, list[str]]:
-    """Build the torchvision dataset for `spec` and its readable class names."""
+    """Build the torchvision dataset for `spec` and its class names as torchvision gives them."""
     from torchvision import datasets as tv
 
     r = str(root)
@@ -235,44 +201,36 @@ def _torchvision(spec: PaperDataset, split, root: Path, transform, download: boo
     if n in ("cifar10", "cifar100"):
         ds = (tv.CIFAR10 if n == "cifar10" else tv.CIFAR100)(r, train=split == "train", transform=transform,
                                                                download=download)
-        return ds, [readable(c) for c in ds.classes]
-    if n == "stl10":
+    elif n == "stl10":
         ds = tv.STL10(r, split=split, transform=transform, download=download)
-        return ds, [readable(c) for c in ds.classes]
-    if n == "sun397":
+    elif n == "sun397":
         ds = tv.SUN397(r, transform=transform, download=download)
-        return ds, [readable(c) for c in ds.classes]
-    if n == "food101":
+    elif n == "food101":
         ds = tv.Food101(r, split=split, transform=transform, download=download)
-        return ds, [readable(c) for c in ds.classes]
-    if n == "oxford-pets":
+    elif n == "oxford-pets":
         ds = tv.OxfordIIITPet(r, split=split, transform=transform, download=download)
-        return ds, [readable(c) for c in ds.classes]
-    if n == "flowers102":
-        ds = tv.Flowers102(r, split=split, transform=transform, download=download)
-        return ds, list(tv.Flowers102.classes)
-    if n == "dtd":
+    elif n == "flowers102":
+        return tv.Flowers102(r, split=split, transform=transform, download=download), list(tv.Flowers102.classes)
+    elif n == "dtd":
         ds = tv.DTD(r, split=split, transform=transform, download=download)
-        return ds, [readable(c) for c in ds.classes]
-    if n == "eurosat":
+    elif n == "eurosat":
         ds = tv.EuroSAT(r, transform=transform, download=download)
-        return ds, [EUROSAT_NAMES.get(c, readable(c)) for c in ds.classes]
-    if n == "fgvc-aircraft":
+    elif n == "fgvc-aircraft":
         ds = tv.FGVCAircraft(r, split=split, annotation_level="variant", transform=transform, download=download)
-        return ds, list(ds.classes)
-    if n == "caltech101":
+    elif n == "caltech101":
         ds = tv.Caltech101(r, target_type="category", transform=transform, download=download)
-        return ds, [CALTECH101_NAMES.get(c, readable(c)) for c in ds.categories]
-    if n == "caltech256":
+        return ds, list(ds.categories)
+    elif n == "caltech256":
         ds = tv.Caltech256(r, transform=transform, download=download)
-        return ds, [caltech256_name(c) for c in ds.categories]
-    if n == "stanford-cars":
+        return ds, list(ds.categories)
+    elif n == "stanford-cars":
         ds = tv.StanfordCars(r, split=split, transform=transform, download=False)
-        return ds, list(ds.classes)
-    if n == "pcam":
+    elif n == "pcam":
         ds = tv.PCAM(r, split=split, transform=transform, download=download)
-        return ds, list(PCAM_NAMES)
-    raise AssertionError(f"no torchvision reader for {n}")
+        return ds, ["no tumour", "tumour"]  # labels 0 and 1; both protocols give PCAM its own sentences
+    else:
+        raise AssertionError(f"no torchvision reader for {n}")
+    return ds, list(ds.classes)
 
 
 def _check_pcam_packages(base: Path, split: str, fetch: bool) -> None:
@@ -298,9 +256,11 @@ def _should_download(spec: PaperDataset, download: bool | None) -> bool:
 
 
 def build(name: str, split: str = "test", root: str | os.PathLike | None = None, download: bool | None = None,
-          **_) -> ZeroShotDataset:
-    """One of the paper's datasets as a ZeroShotDataset (split 'test' or 'train')."""
+          prompts: str = "public-code", **_) -> ZeroShotDataset:
+    """One of the paper's datasets as a ZeroShotDataset (split 'test' or 'train'), its class names
+    and templates those of the `prompts` protocol (paper_prompts.py)."""
     spec = SPECS[name]
+    check_prompts(prompts)
     check(split in ("train", "test"), f"Split must be 'train' or 'test'; got {split!r}.")
     check(split in spec.splits, f"{spec.title} has no training split here; the paper uses it only for evaluation.")
     base = data_root(root)
@@ -308,16 +268,16 @@ def build(name: str, split: str = "test", root: str | os.PathLike | None = None,
     transform = image_transform(spec.native)
     fetch = _should_download(spec, download)
     try:
-        if name == "tinyimagenet":
-            data, classes = tiny_imagenet(split, base / "tiny-imagenet-200", transform)
-        elif name == "imagenet":
-            data, classes = imagenet(split, base / "imagenet", transform)
+        if name in ("tinyimagenet", "imagenet"):
+            directory = base / ("tiny-imagenet-200" if name == "tinyimagenet" else "imagenet")
+            data, wnids = (tiny_imagenet if name == "tinyimagenet" else imagenet)(split, directory, transform)
+            raw = imagenet_words(wnids, directory, prompts)
         else:
             if name == "pcam":
                 _check_pcam_packages(base, spec.splits[split], fetch)
             if fetch:
                 base.mkdir(parents=True, exist_ok=True)
-            data, classes = _torchvision(spec, spec.splits[split], base, transform, fetch)
+            data, raw = _torchvision(spec, spec.splits[split], base, transform, fetch)
     except (RuntimeError, OSError, ValueError) as e:
         # torchvision's "not found" advice names its own download=True flag; ours is to be online.
         first = first_line(e)
@@ -330,10 +290,10 @@ def build(name: str, split: str = "test", root: str | os.PathLike | None = None,
             how = "downloads are switched off here: only the embedded datasets and those already on disk are used"
         raise UserError(f"{spec.title} {split} data is missing or incomplete under {base}{detail}: "
                         f"put it at {where}; {how}.") from None
-    check(len(set(classes)) == len(classes), f"{spec.title} class names are not distinct after cleaning.")
-    info = {"title": spec.title, "root": str(base), "split": split,
+    classes, templates = class_prompts(name, raw, prompts)
+    info = {"title": spec.title, "root": str(base), "split": split, "prompts": prompts,
             "resolution": "native" if spec.native else "Resize(256)+CenterCrop(224)"}
-    return ZeroShotDataset(name, data, classes, PAPER_TEMPLATES, info)
+    return ZeroShotDataset(name, data, classes, templates, info)
 
 
 def _register() -> None:

@@ -36,31 +36,23 @@ def sweep_figure(rows: Sequence[dict]) -> go.Figure:
     return fig
 
 
-def distance_figure(rows: Sequence[dict]) -> go.Figure:
-    """Cosine and L2 distance between each model's adversarial and clean image embedding, vs eps."""
+def distance_figure(rows: Sequence[dict], from_reference: bool = False) -> go.Figure:
+    """Cosine and L2 distance, vs eps, of each model's adversarial image embedding from its own clean
+    embedding, or (from_reference) from the reference model's clean embedding."""
+    keys = ("ref_cosine", "ref_l2") if from_reference else ("cosine", "l2")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine distance", "L2 distance"))
     for i, (model, rs) in enumerate(_by_model(rows).items()):
         x = [r["eps_255"] for r in rs]
-        for col, key in ((1, "cosine"), (2, "l2")):
+        for col, key in zip((1, 2), keys):
             fig.add_trace(go.Scatter(x=x, y=[r[key] for r in rs], mode="lines+markers", name=model,
                                      legendgroup=model, showlegend=col == 1,
                                      line=dict(color=_colour(i))), row=1, col=col)
-    fig.update_layout(title="How far the attack moves each model's image embedding", **_LAYOUT)
-    fig.update_xaxes(title_text="eps (/255)")
-    return fig
-
-
-def reference_figure(rows: Sequence[dict]) -> go.Figure:
-    """Distance of each model's adversarial embedding from the reference model's clean embedding."""
-    ref = rows[0]["reference"] if rows else "original"
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine distance", "L2 distance"))
-    for i, (model, rs) in enumerate(_by_model(rows).items()):
-        x = [r["eps_255"] for r in rs]
-        for col, key in ((1, "ref_cosine"), (2, "ref_l2")):
-            fig.add_trace(go.Scatter(x=x, y=[r[key] for r in rs], mode="lines+markers", name=model,
-                                     legendgroup=model, showlegend=col == 1,
-                                     line=dict(color=_colour(i))), row=1, col=col)
-    fig.update_layout(title=f"Distance from {ref}'s clean embedding (eps 0: drift from fine-tuning)", **_LAYOUT)
+    if from_reference:
+        ref = rows[0]["reference"] if rows else "original"
+        title = f"Distance from {ref}'s clean embedding (eps 0: drift from fine-tuning)"
+    else:
+        title = "How far the attack moves each model's image embedding"
+    fig.update_layout(title=title, **_LAYOUT)
     fig.update_xaxes(title_text="eps (/255)")
     return fig
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, check, first_line, shorten
+from .units import from_255, to_255
 
 KINDS = ("train", "eval")
 PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
@@ -103,7 +104,7 @@ def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
             value = out[key]
             check(isinstance(value, (int, float)) and not isinstance(value, bool),
                   f"'{key}' in '{path.name}' must be a number of 1/255 steps; got {value!r}.")
-            out[key] = value / 255
+            out[key] = from_255(value)
     for key in LIST_FIELDS:
         if isinstance(out.get(key), str):
             out[key] = [s.strip() for s in out[key].split(",") if s.strip()]
@@ -130,7 +131,7 @@ def recipe_values(config) -> dict[str, Any]:
     values = dataclasses.asdict(config)
     for key in PER_255:
         if values.get(key) is not None:
-            values[key] = round(values[key] * 255, 6)
+            values[key] = to_255(values[key], 6)
     return values
 
 

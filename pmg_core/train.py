@@ -26,7 +26,9 @@ from .data import ZeroShotDataset, get_dataset
 from .errors import UserError, check, check_number, shorten
 from .env import check_device, default_device
 from .methods import MethodSettings, get_method
+from .paper_prompts import check_prompts
 from .models import ClipModel, ZeroShotClassifier, frozen_copy, load_model
+from .units import to_255
 
 
 @dataclass
@@ -43,6 +45,7 @@ class TrainConfig:
     tga_alpha: float = 0.08
     tga_beta: float = 0.05
     preset: str = "paper"
+    prompts: str = "public-code"  # class names and templates of the paper's datasets (paper_prompts.py)
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     batch_size: int = 256  # global batch size (split across processes under torchrun)
@@ -84,6 +87,7 @@ class TrainConfig:
         check(isinstance(self.extra_metadata, dict) and all(isinstance(k, str) for k in self.extra_metadata),
               f"extra_metadata must be a mapping of names to values; got {shorten(self.extra_metadata)}.")
         check_device(self.device)
+        check_prompts(self.prompts)
         self.method_settings().validate()
 
     def method_settings(self) -> MethodSettings:
@@ -138,7 +142,7 @@ class Trainer:
         self.method.shard = (rank, world)
         self.data_name = cfg.dataset if data is None else data.name  # what the checkpoint records
         if data is None:
-            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root, download=cfg.download)
+            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root, prompts=cfg.prompts, download=cfg.download)
         data = data.limited(cfg.limit, cfg.seed)
         check(len(data) >= cfg.batch_size,
               f"The training set has {len(data)} samples, fewer than one batch of {cfg.batch_size}; lower the batch size.")
@@ -159,7 +163,7 @@ class Trainer:
         for p in params:
             p.requires_grad_(True)
         self.params = params
-        self.classifier: ZeroShotClassifier = self.model.classifier(data.classes, data.templates, cfg.preset)
+        self.classifier: ZeroShotClassifier = self.model.classifier(data.classes, data.templates, cfg.preset, exact=True)
         self.original = None
         if self.method.needs_original:
             self.original = self.classifier.with_visual(frozen_copy(visual))
@@ -196,10 +200,10 @@ class Trainer:
     def _metadata(self, metrics: dict) -> dict:
         c = self.cfg
         return {"method": c.method, "method_settings": asdict(c.method_settings()), "eps": c.eps,
-                "eps_255": round(c.eps * 255, 4), "attack_steps": c.attack_steps, "data": self.data_name,
+                "eps_255": to_255(c.eps), "attack_steps": c.attack_steps, "data": self.data_name,
                 "train_samples": len(self.data), "epochs": self.step / max(1, self.steps_per_epoch),
                 "steps": self.step, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "preset": c.preset,
-                "metrics": metrics, **c.extra_metadata}
+                "prompts": c.prompts, "metrics": metrics, **c.extra_metadata}
 
     def save(self, metrics: dict, with_state: bool) -> Path | None:
         if not self.cfg.out or self.rank != 0:

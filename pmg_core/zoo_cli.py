@@ -13,6 +13,7 @@ import dataclasses
 
 from . import zoo
 from .errors import UserError
+from .units import from_255
 
 
 def add_parser(sub) -> None:
@@ -161,8 +162,8 @@ def _run_verify(args) -> int:
           + (f" (missing: {'; '.join(missing)})" if missing else ""))
     rows = []
     for eps in eps_list:
-        cfg = EvalConfig(models=[e.id], datasets=available, eps=eps / 255, steps=p.protocol.steps,
-                         step_size=None if p.protocol.attack != "pgd" else 1 / 255, attack=p.protocol.attack,
+        cfg = EvalConfig(models=[e.id], datasets=available, eps=from_255(eps), steps=p.protocol.steps,
+                         step_size=None if p.protocol.attack != "pgd" else from_255(1), attack=p.protocol.attack,
                          limit=args.limit or p.protocol.samples, batch_size=args.batch_size, device=device,
                          data_root=args.data_root, **extra)
         results = evaluate(cfg, models=[model], progress=True)["results"]

@@ -24,6 +24,7 @@ from pmg_core import methods  # noqa: E402
 from pmg_core.evaluate import EvalConfig, averages, evaluate  # noqa: E402
 from pmg_core.models import load_model  # noqa: E402
 from pmg_core.train import TrainConfig, train  # noqa: E402
+from pmg_core.units import from_255  # noqa: E402
 
 
 DETACHED = "pmg-aft-detached-clean"
@@ -67,7 +68,7 @@ def main() -> int:
     if args.detach_clean_target:
         # PMG-AFT's runs train the ablation instead, under its own method name.
         args.methods = ",".join(DETACHED if m == "pmg-aft" else m for m in args.methods.split(","))
-    eps = args.eps / 255
+    eps = from_255(args.eps)
     runs = []
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)

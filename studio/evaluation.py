@@ -12,6 +12,7 @@ import gradio as gr
 from pmg_core import inputs, plots
 from pmg_core.data import expand_names
 from pmg_core.evaluate import EvalConfig, iter_evaluate
+from pmg_core.units import from_255
 
 from . import policy
 from .jobs import Job
@@ -30,7 +31,7 @@ def evaluate(studio: Studio, model_names, dataset, folder, eps_255, steps, step_
     else:
         datasets = expand_names([inputs.parse_choice("dataset", dataset, studio.dataset_choices())])
     cfg = EvalConfig(models=[m.name for m in models], datasets=datasets,
-                     eps=inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_255) / 255,
+                     eps=from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_255)),
                      steps=inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True, where=limits.where),
                      step_size=inputs.parse_step_size(step_size_255, limits.eval_step_size_255),
                      limit=inputs.parse_number("sample limit", limit, 1, limits.eval_samples, integer=True,

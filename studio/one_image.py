@@ -15,6 +15,7 @@ from pmg_core.attacks import NORMS
 from pmg_core.explore import AttackSettings, Comparison, compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
+from pmg_core.units import from_255, to_255
 
 from . import policy
 from .html import verdict_html
@@ -23,6 +24,7 @@ from .state import Studio
 EACH_MODEL = "each model attacks itself"
 LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
 ATTACK_SIDE = AttackSettings().max_side
+TEST_TIME_DEFENSE = "ttc"  # the Attack tab's "defend at test time" toggle
 
 
 def preview(studio: Studio, image) -> np.ndarray | None:
@@ -41,7 +43,7 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     classes = inputs.parse_labels(labels)
     norm = inputs.parse_choice("norm", norm, NORMS)
     loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
-    eps = inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)) / 255
+    eps = from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)))
     steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True, where=limits.where)
     step = inputs.parse_step_size(step_size_255, limits.step_size_255)
     true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
@@ -51,11 +53,14 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names):
-    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details)."""
+           model_names, defend: bool = False):
+    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details).
+
+    defend: also judge every model behind the test-time counterattack (TTC), side by side."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
-    policy.check_attack(studio.limits, len(models), settings.steps)
+    settings.defense = TEST_TIME_DEFENSE if defend else "none"
+    policy.check_attack(studio.limits, len(models), settings.steps, defended_eot=settings.eot if defend else 0)
     comp = compare(models, x, classes, true_label, settings)
     advs = _distinct_adversarials(comp)
     folder = new_output_folder(studio.out_dir)
@@ -70,7 +75,7 @@ def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[
     limits = studio.limits
     eps = inputs.parse_number_list("eps (/255)", eps_list, 0, limits.eps_max_255(settings.norm), limits.sweep_values)
     policy.check_attack(limits, len(models), settings.steps, len(eps))
-    return [e / 255 for e in eps]
+    return [from_255(e) for e in eps]
 
 
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
@@ -94,8 +99,8 @@ def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)
     proj = analysis.projection(models, comps[-1])
-    return (plots.distance_figure(rows), plots.reference_figure(rows), plots.projection_figure(proj),
-            {"distances": rows, "projection_eps_255": round(eps[-1] * 255, 4), **proj})
+    return (plots.distance_figure(rows), plots.distance_figure(rows, from_reference=True), plots.projection_figure(proj),
+            {"distances": rows, "projection_eps_255": to_255(eps[-1]), **proj})
 
 
 def _slug(name: str) -> str:

@@ -55,9 +55,12 @@ def _over(what: str, parts: str, total: int, cap: int | None, fewer: str, limits
     check(total <= cap, f"This {what} asks for {parts} = {total:,}; at most {cap:,}{limits.where}: choose {fewer}.")
 
 
-def check_attack(limits: Limits, models: int, steps: int, radii: int = 1) -> None:
-    """One image attacked by every model (PGD steps + 1 passes each), at each radius of a sweep."""
-    _over("attack", f"{models} model(s) x {steps + 1} passes x {radii} radii", models * (steps + 1) * radii,
+def check_attack(limits: Limits, models: int, steps: int, radii: int = 1, defended_eot: int = 0) -> None:
+    """One image attacked by every model (PGD steps + 1 passes each), at each radius of a sweep; behind a
+    test-time defense each model is attacked again through it with `defended_eot` gradients per step."""
+    each = 1 + defended_eot
+    defense = f" x {each} (attacks through the defense)" if defended_eot else ""
+    _over("attack", f"{models} model(s) x {steps + 1} passes x {radii} radii{defense}", models * (steps + 1) * radii * each,
           limits.attack_work, "fewer models, steps or radii", limits)
 
 

@@ -20,6 +20,7 @@ from pmg_core.data import list_datasets
 from pmg_core.errors import UserError
 from pmg_core.methods import list_methods
 from pmg_core.train import Trainer, TrainConfig, state_path
+from pmg_core.units import from_255
 
 from . import policy
 from .jobs import Job
@@ -36,7 +37,7 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     method = inputs.parse_choice("method", method, list_methods())
     cfg = TrainConfig(
         model=base.spec, method=method, dataset=inputs.parse_choice("dataset", dataset, [d.name for d in list_datasets()]),
-        eps=inputs.parse_number("eps (/255)", eps_255, 0, limits.train_eps_255) / 255,
+        eps=from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.train_eps_255)),
         attack_steps=inputs.parse_number("PGD steps", attack_steps, 0, limits.train_attack_steps, integer=True,
                                          where=limits.where),
         lr=inputs.parse_number("learning rate", lr, *limits.lr), epochs=1000,

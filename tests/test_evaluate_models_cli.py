@@ -131,7 +131,7 @@ def test_cli_eval_writes_the_documented_json(model, tmp_path, capsys):
                    "--limit", "30", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert set(report) == {"config", "results"}
+    assert set(report) == {"config", "protocol", "results"}
     (row,) = report["results"]
     assert {"model", "dataset", "n", "clean_acc", "robust_acc"} <= set(row) and row["n"] == 30
     assert 0 <= row["robust_acc"] <= row["clean_acc"] <= 1

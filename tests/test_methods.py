@@ -1,4 +1,4 @@
-"""The training objectives equal DESIGN.md's formulas computed by hand, in both presets."""
+"""The training objectives equal docs/METHOD.md's formulas computed by hand, in every preset."""
 import math
 
 import pytest

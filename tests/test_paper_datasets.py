@@ -1,4 +1,7 @@
-"""The paper's datasets read from tiny fake copies in each on-disk layout the loaders use (no downloads)."""
+"""The paper's datasets read from tiny fake copies in each on-disk layout the loaders use (no downloads).
+
+Class names are those of the default prompt protocol, the public code's (test_paper_prompts.py
+checks both protocols' wording)."""
 import json
 import sys
 import pickle
@@ -12,7 +15,7 @@ from PIL import Image
 from pmg_core.attacks import AutoAttackAdapter, make_attack
 from pmg_core.data import expand_names, get_dataset
 from pmg_core.errors import UserError
-from pmg_core.paper_datasets import IMAGENET_NAMES_FILE, PAPER_TEMPLATES, PCAM_NAMES, SPECS
+from pmg_core.paper_datasets import IMAGENET_NAMES_FILE, SPECS
 
 # One clearly different grey level per class lets a test check that each image kept its own label.
 LEVELS = [30, 130, 230]
@@ -28,7 +31,6 @@ def _level(x: torch.Tensor) -> int:
 
 
 def _check_levels(ds, expected_size):
-    assert ds.templates == PAPER_TEMPLATES
     for i in range(len(ds)):
         x, y = ds.data[i]
         assert x.dtype == torch.float32 and tuple(x.shape) == (3, *expected_size)
@@ -41,7 +43,8 @@ def _tiny_imagenet(root: Path, sorted_val: bool = False) -> list[str]:
     wnids = ["n01443537", "n01440764", "n99999999"]  # goldfish, tench, and one only words.txt knows
     base.mkdir(parents=True)
     (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (base / "words.txt").write_text("n99999999\tmade-up thing, other lemma\nn01440764\ttench, Tinca tinca\n")
+    (base / "words.txt").write_text("n99999999\tmade-up thing, other lemma\nn01440764\ttench, Tinca tinca\n"
+                                    "n01443537\tgoldfish, Carassius auratus\n")
     order = sorted(wnids)
     ann = []
     for w in wnids:
@@ -64,8 +67,10 @@ def _tiny_imagenet(root: Path, sorted_val: bool = False) -> list[str]:
 def test_tiny_imagenet_val_layouts_map_wnids_to_names(tmp_path, sorted_val):
     _tiny_imagenet(tmp_path, sorted_val)
     ds = get_dataset("tinyimagenet", split="test", root=str(tmp_path))
-    # sorted wnids n01440764, n01443537, n99999999 -> CLIP names, words.txt for the unknown one
-    assert ds.classes == ["tench", "goldfish", "made-up thing"]
+    # sorted wnids n01440764, n01443537, n99999999 -> the first synonyms in words.txt, in the public code's wording
+    assert ds.classes == ["tench", "goldfish", "made up thing"] and ds.templates == ("This is a photo of a {}",)
+    # OpenAI's names under "clip", the first synonym for the class ImageNet-1k does not have
+    assert get_dataset("tinyimagenet", root=str(tmp_path), prompts="clip").classes == ["tench", "goldfish", "made-up thing"]
     assert len(ds) == 6 and sorted(y for _, y in ds.data) == [0, 0, 1, 1, 2, 2]
     _check_levels(ds, (224, 224))
 
@@ -73,7 +78,7 @@ def test_tiny_imagenet_val_layouts_map_wnids_to_names(tmp_path, sorted_val):
 def test_tiny_imagenet_train_tree(tmp_path):
     _tiny_imagenet(tmp_path)
     ds = get_dataset("tinyimagenet", split="train", root=str(tmp_path))
-    assert ds.classes == ["tench", "goldfish", "made-up thing"]
+    assert ds.classes == ["tench", "goldfish", "made up thing"]
     assert len(ds) == 3  # the *_boxes.txt files are not images
     _check_levels(ds, (224, 224))
 
@@ -86,12 +91,17 @@ def test_tiny_imagenet_annotation_naming_an_unknown_class_is_one_sentence(tmp_pa
         get_dataset("tinyimagenet", root=str(tmp_path))
 
 
-def test_imagenet_val_folders_get_clip_names(tmp_path):
+def test_imagenet_val_folders_get_first_synonyms_or_clip_names(tmp_path):
     for w, lvl in (("n01440764", LEVELS[0]), ("n04008634", LEVELS[1]), ("n04356056", LEVELS[2])):
         _img(tmp_path / "imagenet" / "val" / w / f"ILSVRC2012_val_{w}.JPEG", lvl, (300, 260))
+    with pytest.raises(UserError, match="synset list"):  # the public code's names need the dataset's synset list
+        get_dataset("imagenet", root=str(tmp_path))
+    (tmp_path / "imagenet" / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn04008634 projectile, missile\nn04356056 sunglasses, dark glasses, shades\n")
     ds = get_dataset("imagenet", root=str(tmp_path))
     assert ds.classes == ["tench", "projectile", "sunglasses"]
     _check_levels(ds, (224, 224))
+    assert get_dataset("imagenet", root=str(tmp_path), prompts="clip").classes == ["tench", "missile", "sunglasses"]
 
 
 def test_imagenet_name_list_is_complete_and_distinct():
@@ -137,7 +147,7 @@ def test_eurosat_folders_get_readable_names(tmp_path):
     for cls, lvl in (("AnnualCrop", LEVELS[0]), ("SeaLake", LEVELS[1])):
         _img(tmp_path / "eurosat" / "2750" / cls / f"{cls}_1.jpg", lvl, (64, 64))
     ds = get_dataset("eurosat", root=str(tmp_path))
-    assert ds.classes == ["annual crop land", "lake or sea"]
+    assert ds.classes == ["annualcrop", "sealake"]
     _check_levels(ds, (224, 224))
 
 
@@ -146,7 +156,7 @@ def test_caltech256_folder_numbers_are_stripped(tmp_path):
     _img(cats / "001.ak47" / "001_0001.jpg", LEVELS[0])
     _img(cats / "002.faces-easy-101" / "002_0001.jpg", LEVELS[1], mode="L")  # greyscale comes out RGB
     ds = get_dataset("caltech256", root=str(tmp_path))
-    assert ds.classes == ["ak47", "faces easy"]
+    assert ds.classes == ["ak47", "faces easy 101"]  # the public code keeps the suffix
     _check_levels(ds, (224, 224))
 
 
@@ -199,7 +209,6 @@ def test_registry_groups_and_splits():
 
 def _check_items(ds, level_of: dict[int, int], size) -> list[int]:
     """Every image has its label's grey level and the expected size; returns the labels, sorted."""
-    assert ds.templates == PAPER_TEMPLATES
     labels = []
     for i in range(len(ds)):
         x, y = ds.data[i]
@@ -279,7 +288,7 @@ def test_oxford_pets_split_file(tmp_path):
     (base / "annotations").mkdir(parents=True)
     (base / "annotations" / "test.txt").write_text("".join(f"{i} {c} {s} 1\n" for i, c, s in rows))
     ds = get_dataset("oxford-pets", root=str(tmp_path))
-    assert ds.classes == ["Abyssinian", "American Bulldog"]
+    assert ds.classes == ["abyssinian", "american bulldog"]
     assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 0, 1]
 
 
@@ -294,7 +303,7 @@ def test_flowers102_mat_files(tmp_path, monkeypatch):
     savemat(base / "setid.mat", {"trnid": np.array([[1, 2]]), "valid": np.array([[3, 4]]), "tstid": np.array([[2, 3, 4]])})
     _no_md5(monkeypatch, flowers102)
     ds = get_dataset("flowers102", root=str(tmp_path))
-    assert ds.classes[:3] == ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"] and len(ds.classes) == 102
+    assert ds.classes[:3] == ["pink primrose", "hard leaved pocket orchid", "canterbury bells"] and len(ds.classes) == 102
     assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 2]
 
 
@@ -307,11 +316,11 @@ def test_fgvc_aircraft_variants(tmp_path):
         _img(data / "images" / f"{image}.jpg", lvl)
     (data / "images_variant_test.txt").write_text("".join(f"{i} {v}\n" for i, v, _ in rows))
     ds = get_dataset("fgvc-aircraft", root=str(tmp_path))
-    assert ds.classes == ["707-320", "A300B4", "F/A-18"]
+    assert ds.classes == ["boeing 707-320", "a300b4", "f/a-18"]
     assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 2]
 
 
-def test_caltech101_folders_get_clip_names(tmp_path):
+def test_caltech101_folders(tmp_path):
     cats = tmp_path / "caltech101" / "101_ObjectCategories"
     _img(cats / "BACKGROUND_Google" / "image_0001.jpg", 0)  # not a class: torchvision drops it
     _img(cats / "Faces_easy" / "image_0001.jpg", LEVELS[0])
@@ -319,7 +328,7 @@ def test_caltech101_folders_get_clip_names(tmp_path):
     _img(cats / "airplanes" / "image_0001.jpg", LEVELS[1])
     _img(cats / "water_lilly" / "image_0001.jpg", LEVELS[2])
     ds = get_dataset("caltech101", root=str(tmp_path))
-    assert ds.classes == ["centered face", "airplane", "water lilly"]
+    assert ds.classes == ["faces easy", "airplanes", "water lilly"]
     assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 0, 1, 2]
 
 
@@ -336,7 +345,7 @@ def test_stanford_cars_devkit_mat_files(tmp_path):
     for fname, c in rows:
         _img(base / "cars_test" / fname, LEVELS[c - 1])
     ds = get_dataset("stanford-cars", root=str(tmp_path))
-    assert ds.classes == list(names)
+    assert ds.classes == ["am general hummer suv", "acura rl sedan", "volvo xc90 suv"]  # the year cut off
     assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 2]
 
 
@@ -350,7 +359,7 @@ def test_pcam_h5_files(tmp_path):
     with h5py.File(base / "camelyonpatch_level_2_split_test_y.h5", "w") as f:
         f["y"] = np.array(labels, dtype=np.uint8).reshape(-1, 1, 1, 1)
     ds = get_dataset("pcam", root=str(tmp_path))
-    assert ds.classes == ["lymph node", "lymph node containing metastatic tumor tissue"]
+    assert ds.classes == ["Tthis is a photo of healthy lymph node tissue.", "This is a photo of lymph node tumor tissue."]
     assert _check_items(ds, dict(enumerate(LEVELS)), (224, 224)) == [0, 1, 1]
 
 
@@ -363,10 +372,12 @@ def test_pcam_without_h5py_says_which_package(tmp_path, monkeypatch):
 
 # --- AutoAttack on the paper's few-class sets (PCAM has 2 classes) --------------------------------
 
+TWO = ["lymph node", "lymph node containing metastatic tumor tissue"]
+
 # eps where APGD-CE leaves images standing on this random model, so FAB-T and Square run on them too.
-@pytest.mark.parametrize("classes, eps", [(PCAM_NAMES, 2 / 255), (["cat", "dog", "bird"], 48 / 255)])
+@pytest.mark.parametrize("classes, eps", [(TWO, 2 / 255), (["cat", "dog", "bird"], 48 / 255)])
 def test_autoattack_runs_on_two_and_three_classes(model, classes, eps):
-    clf = model.classifier(classes, PAPER_TEMPLATES).eval()
+    clf = model.classifier(classes).eval()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = clf(x).argmax(1)  # every image starts correctly classified
@@ -388,7 +399,7 @@ def test_autoattack_targets_at_most_nine_classes_and_takes_the_step_count(model)
 
 
 def test_autoattack_leaves_the_callers_random_stream_alone(model):
-    clf = model.classifier(PCAM_NAMES, PAPER_TEMPLATES).eval()
+    clf = model.classifier(TWO).eval()
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = clf(x).argmax(1)

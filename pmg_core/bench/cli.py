@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import check, check_number
+from ..units import from_255
 from .config import METHODS, PARTS, BenchConfig
 from .report import to_markdown
 from .run import run_bench
@@ -58,8 +59,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     resolved = {k: v if v is not None else (QUICK[k] if args.quick else getattr(d, k)) for k, v in picked.items()}
     return BenchConfig(arch=args.arch, batch_size=args.batch_size, device=args.device,
                        methods=list(METHODS) if args.method == "all" else [args.method], pgd_steps=args.pgd_steps,
-                       eps=args.eps / 255, eval_eps=None if args.eval_eps is None else args.eval_eps / 255,
-                       eval_step_size=None if args.eval_step_size is None else args.eval_step_size / 255,
+                       eps=from_255(args.eps), eval_eps=None if args.eval_eps is None else from_255(args.eval_eps),
+                       eval_step_size=None if args.eval_step_size is None else from_255(args.eval_step_size),
                        classes=args.classes, amp=args.amp, attack_amp=args.attack_amp, seed=args.seed,
                        parts=[p.strip() for p in args.parts.split(",") if p.strip()], eval_model=args.eval_model,
                        **resolved)

@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 import torch
 
+from ..units import to_255
 from .config import BenchConfig
 from .instruments import best_seconds, count_passes, sync
 
@@ -62,7 +63,7 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
                 times[name].append(time.perf_counter() - t0)
     n = sum(row["n"] for row in rows["early_stop"])
     out: dict = {"model": spec, "datasets": cfg.eval_datasets, "samples": n, "steps": cfg.eval_steps,
-                 "eps_255": round(eps * 255, 4), "step_size_255": round(step * 255, 4), "batch_size": cfg.eval_batch_size}
+                 "eps_255": to_255(eps), "step_size_255": to_255(step), "batch_size": cfg.eval_batch_size}
     if note:
         out["note"] = note
     for name, ts in times.items():

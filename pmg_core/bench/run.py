@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from ..units import to_255
 from .config import BenchConfig
 from .early_stop import eval_early_stop_study
 from .instruments import PeakMemory, device_info
@@ -25,7 +26,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     memory = PeakMemory(device)
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.arch, device=device) if {"steps", "attack"} & set(cfg.parts) else None
-    report: dict = {"config": {**asdict(cfg), "eps_255": round(cfg.eps * 255, 4)}, "device": info,
+    report: dict = {"config": {**asdict(cfg), "eps_255": to_255(cfg.eps)}, "device": info,
                     "memory_kind": memory.kind, "methods": {}}
     for method in cfg.methods if "steps" in cfg.parts else ():
         say(f"timing {method} (ours / reference / floor)")
