@@ -311,10 +311,16 @@ def describe_protocol(cfg: EvalConfig) -> str:
     step = f", step {cfg.step_size * 255:g}/255" if cfg.step_size is not None and entry.pgd_loss else ""
     rule = (f"robust = {'never fooled at any iterate' if cfg.robust_rule == 'ever' else 'right at the final iterate'} "
             f"(--robust-rule {cfg.robust_rule})" if entry.pgd_loss else "robust = right on the returned image")
+    if cfg.defense != "none":  # a randomised model: judged once on each attack's returned image
+        rule = "robust = right on the returned image (a fresh draw of the defense)"
     line = (f"{cfg.attack}, {cfg.steps} iterations, {cfg.norm} eps {cfg.eps * 255:g}/255{step}; {rule}; "
             f"prompts {cfg.prompts}.")
     if cfg.steps < entry.standard_steps:
         line += f" Fewer iterations than {cfg.attack}'s standard {entry.standard_steps}: a weaker attack."
+    if cfg.defense != "none":
+        through = f"EOT-{cfg.eot} {cfg.attack} through it (BPDA)" if entry.pgd_loss else f"{cfg.attack} through it (BPDA)"
+        line += (f" Behind {cfg.defense}: right on the clean image and on the image of the attack unaware of the "
+                 f"defense; adaptive: also on that of {through}.")
     return line
 
 

@@ -23,6 +23,7 @@ from .state import Studio
 EACH_MODEL = "each model attacks itself"
 LOSSES = {"cross-entropy": "ce", "CW margin": "margin"}
 ATTACK_SIDE = AttackSettings().max_side
+TEST_TIME_DEFENSE = "ttc"  # the Attack tab's "defend at test time" toggle
 
 
 def preview(studio: Studio, image) -> np.ndarray | None:
@@ -51,10 +52,13 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names):
-    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details)."""
+           model_names, defend: bool = False):
+    """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details).
+
+    defend: also judge every model behind the test-time counterattack (TTC), side by side."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
+    settings.defense = TEST_TIME_DEFENSE if defend else "none"
     comp = compare(models, x, classes, true_label, settings)
     advs = _distinct_adversarials(comp)
     folder = new_output_folder(studio.out_dir)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from pmg_core import env, inputs
+from pmg_core import env, findings, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError
 from pmg_core.explore import label_presets
@@ -23,6 +23,8 @@ from pmg_core.models import ClipModel
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
 from .assets import METHOD_IN_PLAIN_WORDS
+
+EMBEDDED_PMG_AFT = "pmg-aft-tiny"  # the shipped fine-tune the mini benchmark's findings are about
 from .jobs import Jobs
 
 if TYPE_CHECKING:
@@ -134,9 +136,17 @@ class Studio:
                             f"{json.dumps(m.metadata, indent=2, default=str)}\n```\n</details>"
                             for m in self.models.values() if m.metadata)
         downloads = f"### Published models\n{self.loader.markdown()}\n\n" if self.loader else ""
+        notes = self.model_notes()
+        found = f"\n\n### What the mini benchmark found\n\n{notes}" if notes else ""
         return (f"### Mode\n{self.mode}\n\nDevice: `{self.device}`.\n\n{downloads}"
                 f"### Loaded models\n" + "\n".join(rows) + "\n\n" + _cards(self.models.values()) + details
-                + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS)
+                + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS + found)
+
+    def model_notes(self) -> str:
+        """What the committed mini benchmark says about the embedded fine-tunes, when they are loaded."""
+        if EMBEDDED_PMG_AFT not in self.models:
+            return ""
+        return findings.pmg_aft_vs_tecoa() or ""
 
 
 def _cards(models) -> str:

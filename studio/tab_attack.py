@@ -44,6 +44,7 @@ class _Settings:
     seen: gr.Image  # the image as the models see it
     target: gr.Dropdown
     eps: gr.Number
+    defend: gr.Checkbox
     attack_btn: gr.Button
 
 
@@ -94,7 +95,7 @@ def build(studio: Studio) -> AttackTab:
                      show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
     settings = [tab.image, tab.labels, tab.true_label, tab.norm, own.eps, tab.steps, tab.step_size, tab.loss,
                 own.target, tab.source, tab.chosen]
-    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.attack, studio)), settings,
+    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.attack, studio)), [*settings, own.defend],
                          [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details],
                          api_name="attack", **INTERACTIVE)
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
@@ -132,9 +133,15 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
     source = gr.Dropdown([one_image.EACH_MODEL, *studio.names], value=one_image.EACH_MODEL, label="Who is attacked",
                          info="Each model white-box, or one model's adversarial image transferred to all.")
     chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
+    notes = studio.model_notes()
+    if notes:
+        gr.Markdown(f"**About these models.** {notes}", elem_id="pmg-model-notes")
+    defend = gr.Checkbox(False, label="Defend at test time (TTC)", elem_id="pmg-defend",
+                         info="Also show each model behind a test-time counterattack (Xing et al., CVPR 2025): on the "
+                              "same adversarial image, and attacked through the defense (slower).")
     attack_btn = gr.Button("Attack", variant="primary", elem_id="pmg-attack")
     return (AttackTab(image, labels, true_label, norm, steps, step_size, loss, chosen, source),
-            _Settings(preset, seen, target, eps, attack_btn))
+            _Settings(preset, seen, target, eps, defend, attack_btn))
 
 
 def _results_column() -> _Results:
