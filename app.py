@@ -19,7 +19,7 @@ from pmg_core import inputs
 from pmg_core.errors import UserError
 from pmg_core.models import ClipModel
 from pmg_core.zoo import parse_model_specs, parse_zoo_ids
-from studio import tab_about, tab_attack, tab_distances, tab_evaluate, tab_train
+from studio import policy, tab_about, tab_attack, tab_distances, tab_evaluate, tab_train
 from studio.assets import CSS
 from studio.state import Studio
 
@@ -45,7 +45,11 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         train = tab_train.build(studio)
         lists = tab_about.ModelLists(attack.chosen, attack.source, distances.reference, train.base, evaluate.models)
         tab_about.build(studio, demo, lists, after_train=train.run, after_cancel=train.cancel)
-        demo.queue(max_size=queue_size)
+        if public:  # each lane its own queue, a few places per visitor (studio/policy.py)
+            demo.queue(max_size=sum(policy.LANE_QUEUE.values()))
+            policy.limit_queues(demo, policy.LANE_QUEUE, policy.PER_VISITOR)
+        else:
+            demo.queue(max_size=queue_size)
     return demo
 
 

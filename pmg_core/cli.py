@@ -240,7 +240,7 @@ def _run_attack(args) -> int:
     from .explore import AttackSettings, compare
     from .images import load_image, save_png
     from .inputs import parse_labels
-    from .env import default_device
+    from .env import check_device, default_device
     from .zoo import load_models
 
     labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
@@ -249,6 +249,7 @@ def _run_attack(args) -> int:
         _check_writable(args.out, "adversarial image")
     if args.json:
         _check_writable(args.json, "comparison JSON")
+    check_device(args.device)
     models = load_models(args.models, args.device or default_device())
     source = None
     if args.source:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError, check
-from .env import default_device
+from .env import check_device, default_device
 
 TIMEOUT_ENV = "PMG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
@@ -83,6 +83,7 @@ def local_device(local_rank: int, device: str | None = None) -> torch.device:
 
 def init(device: str | None = None) -> Dist:
     """Join the torchrun process group (if launched by torchrun with WORLD_SIZE > 1)."""
+    check_device(device)
     if not launched_by_torchrun():
         return Dist(device=torch.device(device or default_device()))
     rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK", 0)

@@ -50,6 +50,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device) -> None:
+    """A device people may name (--device, recipes): None (the default), 'cpu', 'cuda' or 'cuda:N'."""
+    import re
+
+    from .errors import check, shorten
+
+    check(device is None or (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d{1,2})?", device) is not None),
+          f"device must be 'cpu', 'cuda' or 'cuda:N' (a GPU's number); got {shorten(device)}.")
+
+
 def told_offline() -> bool:
     return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on") for var in OFFLINE_ENVS)
 

@@ -37,7 +37,7 @@ from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .errors import check, check_number
-from .env import default_device
+from .env import check_device, default_device
 from .models import ClipModel, ZeroShotClassifier
 from .paper_prompts import check_prompts
 from .presets import Preset, get_preset
@@ -66,6 +66,7 @@ class EvalConfig:
     preset: str | None = None  # None: each model's own (the one it was fine-tuned with), else `paper`
     prompts: str = "public-code"  # class names and templates of the paper's datasets (paper_prompts.py)
     data_root: str | None = None
+    download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     device: str | None = None
     num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
     defense: str = "none"  # a test-time defense (pmg_core/defenses.py): ttc
@@ -77,6 +78,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         check(len(self.models) > 0, "Give at least one model to evaluate.")
+        check_device(self.device)
         check(self.robust_rule in ROBUST_RULES,
               f"robust rule must be one of {', '.join(ROBUST_RULES)}; got {self.robust_rule!r}.")
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else None)
@@ -272,7 +274,7 @@ def iter_evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None,
     cfg.validate()
     device = ctx.device if ctx is not None and ctx.enabled else torch.device(cfg.device or default_device())
     names = expand_names(cfg.datasets)
-    datasets = [get_dataset(n, split="test", root=cfg.data_root, prompts=cfg.prompts).limited(cfg.limit, cfg.seed) for n in names]
+    datasets = [get_dataset(n, split="test", root=cfg.data_root, prompts=cfg.prompts, download=cfg.download).limited(cfg.limit, cfg.seed) for n in names]
     models = list(models) if models is not None else load_models(cfg.models, device)
     for model in models:
         for data in datasets:
@@ -311,10 +313,16 @@ def describe_protocol(cfg: EvalConfig) -> str:
     step = f", step {cfg.step_size * 255:g}/255" if cfg.step_size is not None and entry.pgd_loss else ""
     rule = (f"robust = {'never fooled at any iterate' if cfg.robust_rule == 'ever' else 'right at the final iterate'} "
             f"(--robust-rule {cfg.robust_rule})" if entry.pgd_loss else "robust = right on the returned image")
+    if cfg.defense != "none":  # a randomised model: judged once on each attack's returned image
+        rule = "robust = right on the returned image (a fresh draw of the defense)"
     line = (f"{cfg.attack}, {cfg.steps} iterations, {cfg.norm} eps {cfg.eps * 255:g}/255{step}; {rule}; "
             f"prompts {cfg.prompts}.")
     if cfg.steps < entry.standard_steps:
         line += f" Fewer iterations than {cfg.attack}'s standard {entry.standard_steps}: a weaker attack."
+    if cfg.defense != "none":
+        through = f"EOT-{cfg.eot} {cfg.attack} through it (BPDA)" if entry.pgd_loss else f"{cfg.attack} through it (BPDA)"
+        line += (f" Behind {cfg.defense}: right on the clean image and on the image of the attack unaware of the "
+                 f"defense; adaptive: also on that of {through}.")
     return line
 
 

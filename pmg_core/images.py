@@ -16,6 +16,8 @@ from .errors import UserError, check
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 MAX_SIDE = 1024  # larger images are downscaled (the models see at most 336 px anyway)
 ACCEPTED = "a PNG, JPEG, WebP, BMP, GIF or TIFF image"
+# The decoders PIL may use (the formats ACCEPTED names): never EPS, which runs Ghostscript, nor the rest.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 TOO_LARGE = (f"The image is too large to decode safely: give {ACCEPTED} of at most "
              f"{MAX_PIXELS // 1_000_000} megapixels")
 
@@ -50,7 +52,7 @@ def _open(src) -> Image.Image:
     if not isinstance(src, (bytes, bytearray)):
         check(Path(src).is_file(), f"Image file '{src}' does not exist.")
     try:
-        return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+        return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src, formats=FORMATS)
     except Image.DecompressionBombError:  # PIL refuses over ~179 megapixels from the header alone
         raise UserError(f"{TOO_LARGE}.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

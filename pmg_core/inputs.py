@@ -40,13 +40,24 @@ class Limits:
     lr: tuple[float, float] = (1e-8, 1.0)
     batch_size: int = 512
     loss_weight: float = 100  # alpha and beta of PMG-AFT
+    sweep_values: int = 12  # radii of one eps sweep or feature-distance plot
+    # What one request may cost (studio/policy.py checks them before any work; None: no cap).
+    attack_work: int | None = None  # models x (PGD steps + 1) x radii, on one image
+    eval_work: int | None = None  # images x models x (PGD steps + 1), over every dataset
+    train_work: int | None = None  # images x (PGD steps + 2) over the run
+    train_memory_mb: float | None = None  # one step's activations, from the architecture and batch
+    visitor_checkpoints: int | None = None  # checkpoints visitors may keep; the oldest expire
+    visitor_checkpoint_mb: float | None = None  # and their disk budget
 
     def eps_max_255(self, norm: str) -> float:
         return self.eps_255 if norm == "Linf" else self.eps_l2_255
 
 
 LOCAL = Limits()
-PUBLIC = Limits(train_steps=500, eval_samples=2_000, where=" on this public server")
+# A public server shares one device with everyone: no request may hold a lane for minutes.
+PUBLIC = Limits(train_steps=500, eval_samples=2_000, where=" on this public server", attack_steps=50,
+                train_attack_steps=10, batch_size=64, sweep_values=6, attack_work=600, eval_work=100_000,
+                train_work=200_000, train_memory_mb=4096, visitor_checkpoints=8, visitor_checkpoint_mb=2048)
 
 
 def _has_control_chars(text: str) -> bool:

@@ -16,6 +16,8 @@ import functools
 import logging
 import os
 import string
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,6 +45,36 @@ def _open_clip():
     return open_clip
 
 
+class TextFeatureCache(OrderedDict):
+    """Text features by (classes, templates, device): the `max_entries` label sets used last.
+
+    Bounded because every new label set a person types would otherwise stay for the server's life
+    (~2 MB per 1,000 labels on ViT-B/32); a lock, because every session's attacks share it.
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self:
+                return default
+            self.move_to_end(key)
+            return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            super().__setitem__(key, value)
+            self.move_to_end(key)
+            while len(self) > self.max_entries:
+                self.popitem(last=False)
+
+    def __reduce__(self):  # a copied model starts with an empty cache (a lock cannot be copied)
+        return type(self), (self.max_entries,)
+
+
 @dataclass
 class ClipModel:
     """A CLIP split the way this project uses it: a trainable image tower and a frozen text side.
@@ -61,7 +93,7 @@ class ClipModel:
     spec: str  # what load_model() takes to load it again
     base: str  # spec of the base model (== spec for a base model)
     metadata: dict = field(default_factory=dict)
-    text_cache: dict = field(default_factory=dict, repr=False)
+    text_cache: "TextFeatureCache" = field(default_factory=lambda: TextFeatureCache(), repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +119,8 @@ class ClipModel:
         are, spaces and repeats included (the public code's prompts have both: paper_prompts.py)."""
         classes, templates = _check_classes(classes, exact), _check_templates(templates)
         key = (classes, templates, str(self.device))
-        if key not in self.text_cache:
+        cached = self.text_cache.get(key)
+        if cached is None:
             prompts = [t.format(c) for c in classes for t in templates]
             feats = []
             was_training = self.clip.training
@@ -97,8 +130,8 @@ class ClipModel:
                 feats.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
             self.clip.train(was_training)
             feats = torch.cat(feats).view(len(classes), len(templates), -1).mean(1)
-            self.text_cache[key] = F.normalize(feats, dim=-1)
-        return self.text_cache[key]
+            cached = self.text_cache[key] = F.normalize(feats, dim=-1)
+        return cached
 
     @property
     def own_preset(self) -> str:
@@ -342,6 +375,10 @@ def _no_random_init_warning():
         root.removeFilter(keep)
 
 
+# The checkpoint files whose bases are being loaded, per thread: a base that leads back to one is a cycle.
+_BASES_LOADING = threading.local()
+
+
 def load_checkpoint_model(path: str | Path, device="cpu", base: ClipModel | None = None) -> ClipModel:
     """Load a checkpoint file (checkpoints.py's format) as a ClipModel; a fine-tune loads its base
     first, or reuses `base` when that is it."""
@@ -366,7 +403,16 @@ def load_checkpoint_model(path: str | Path, device="cpu", base: ClipModel | None
     base_spec = meta.get("base")
     check(bool(base_spec), f"'{path.name}' is a fine-tune that does not name its base model.")
     if base is None or base.spec != base_spec:
-        base = load_model(base_spec, device=device)
+        chain = _BASES_LOADING.__dict__.setdefault("paths", [])
+        here = path.resolve()
+        check(here not in chain, f"'{path.name}' is its own base through "
+              f"{' -> '.join(p.name for p in [*chain[chain.index(here) if here in chain else 0:], here])}; "
+              "a fine-tune's base must be a model that is not a fine-tune of it.")
+        chain.append(here)
+        try:
+            base = load_model(base_spec, device=device)
+        finally:
+            chain.pop()
     model = base.fork(path.stem, spec, meta)
     load_visual_into(model, tensors, f"'{path.name}'")
     model.metadata = meta

@@ -286,6 +286,8 @@ def build(name: str, split: str = "test", root: str | os.PathLike | None = None,
         source = f" ({spec.source})" if spec.source else ""
         how = (f"it downloads by itself{source} when this machine is online" if spec.downloadable
                else "it cannot be downloaded automatically")
+        if download is False and spec.downloadable:  # a public server: visitors never start downloads
+            how = "downloads are switched off here: only the embedded datasets and those already on disk are used"
         raise UserError(f"{spec.title} {split} data is missing or incomplete under {base}{detail}: "
                         f"put it at {where}; {how}.") from None
     classes, templates = class_prompts(name, raw, prompts)

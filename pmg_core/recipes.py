@@ -19,11 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, check, first_line
+from .errors import UserError, check, first_line, shorten
 from .units import from_255, to_255
 
 KINDS = ("train", "eval")
 PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
+MAX_RECIPE_BYTES = 100_000
 RECIPE_KEYS = ("kind", "extends", "description")  # about the file, not run settings
 LIST_FIELDS = ("models", "datasets")  # EvalConfig lists; a comma-separated string is accepted too
 
@@ -41,6 +42,8 @@ def config_class(kind: str):
 
 def _read_mapping(path: Path) -> dict:
     check(path.is_file(), f"Recipe file '{path}' does not exist.")
+    check(path.stat().st_size <= MAX_RECIPE_BYTES, f"Recipe '{path.name}' is over {MAX_RECIPE_BYTES // 1000} kB; "
+                                                   "a recipe is a short list of settings.")
     text = path.read_text()
     try:
         if path.suffix == ".json":
@@ -48,7 +51,13 @@ def _read_mapping(path: Path) -> dict:
         else:
             import yaml
 
+            # An alias repeats a value without copying it, so a few lines can expand to gigabytes
+            # once saved as metadata: recipes write their values out.
+            check(not any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text)),
+                  f"Recipe '{path.name}' uses a YAML alias (*name); write the value out instead.")
             data = yaml.safe_load(text)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - json and yaml parse errors come in many types
         first = first_line(e)
         raise UserError(f"Recipe '{path.name}' is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
@@ -79,6 +88,7 @@ def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
     path = Path(path)
     data = _resolve(path)
     declared = data.pop("kind", kind)
+    check(declared in KINDS, f"'{path.name}' has kind {shorten(declared)}; a recipe's kind is 'train' or 'eval'.")
     check(declared == kind, f"'{path.name}' is a recipe for `{declared}`, not `{kind}`; use it with `{declared} --config`.")
     data.pop("description", None)
     names = [f.name for f in dataclasses.fields(cls)]

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoints import (load_tensors, load_training_state, load_visual_into, read_metadata, save_finetune,
                           save_training_state, visual_state)
 from .data import ZeroShotDataset, get_dataset
-from .errors import UserError, check, check_number
-from .env import default_device
+from .errors import UserError, check, check_number, shorten
+from .env import check_device, default_device
 from .methods import MethodSettings, get_method
 from .paper_prompts import check_prompts
 from .models import ClipModel, ZeroShotClassifier, frozen_copy, load_model
@@ -57,6 +57,7 @@ class TrainConfig:
     limit: int | None = None  # use at most this many training samples
     train_last_n: int | None = None  # train only the last N tensors of the image encoder
     out: str | None = None  # checkpoint path (.safetensors); None: no checkpoint
+    download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     save_every: int = 0  # also checkpoint every N steps (0: only at the end / on stop)
     resume: bool = False  # continue from `out` and its .state file
     keep_state: bool = False  # keep the .state file after a finished run
@@ -87,6 +88,9 @@ class TrainConfig:
         if self.train_last_n is not None:
             check_number("train_last_n", self.train_last_n, low=1, integer=True)
         check(not self.resume or bool(self.out), "resume needs the checkpoint path (out) to resume from.")
+        check(isinstance(self.extra_metadata, dict) and all(isinstance(k, str) for k in self.extra_metadata),
+              f"extra_metadata must be a mapping of names to values; got {shorten(self.extra_metadata)}.")
+        check_device(self.device)
         check_prompts(self.prompts)
         self.method_settings().validate()
 
@@ -142,7 +146,7 @@ class Trainer:
         self.method.shard = (rank, world)
         self.data_name = cfg.dataset if data is None else data.name  # what the checkpoint records
         if data is None:
-            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root, prompts=cfg.prompts)
+            data = get_dataset(cfg.dataset, split="train", root=cfg.data_root, prompts=cfg.prompts, download=cfg.download)
         data = data.limited(cfg.limit, cfg.seed)
         check(len(data) >= cfg.batch_size,
               f"The training set has {len(data)} samples, fewer than one batch of {cfg.batch_size}; lower the batch size.")
@@ -231,6 +235,12 @@ class Trainer:
         meta = read_metadata(path)
         check(meta.get("base") == self.model.base,
               f"'{path.name}' fine-tunes {meta.get('base')}, not {self.model.base}; resume with the same base model.")
+        c = self.cfg
+        for key, mine in (("method", c.method), ("data", self.data_name), ("batch_size", c.batch_size), ("lr", c.lr),
+                          ("seed", c.seed), ("eps", c.eps), ("attack_steps", c.attack_steps)):
+            check(key not in meta or meta[key] == mine,
+                  f"'{path.name}' was trained with {key} {meta.get(key)!r}, not {mine!r}; resume with the run's own "
+                  "settings, or start a new run with another --out.")
         load_visual_into(self.model, load_tensors(path), f"'{path.name}'")
         state = load_training_state(state_path(path), self.optimizer, self.scheduler, device=self.device)
         # The state holds the weights of its own step: a kill between writing the checkpoint and its
@@ -295,7 +305,8 @@ class Trainer:
         while self.step < self.total_steps:
             for x, y in self._loader(epoch, skip):
                 if should_stop is not None and should_stop():
-                    path = self.save(metrics, with_state=True)
+                    # Stopped before any step: nothing was learnt, so nothing is saved.
+                    path = self.save(metrics, with_state=True) if self.step else None
                     yield {"event": "stopped", "step": self.step, "path": str(path) if path else None}
                     return
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -14,6 +14,7 @@ from pmg_core.data import expand_names
 from pmg_core.evaluate import EvalConfig, iter_evaluate
 from pmg_core.units import from_255
 
+from . import policy
 from .jobs import Job
 from .state import Studio
 
@@ -31,11 +32,13 @@ def evaluate(studio: Studio, model_names, dataset, folder, eps_255, steps, step_
         datasets = expand_names([inputs.parse_choice("dataset", dataset, studio.dataset_choices())])
     cfg = EvalConfig(models=[m.name for m in models], datasets=datasets,
                      eps=from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_255)),
-                     steps=inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True),
+                     steps=inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True, where=limits.where),
                      step_size=inputs.parse_step_size(step_size_255, limits.eval_step_size_255),
                      limit=inputs.parse_number("sample limit", limit, 1, limits.eval_samples, integer=True,
                                                where=limits.where),
-                     batch_size=EVAL_BATCH, device=str(models[0].device))
+                     batch_size=EVAL_BATCH, device=str(models[0].device), download=False if studio.public else None)
+    # Each dataset gives at most `limit` images; the public cap counts them all, before any is built.
+    policy.check_evaluate(limits, len(models), cfg.limit * len(datasets), cfg.steps)
     with studio.jobs.running("evaluate", request) as job:
         yield from _stream(cfg, models, datasets, job, progress)
 

@@ -46,6 +46,21 @@ def _stopped(v, steps: int) -> str:
             f"{v.stop_margin:g} logit{'s' if v.stop_margin != 1 else ''}</small>")
 
 
+def _defended_row(v, true_label: str | None, target: str | None) -> str:
+    """The same model behind its test-time defense: on the clean image, on the same adversarial
+    image, and the verdict of an attack through the defense (the number that counts)."""
+    d = v.defended
+    name = html.escape(d.defense.upper())
+    adaptive = html.escape(d.adaptive.labels[0])
+    return (f"<tr class='pmg-model pmg-defended' data-model='{html.escape(v.model)}+{html.escape(d.defense)}'>"
+            f"<td><b>{html.escape(v.model)} + {name}</b><br><small>defended at test time</small></td>"
+            f"<td>{_mark(d.clean)}{_top5(d.clean, true_label, target)}</td>"
+            f"<td>{_mark(d.adversarial)}{_top5(d.adversarial, true_label, target)}"
+            f"<small>the same adversarial image, made without knowing the defense</small></td>"
+            f"<td class='pmg-drop'>attacked through {name} (adaptive): {_mark(d.adaptive)}<br>"
+            f"<small>top: {adaptive} {100 * d.adaptive.probs[0]:.1f}%</small></td></tr>")
+
+
 def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
     """Clean vs adversarial top-5 per model, a right/wrong mark and the confidence change: of the true
     class (untargeted), or of the target class (targeted; the true class's too when it is given)."""
@@ -64,5 +79,7 @@ def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
                     f"<td>{_mark(v.clean)}{_top5(v.clean, comp.true_label, target)}</td>"
                     f"<td>{_mark(v.adversarial)}{_top5(v.adversarial, comp.true_label, target)}</td>"
                     f"<td class='pmg-drop'>{change}</td></tr>")
+        if v.defended:
+            rows.append(_defended_row(v, comp.true_label, target))
     return (head + "<table class='pmg-verdicts'><tr><th>model</th><th>clean top-5</th><th>adversarial top-5</th>"
             f"<th>{change_head}</th></tr>" + "".join(rows) + "</table>")

@@ -15,6 +15,7 @@ from typing import Iterator
 import gradio as gr
 
 CANCEL_WAIT_S = 10.0  # Cancel waits this long for the run to save, so it can report the checkpoint
+# (locally; on a public server it answers at once, so a storm of Cancels holds no worker threads)
 
 
 @dataclass
@@ -34,7 +35,8 @@ def _key(kind: str, request: gr.Request | None) -> str:
 class Jobs:
     """The jobs running now, by kind and session."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancel_wait: float = CANCEL_WAIT_S) -> None:
+        self.cancel_wait = cancel_wait
         self._running: dict[str, Job] = {}
         self._lock = threading.Lock()
 
@@ -63,12 +65,12 @@ class Jobs:
         with self._lock:
             return self._running.get(_key(kind, request))
 
-    def cancel(self, kind: str, request: gr.Request | None = None, wait: float = CANCEL_WAIT_S) -> str:
+    def cancel(self, kind: str, request: gr.Request | None = None, wait: float | None = None) -> str:
         """Stop this session's running `kind` job after its current step; returns its final status if it ends in time."""
         job = self.get(kind, request)
         if job is None:
             return f"No {kind} run of yours is running now."
         job.stop.set()
-        if job.done.wait(wait):
+        if job.done.wait(self.cancel_wait if wait is None else wait):
             return job.final or f"**Cancelled** the {kind} run."
         return f"Stopping the {kind} run after its current step..."

@@ -17,6 +17,7 @@ from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
 from pmg_core.units import from_255, to_255
 
+from . import policy
 from .html import progress_html, verdict_html
 from .state import Studio
 
@@ -27,6 +28,7 @@ ATTACK_SIDE = AttackSettings().max_side
 # logits, e times as likely, and its 8-bit image still fools it.
 STOP_MARGIN = 1.0
 UNCHANGED = object()  # an output a streamed update leaves as it is (the tab turns it into gr.skip())
+TEST_TIME_DEFENSE = "ttc"  # the Attack tab's "defend at test time" toggle
 
 
 def preview(studio: Studio, image) -> np.ndarray | None:
@@ -46,7 +48,7 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     norm = inputs.parse_choice("norm", norm, NORMS)
     loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
     eps = from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.eps_max_255(norm)))
-    steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True)
+    steps = inputs.parse_number("steps", steps, 0, limits.attack_steps, integer=True, where=limits.where)
     step = inputs.parse_step_size(step_size_255, limits.step_size_255)
     true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
     target = inputs.parse_choice("target class", target, classes, optional=True)
@@ -55,23 +57,25 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names, stop_early: bool = False):
+           model_names, defend: bool = False, stop_early: bool = False):
     """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details): the
-    stream's last outputs."""
+    stream's last outputs. defend: also judge every model behind the test-time counterattack (TTC)."""
     for outputs in attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target,
-                                 source, model_names, stop_early):
+                                 source, model_names, defend, stop_early):
         pass
     return outputs
 
 
 def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names, stop_early: bool = True):
+                  model_names, defend: bool = False, stop_early: bool = True):
     """attack() as it happens: the verdict table grows by each model's verdict as it arrives, under a
     progress line that moves with every attack step; the images, files and details (UNCHANGED until
     then) come with the last update.
     stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
+    settings.defense = TEST_TIME_DEFENSE if defend else "none"
+    policy.check_attack(studio.limits, len(models), settings.steps, defended_eot=settings.eot if defend else 0)
     settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]
@@ -90,8 +94,12 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
         yield gallery, perturb, verdict_html(shown, settings), files, shown.to_dict(settings)
 
 
-def _sweep_eps(studio: Studio, eps_list, norm: str) -> list[float]:
-    return [from_255(e) for e in inputs.parse_number_list("eps (/255)", eps_list, 0, studio.limits.eps_max_255(norm))]
+def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[ClipModel]) -> list[float]:
+    """The sweep's radii, checked with the cost of attacking every model at each."""
+    limits = studio.limits
+    eps = inputs.parse_number_list("eps (/255)", eps_list, 0, limits.eps_max_255(settings.norm), limits.sweep_values)
+    policy.check_attack(limits, len(models), settings.steps, len(eps))
+    return [from_255(e) for e in eps]
 
 
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
@@ -99,7 +107,7 @@ def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names)
-    eps = _sweep_eps(studio, eps_list, settings.norm)
+    eps = _sweep_eps(studio, eps_list, settings, models)
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.sweep_rows(comps, eps, settings.target)
     return plots.sweep_figure(rows), rows
@@ -110,7 +118,7 @@ def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names)
-    eps = _sweep_eps(studio, eps_list, settings.norm)
+    eps = _sweep_eps(studio, eps_list, settings, models)
     reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)

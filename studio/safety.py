@@ -8,6 +8,7 @@ so a `request: gr.Request` parameter is still filled in by Gradio.
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 from typing import Callable
@@ -26,7 +27,8 @@ JOBS = dict(concurrency_id="jobs", concurrency_limit=1)
 
 def _as_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, UserError):
-        return gr.Error(str(e), print_exception=False)
+        # The toast renders HTML, and the sentence may quote what a visitor typed: show it as text.
+        return gr.Error(html.escape(str(e), quote=False), print_exception=False)
     log.exception("handler failed")
     return gr.Error(GENERIC_ERROR, print_exception=False)
 

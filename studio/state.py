@@ -7,23 +7,28 @@ lowers the job limits and switches off reading folders from the server's disk.
 """
 from __future__ import annotations
 
+import atexit
 import html
 import json
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from pmg_core import env, inputs
+from pmg_core import env, findings, inputs
 from pmg_core.data import list_datasets, list_groups
-from pmg_core.errors import UserError
+from pmg_core.errors import UserError, check
 from pmg_core.explore import label_presets
-from pmg_core.models import ClipModel
+from pmg_core.models import ClipModel, list_checkpoints
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
 from .assets import METHOD_IN_PLAIN_WORDS
+
+EMBEDDED_PMG_AFT = "pmg-aft-tiny"  # the shipped fine-tune the mini benchmark's findings are about
 from .jobs import Jobs
+from .policy import unique_names
 
 if TYPE_CHECKING:
     from .zoo_loader import ZooLoader
@@ -37,11 +42,19 @@ class Studio:
     mode: str
     checkpoint_dir: Path = field(default_factory=env.checkpoint_dir)
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
-    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pmg_studio_")))
+    out_dir: Path = field(default_factory=lambda: _temporary_folder())
     jobs: Jobs = field(default_factory=Jobs)
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
     version: int = 0  # grows whenever a model joins: sessions redraw their lists when it changed
     loader: "ZooLoader | None" = None  # published models joining in the background
+    passed: dict = field(default_factory=dict)  # checkpoint files that gave no model: name -> (mtime, size)
+    reserved: set = field(default_factory=set)  # checkpoint names of runs not yet saved (under `lock`)
+    # Held by a Train run's thread until it has really stopped: the jobs lane frees only then.
+    job_slot: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.public:
+            self.jobs.cancel_wait = 0
 
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
@@ -93,7 +106,7 @@ class Studio:
         return inputs.PUBLIC if self.public else inputs.LOCAL
 
     def pick(self, names) -> list[ClipModel]:
-        names = [names] if isinstance(names, str) else list(names or [])
+        names = unique_names([names] if isinstance(names, str) else list(names or []))
         if not names:
             raise UserError("Choose at least one model.")
         unknown = [n for n in names if n not in self.models]
@@ -101,16 +114,41 @@ class Studio:
             raise UserError(f"The model '{unknown[0]}' is not loaded; press 'Refresh model lists'.")
         return [self.models[n] for n in names]
 
+    def reserve_checkpoint(self, name) -> Path:
+        """The file for a new checkpoint, taken atomically: no other run may take the name until `release`."""
+        with self.lock:
+            out = inputs.new_checkpoint_path(name, self.checkpoint_dir)
+            check(out.stem not in self.reserved and out.stem not in self.models,
+                  f"A checkpoint named '{out.stem}' is being trained or loaded already; choose another name.")
+            self.reserved.add(out.stem)
+        return out
+
+    def release_checkpoint(self, out: Path) -> None:
+        with self.lock:
+            self.reserved.discard(out.stem)
+
+    def forget(self, names: Sequence[str]) -> None:
+        """Models whose files were deleted (expired visitor checkpoints) leave the lists."""
+        with self.lock:
+            gone = [n for n in names if self.models.pop(n, None) is not None]
+            self.version += len(gone)
+
     def rescan(self) -> list[str]:
         """Load fine-tunes that appeared in the checkpoint folder since start; returns the new names."""
         added = []
         with self.lock:
+            # A file that gave no model stays skipped until it changes: a broken 90 MB header is not
+            # read again on every page load.
+            unchanged = [p.stem for p in list_checkpoints(self.checkpoint_dir) if self.passed.get(p.stem) == _signature(p)]
+            skip = [*self.names, *self.reserved, *unchanged]
             for base in [m for m in self.models.values() if m.spec == m.base]:
-                for m in finetunes_of(base, self.checkpoint_dir, skip=self.names):
+                for m in finetunes_of(base, self.checkpoint_dir, skip=skip):
                     self.models[m.name] = m
                     added.append(m.name)
             self.models = {m.name: m for m in sorted(self.models.values(), key=order_key)}
             self.version += len(added)
+            self.passed = {p.stem: _signature(p) for p in list_checkpoints(self.checkpoint_dir)
+                           if p.stem not in self.models and p.stem not in self.reserved}
         return added
 
     def presets(self) -> dict[str, list[str]]:
@@ -134,9 +172,32 @@ class Studio:
                             f"{json.dumps(m.metadata, indent=2, default=str)}\n```\n</details>"
                             for m in self.models.values() if m.metadata)
         downloads = f"### Published models\n{self.loader.markdown()}\n\n" if self.loader else ""
+        notes = self.model_notes()
+        found = f"\n\n### What the mini benchmark found\n\n{notes}" if notes else ""
         return (f"### Mode\n{self.mode}\n\nDevice: `{self.device}`.\n\n{downloads}"
                 f"### Loaded models\n" + "\n".join(rows) + "\n\n" + _cards(self.models.values()) + details
-                + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS)
+                + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS + found)
+
+    def model_notes(self) -> str:
+        """What the committed mini benchmark says about the embedded fine-tunes, when they are loaded."""
+        if EMBEDDED_PMG_AFT not in self.models:
+            return ""
+        return findings.pmg_aft_vs_tecoa() or ""
+
+
+def _temporary_folder() -> Path:
+    """Where adversarial PNGs for download go; removed when the server exits (one per start otherwise piles up)."""
+    path = Path(tempfile.mkdtemp(prefix="pmg_studio_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _signature(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
 
 
 def _cards(models) -> str:

@@ -44,6 +44,7 @@ class _Settings:
     seen: gr.Image  # the image as the models see it
     target: gr.Dropdown
     eps: gr.Number
+    defend: gr.Checkbox
     stop_early: gr.Checkbox
     attack_btn: gr.Button
 
@@ -95,7 +96,7 @@ def build(studio: Studio) -> AttackTab:
                      show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
     settings = [tab.image, tab.labels, tab.true_label, tab.norm, own.eps, tab.steps, tab.step_size, tab.loss,
                 own.target, tab.source, tab.chosen]
-    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.stop_early],
+    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.defend, own.stop_early],
                          [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details],
                          api_name="attack", show_progress="minimal", **INTERACTIVE)
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
@@ -139,12 +140,18 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
     source = gr.Dropdown([one_image.EACH_MODEL, *studio.names], value=one_image.EACH_MODEL, label="Who is attacked",
                          info="Each model white-box, or one model's adversarial image transferred to all.")
     chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
+    notes = studio.model_notes()
+    if notes:
+        gr.Markdown(f"**About these models.** {notes}", elem_id="pmg-model-notes")
+    defend = gr.Checkbox(False, label="Defend at test time (TTC)", elem_id="pmg-defend",
+                         info="Also show each model behind a test-time counterattack (Xing et al., CVPR 2025): on the "
+                              "same adversarial image, and attacked through the defense (slower).")
     stop_early = gr.Checkbox(True, label="Stop attacking a model once it is clearly fooled",
                              info=f"Faster: a model is done once the wrong class leads by {one_image.STOP_MARGIN:g} "
                                   "logit and its PNG still fools it; its verdict says after how many steps.")
     attack_btn = gr.Button("Attack", variant="primary", elem_id="pmg-attack")
     return (AttackTab(image, labels, true_label, norm, steps, step_size, loss, chosen, source),
-            _Settings(preset, seen, target, eps, stop_early, attack_btn))
+            _Settings(preset, seen, target, eps, defend, stop_early, attack_btn))
 
 
 def _results_column() -> _Results:

@@ -19,9 +19,10 @@ from pmg_core import inputs, plots
 from pmg_core.data import list_datasets
 from pmg_core.errors import UserError
 from pmg_core.methods import list_methods
-from pmg_core.train import Trainer, TrainConfig
+from pmg_core.train import Trainer, TrainConfig, state_path
 from pmg_core.units import from_255
 
+from . import policy
 from .jobs import Job
 from .state import Studio
 
@@ -34,32 +35,48 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     limits = studio.limits
     (base,) = studio.pick([base_name])
     method = inputs.parse_choice("method", method, list_methods())
-    out = inputs.new_checkpoint_path(name, studio.checkpoint_dir)
     cfg = TrainConfig(
         model=base.spec, method=method, dataset=inputs.parse_choice("dataset", dataset, [d.name for d in list_datasets()]),
         eps=from_255(inputs.parse_number("eps (/255)", eps_255, 0, limits.train_eps_255)),
-        attack_steps=inputs.parse_number("PGD steps", attack_steps, 0, limits.train_attack_steps, integer=True),
+        attack_steps=inputs.parse_number("PGD steps", attack_steps, 0, limits.train_attack_steps, integer=True,
+                                         where=limits.where),
         lr=inputs.parse_number("learning rate", lr, *limits.lr), epochs=1000,
         max_steps=inputs.parse_number("training steps", max_steps, 1, limits.train_steps, integer=True,
                                       where=limits.where),
-        batch_size=inputs.parse_number("batch size", batch_size, 1, limits.batch_size, integer=True),
+        batch_size=inputs.parse_number("batch size", batch_size, 1, limits.batch_size, integer=True, where=limits.where),
         alpha=inputs.parse_number("alpha", alpha, 0, limits.loss_weight),
         beta=inputs.parse_number("beta", beta, 0, limits.loss_weight),
-        warmup=0, out=str(out), device=str(base.device),
-        extra_metadata={"trained_in": "PMG-AFT Studio app", "base_name": base.name})
-    trainer = Trainer(cfg, model=base.fork(out.stem, base.spec))
+        warmup=0, device=str(base.device), download=False if studio.public else None,
+        extra_metadata={"trained_in": "PMG-AFT Studio app", "base_name": base.name,
+                        **({"made_by": policy.VISITOR_MARK} if studio.public else {})})
+    policy.check_train(limits, base, cfg.max_steps, cfg.batch_size, cfg.attack_steps)
+    out = studio.reserve_checkpoint(name)
+    # The jobs lane frees only when the previous run's thread has really stopped (a cancelled run
+    # still finishes its step and saves): two trainers never overlap.
+    studio.job_slot.acquire()
+    try:
+        cfg.out = str(out)
+        policy.make_room(studio, limits, policy.checkpoint_mb(base))
+        trainer = Trainer(cfg, model=base.fork(out.stem, base.spec))
+        job = studio.jobs.start("train", request)
+    except BaseException:
+        studio.job_slot.release()
+        studio.release_checkpoint(out)
+        raise
     intro = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
-    job = studio.jobs.start("train", request)
     updates: queue.Queue = queue.Queue()
-    threading.Thread(target=_run, args=(studio, trainer, out, job, updates), daemon=True,
+    # The thread takes the only reference (out of the list), so the run's memory goes when it ends.
+    threading.Thread(target=_run, args=(studio, [trainer], out, job, updates), daemon=True,
                      name=f"train {out.stem}").start()
+    del trainer
     yield from _relay(intro, job, updates)
 
 
-def _run(studio: Studio, trainer: Trainer, out: Path, job: Job, updates: queue.Queue) -> None:
+def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: queue.Queue) -> None:
     """The run itself, in a thread of its own: however the stream ends (done, Cancel, Gradio closing
     it), the last step, the save and the rescan happen here. Puts ("step", event, skipped) per step,
     then ("end", error or None, skipped)."""
+    trainer = handed.pop()
     skipped, ending, reason, error = 0, "Stopped", "", None
     try:
         for ev in trainer.run(should_stop=job.stop.is_set):
@@ -74,11 +91,18 @@ def _run(studio: Studio, trainer: Trainer, out: Path, job: Job, updates: queue.Q
     except Exception as e:  # noqa: BLE001 - raised again in the stream, where safe() words it
         error = e
     finally:
+        steps = trainer.step
+        del trainer
         try:
+            # The app never resumes a run, so its optimizer state would only fill the disk.
+            state_path(out).unlink(missing_ok=True)
+            studio.release_checkpoint(out)
             studio.rescan()  # what it saved joins the model lists
         finally:
-            job.final = _final_status(ending, trainer.step, skipped, out, reason)
+            job.final = _final_status(ending, steps, skipped, out, reason)
             studio.jobs.end(job)
+            policy.release_memory()
+            studio.job_slot.release()
             updates.put(("end", error, skipped))
 
 

@@ -1,8 +1,12 @@
 """What several test files share: tiny models for the app, its example inputs, ports and waiting."""
+import contextlib
+import ctypes
+import gc
 import socket
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pmg_core.models import load_model
@@ -45,3 +49,14 @@ def wait_for(predicate, seconds: float = 120) -> bool:
 def first_step_shown(job) -> bool:
     """Whether a streamed Train job (gradio_client Job) has shown a training step yet."""
     return any("Step" in str(o[0]) for o in job.outputs())
+
+
+def rss_mb() -> float:
+    """This process's resident memory (the server runs in it), after handing freed heap back to the system."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas of finished threads otherwise
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status on this system")

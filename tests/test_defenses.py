@@ -166,3 +166,18 @@ def test_compare_judges_each_model_with_and_without_the_defense(model):
     assert plain.verdicts[0].defended is None and "defended" not in plain.to_dict(AttackSettings())["verdicts"][0]
     with pytest.raises(UserError, match="Unknown defense"):
         compare([model], x[0], CLASSES, "red", AttackSettings(defense="magic"))
+
+
+def test_the_attack_tab_shows_each_model_with_and_without_the_defense(tmp_path):
+    from helpers import EACH, EXAMPLE, LABELS, tiny_models
+    from studio import one_image
+    from studio.state import Studio
+
+    studio = Studio.create(tiny_models()[:1], tmp_path)
+    args = (studio, EXAMPLE, LABELS, "circle", "Linf", 8, 2, 2, "cross-entropy", "", EACH, studio.names)
+    *_, html, _, details = one_image.attack(*args, True)
+    name = studio.names[0]
+    assert f"{name} + TTC" in html and "attacked through TTC (adaptive)" in html
+    assert details["defense"] == "ttc" and "defended" in details["verdicts"][0]
+    *_, html, _, details = one_image.attack(*args)  # the toggle is off by default
+    assert "TTC" not in html and details["defense"] == "none"

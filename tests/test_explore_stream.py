@@ -99,7 +99,7 @@ def test_the_attack_tab_streams_a_progress_line_then_each_verdict(shipped, tmp_p
     studio = Studio.create(shipped, tmp_path)
     fields = (str(EXAMPLE), ", ".join(LABELS), "circle", "Linf", 8, 10, 2, "cross-entropy", "", one_image.EACH_MODEL,
               [m.name for m in shipped])
-    updates = list(one_image.attack_stream(studio, *fields, True))
+    updates = list(one_image.attack_stream(studio, *fields, False, True))
     progress = [u[2] for u in updates if "attacking" in u[2]]
     assert progress and "0 of 4 models done; attacking" in progress[0] and "step 1 of 10" in progress[0]
     grown = [u[2].count("class='pmg-model'") for u in updates if "attacking" not in u[2]]
@@ -107,5 +107,5 @@ def test_the_attack_tab_streams_a_progress_line_then_each_verdict(shipped, tmp_p
     first = next(u[2] for u in updates if "attacking" not in u[2])
     assert "clip-tiny" in first and "stopped after" in first  # fooled first, and it says so
     assert all(u[0] is one_image.UNCHANGED for u in updates[:-1])  # images and files come with the end
-    final = one_image.attack(studio, *fields, True)
+    final = one_image.attack(studio, *fields, False, True)
     assert final[4] == updates[-1][4] and final[2] == updates[-1][2] and "models done" not in final[2]

@@ -21,7 +21,7 @@ from PIL import Image
 import app  # noqa: E402
 from pmg_core import zoo  # noqa: E402
 from studio import one_image  # noqa: E402
-from helpers import EACH, first_step_shown, free_port, wait_for  # noqa: E402
+from helpers import EACH, first_step_shown, free_port, rss_mb, wait_for  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -32,17 +32,6 @@ EPS = 4  # /255
 LABELS = "red shape, green shape, blue shape, yellow shape, purple shape, pink shape, cyan shape, brown shape"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 WAITING_TO_JOIN = (Status.STARTING, Status.JOINING_QUEUE)
-
-
-def rss_mb() -> float:
-    """This process's resident memory (the server runs in it), after handing freed heap back to the system."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas of finished threads otherwise
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    pytest.skip("no /proc/self/status on this system")
 
 
 def colours(n: int) -> list[tuple[int, int, int]]:

@@ -12,7 +12,7 @@ from pmg_core.cli import main
 from pmg_core.evaluate import averages
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("clip-tiny", "tecoa-tiny", "pmg-aft-tiny", "fare-tiny")
+MODELS = ("clip-tiny", "tecoa-tiny", "pmg-aft-tiny", "tga-zsr-tiny", "fare-tiny")
 COMMITTED = ROOT / "benchmarks" / "mini-limit.json"
 # The one-minute version of the benchmark command of docs/BENCHMARK.md.
 QUICK = ["eval", "--models", ",".join(MODELS), "--datasets", "mini", "--eps", "8", "--steps", "10",

@@ -1,0 +1,227 @@
+"""Issue 17: a public server that one visitor cannot knock over (studio/policy.py).
+
+Where a finding is about the server, the test drives a public-mode app on 127.0.0.1 through
+gradio_client or HTTP, with bounded loops; the rest call the handlers of a public Studio.
+"""
+import threading
+
+import httpx
+import pytest
+
+import app
+from pmg_core import env, inputs, paper_datasets
+from pmg_core.errors import UserError
+from studio import evaluation, one_image, policy, training
+from studio.state import Studio
+from helpers import EACH, EXAMPLE, LABELS, first_step_shown, free_port, tiny_models, wait_for
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    demo = app.build_app(tiny_models(), checkpoint_dir=ckpt, public=True)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_options())
+    yield demo, f"http://127.0.0.1:{port}/", ckpt
+    demo.close()
+
+
+@pytest.fixture
+def public(tmp_path):
+    return Studio.create(tiny_models()[:1], tmp_path, public=True)
+
+
+def visitor(url: str, tmp_path, name: str) -> Client:
+    return Client(url, verbose=False, download_files=str(tmp_path / name))
+
+
+def attack_args(models, steps=1, eps=4):
+    return [handle_file(EXAMPLE), LABELS, "circle", "Linf", eps, steps, 1, "cross-entropy", "", EACH, models]
+
+
+def train_args(name, steps=1, batch=8, attack_steps=1):
+    return ["clip", "tecoa", "toy-colours", 1, attack_steps, 0.01, steps, batch, 1, 1, name]
+
+
+# --- cost before work --------------------------------------------------------------------------------
+
+def test_a_model_ticked_200_times_is_attacked_once(server, tmp_path):
+    *_, details = visitor(server[1], tmp_path, "a").predict(*attack_args(["clip"] * 200), api_name="/attack")
+    assert [v["model"] for v in details["verdicts"]] == ["clip"]
+
+
+@pytest.mark.parametrize("endpoint, args, words", [
+    ("/train", train_args("huge-batch", batch=512), "batch size must be a whole number between 1 and 64 on this public"),
+    ("/train", train_args("long-pgd", attack_steps=20), "PGD steps must be a whole number between 0 and 10 on this public"),
+    ("/train", train_args("long-run", steps=500, batch=64, attack_steps=10), "at most 200,000 on this public server"),
+    ("/eps_sweep", attack_args(["clip", "tecoa", "pmg-aft"], steps=50, eps="0, 1, 2, 3, 4, 5"),
+     "3 model(s) x 51 passes x 6 radii = 918; at most 600 on this public server"),
+    ("/eps_sweep", attack_args(["clip"], eps=", ".join(map(str, range(12)))), "between 1 and 6 eps"),
+])
+def test_costly_requests_are_refused_in_one_sentence_naming_the_cap(server, tmp_path, endpoint, args, words):
+    _, url, ckpt = server
+    with pytest.raises(AppError) as e:
+        visitor(url, tmp_path, "a").predict(*args, api_name=endpoint)
+    assert words in str(e.value) and "\n" not in str(e.value).strip()
+    assert not list(ckpt.glob("huge-batch*")) and not list(ckpt.glob("long-*"))
+
+
+def test_training_memory_is_estimated_from_the_architecture_and_the_batch():
+    clip = tiny_models()[0]
+    big = inputs.Limits(train_memory_mb=policy.image_memory_mb(clip) * 10)
+    policy.check_train(big, clip, 1, 10, 1)
+    with pytest.raises(UserError, match="use a batch of at most 10"):
+        policy.check_train(big, clip, 1, 11, 1)
+
+
+def test_evaluate_runs_a_model_named_three_times_once(public):
+    status, table, _ = list(evaluation.evaluate(public, ["clip"] * 3, "toy-colours", "", 1, 1, 1, 8))[-1]
+    assert "Done" in status and len(table) == 1
+
+
+# --- visitors' checkpoints -----------------------------------------------------------------------------
+
+def test_visitor_checkpoints_expire_oldest_first_and_leave_no_state_files(public):
+    cap = inputs.PUBLIC.visitor_checkpoints
+    for i in range(cap + 2):
+        last = list(training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, f"run-{i}"))[-1][0]
+        assert "Done" in last
+    kept = sorted(p.stem for p in public.checkpoint_dir.glob("*.safetensors"))
+    assert len(kept) == cap and "run-0" not in kept and "run-1" not in kept and f"run-{cap + 1}" in kept
+    assert "run-0" not in public.names and f"run-{cap + 1}" in public.names
+    assert not list(public.checkpoint_dir.glob("*.state"))
+
+
+def _stopped(job):
+    job.stop.set()
+    return job
+
+
+def test_a_cancelled_run_leaves_no_state_file_and_an_immediate_cancel_no_checkpoint(public, monkeypatch):
+    gen = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 8, 1, 1, "cancelled")
+    next(gen)
+    assert wait_for(lambda: public.jobs.get("train") is not None, 10)
+    public.jobs.get("train").stop.set()
+    last = list(gen)[-1][0]
+    assert not list(public.checkpoint_dir.glob("*.state"))
+    if "after 0 steps" in last:  # stopped before its first step: nothing learnt, nothing saved
+        assert not (public.checkpoint_dir / "cancelled.safetensors").exists()
+
+    # Cancel before the run's thread took its first step (the flag is read before every step).
+    start = public.jobs.start
+    monkeypatch.setattr(public.jobs, "start", lambda kind, request=None: _stopped(start(kind, request)))
+    gen = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 8, 1, 1, "at-once")
+    last = list(gen)[-1][0]
+    assert "after 0 steps" in last and "No checkpoint was saved" in last
+    assert not list(public.checkpoint_dir.glob("at-once*"))
+
+
+def test_two_runs_cannot_take_one_checkpoint_name(public):
+    first = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 8, 1, 1, "same-name")
+    next(first)
+    with pytest.raises(UserError, match="being trained"):
+        next(training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "same-name"))
+    public.jobs.cancel("train")
+    list(first)
+
+
+# --- lanes, cancel -------------------------------------------------------------------------------------
+
+def test_a_flood_of_trains_fills_only_the_jobs_lane_and_attacks_are_still_answered(server, tmp_path):
+    _, url, _ = server
+    hostile, honest = visitor(url, tmp_path, "h"), visitor(url, tmp_path, "o")
+    flood = [hostile.submit(*train_args(f"flood-{i}", steps=3), api_name="/train") for i in range(20)]
+    *_, details = honest.predict(*attack_args(["clip"]), api_name="/attack")
+    assert [v["model"] for v in details["verdicts"]] == ["clip"]
+    refused = []
+    for job in flood:
+        try:
+            job.result(timeout=120)
+        except Exception as e:  # noqa: BLE001 - the flood's refusals are what is asserted
+            refused.append(str(e))
+    assert refused and all("Queue is full" in r for r in refused)
+
+
+def test_a_storm_of_cancels_answers_at_once_and_the_next_run_waits_for_the_last_to_stop(public):
+    gen = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 8, 1, 1, "stormed")
+    next(gen)
+    assert wait_for(lambda: public.jobs.get("train") is not None, 10)
+    job = public.jobs.get("train")
+    answers = []
+    storm = [threading.Thread(target=lambda: answers.append(public.jobs.cancel("train"))) for _ in range(40)]
+    for t in storm:
+        t.start()
+    for t in storm:
+        t.join()
+    assert len(answers) == 40 and all(a.startswith("Stopping") for a in answers)  # none waited for the save
+    gen.close()  # the browser's stream goes away; the run's thread finishes its step and saves
+    nxt = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "after-storm")
+    next(nxt)  # the jobs lane is handed over only once the stormed run has really stopped
+    assert job.done.is_set()
+    assert "Done" in list(nxt)[-1][0]
+
+
+# --- no downloads from visitors ---------------------------------------------------------------------
+
+def test_a_visitor_never_starts_a_dataset_download_even_online(public, monkeypatch):
+    asked = []
+    monkeypatch.setattr(env, "is_offline", lambda: False)
+
+    def torchvision_missing(spec, split, root, transform, download):
+        asked.append(download)
+        raise FileNotFoundError("not found")
+    monkeypatch.setattr(paper_datasets, "_torchvision", torchvision_missing)
+    with pytest.raises(UserError, match="downloads are switched off here"):
+        list(evaluation.evaluate(public, ["clip"], "cifar10", "", 1, 1, 1, 8))
+    with pytest.raises(UserError, match="downloads are switched off here"):
+        next(training.train(public, "clip", "tecoa", "food101", 1, 1, 0.01, 1, 8, 1, 1, "food"))
+    assert asked and not any(asked)
+
+
+# --- smaller findings ------------------------------------------------------------------------------------
+
+def test_error_toasts_show_what_a_visitor_typed_as_text_not_html(server, tmp_path):
+    args = attack_args(["clip"])
+    args[2] = "<img src=x onerror=alert(1)>"
+    with pytest.raises(AppError) as e:
+        visitor(server[1], tmp_path, "a").predict(*args, api_name="/attack")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in str(e.value) and "<img" not in str(e.value)
+
+
+def test_text_features_of_new_label_sets_are_kept_for_the_last_64_only():
+    clip = tiny_models()[0]
+    for i in range(100):
+        clip.text_features([f"thing {i}", f"other {i}"])
+    assert len(clip.text_cache) == 64
+    assert clip.text_features(["thing 99", "other 99"]) is clip.text_features(["thing 99", "other 99"])
+
+
+def test_pil_opens_only_the_formats_the_app_accepts(tmp_path):
+    from pmg_core.images import load_image
+
+    eps = tmp_path / "drawing.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    with pytest.raises(UserError, match="not a readable image"):
+        load_image(str(eps))
+    assert load_image(EXAMPLE).shape[0] == 3
+
+
+def test_a_broken_checkpoint_is_read_once_until_it_changes(public, monkeypatch):
+    from pmg_core import zoo
+
+    broken = public.checkpoint_dir / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")
+    reads = []
+    read = zoo.read_metadata
+    monkeypatch.setattr(zoo, "read_metadata", lambda path: reads.append(path.name) or read(path))
+    for _ in range(3):
+        public.rescan()
+    assert reads.count("broken.safetensors") == 1
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{still broken}....")
+    public.rescan()
+    assert reads.count("broken.safetensors") == 2
