@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 
 from . import zoo
 from .errors import UserError
@@ -152,12 +151,6 @@ def _run_verify(args) -> int:
         raise UserError(f"None of the recipe's datasets is under {args.data_root}: {'; '.join(missing)}")
     device = args.device or default_device()
     model = zoo.load_entry(e.id, device=device, say=print)
-    extra = {}
-    if "prompts" in {f.name for f in dataclasses.fields(EvalConfig)}:
-        extra["prompts"] = p.protocol.prompts
-    else:
-        print(f"note: this version evaluates with one prompt template, not the {p.protocol.prompts} prompts of "
-              "their recipe.")
     print(f"{e.id}: {p.protocol.name}, {len(available)} of {len(p.protocol.datasets)} datasets"
           + (f" (missing: {'; '.join(missing)})" if missing else ""))
     rows = []
@@ -165,12 +158,12 @@ def _run_verify(args) -> int:
         cfg = EvalConfig(models=[e.id], datasets=available, eps=from_255(eps), steps=p.protocol.steps,
                          step_size=None if p.protocol.attack != "pgd" else from_255(1), attack=p.protocol.attack,
                          limit=args.limit or p.protocol.samples, batch_size=args.batch_size, device=device,
-                         data_root=args.data_root, **extra)
+                         data_root=args.data_root, prompts=p.protocol.prompts)
         results = evaluate(cfg, models=[model], progress=True)["results"]
         clean = 100 * sum(r["clean_acc"] for r in results) / len(results)
         robust = 100 * sum(r["robust_acc"] for r in results) / len(results)
         rows.append((eps, clean, robust))
-    print(f"\n| eps (/255) | clean ours | clean theirs | robust ours | robust theirs |\n|---:|---:|---:|---:|---:|")
+    print("\n| eps (/255) | clean ours | clean theirs | robust ours | robust theirs |\n|---:|---:|---:|---:|---:|")
     for eps, clean, robust in rows:
         print(f"| {eps:g} | {clean:.1f} | {p.clean:.1f} | {robust:.1f} | {p.robust[eps]:.1f} |")
     print(f"\nTheirs: {p.where}. What differs: {p.protocol.note}.")
