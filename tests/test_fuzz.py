@@ -429,7 +429,7 @@ def checks_only(monkeypatch):
     def evaluate_checked(cfg, **_):
         cfg.validate()
         load_models(cfg.models, "cpu")
-        return {"config": {}, "results": []}
+        return {"config": {}, "protocol": evaluate.describe_protocol(cfg), "results": []}
 
     monkeypatch.setattr(evaluate, "evaluate", evaluate_checked)
     monkeypatch.setattr(train, "train", lambda cfg, **_: (train.Trainer(cfg), {"event": "done", "steps": 0})[1])
