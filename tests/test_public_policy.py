@@ -158,7 +158,10 @@ def test_a_storm_of_cancels_answers_at_once_and_the_next_run_waits_for_the_last_
         t.start()
     for t in storm:
         t.join()
-    assert len(answers) == 40 and all(a.startswith("Stopping") for a in answers)  # none waited for the save
+    # None waited for the save (that answer would be the run's final status); on a fast machine the run may
+    # already be over when the last Cancels arrive.
+    assert len(answers) == 40 and any(a.startswith("Stopping") for a in answers)
+    assert all(a.startswith(("Stopping", "No train run")) for a in answers), set(answers)
     gen.close()  # the browser's stream goes away; the run's thread finishes its step and saves
     nxt = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "after-storm")
     next(nxt)  # the jobs lane is handed over only once the stormed run has really stopped
