@@ -101,6 +101,11 @@ def _add_train(sub) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     p.add_argument("--attack-amp", action="store_true",
                    help="run the training attack under that bf16 autocast too: faster on a GPU, not the paper's fp32")
+    p.add_argument("--attack-tf32", action="store_true",
+                   help="the training attack's fp32 passes with TF32 matrix products on CUDA (not the paper's fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the image encoders: the same step within float rounding, faster after a slow "
+                        "first step (one process only; `bench --compile` checks it)")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.set_defaults(func=_run_train)
 

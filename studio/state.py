@@ -27,6 +27,7 @@ from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_base
 from .assets import METHOD_IN_PLAIN_WORDS
 
 EMBEDDED_PMG_AFT = "pmg-aft-tiny"  # the shipped fine-tune the mini benchmark's findings are about
+EMBEDDED_TGA_ZSR = "tga-zsr-tiny"
 from .jobs import Jobs
 from .policy import unique_names
 
@@ -182,7 +183,10 @@ class Studio:
         """What the committed mini benchmark says about the embedded fine-tunes, when they are loaded."""
         if EMBEDDED_PMG_AFT not in self.models:
             return ""
-        return findings.pmg_aft_vs_tecoa() or ""
+        found = [findings.pmg_aft_vs_tecoa(), findings.ttc_verdict()]
+        if EMBEDDED_TGA_ZSR in self.models:
+            found.insert(1, findings.tga_zsr_vs_tecoa())
+        return " ".join(text for text in found if text)
 
 
 def _temporary_folder() -> Path:

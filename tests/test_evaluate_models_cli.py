@@ -160,6 +160,17 @@ def test_cli_train_and_attack(model, tmp_path, capsys):
     assert rc == 0 and "clean:" in out and "adversarial:" in out and adv.exists()
 
 
+def test_train_compile_and_tf32_flags_reach_the_run_settings():
+    """`train --compile` / `--attack-tf32` set their TrainConfig fields (`bench --compile` checks the compiled step)."""
+    from pmg_core.train import TrainConfig
+
+    def settings(*flags):
+        return TrainConfig(**cli._settings(cli.build_parser().parse_args(["train", *flags]), TrainConfig, "train"))
+
+    assert settings("--compile").compile is True and settings().compile is False
+    assert settings("--attack-tf32").method_settings().attack_tf32 is True and not settings().attack_tf32
+
+
 @pytest.mark.parametrize("argv,words", [
     (["eval", "--models", "nope", "--datasets", "toy-colours"], "Unknown model"),
     (["eval", "--datasets", "nope"], "Unknown dataset"),

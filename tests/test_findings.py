@@ -25,3 +25,60 @@ def test_other_numbers_in_the_files_change_the_sentence_and_no_files_give_none(t
     text = findings.pmg_aft_vs_tecoa(tmp_path)
     assert "ahead of TeCoA: 77.7% clean and 66.6% robust" in text
     assert findings.pmg_aft_vs_tecoa(tmp_path / "nowhere") is None
+
+
+def _study_with_tga_zsr(tmp_path, clean_shift, robust_shift):
+    """The committed seed study plus a TGA-ZSR file: TeCoA's runs moved by the given points."""
+    shutil.copytree(ROOT / "benchmarks" / "seed_study", tmp_path / "seed_study", dirs_exist_ok=True)
+    doc = json.loads((tmp_path / "seed_study" / "tecoa.json").read_text())
+    for r in doc["runs"]:
+        r["method"], r["clean"], r["robust"] = "tga-zsr", r["clean"] + clean_shift, r["robust"] + robust_shift
+    (tmp_path / "seed_study" / "tga-zsr.json").write_text(json.dumps(doc))
+    return doc["runs"]
+
+
+def test_tga_zsr_sentence_reads_its_seeds_and_says_when_a_gap_is_within_the_seeds_spread(tmp_path):
+    runs = _study_with_tga_zsr(tmp_path, clean_shift=10, robust_shift=0.5)
+    text = findings.tga_zsr_vs_tecoa(tmp_path)
+    clean = sum(r["clean"] for r in runs) / len(runs)
+    assert f"({len(runs)} seeds), reaches {clean:.1f}% clean" in text
+    assert "robust gap to TeCoA (+0.5 points) is within the spread" in text and "clean gap" not in text
+    _study_with_tga_zsr(tmp_path, clean_shift=10, robust_shift=8)
+    assert "spread" not in findings.tga_zsr_vs_tecoa(tmp_path)
+    (tmp_path / "seed_study" / "tga-zsr.json").unlink()
+    assert findings.tga_zsr_vs_tecoa(tmp_path) is None
+
+
+def _eval_json(path, limit, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": {"limit": limit}, "results": rows}))
+
+
+def test_ttc_sentence_compares_each_model_behind_the_defense_with_itself_undefended(tmp_path):
+    plain = [{"model": m, "dataset": d, "clean_acc": 0.8, "robust_acc": r}
+             for m, r in (("a", 0.2), ("b", 0.4)) for d in ("x", "y")]
+    _eval_json(tmp_path / "ttc" / "mini-limit20-plain.json", 20, plain)
+    defended = [{"model": f"{m}+ttc", "dataset": d, "clean_acc": 0.8, "robust_acc": r, "robust_acc_unaware": u}
+                for m, r, u in (("a", 0.1, 0.2), ("b", 0.35, 0.45)) for d in ("x", "y")]
+    _eval_json(tmp_path / "ttc" / "mini-ttc-limit20.json", 20, defended)
+    text = findings.ttc_verdict(tmp_path)
+    assert "give no model more robust accuracy" in text
+    assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under an attack unaware" in text
+    assert "20 images per task" in text
+    defended[-1]["robust_acc"] = defended[-2]["robust_acc"] = 0.5
+    _eval_json(tmp_path / "ttc" / "mini-ttc-limit20.json", None, defended)
+    assert "give at most +10.0 points of robust accuracy (b)" in findings.ttc_verdict(tmp_path)
+    (tmp_path / "ttc" / "mini-limit20-plain.json").write_text("{not json")
+    assert findings.ttc_verdict(tmp_path) is None
+
+
+def test_the_app_notes_carry_every_committed_finding():
+    """With the embedded fine-tunes loaded, the About and Attack tabs' notes hold each sentence the files give."""
+    from studio.state import EMBEDDED_PMG_AFT, EMBEDDED_TGA_ZSR, Studio
+
+    studio = Studio(models={EMBEDDED_PMG_AFT: None, EMBEDDED_TGA_ZSR: None}, mode="test")
+    notes = studio.model_notes()
+    for sentence in (findings.pmg_aft_vs_tecoa(), findings.tga_zsr_vs_tecoa(), findings.ttc_verdict()):
+        assert sentence is None or sentence in notes
+    assert findings.pmg_aft_vs_tecoa() in notes
+    assert Studio(models={"clip": None}, mode="test").model_notes() == ""
