@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import gradio as gr
 
-from pmg_core import inputs
+from pmg_core import env, inputs
 from pmg_core.errors import UserError
 from pmg_core.models import ClipModel
 from pmg_core.zoo import parse_model_specs, parse_zoo_ids
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         zoo_ids = parse_zoo_ids(args.zoo)
     except UserError as e:
         p.error(str(e))  # an unknown id: one sentence and the usage, before anything loads
+    log.info("torch uses %d CPU threads", env.fit_threads())
     start = time.time()
     demo = build_app(public=public, extra_models=parse_model_specs(args.models), zoo_ids=zoo_ids)
     log.info("models loaded in %.1f s: %s", time.time() - start, ", ".join(demo.studio.names))

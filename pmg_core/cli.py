@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .env import fit_threads
+
+    fit_threads()
     try:
         return args.func(args) or 0
     except UserError as e:

@@ -1,4 +1,4 @@
-"""Facts about where pmg_core runs, in one place: network, device and folders.
+"""Facts about where pmg_core runs, in one place: network, device, CPU share and folders.
 
 Every folder is read from its environment variable at the moment it is asked for, so a variable set
 after import (a test, a notebook) is honoured everywhere:
@@ -8,6 +8,8 @@ after import (a test, a notebook) is honoured everywhere:
 - datasets: the folder given (``--data-root``), else $PMG_DATA_ROOT, else ./data.
 Offline means told so (PMG_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) or the hub not answering
 a bounded probe; a machine found offline stays so for the process (the probe runs once).
+CPU threads: torch starts one per visible core, but a container (a Space) may see every core of its
+host under a quota of two; fit_threads() brings torch down to the share it may really use.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ OFFLINE_ENVS = ("PMG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 PROBE_HOST = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 1.5  # the whole network probe, name lookup included
+CGROUP = Path("/sys/fs/cgroup")
 
 
 def checkpoint_dir() -> Path:
@@ -58,6 +61,40 @@ def check_device(device) -> None:
 
     check(device is None or (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d{1,2})?", device) is not None),
           f"device must be 'cpu', 'cuda' or 'cuda:N' (a GPU's number); got {shorten(device)}.")
+
+
+def cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """CPUs' worth of time this process's cgroup may use (cgroup v2, else v1); None when unlimited or unknown."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(cgroup: Path = CGROUP) -> int:
+    """Cores this process may run on, capped by its CPU quota (a quota of 2.5 CPUs gives 2 threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, int(quota))) if quota else cores
+
+
+def fit_threads(cgroup: Path = CGROUP) -> int:
+    """Lower torch's CPU threads to usable_cpus(): more threads than the quota only queue for it.
+
+    An explicit OMP_NUM_THREADS is the user's choice and is left alone. Returns the thread count.
+    """
+    if not os.environ.get("OMP_NUM_THREADS"):
+        usable = usable_cpus(cgroup)
+        if usable < torch.get_num_threads():
+            torch.set_num_threads(usable)
+    return torch.get_num_threads()
 
 
 def told_offline() -> bool:
