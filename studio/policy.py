@@ -93,33 +93,48 @@ def check_train(limits: Limits, model: ClipModel, steps: int, batch: int, attack
               f"{max(1, int(limits.train_memory_mb // image_memory_mb(model)))}.")
 
 
-def limit_queues(demo: "gr.Blocks", lane_sizes: dict[str, int], per_visitor: int) -> None:
+def limit_queues(demo: "gr.Blocks", lane_sizes: dict[str, int], per_visitor: int) -> bool:
     """Each concurrency lane gets its own queue size and each session `per_visitor` places in it.
 
     Gradio has one queue size for all lanes, so a flood of one kind (17 Trains) refused everyone's
     attack with "Queue is full". This wraps the queue's admission (call after demo.queue()); what
-    it refuses gets one sentence, as Gradio's own queue-full answer does.
+    it refuses gets one sentence, as Gradio's own queue-full answer does. The hook is Gradio's
+    private queue: a Gradio whose queue looks otherwise keeps its one shared size (still bounded by
+    demo.queue's max_size) and the app starts anyway; returns whether the lanes were installed.
     """
-    queue = demo._queue
+    from gradio import route_utils
+
+    queue = getattr(demo, "_queue", None)
+    if not (callable(getattr(queue, "push", None)) and callable(getattr(route_utils, "get_fn", None))
+            and isinstance(getattr(queue, "event_queue_per_concurrency_id", None), dict)):
+        log.warning("this Gradio's queue has no per-lane hook: all lanes share one queue size")
+        return False
     admit = queue.push
 
-    async def push(body, request, username):
-        from gradio import route_utils
-
-        if body.fn_index is not None:
+    def waiting_in_lane(body) -> tuple[str, list] | None:
+        """The events waiting in `body`'s lane, or None when this Gradio's internals do not say."""
+        try:
             lane = route_utils.get_fn(queue.blocks, None, body).concurrency_id
             waiting = queue.event_queue_per_concurrency_id.get(lane)
-            events = waiting.queue if waiting is not None else []
+            return lane, (waiting.queue if waiting is not None else [])
+        except (AttributeError, KeyError, TypeError, IndexError):
+            return None
+
+    async def push(body, request, username):
+        found = waiting_in_lane(body) if body.fn_index is not None else None
+        if found is not None:
+            lane, events = found
             size = lane_sizes.get(lane)
             if size is not None and len(events) >= size:
                 return False, f"Queue is full: {size} requests of this kind are waiting; try again shortly.", "queue_full"
-            mine = sum(e.session_hash == body.session_hash for e in events)
+            mine = sum(getattr(e, "session_hash", None) == body.session_hash for e in events)
             if body.session_hash is not None and mine >= per_visitor:
                 return (False, f"Queue is full for you: {per_visitor} of your requests of this kind are already "
                         "waiting; let them finish or cancel them.", "queue_full")
         return await admit(body, request, username)
 
     queue.push = push
+    return True
 
 
 def visitor_checkpoints(directory: Path) -> list[Path]:

@@ -147,6 +147,24 @@ def test_a_flood_of_trains_fills_only_the_jobs_lane_and_attacks_are_still_answer
     assert refused and all("Queue is full" in r for r in refused)
 
 
+def test_the_lanes_install_on_this_gradio_and_a_gradio_without_the_hook_still_starts(caplog):
+    """The per-lane queues hook Gradio's private queue: this Gradio takes them; one whose queue looks
+    otherwise keeps its single bounded queue and a warning, not a crash at start."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        gr.Button().click(lambda: None, concurrency_id="jobs")
+    demo.queue(max_size=4)
+    assert policy.limit_queues(demo, {"jobs": 2}, 1) is True
+
+    class Bare:
+        pass
+
+    bare = Bare()
+    bare._queue = Bare()
+    assert policy.limit_queues(bare, {"jobs": 2}, 1) is False and "per-lane hook" in caplog.text
+
+
 def test_a_storm_of_cancels_answers_at_once_and_the_next_run_waits_for_the_last_to_stop(public):
     gen = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 500, 8, 1, 1, "stormed")
     next(gen)
