@@ -291,13 +291,15 @@ def evaluate(cfg: EvalConfig, models: Sequence[ClipModel] | None = None, progres
     bar = None
     progress = progress and (ctx is None or ctx.is_main)
     for ev in iter_evaluate(cfg, models, ctx):
+        if progress and bar is None:  # at the first event: models and datasets loaded without error
+            from tqdm.auto import tqdm
+
+            # With a total, tqdm shows how far along the run is and how long is left.
+            total = len(models if models is not None else cfg.models) * len(expand_names(cfg.datasets))
+            bar = tqdm(desc="evaluating", unit="model x dataset", total=total)
         if ev["event"] == "result":
             results.append({k: v for k, v in ev.items() if k != "event"})
-            if progress:
-                from tqdm.auto import tqdm
-
-                if bar is None:
-                    bar = tqdm(desc="evaluating", unit="model x dataset")
+            if bar is not None:
                 bar.update(1)
                 bar.set_postfix(model=ev["model"], dataset=ev["dataset"], robust=f"{ev['robust_acc']:.3f}")
     if bar is not None:
