@@ -186,7 +186,7 @@ class Studio:
         found = [findings.pmg_aft_vs_tecoa(), findings.ttc_verdict()]
         if EMBEDDED_TGA_ZSR in self.models:
             found.insert(1, findings.tga_zsr_vs_tecoa())
-        return " ".join(text for text in found if text)
+        return "\n\n".join(text for text in found if text)
 
 
 def _temporary_folder() -> Path:
