@@ -100,10 +100,12 @@ def ttc_verdict(root: Path | None = None) -> str | None:
         return None
     adaptive = {name.removesuffix("+ttc"): d["robust_acc"] - p["robust_acc"] for name, p, d in pairs}
     unaware = [d["robust_acc_unaware"] - p["robust_acc"] for _, p, d in pairs]
+    clean = [d["clean_acc"] - p["clean_acc"] for _, p, d in pairs]
     best = max(adaptive, key=adaptive.get)
     head = ("give no model more robust accuracy" if adaptive[best] <= 0 else
             f"give at most {adaptive[best]:+.1f} points of robust accuracy ({best})")
     return (f"Test-time counterattacks (TTC) {head} under an attack that attacks through them "
             f"({min(adaptive.values()):+.1f} to {max(adaptive.values()):+.1f} points across {len(pairs)} "
             f"model{'s' * (len(pairs) > 1)}; {min(unaware):+.1f} to {max(unaware):+.1f} under an attack unaware "
-            f"of them), {config.get('limit') or 'all'} images per task.")
+            f"of them), while clean accuracy moves by {min(clean):+.1f} to {max(clean):+.1f}; "
+            f"{config.get('limit') or 'all'} images per task.")

@@ -64,7 +64,7 @@ def test_ttc_sentence_compares_each_model_behind_the_defense_with_itself_undefen
     text = findings.ttc_verdict(tmp_path)
     assert "give no model more robust accuracy" in text
     assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under an attack unaware" in text
-    assert "20 images per task" in text
+    assert "clean accuracy moves by +0.0 to +0.0; 20 images per task" in text
     defended[-1]["robust_acc"] = defended[-2]["robust_acc"] = 0.5
     _eval_json(tmp_path / "ttc" / "mini-ttc-limit20.json", None, defended)
     assert "give at most +10.0 points of robust accuracy (b)" in findings.ttc_verdict(tmp_path)
