@@ -66,11 +66,14 @@ def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
     if len(tga) > 1 and len(tecoa) > 1:
         for key in ("clean", "robust"):
             gap = _mean(tga, key) - _mean(tecoa, key)
-            # Within the seeds' own spread a lead is not a finding; say so rather than rank.
+            # A gap within the seeds' own spread (the two stdevs added) is not a finding; say which it is.
             spread = statistics.stdev(r[key] for r in tga) + statistics.stdev(r[key] for r in tecoa)
             if abs(gap) <= spread:
                 text += (f" Its {key} gap to TeCoA ({gap:+.1f} points) is within the spread between seeds, "
                          "so neither is ahead there.")
+            else:
+                text += (f" Its {key} {'lead over' if gap > 0 else 'deficit to'} TeCoA ({gap:+.1f} points) is beyond "
+                         "the spread between seeds.")
     return text
 
 

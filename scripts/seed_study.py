@@ -80,22 +80,23 @@ def main() -> int:
                               out=str(runs_dir / f"{method}-{seed}.safetensors"))
             for k, v in overrides.items():
                 setattr(cfg, k, _value(v))
-            t = time.time()
+            train_s = None  # None: an existing fine-tune, not trained by this run
             if not Path(cfg.out).is_file():
+                t = time.time()
                 train(cfg, progress=False)
-            train_s = time.time() - t
+                train_s = round(time.time() - t, 1)
             model = load_model(cfg.out)
             report = evaluate(EvalConfig(models=[cfg.out], datasets=["mini"], eps=eps, steps=args.eval_steps,
                                          step_size=eps / 4, limit=args.limit), models=[model])
             avg = next(iter(averages(report["results"]).values()))
             heldout = next(r for r in report["results"] if r["dataset"] == "synth-heldout")
-            runs.append({"method": method, "seed": seed, "train_seconds": round(train_s, 1),
+            runs.append({"method": method, "seed": seed, "train_seconds": train_s,
                          "clean": round(100 * avg["clean_acc"], 2), "robust": round(100 * avg["robust_acc"], 2),
                          "heldout_clean": round(100 * heldout["clean_acc"], 2),
                          "heldout_robust": round(100 * heldout["robust_acc"], 2),
                          "per_task": report["results"]})
             print(f"{method} seed {seed}: clean {runs[-1]['clean']:.2f} robust {runs[-1]['robust']:.2f} "
-                  f"(train {train_s:.0f}s)", flush=True)
+                  f"({'trained in %.0f s' % train_s if train_s is not None else 'existing fine-tune'})", flush=True)
 
     summary = {}
     for method in args.methods.split(","):

@@ -42,9 +42,12 @@ def test_tga_zsr_sentence_reads_its_seeds_and_says_when_a_gap_is_within_the_seed
     text = findings.tga_zsr_vs_tecoa(tmp_path)
     clean = sum(r["clean"] for r in runs) / len(runs)
     assert f"({len(runs)} seeds), reaches {clean:.1f}% clean" in text
-    assert "robust gap to TeCoA (+0.5 points) is within the spread" in text and "clean gap" not in text
-    _study_with_tga_zsr(tmp_path, clean_shift=10, robust_shift=8)
-    assert "spread" not in findings.tga_zsr_vs_tecoa(tmp_path)
+    assert "robust gap to TeCoA (+0.5 points) is within the spread" in text
+    assert "clean lead over TeCoA (+10.0 points) is beyond the spread" in text
+    _study_with_tga_zsr(tmp_path, clean_shift=-10, robust_shift=8)
+    text = findings.tga_zsr_vs_tecoa(tmp_path)
+    assert "clean deficit to TeCoA (-10.0 points)" in text and "robust lead over TeCoA (+8.0" in text
+    assert "within" not in text
     (tmp_path / "seed_study" / "tga-zsr.json").unlink()
     assert findings.tga_zsr_vs_tecoa(tmp_path) is None
 
