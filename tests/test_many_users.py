@@ -5,8 +5,6 @@ training job is still running; then training is cancelled and memory comes back.
 
 Users held, queue-full refusals, time and memory are written to tests/artifacts/many_users.txt.
 """
-import contextlib
-import ctypes
 import gc
 import threading
 import time

@@ -5,15 +5,14 @@ gradio_client or HTTP, with bounded loops; the rest call the handlers of a publi
 """
 import threading
 
-import httpx
 import pytest
 
 import app
 from pmg_core import env, inputs, paper_datasets
 from pmg_core.errors import UserError
-from studio import evaluation, one_image, policy, training
+from studio import evaluation, policy, training
 from studio.state import Studio
-from helpers import EACH, EXAMPLE, LABELS, first_step_shown, free_port, tiny_models, wait_for
+from helpers import EACH, EXAMPLE, LABELS, free_port, tiny_models, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
