@@ -47,7 +47,7 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         tab_about.build(studio, demo, lists, after_train=train.run, after_cancel=train.cancel)
         if public:  # each lane its own queue, a few places per visitor (studio/policy.py)
             demo.queue(max_size=sum(policy.LANE_QUEUE.values()))
-            policy.limit_queues(demo, policy.LANE_QUEUE, policy.PER_VISITOR)
+            policy.limit_queues(demo, policy.LANE_QUEUE, policy.PER_VISITOR, policy.PER_ADDRESS)
         else:
             demo.queue(max_size=queue_size)
     return demo

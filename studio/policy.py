@@ -6,9 +6,10 @@ by construction rather than per endpoint:
   the training memory its architecture and batch need) and `check_*` refuses it, in one sentence
   naming the cap, before any model runs. The caps are `pmg_core.inputs.Limits` (PUBLIC); locally
   they are None, so the researcher on their own machine keeps the full range.
-- **Lanes with their own queues.** `limit_queues` gives each concurrency lane its own queue size and
-  each visitor (Gradio session) a few places per lane, so a flood of Train requests fills the jobs
-  lane only and attacks keep being answered.
+- **Lanes with their own queues.** `limit_queues` gives each concurrency lane its own queue size,
+  each visitor (Gradio session) a few places per lane and each network address a few more (a
+  client can open new sessions at will, not new addresses), so a flood of Train requests fills the
+  jobs lane only and attacks keep being answered.
 - **Visitors' checkpoints expire.** `make_room` keeps at most `visitor_checkpoints` files made by
   visitors within `visitor_checkpoint_mb`, deleting the oldest (and their .state files) first.
 - **Memory returned.** `release_memory` after a run hands freed heap and device cache back.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import ipaddress
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -42,6 +44,7 @@ VISITOR_MARK = "visitor on a public server"  # metadata "made_by" of checkpoints
 # Places each lane's queue holds, and those one visitor may take in it, on a public server.
 LANE_QUEUE = {"interactive": 32, "preview": 16, "jobs": 6}
 PER_VISITOR = 2
+PER_ADDRESS = 4  # all sessions from one network address (one client's many, or the users behind one NAT)
 
 
 def unique_names(names: Sequence[str]) -> list[str]:
@@ -93,8 +96,34 @@ def check_train(limits: Limits, model: ClipModel, steps: int, batch: int, attack
               f"{max(1, int(limits.train_memory_mb // image_memory_mb(model)))}.")
 
 
-def limit_queues(demo: "gr.Blocks", lane_sizes: dict[str, int], per_visitor: int) -> bool:
-    """Each concurrency lane gets its own queue size and each session `per_visitor` places in it.
+def visitor_address(request) -> str | None:
+    """The network address a request came from, where it can be trusted; None where it cannot be told.
+
+    A peer with a public address is the visitor. A peer on a private network or loopback is a proxy
+    (a Space's): the visitor is the rightmost public address in its X-Forwarded-For, the one the
+    edge proxy wrote (entries to its left are the client's own words). No public address: None,
+    so a local reverse proxy that sends none does not make all its users one visitor.
+    """
+    peer = getattr(getattr(request, "client", None), "host", None)
+    try:
+        if ipaddress.ip_address(peer).is_global:
+            return peer
+    except ValueError:
+        return None
+    headers = getattr(request, "headers", None) or {}
+    for entry in reversed(headers.get("x-forwarded-for", "").split(",")):
+        try:
+            if ipaddress.ip_address(entry.strip()).is_global:
+                return entry.strip()
+        except ValueError:
+            continue
+    return None
+
+
+def limit_queues(demo: "gr.Blocks", lane_sizes: dict[str, int], per_visitor: int,
+                 per_address: int | None = None) -> bool:
+    """Each concurrency lane gets its own queue size, each session `per_visitor` places in it and each
+    network address (`visitor_address`) `per_address` places, whatever its number of sessions.
 
     Gradio has one queue size for all lanes, so a flood of one kind (17 Trains) refused everyone's
     attack with "Queue is full". This wraps the queue's admission (call after demo.queue()); what
@@ -120,17 +149,26 @@ def limit_queues(demo: "gr.Blocks", lane_sizes: dict[str, int], per_visitor: int
         except (AttributeError, KeyError, TypeError, IndexError):
             return None
 
+    def refusal(body, request, lane: str, events: list) -> str | None:
+        size = lane_sizes.get(lane)
+        if size is not None and len(events) >= size:
+            return f"Queue is full: {size} requests of this kind are waiting; try again shortly."
+        mine = sum(getattr(e, "session_hash", None) == body.session_hash for e in events)
+        if body.session_hash is not None and mine >= per_visitor:
+            return (f"Queue is full for you: {per_visitor} of your requests of this kind are already waiting; "
+                    "let them finish or cancel them.")
+        address = visitor_address(request) if per_address is not None else None
+        if address is not None and sum(visitor_address(getattr(e, "request", None)) == address
+                                       for e in events) >= per_address:
+            return (f"Queue is full for your network address: {per_address} requests of this kind from it are "
+                    "already waiting; let them finish or cancel them.")
+        return None
+
     async def push(body, request, username):
         found = waiting_in_lane(body) if body.fn_index is not None else None
-        if found is not None:
-            lane, events = found
-            size = lane_sizes.get(lane)
-            if size is not None and len(events) >= size:
-                return False, f"Queue is full: {size} requests of this kind are waiting; try again shortly.", "queue_full"
-            mine = sum(getattr(e, "session_hash", None) == body.session_hash for e in events)
-            if body.session_hash is not None and mine >= per_visitor:
-                return (False, f"Queue is full for you: {per_visitor} of your requests of this kind are already "
-                        "waiting; let them finish or cancel them.", "queue_full")
+        refused = refusal(body, request, *found) if found is not None else None
+        if refused is not None:
+            return False, refused, "queue_full"
         return await admit(body, request, username)
 
     queue.push = push

@@ -5,6 +5,7 @@ gradio_client or HTTP, with bounded loops; the rest call the handlers of a publi
 """
 import threading
 
+import httpx
 import pytest
 
 import app
@@ -144,6 +145,52 @@ def test_a_flood_of_trains_fills_only_the_jobs_lane_and_attacks_are_still_answer
         except Exception as e:  # noqa: BLE001 - the flood's refusals are what is asserted
             refused.append(str(e))
     assert refused and all("Queue is full" in r for r in refused)
+
+
+def test_a_visitors_address_is_the_peer_or_what_the_proxys_edge_wrote_never_the_clients_own_words():
+    from types import SimpleNamespace
+
+    def request(peer, forwarded=None):
+        return SimpleNamespace(client=SimpleNamespace(host=peer),
+                               headers={"x-forwarded-for": forwarded} if forwarded is not None else {})
+
+    assert policy.visitor_address(request("8.8.4.4", "1.0.0.1")) == "8.8.4.4"  # a public peer: no proxy to trust
+    # Behind a proxy on a private network, the rightmost public entry; the client wrote those to its left.
+    assert policy.visitor_address(request("10.0.0.5", "1.0.0.1, 8.8.4.4, 10.2.0.1")) == "8.8.4.4"
+    assert policy.visitor_address(request("127.0.0.1", "garbage, 8.8.4.4")) == "8.8.4.4"
+    # No public address to go by (tests, a local reverse proxy): not one visitor for everyone.
+    assert policy.visitor_address(request("127.0.0.1")) is None
+    assert policy.visitor_address(request("10.0.0.5", "192.168.1.2")) is None
+    assert policy.visitor_address(request("testclient")) is None and policy.visitor_address(None) is None
+
+
+def test_new_sessions_from_one_address_get_its_places_only_and_others_still_queue(server, tmp_path):
+    """A client that opens a session per request is held to its address's places in the lane."""
+
+    def client(name, address):
+        return Client(url, verbose=False, download_files=str(tmp_path / name),
+                      headers={"X-Forwarded-For": address})
+
+    demo, url, _ = server
+    hostile = [client(f"s{i}", "1.0.0.1") for i in range(policy.PER_ADDRESS + 3)]
+    jobs = [c.submit(*train_args(f"addr-{i}", steps=40), api_name="/train") for i, c in enumerate(hostile)]
+    # What the page is told (gradio_client words every refusal alike): one more session of that address.
+    train_fn = next(i for i, fn in demo.fns.items() if fn.api_name == "train")
+    answer = httpx.post(f"{url}gradio_api/queue/join", headers={"X-Forwarded-For": "1.0.0.1"}, timeout=30,
+                        json={"data": [], "fn_index": train_fn, "session_hash": "fresh-session"})
+    assert answer.status_code == 503 and "your network address" in answer.json()["detail"], answer.text
+    other = client("other", "8.8.4.4").submit(*train_args("addr-other", steps=1), api_name="/train")
+    refused = []
+    for job in jobs:
+        try:
+            job.result(timeout=300)
+        except Exception as e:  # noqa: BLE001 - the refusals are what is asserted
+            refused.append(str(e))
+    assert refused and all("Queue is full" in r for r in refused), refused
+    # one of its runs may be running and PER_ADDRESS more waiting (the lane holds 6): the rest were turned away
+    assert len(jobs) - len(refused) <= policy.PER_ADDRESS + 1 < policy.LANE_QUEUE["jobs"] + 1
+    status, _ = other.result(timeout=300)
+    assert "**addr-other** saved" in status, status  # another address still got a place in the lane
 
 
 def test_the_lanes_install_on_this_gradio_and_a_gradio_without_the_hook_still_starts(caplog):
