@@ -5,6 +5,8 @@ so what a person downloads as PNG is exactly what the models were shown, and a v
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -83,6 +85,9 @@ class AttackSettings:
     stop_margin: float | None = None
     defense: str = "none"  # also judge each model behind this test-time defense (pmg_core.defenses)
     eot: int = 4  # the attack through the defense: gradients per step, each through a fresh draw
+    # Models attacked at once, each lane on its share of torch's CPU threads (cpu_lanes picks it);
+    # 1: one after the other. The same attacks and verdicts either way, only sooner.
+    lanes: int = 1
 
     def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
@@ -96,6 +101,7 @@ class AttackSettings:
               f"The source model '{self.source}' is not loaded; choose one of {', '.join(model_names)}.")
         get_defense(self.defense)
         check_number("EOT samples", self.eot, low=1, high=64, integer=True)
+        check_number("lanes", self.lanes, low=1, high=64, integer=True)
 
 
 @dataclass
@@ -303,8 +309,8 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
     Events (dicts with an "event" key, as Trainer.run yields): "step" after every gradient pass
     (model, step, steps, done, total), "verdict" (verdict, done, total) in the order the models
     finish, then "done" with the Comparison, its verdicts in the models' order. Without a stop
-    margin the models are attacked one after the other, in their order, exactly as compare()
-    always did. With settings.stop_margin, a model's attack stops once an iterate fools it by that
+    margin the models are attacked in their order, exactly as compare() always did: one after the
+    other, or settings.lanes at a time (the same attacks, sooner on a CPU with several threads). With settings.stop_margin, a model's attack stops once an iterate fools it by that
     many logits (checked on the 8-bit image it would show; a step or more in), and after every model's first pass the
     models go on in the order in which the steepness of their loss says they will be fooled, so a
     non-robust original CLIP reports first. Each model's clean image is judged once, for its verdict and its
@@ -315,10 +321,13 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
     out = Comparison(setup.x, setup.classes, true_label)
     done: list[ModelVerdict | None] = [None] * total
 
+    counting = threading.Lock()  # lanes finish models concurrently: each verdict event counts once
+
     def finished(job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None) -> dict:
-        done[job.index] = setup.verdict(job, adv, attacked_by, steps_taken)
-        return {"event": "verdict", "verdict": done[job.index], "done": sum(v is not None for v in done),
-                "total": total}
+        verdict = setup.verdict(job, adv, attacked_by, steps_taken)
+        with counting:
+            done[job.index] = verdict
+            return {"event": "verdict", "verdict": verdict, "done": sum(v is not None for v in done), "total": total}
 
     def ascents(job: _Attacked) -> int:
         """The steps that made the job's adversarial image: all of them unless a margin stopped it."""
@@ -353,17 +362,104 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
     else:
         for job in jobs:
             setup.start(job)
+        lanes = min(settings.lanes, total)
         order = jobs
         if settings.stop_margin is not None:
             # Every model's first pass (which every attack runs) shows how steep its loss is there:
             # the models likeliest to be fooled soonest (a non-robust original CLIP) go first.
-            for job in jobs:
-                yield from attack(job, 1)
+            yield from _in_lanes([attack(job, 1) for job in jobs], lanes)
             order = sorted(jobs, key=setup.passes_to_stop)
-        for job in order:
-            yield from attack(job)
+        yield from _in_lanes([attack(job) for job in order], lanes)
     out.verdicts = list(done)
     yield {"event": "done", "comparison": out}
+
+
+def cpu_lanes(models: Sequence[ClipModel]) -> int:
+    """How many models to attack at once: on a CPU, one per torch thread (up to the models), since
+    separate passes on one core each beat one small pass spread over every core (ViT-B/32, one
+    image, 2 cores: 1.4x); on a GPU, 1 (the device is shared, its kernels already parallel)."""
+    if any(m.device.type != "cpu" for m in models):
+        return 1
+    return max(1, min(torch.get_num_threads(), len(models)))
+
+
+_LANE_DONE = object()
+
+
+def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
+    """The streams' events (each stream one model's attack, an event per gradient pass) as they
+    come, with one lane in this thread, stream after stream; with more, advanced by `lanes` worker
+    threads one event at a time: the first unfinished stream in the list (the model likeliest to
+    be fooled soonest) whenever it is free, the others, fewest events first, on the remaining lanes,
+    so the last ones finish together rather than one after another on a single lane.
+
+    Each worker runs torch on its share of this thread's CPU threads. torch's count is process-wide
+    for threads yet to start work, so the workers put it back when they end. A stream's events
+    keep their order. Closing the stream stops the workers after their current pass; a worker's
+    error is raised here.
+    """
+    if lanes <= 1:
+        for stream in streams:
+            yield from stream
+        return
+    events: queue.Queue = queue.Queue()
+    stop, turn = threading.Event(), threading.Condition()
+    ready, finished, taken = set(range(len(streams))), set(), [0] * len(streams)
+    busy = [0]  # streams being advanced right now
+    threads = torch.get_num_threads()
+
+    def pick() -> int:
+        head = min(i for i in range(len(streams)) if i not in finished)
+        return min(ready, key=lambda i: (i != head, taken[i], i))
+
+    def worker() -> None:
+        torch.set_num_threads(max(1, threads // lanes))
+        try:
+            while True:
+                with turn:
+                    while not stop.is_set() and not ready and busy[0]:
+                        turn.wait()
+                    if stop.is_set() or not ready:
+                        return
+                    i = pick()
+                    ready.discard(i)
+                    busy[0] += 1
+                event = None  # a pass that raises ends its stream
+                try:
+                    event = next(streams[i], None)
+                    if event is not None:
+                        events.put(event)  # before the stream is free again: its events stay in order
+                finally:
+                    with turn:
+                        busy[0] -= 1
+                        taken[i] += 1
+                        (ready if event is not None else finished).add(i)
+                        turn.notify_all()
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            events.put(e)
+        finally:
+            torch.set_num_threads(threads)
+            events.put(_LANE_DONE)
+
+    workers = [threading.Thread(target=worker, daemon=True, name=f"pmg-lane-{i}") for i in range(lanes)]
+    for w in workers:
+        w.start()
+    try:
+        ended = 0
+        while ended < lanes:
+            event = events.get()
+            if event is _LANE_DONE:
+                ended += 1
+            elif isinstance(event, BaseException):
+                raise event
+            else:
+                yield event
+    finally:
+        stop.set()
+        with turn:
+            turn.notify_all()
+        for w in workers:
+            w.join()
 
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:

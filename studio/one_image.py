@@ -12,7 +12,7 @@ import torch
 
 from pmg_core import analysis, inputs, plots
 from pmg_core.attacks import NORMS
-from pmg_core.explore import AttackSettings, Comparison, iter_compare, prepare_image
+from pmg_core.explore import AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
 from pmg_core.units import from_255, to_255
@@ -53,7 +53,9 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     true_label = inputs.parse_choice("true label", true_label, classes, optional=target not in (None, ""))
     target = inputs.parse_choice("target class", target, classes, optional=True)
     source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
-    return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source)
+    # On a CPU, several models are attacked at once (one per core): the same verdicts, sooner.
+    return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source,
+                                                          lanes=cpu_lanes(models))
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,

@@ -97,10 +97,11 @@ def test_app_part_times_todays_comparison_against_the_streamed_one(tmp_path):
     app = json.loads(out.read_text())["app"]
     assert app["models"] == ["original-0", "robust-1", "robust-2"] and app["steps"] == 4
     assert app["same_verdicts"] is True and app["same_right_wrong_with_margin"] is True
+    assert app["same_right_wrong_in_lanes"] is True and 1 <= app["lanes"] <= 3
     # Without a margin every model runs every step; today's path shows its first verdict at its end.
     assert set(app["streamed"]["steps_taken"].values()) == {4}
     assert app["todays_path"]["first_verdict_s"] == app["todays_path"]["all_verdicts_s"]
-    for variant in ("streamed", "streamed_with_margin"):
+    for variant in ("streamed", "streamed_with_margin", "streamed_in_lanes"):
         v = app[variant]
         assert 0 < v["first_verdict_s"] <= v["all_verdicts_s"] and v["first_verdict_speedup"] > 0
         assert sorted(v["order"]) == sorted(app["models"])

@@ -109,3 +109,71 @@ def test_the_attack_tab_streams_a_progress_line_then_each_verdict(shipped, tmp_p
     assert all(u[0] is one_image.UNCHANGED for u in updates[:-1])  # images and files come with the end
     final = one_image.attack(studio, *fields, False, True)
     assert final[4] == updates[-1][4] and final[2] == updates[-1][2] and "models done" not in final[2]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, so attacking in lanes (one thread each) computes exactly as one after the other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _lane_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("pmg-lane")]
+
+
+@pytest.mark.parametrize("margin", [None, 1.0])
+def test_models_attacked_in_lanes_get_the_same_attacks_and_verdicts(shipped, image, one_thread, margin):
+    s = settings(stop_margin=margin, step_size=2 / 255)
+    alone = compare(shipped, image, LABELS, "circle", s).verdicts
+    events = list(iter_compare(shipped, image, LABELS, "circle", settings(stop_margin=margin, step_size=2 / 255, lanes=3)))
+    assert [e["done"] for e in events if e["event"] == "verdict"] == [1, 2, 3, 4]  # each verdict counted once
+    for name in (m.name for m in shipped):  # each model's steps in order, whichever lane ran them
+        steps = [e["step"] for e in events if e["event"] == "step" and e["model"] == name]
+        assert steps == sorted(steps)
+    laned = events[-1]["comparison"].verdicts
+    for a, b in zip(alone, laned):
+        assert (a.model, a.clean, a.adversarial, a.steps_taken) == (b.model, b.clean, b.adversarial, b.steps_taken)
+        assert torch.equal(a.adv_image, b.adv_image)
+    assert not _lane_threads()
+
+
+def test_a_stream_closed_early_or_failing_in_a_lane_leaves_no_worker_and_keeps_torch_threads(
+        shipped, image, monkeypatch):
+    import threading
+
+    from pmg_core import explore
+
+    before = torch.get_num_threads()
+    stream = iter_compare(shipped, image, LABELS, "circle", settings(lanes=2))
+    assert next(stream)["event"] == "step"
+    stream.close()  # the visitor pressed Stop
+    assert not _lane_threads()
+    advance = explore._Setup.advance
+
+    def failing(self, job):
+        if job.model.name == "fare-tiny" and job.taken == 2:
+            raise RuntimeError("out of memory in a lane")
+        return advance(self, job)
+
+    monkeypatch.setattr(explore._Setup, "advance", failing)
+    with pytest.raises(RuntimeError, match="out of memory in a lane"):
+        list(iter_compare(shipped, image, LABELS, "circle", settings(lanes=2)))
+    assert not _lane_threads()
+    seen = []  # a thread starting work now gets the process's thread count, not a lane's share
+    fresh = threading.Thread(target=lambda: (torch.ones(2) + 1, seen.append(torch.get_num_threads())))
+    fresh.start()
+    fresh.join()
+    assert seen == [before] == [torch.get_num_threads()]
+
+
+def test_cpu_lanes_are_one_per_thread_up_to_the_models(shipped, one_thread):
+    from pmg_core.explore import cpu_lanes
+
+    assert cpu_lanes(shipped) == 1  # one thread: one lane
+    torch.set_num_threads(3)
+    assert cpu_lanes(shipped) == 3 and cpu_lanes(shipped[:2]) == 2

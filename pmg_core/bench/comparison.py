@@ -5,7 +5,8 @@ Four random-init CLIP models (nothing downloaded; timing does not need trained w
 before streaming, written out here as a yardstick: each model in turn, PGD judging the clean image
 itself, then the clean and adversarial verdicts, and nothing on the page until every model is done.
 The streamed path is `explore.iter_compare`, timed to its first verdict and to its last, without a
-stop margin (the same verdicts, checked) and with the app's margin.
+stop margin (the same verdicts, checked), with the app's margin, and with the margin in the app's
+lanes (`explore.cpu_lanes`: on a CPU, one model per torch thread at once, each on one thread).
 
 Random weights need one adjustment to show what the margin does: a model's logits can only move
 as far as its logit scale lets them, and at the init scale (1/0.07) the attack never leads by a
@@ -63,7 +64,7 @@ def todays_path(models, image: torch.Tensor, classes: list[str], true_label: str
 def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
     from dataclasses import replace
 
-    from ..explore import AttackSettings, iter_compare
+    from ..explore import AttackSettings, cpu_lanes, iter_compare
 
     models = bench_models(cfg, device)
     classes = class_names(cfg.classes)
@@ -72,6 +73,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
         true_label = classes[int(models[0].classifier(classes).eval()(image[None].to(device)).argmax())]
     plain = AttackSettings(eps=cfg.app_eps, steps=cfg.app_steps, step_size=cfg.app_step_size)
     margin = replace(plain, stop_margin=cfg.app_stop_margin)
+    laned = replace(margin, lanes=cpu_lanes(models))
     for m in models:  # the app's models are warm: text features cached per (model, labels), kernels run once
         xi = image[None].to(device).requires_grad_(True)
         torch.autograd.grad(m.classifier(classes).eval()(xi).sum(), xi)
@@ -93,7 +95,8 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
         return {"first": first, "all": time.perf_counter() - t0, "verdicts": event["comparison"].verdicts,
                 "order": order}
 
-    variants = {"todays_path": today, "streamed": lambda: streamed(plain), "streamed_with_margin": lambda: streamed(margin)}
+    variants = {"todays_path": today, "streamed": lambda: streamed(plain), "streamed_with_margin": lambda: streamed(margin),
+                "streamed_in_lanes": lambda: streamed(laned)}
     times: dict[str, dict[str, list[float]]] = {k: {"first": [], "all": []} for k in variants}
     last: dict[str, dict] = {}
     for r in range(cfg.warmup + cfg.repeats):
@@ -104,7 +107,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
                     times[name][k].append(last[name][k])
     out: dict = {"arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
                  "steps": cfg.app_steps, "eps_255": to_255(cfg.app_eps),
-                 "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads()}
+                 "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads(), "lanes": laned.lanes}
     for name in variants:
         out[name] = {f"{k}_verdict_s" if k == "first" else "all_verdicts_s": round(statistics.median(v), 3)
                      for k, v in times[name].items()}
@@ -113,7 +116,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
             out[name]["order"] = last[name]["order"]
             out[name]["steps_taken"] = {v.model: v.steps_taken for v in last[name]["verdicts"]}
     base = out["todays_path"]["all_verdicts_s"]
-    for name in ("streamed", "streamed_with_margin"):
+    for name in ("streamed", "streamed_with_margin", "streamed_in_lanes"):
         out[name]["first_verdict_speedup"] = round(base / out[name]["first_verdict_s"], 3)
         out[name]["all_verdicts_speedup"] = round(base / out[name]["all_verdicts_s"], 3)
     before = last["todays_path"]["verdicts"]
@@ -123,4 +126,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
     # With the margin a model may stop at a weaker adversarial image: the right/wrong marks must hold.
     out["same_right_wrong_with_margin"] = all(
         v.adversarial.correct == adv.correct for v, (_, _, adv, _) in zip(last["streamed_with_margin"]["verdicts"], before))
+    # Lanes run each model's attack on fewer threads per pass: the same right/wrong marks too.
+    out["same_right_wrong_in_lanes"] = all(
+        v.adversarial.correct == adv.correct for v, (_, _, adv, _) in zip(last["streamed_in_lanes"]["verdicts"], before))
     return out

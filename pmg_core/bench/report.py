@@ -56,13 +56,19 @@ def to_markdown(report: dict) -> str:
                   "| path | first verdict s | all verdicts s | first verdict, vs today | all, vs today | steps taken |",
                   "|---|---:|---:|---:|---:|---|"]
         for k, label in (("todays_path", "today's (all at the end)"), ("streamed", "streamed, no margin"),
-                         ("streamed_with_margin", f"streamed, stop margin {app['stop_margin']:g}")):
+                         ("streamed_with_margin", f"streamed, stop margin {app['stop_margin']:g}"),
+                         ("streamed_in_lanes", f"streamed, stop margin {app['stop_margin']:g}, "
+                                               f"{app.get('lanes', 1)} models at once")):
+            if k not in app:  # a report written before lanes existed
+                continue
             v = app[k]
             steps = ", ".join(f"{m} {n}" for m, n in v.get("steps_taken", {}).items()) or "all"
             lines.append(f"| {label} | {v['first_verdict_s']:.2f} | {v['all_verdicts_s']:.2f} | "
                          f"{v.get('first_verdict_speedup', 1):.2f}x | {v.get('all_verdicts_speedup', 1):.2f}x | {steps} |")
+        lanes = app.get("same_right_wrong_in_lanes")
         lines += ["", f"Same verdicts without a margin: {'yes' if app['same_verdicts'] else 'NO'}; same right/wrong "
-                      f"marks with it: {'yes' if app['same_right_wrong_with_margin'] else 'NO'}."]
+                      f"marks with it: {'yes' if app['same_right_wrong_with_margin'] else 'NO'}"
+                      + ("" if lanes is None else f"; and in lanes: {'yes' if lanes else 'NO'}") + "."]
     return "\n".join(lines) + "\n"
 
 
