@@ -414,25 +414,29 @@ class AutoAttackAdapter:
     AutoAttack does. APGD-T's targeted DLR loss reads the 3rd and 4th largest logits, so with fewer
     than 4 classes it is left out (FAB-T and Square still run in "standard").
     `steps` is the APGD / APGD-T / FAB iteration count (torchattacks' default 10; the original
-    AutoAttack uses 100), `n_queries` Square's query budget.
+    AutoAttack uses 100), `n_queries` Square's query budget. `eot`: gradients APGD and APGD-T
+    average per step (torchattacks' eot_iter), for a randomised model such as one behind a test-time
+    defense, as the original AutoAttack's "rand" version does (it uses 20); FAB and Square take one.
     """
 
     def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", version: str = "fast",
-                 n_classes: int | None = None, seed: int = 0, steps: int = 10, n_queries: int = 5000):
+                 n_classes: int | None = None, seed: int = 0, steps: int = 10, n_queries: int = 5000,
+                 eot: int = 1):
         import torchattacks as ta
 
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=1, integer=True)
         check_number("Square queries", n_queries, low=1, integer=True)
+        check_number("EOT samples", eot, low=1, high=64, integer=True)
         check_norm(norm)
         check(version in ("standard", "fast"), f"AutoAttack version must be 'standard' or 'fast'; got {version!r}.")
         n_classes = n_classes or model.num_classes
         check(n_classes >= 2, f"AutoAttack needs at least 2 classes; got {n_classes}.")
         targets = min(9, n_classes - 1)
         common = dict(norm=norm, eps=eps, seed=seed, n_restarts=1)
-        attacks = [ta.APGD(model, loss="ce", steps=steps, **common)]
+        attacks = [ta.APGD(model, loss="ce", steps=steps, eot_iter=int(eot), **common)]
         if n_classes >= 4:
-            attacks.append(ta.APGDT(model, steps=steps, n_classes=targets + 1, **common))
+            attacks.append(ta.APGDT(model, steps=steps, n_classes=targets + 1, eot_iter=int(eot), **common))
         if version == "standard":
             attacks += [ta.FAB(model, steps=steps, multi_targeted=True, n_classes=targets + 1, **common),
                         ta.Square(model, n_queries=n_queries, **common)]
@@ -458,16 +462,17 @@ class AttackEntry:
     description: str
     pgd_loss: str | None = None
     standard_steps: int = 10  # the iteration count its name promises, used when none is given
+    eot: bool = False  # its build takes `eot`: gradients averaged per step through a randomised model
 
 
 ATTACKS: dict[str, AttackEntry] = {}
 
 
 def register_attack(name: str, description: str, pgd_loss: str | None = None,
-                    standard_steps: int = 10) -> Callable[[Callable], Callable]:
-    """build(model, eps, steps, alpha, norm, seed) -> attack(images, labels) -> adversarial images."""
+                    standard_steps: int = 10, eot: bool = False) -> Callable[[Callable], Callable]:
+    """build(model, eps, steps, alpha, norm, seed[, eot]) -> attack(images, labels) -> adversarial images."""
     def deco(build: Callable) -> Callable:
-        ATTACKS[name] = AttackEntry(name, build, description, pgd_loss, standard_steps)
+        ATTACKS[name] = AttackEntry(name, build, description, pgd_loss, standard_steps, eot)
         return build
 
     return deco
@@ -483,9 +488,14 @@ def get_attack(name: str) -> AttackEntry:
 
 
 def make_attack(name: str, model: nn.Module, eps: float, steps: int = 10, alpha: float | None = None,
-                norm: str = "Linf", seed: int | None = None):
-    """The attack registered as `name`, ready to call as attack(images, labels)."""
-    return get_attack(name).build(model, eps, steps, alpha, norm, seed)
+                norm: str = "Linf", seed: int | None = None, eot: int = 1):
+    """The attack registered as `name`, ready to call as attack(images, labels); `eot` > 1 only
+    for an attack that averages gradients over draws of a randomised model (entry.eot)."""
+    entry = get_attack(name)
+    if eot == 1:
+        return entry.build(model, eps, steps, alpha, norm, seed)
+    check(entry.eot, f"The attack '{name}' has no EOT (gradients averaged over draws); use eot 1.")
+    return entry.build(model, eps, steps, alpha, norm, seed, eot=eot)
 
 
 @register_attack("pgd", "PGD on the cross-entropy", pgd_loss="ce")
@@ -499,15 +509,16 @@ def _cw(model, eps, steps, alpha, norm, seed):
 
 
 # AutoAttack's gradient attacks run 100 iterations in the original (Croce & Hein, 2020); fewer is a weaker attack.
-@register_attack("autoattack", "AutoAttack's gradient attacks: APGD-CE then APGD-T (torchattacks)", standard_steps=100)
-def _autoattack_fast(model, eps, steps, alpha, norm, seed):
-    return AutoAttackAdapter(model, eps, norm, "fast", seed=seed or 0, steps=steps)
+@register_attack("autoattack", "AutoAttack's gradient attacks: APGD-CE then APGD-T (torchattacks)", standard_steps=100,
+                 eot=True)
+def _autoattack_fast(model, eps, steps, alpha, norm, seed, eot=1):
+    return AutoAttackAdapter(model, eps, norm, "fast", seed=seed or 0, steps=steps, eot=eot)
 
 
 @register_attack("autoattack-standard", "standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (torchattacks)",
-                 standard_steps=100)
-def _autoattack_standard(model, eps, steps, alpha, norm, seed):
-    return AutoAttackAdapter(model, eps, norm, "standard", seed=seed or 0, steps=steps)
+                 standard_steps=100, eot=True)
+def _autoattack_standard(model, eps, steps, alpha, norm, seed, eot=1):
+    return AutoAttackAdapter(model, eps, norm, "standard", seed=seed or 0, steps=steps, eot=eot)
 
 
 class PublicCodePGD:

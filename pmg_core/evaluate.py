@@ -181,9 +181,11 @@ def evaluate_defended_batch(defended: DefendedClassifier, x: torch.Tensor, y: to
         adv = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, loss, **common).run(xs, ys, init=init).adv
         through = EOTPGD(defended, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, loss, eot=cfg.eot,
                          **common).run(xs, ys, init=init).adv
-    else:  # AutoAttack through the defense: BPDA gradients, one draw each (torchattacks has no EOT here)
+    else:  # AutoAttack through the defense: BPDA gradients, APGD's averaged over `eot` draws (eot_iter)
+        eot = cfg.eot if get_attack(cfg.attack).eot else 1
         adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
-        through = make_attack(cfg.attack, defended, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
+        through = make_attack(cfg.attack, defended, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed,
+                              eot=eot)(xs, ys)
     with torch.no_grad():
         unaware[todo] = defended(adv).argmax(1) == ys
         # An adaptive attacker may also ignore the defense: robust only if both images fail.
@@ -322,7 +324,10 @@ def describe_protocol(cfg: EvalConfig) -> str:
     if cfg.steps < entry.standard_steps:
         line += f" Fewer iterations than {cfg.attack}'s standard {entry.standard_steps}: a weaker attack."
     if cfg.defense != "none":
-        through = f"EOT-{cfg.eot} {cfg.attack} through it (BPDA)" if entry.pgd_loss else f"{cfg.attack} through it (BPDA)"
+        through = (f"EOT-{cfg.eot} {cfg.attack} through it (BPDA)" if entry.pgd_loss or entry.eot
+                   else f"{cfg.attack} through it (BPDA)")
+        if entry.eot and not entry.pgd_loss:
+            through += ", EOT in its gradient attacks (APGD)"
         line += (f" Behind {cfg.defense}: right on the clean image and on the image of the attack unaware of the "
                  f"defense; adaptive: also on that of {through}.")
     return line

@@ -137,6 +137,36 @@ def test_both_attacks_are_reported_and_the_adaptive_one_is_never_the_weaker(embe
     assert row["robust_acc"] < 0.75 * row["clean_acc"]
 
 
+def test_autoattack_through_the_defense_averages_its_gradients_over_draws(model):
+    """AutoAttack's gradient attacks (APGD) take `eot` gradients per step through a randomised model, as
+    the original's "rand" version does; an attack without EOT refuses rather than ignoring it."""
+    from pmg_core.attacks import make_attack
+    from pmg_core.evaluate import describe_protocol
+
+    x, _ = make_toy(4, seed=2).tensors
+    clf = model.classifier(CLASSES, ("a {} image",)).eval()
+    defended = get_defense("ttc", eps=4 / 255, steps=1, step_size=1 / 255).wrap(clf)
+    with torch.no_grad():
+        y = defended(x).argmax(1)
+    calls = {}
+    for eot in (1, 3):
+        attack = make_attack("autoattack", defended, 8 / 255, steps=2, seed=0, eot=eot)
+        assert {a.eot_iter for a in attack.attack.attacks} == {eot}
+        count = [0]
+        hook = clf.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        try:
+            adv = attack(x, y)
+        finally:
+            hook.remove()
+        calls[eot] = count[0]
+        assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+    assert calls[3] > 2 * calls[1]  # three gradients a step where there was one
+    with pytest.raises(UserError, match="has no EOT"):
+        make_attack("pgd-public-code", defended, 8 / 255, eot=3)
+    line = describe_protocol(EvalConfig(attack="autoattack", defense="ttc", eot=5))
+    assert "EOT-5 autoattack through it (BPDA), EOT in its gradient attacks (APGD)" in line
+
+
 def test_the_attack_through_the_defense_fools_the_defended_model_on_its_own(embedded):
     from pmg_core.attacks import EOTPGD
 
