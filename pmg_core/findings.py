@@ -74,6 +74,13 @@ def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
             else:
                 text += (f" Its {key} {'lead over' if gap > 0 else 'deficit to'} TeCoA ({gap:+.1f} points) is beyond "
                          "the spread between seeds.")
+    small = [_runs(pattern, m, root) for pattern, m in (("eps4-tga-zsr*.json", "tga-zsr"), ("eps4-tecoa*.json", "tecoa"),
+                                                         ("eps4-pmg*.json", "pmg-aft"))]
+    if all(small):
+        (tga4, tecoa4, pmg4) = small
+        text += (f" At eps 4/255 it reaches {_mean(tga4, 'clean'):.1f}% clean and {_mean(tga4, 'robust'):.1f}% robust "
+                 f"(TeCoA {_mean(tecoa4, 'clean'):.1f}% and {_mean(tecoa4, 'robust'):.1f}%, PMG-AFT "
+                 f"{_mean(pmg4, 'clean'):.1f}% and {_mean(pmg4, 'robust'):.1f}%; {len(tga4)} seed{'s' * (len(tga4) > 1)}).")
     return text
 
 
