@@ -242,7 +242,7 @@ def _add_attack(sub) -> None:
 def _run_attack(args) -> int:
     from pathlib import Path
 
-    from .explore import AttackSettings, compare
+    from .explore import AttackSettings, compare, cpu_lanes
     from .images import load_image, save_png
     from .inputs import parse_labels
     from .env import check_device, default_device
@@ -259,8 +259,9 @@ def _run_attack(args) -> int:
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
+    # As the app does: on a CPU several models are attacked at once, the same attacks sooner.
     settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source,
-                              defense=args.defense, eot=args.eot)
+                              defense=args.defense, eot=args.eot, lanes=cpu_lanes(models))
     res = compare(models, image, labels, args.true, settings)
     for v in res.verdicts:
         print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")
