@@ -310,11 +310,13 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
     (model, step, steps, done, total), "verdict" (verdict, done, total) in the order the models
     finish, then "done" with the Comparison, its verdicts in the models' order. Without a stop
     margin the models are attacked in their order, exactly as compare() always did: one after the
-    other, or settings.lanes at a time (the same attacks, sooner on a CPU with several threads). With settings.stop_margin, a model's attack stops once an iterate fools it by that
-    many logits (checked on the 8-bit image it would show; a step or more in), and after every model's first pass the
-    models go on in the order in which the steepness of their loss says they will be fooled, so a
-    non-robust original CLIP reports first. Each model's clean image is judged once, for its verdict and its
-    attack; its text features come from the model's cache (ClipModel.text_features).
+    other, or settings.lanes at a time (the same attacks, sooner on a CPU with several threads).
+    With settings.stop_margin, a model's attack stops once an iterate fools it by that many logits
+    (checked on the 8-bit image it would show; a step or more in), and after every model's first
+    pass the models go on in the order in which the steepness of their loss says they will be
+    fooled, so a non-robust original CLIP reports first. Each model's clean image is judged once,
+    for its verdict and its attack; its text features come from the model's cache
+    (ClipModel.text_features).
     """
     setup = _Setup(models, image, classes, true_label, settings, templates)
     total = len(setup.models)
