@@ -48,12 +48,13 @@ def test_tga_zsr_sentence_reads_its_seeds_and_says_when_a_gap_is_within_the_seed
     text = findings.tga_zsr_vs_tecoa(tmp_path)
     assert "clean deficit to TeCoA (-10.0 points)" in text and "robust lead over TeCoA (+8.0" in text
     assert "within" not in text
-    assert "At eps 4/255" not in text  # no TGA-ZSR run at that radius in these files
+    (tmp_path / "seed_study" / "eps4-tga-zsr.json").unlink(missing_ok=True)
+    assert "At eps 4/255" not in findings.tga_zsr_vs_tecoa(tmp_path)  # no TGA-ZSR run at that radius
     eps4 = json.loads((tmp_path / "seed_study" / "eps4-tecoa.json").read_text())
     for r in eps4["runs"]:
         r["method"], r["clean"], r["robust"] = "tga-zsr", 71.1, 52.2
     (tmp_path / "seed_study" / "eps4-tga-zsr.json").write_text(json.dumps(eps4))
-    assert f"At eps 4/255 it reaches 71.1% clean and 52.2% robust (TeCoA" in findings.tga_zsr_vs_tecoa(tmp_path)
+    assert "At eps 4/255 it reaches 71.1% clean and 52.2% robust (TeCoA" in findings.tga_zsr_vs_tecoa(tmp_path)
     (tmp_path / "seed_study" / "tga-zsr.json").unlink()
     assert findings.tga_zsr_vs_tecoa(tmp_path) is None
 
