@@ -149,26 +149,29 @@ def limit_queues(demo: "gr.Blocks", lane_sizes: dict[str, int], per_visitor: int
         except (AttributeError, KeyError, TypeError, IndexError):
             return None
 
-    def refusal(body, request, lane: str, events: list) -> str | None:
+    def refusal(body, request, lane: str, events: list) -> tuple[str, str] | None:
+        """(sentence, Gradio's state) for a request the lane cannot take. A full lane is "queue_full"
+        (HTTP 503, which the page words as "currently busy"); a visitor over their own places is
+        "error" (HTTP 400), whose sentence the page shows as it is: the wait is theirs to end."""
         size = lane_sizes.get(lane)
         if size is not None and len(events) >= size:
-            return f"Queue is full: {size} requests of this kind are waiting; try again shortly."
+            return f"Queue is full: {size} requests of this kind are waiting; try again shortly.", "queue_full"
         mine = sum(getattr(e, "session_hash", None) == body.session_hash for e in events)
         if body.session_hash is not None and mine >= per_visitor:
             return (f"Queue is full for you: {per_visitor} of your requests of this kind are already waiting; "
-                    "let them finish or cancel them.")
+                    "let them finish or cancel them.", "error")
         address = visitor_address(request) if per_address is not None else None
         if address is not None and sum(visitor_address(getattr(e, "request", None)) == address
                                        for e in events) >= per_address:
             return (f"Queue is full for your network address: {per_address} requests of this kind from it are "
-                    "already waiting; let them finish or cancel them.")
+                    "already waiting; let them finish or cancel them.", "error")
         return None
 
     async def push(body, request, username):
         found = waiting_in_lane(body) if body.fn_index is not None else None
         refused = refusal(body, request, *found) if found is not None else None
         if refused is not None:
-            return False, refused, "queue_full"
+            return False, *refused
         return await admit(body, request, username)
 
     queue.push = push
