@@ -35,14 +35,14 @@ under fp16 autocast).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .attacks import ascend, random_start
-from .errors import UserError, check_number
+from .errors import check_number
 from .models import ClipModel, ZeroShotClassifier
+from .registry import Registry
 
 
 @dataclass
@@ -63,16 +63,8 @@ class DefenseSettings:
         check_number("defense seed", self.seed, low=0, high=2**63 - 1, integer=True)
 
 
-_DEFENSES: dict[str, type["Defense"]] = {}
-
-
-def register_defense(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        cls.name = name
-        _DEFENSES[name] = cls
-        return cls
-
-    return deco
+_DEFENSES = Registry("defense")
+register_defense = _DEFENSES.register
 
 
 def list_defenses() -> list[str]:
@@ -80,11 +72,10 @@ def list_defenses() -> list[str]:
 
 
 def get_defense(name: str, settings: DefenseSettings | None = None, **kwargs) -> "Defense":
-    if name not in _DEFENSES:
-        raise UserError(f"Unknown defense '{name}': choose one of {', '.join(_DEFENSES)}.")
+    found = _DEFENSES.find(name)
     settings = settings or DefenseSettings(**kwargs)
     settings.validate()
-    return _DEFENSES[name](settings)
+    return found(settings)
 
 
 class Defense:

@@ -407,7 +407,7 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
     events: queue.Queue = queue.Queue()
     stop, turn = threading.Event(), threading.Condition()
     ready, finished, taken = set(range(len(streams))), set(), [0] * len(streams)
-    busy = [0]  # streams being advanced right now
+    busy = 0  # streams being advanced right now
     threads = torch.get_num_threads()
 
     def pick() -> int:
@@ -415,17 +415,18 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
         return min(ready, key=lambda i: (i != head, taken[i], i))
 
     def worker() -> None:
+        nonlocal busy
         torch.set_num_threads(max(1, threads // lanes))
         try:
             while True:
                 with turn:
-                    while not stop.is_set() and not ready and busy[0]:
+                    while not stop.is_set() and not ready and busy:
                         turn.wait()
                     if stop.is_set() or not ready:
                         return
                     i = pick()
                     ready.discard(i)
-                    busy[0] += 1
+                    busy += 1
                 event = None  # a pass that raises ends its stream
                 try:
                     event = next(streams[i], None)
@@ -433,7 +434,7 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
                         events.put(event)  # before the stream is free again: its events stay in order
                 finally:
                     with turn:
-                        busy[0] -= 1
+                        busy -= 1
                         taken[i] += 1
                         (ready if event is not None else finished).add(i)
                         turn.notify_all()

@@ -53,16 +53,23 @@ def pmg_aft_vs_tecoa(root: Path | None = None) -> str | None:
     return text + " Details: docs/BENCHMARK.md."
 
 
+def _both(runs: list[dict]) -> str:
+    return f"{_mean(runs, 'clean'):.1f}% clean and {_mean(runs, 'robust'):.1f}% robust"
+
+
+def _seeds(runs: list[dict]) -> str:
+    return f"{len(runs)} seed{'s' * (len(runs) > 1)}"
+
+
 def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
     """One sentence: TGA-ZSR's seeds against TeCoA's and PMG-AFT's, the same study and evaluation."""
     root = Path(root) if root else BENCHMARKS
     tga, tecoa, pmg = (_runs(f"{m}.json", m, root) for m in ("tga-zsr", "tecoa", "pmg-aft"))
     if not tga or not tecoa or not pmg:
         return None
-    text = (f"TGA-ZSR, fine-tuned the same way ({len(tga)} seed{'s' * (len(tga) > 1)}), reaches "
-            f"{_mean(tga, 'clean'):.1f}% clean and {_mean(tga, 'robust'):.1f}% robust (TeCoA "
-            f"{_mean(tecoa, 'clean'):.1f}% and {_mean(tecoa, 'robust'):.1f}%, PMG-AFT {_mean(pmg, 'clean'):.1f}% "
-            f"and {_mean(pmg, 'robust'):.1f}%).")
+    text = (f"TGA-ZSR, fine-tuned the same way ({_seeds(tga)}), reaches {_both(tga)} "
+            f"(TeCoA {_mean(tecoa, 'clean'):.1f}% and {_mean(tecoa, 'robust'):.1f}%, "
+            f"PMG-AFT {_mean(pmg, 'clean'):.1f}% and {_mean(pmg, 'robust'):.1f}%).")
     if len(tga) > 1 and len(tecoa) > 1:
         for key in ("clean", "robust"):
             gap = _mean(tga, key) - _mean(tecoa, key)
@@ -74,13 +81,12 @@ def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
             else:
                 text += (f" Its {key} {'lead over' if gap > 0 else 'deficit to'} TeCoA ({gap:+.1f} points) is beyond "
                          "the spread between seeds.")
-    small = [_runs(pattern, m, root) for pattern, m in (("eps4-tga-zsr*.json", "tga-zsr"), ("eps4-tecoa*.json", "tecoa"),
-                                                         ("eps4-pmg*.json", "pmg-aft"))]
-    if all(small):
-        (tga4, tecoa4, pmg4) = small
-        text += (f" At eps 4/255 it reaches {_mean(tga4, 'clean'):.1f}% clean and {_mean(tga4, 'robust'):.1f}% robust "
-                 f"(TeCoA {_mean(tecoa4, 'clean'):.1f}% and {_mean(tecoa4, 'robust'):.1f}%, PMG-AFT "
-                 f"{_mean(pmg4, 'clean'):.1f}% and {_mean(pmg4, 'robust'):.1f}%; {len(tga4)} seed{'s' * (len(tga4) > 1)}).")
+    tga4, tecoa4, pmg4 = (_runs(pattern, m, root) for pattern, m in (
+        ("eps4-tga-zsr*.json", "tga-zsr"), ("eps4-tecoa*.json", "tecoa"), ("eps4-pmg*.json", "pmg-aft")))
+    if tga4 and tecoa4 and pmg4:
+        text += (f" At eps 4/255 it reaches {_both(tga4)} (TeCoA {_mean(tecoa4, 'clean'):.1f}% and "
+                 f"{_mean(tecoa4, 'robust'):.1f}%, PMG-AFT {_mean(pmg4, 'clean'):.1f}% and "
+                 f"{_mean(pmg4, 'robust'):.1f}%; {_seeds(tga4)}).")
     return text
 
 
@@ -104,11 +110,11 @@ def ttc_verdict(root: Path | None = None) -> str | None:
     root = Path(root) if root else BENCHMARKS
     config, defended = _averages(root / "ttc" / "mini-ttc-limit20.json")
     _, plain = _averages(root / "ttc" / "mini-limit20-plain.json")
-    pairs = [(name, plain[name.removesuffix("+ttc")], d) for name, d in defended.items()
-             if name.removesuffix("+ttc") in plain and "robust_acc_unaware" in d]
+    pairs = [(base, plain[base], d) for name, d in defended.items()
+             if (base := name.removesuffix("+ttc")) in plain and "robust_acc_unaware" in d]
     if not pairs:
         return None
-    adaptive = {name.removesuffix("+ttc"): d["robust_acc"] - p["robust_acc"] for name, p, d in pairs}
+    adaptive = {base: d["robust_acc"] - p["robust_acc"] for base, p, d in pairs}
     unaware = [d["robust_acc_unaware"] - p["robust_acc"] for _, p, d in pairs]
     clean = [d["clean_acc"] - p["clean_acc"] for _, p, d in pairs]
     best = max(adaptive, key=adaptive.get)

@@ -13,15 +13,15 @@ over the batch are scaled by `world`, since DDP averages).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
-from .errors import UserError, check, check_number
+from .errors import check, check_number
 from .models import ZeroShotClassifier
 from .presets import KL_DIRECTIONS, Preset, get_preset
+from .registry import Registry
 from .text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 
 
@@ -64,16 +64,8 @@ class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-_METHODS: dict[str, type["Method"]] = {}
-
-
-def register_method(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return deco
+_METHODS = Registry("method")
+register_method = _METHODS.register
 
 
 def list_methods() -> list[str]:
@@ -81,11 +73,10 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str, settings: MethodSettings | None = None, **kwargs) -> "Method":
-    if name not in _METHODS:
-        raise UserError(f"Unknown method '{name}': choose one of {', '.join(_METHODS)}.")
+    found = _METHODS.find(name)
     settings = settings or MethodSettings(**kwargs)
     settings.validate()
-    return _METHODS[name](settings)
+    return found(settings)
 
 
 class Method:
