@@ -1,5 +1,5 @@
 """Test-time defenses: a classifier is defended at inference, with no training. Registered by name
-(``none``, the default, and ``ttc``), one contract:
+(``none``, the default, ``ttc`` and ``clipure``), one contract:
 
     defense = get_defense("ttc")
     defended = defense.wrap(classifier, reference)   # an nn.Module: images in [0,1] -> logits
@@ -31,16 +31,48 @@ code/test_time_counterattack.py), as its code does it:
 Deviations: noise is drawn from this defense's own seeded generator (on the CPU, so a seed gives
 the same images on every device) instead of the global RNG; the passes run in fp32 (its code runs
 under fp16 autocast).
+
+Latent-space defenses (``Defense.latent``) change the image *embedding*, not the image: the
+defended classifier encodes the image, hands the embedding to ``purify_embedding`` and classifies
+what comes back (``purify(x)`` then returns the images unchanged, as they are what the encoder
+sees). Such a defense may need a text embedding as its target (``anchor``), which ``defend`` builds
+from the model's own text encoder. Its purification is written in differentiable tensor operations,
+so an attack through it follows the exact gradient of the whole pipeline (no BPDA is needed) and,
+being deterministic, needs no EOT (one draw is the expectation).
+
+CLIPure-Cos (Zhang, Bi, Chen, Guo, Cheng, ICLR 2025, "CLIPure: Purification in Latent Space via
+CLIP for Adversarially Robust Zero-Shot Classification", arXiv 2502.18176; code
+TMLResearchGroup-CAS/CLIPure, CLIP_eval/CLIPure_Cos.py): the likelihood of an image embedding z is
+modelled by its cosine similarity to the embedding t of a blank prompt, "a photo of a ." (a class
+template with no class), and z is purified by gradient ascent on that likelihood in polar
+coordinates, moving its direction and keeping its length:
+
+    r = ||z||,  u_0 = z / r
+    g_k = grad_u cos(r u, t) at u_k = t_hat - (u_k . t_hat) u_k      (t_hat = t / ||t||: the part of t_hat
+                                                                      orthogonal to u_k)
+    u_{k+1} = (u_k + eta g_k / ||g_k||) / ||u_k + eta g_k / ||g_k|| ||      for k = 0 .. K-1
+    z_purified = r u_K,  then logits = scale * cos(z_purified, class text embeddings)
+
+(the authors' code gets the same direction from autograd: r times the gradient in z). Every step
+rotates u towards t_hat by atan(eta) within the plane of u_0 and t_hat, so the purified embedding
+is a blend of the given one and the blank prompt's. Deviations from the authors' code: the
+gradient is normalised per sample (their code divides by the L2 norm of the whole batch's gradient
+tensor, so a sample's step there depends on the batch size and on the other samples); the
+defaults are not theirs (10 steps of 30, with that batch-wide norm at their batch size of 2): per
+sample, a step of 30 rotates u by 88 degrees, past t_hat and back, so an even number of such steps
+returns u_0 unchanged. Here ``latent_steps`` (10) steps of ``latent_step_size`` (0.02, about 1.1
+degrees each) move u a bounded angle towards the blank prompt; both are settings.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attacks import ascend, random_start
-from .errors import check_number
+from .errors import check, check_number
 from .models import ClipModel, ZeroShotClassifier
 from .registry import Registry
 
@@ -53,6 +85,9 @@ class DefenseSettings:
     tau_threshold: float = 0.2
     beta: float = 2.0  # step weights exp(beta * k)
     seed: int = 0  # the random starts' generator
+    latent_steps: int = 10  # CLIPure: gradient steps on the embedding's direction
+    latent_step_size: float = 0.02  # CLIPure: eta, in units of the unit direction vector
+    null_prompt: str = "a photo of a ."  # CLIPure: the blank prompt whose embedding the purification approaches
 
     def validate(self) -> None:
         check_number("defense eps", self.eps, low=0, high=1)
@@ -61,6 +96,10 @@ class DefenseSettings:
         check_number("tau threshold", self.tau_threshold, low=0)
         check_number("defense beta", self.beta, low=0, high=50)
         check_number("defense seed", self.seed, low=0, high=2**63 - 1, integer=True)
+        check_number("latent steps", self.latent_steps, low=0, high=10_000, integer=True)
+        check_number("latent step size", self.latent_step_size, low=0, high=1e6)
+        check(isinstance(self.null_prompt, str) and bool(self.null_prompt.strip()),
+              "The blank prompt of a latent defense must be a non-empty text.")
 
 
 _DEFENSES = Registry("defense")
@@ -80,17 +119,27 @@ def get_defense(name: str, settings: DefenseSettings | None = None, **kwargs) ->
 
 class Defense:
     name = "base"
+    latent = False  # True: purify_embedding changes the image embedding, the images stay as they are
 
     def __init__(self, settings: DefenseSettings):
         self.settings = settings
+
+    def anchor(self, model: ClipModel) -> torch.Tensor | None:
+        """The text embedding a latent defense purifies towards, from `model`'s text encoder (None: needs none)."""
+        return None
+
+    def purify_embedding(self, feats: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        """A latent defense's embedding for unnormalised image embeddings `feats` (differentiable)."""
+        return feats
 
     def purify(self, classifier: ZeroShotClassifier, x: torch.Tensor, reference: ZeroShotClassifier | None,
                generator: torch.Generator) -> torch.Tensor:
         """The images `classifier` sees in place of x (detached; x in [0,1], NCHW)."""
         raise NotImplementedError
 
-    def wrap(self, classifier: ZeroShotClassifier, reference: ZeroShotClassifier | None = None) -> "DefendedClassifier":
-        return DefendedClassifier(classifier, self, reference)
+    def wrap(self, classifier: ZeroShotClassifier, reference: ZeroShotClassifier | None = None,
+             anchor: torch.Tensor | None = None) -> "DefendedClassifier":
+        return DefendedClassifier(classifier, self, reference, anchor)
 
 
 @register_defense("none")
@@ -137,6 +186,33 @@ class TestTimeCounterattack(Defense):
         return torch.where(counter, averaged, start).detach()
 
 
+@register_defense("clipure")
+class CLIPureCos(Defense):
+    """CLIPure-Cos: the image embedding's direction climbs its cosine to a blank prompt's (module docstring)."""
+
+    latent = True
+
+    def anchor(self, model: ClipModel) -> torch.Tensor:
+        with torch.no_grad():
+            tokens = model.tokenizer([self.settings.null_prompt]).to(model.device)
+            return F.normalize(model.clip.encode_text(tokens).float(), dim=-1)[0]
+
+    def purify_embedding(self, feats, anchor):
+        check(anchor is not None, "CLIPure needs the blank prompt's text embedding; build it with "
+                                  "defenses.defend(model, classifier, 'clipure').")
+        s = self.settings
+        feats = feats.float()
+        target = F.normalize(anchor.float().to(feats.device), dim=-1)
+        length = feats.norm(dim=-1, keepdim=True)
+        u = feats / length
+        for _ in range(s.latent_steps):
+            toward = target - (u @ target).unsqueeze(-1) * u  # grad_u cos(r u, t) at a unit u
+            step = toward / toward.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            u = u + s.latent_step_size * step
+            u = u / u.norm(dim=-1, keepdim=True)
+        return length * u
+
+
 class DefendedClassifier(nn.Module):
     """A classifier behind a test-time defense: images in [0,1] -> logits, like ZeroShotClassifier.
 
@@ -144,9 +220,11 @@ class DefendedClassifier(nn.Module):
     `reseed()` starts the stream over, so equal calls after equal reseeds give identical logits.
     """
 
-    def __init__(self, classifier: ZeroShotClassifier, defense: Defense, reference: ZeroShotClassifier | None = None):
+    def __init__(self, classifier: ZeroShotClassifier, defense: Defense, reference: ZeroShotClassifier | None = None,
+                 anchor: torch.Tensor | None = None):
         super().__init__()
         self.classifier, self.reference, self.defense = classifier, reference, defense
+        self.anchor = anchor  # a latent defense's text target (Defense.anchor)
         self.generator = torch.Generator()
         self.reseed()
 
@@ -158,9 +236,18 @@ class DefendedClassifier(nn.Module):
         return self.classifier.num_classes
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
+        if self.defense.latent:  # the images are not changed; their embeddings are (purified_features)
+            return x.detach()
         return self.defense.purify(self.classifier, x, self.reference, self.generator)
 
+    def purified_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The unnormalised image embeddings the classifier scores: a latent defense's purified ones."""
+        feats = self.classifier.encode(self.purify(x) if not self.defense.latent else x, normalize=False)
+        return self.defense.purify_embedding(feats, self.anchor) if self.defense.latent else feats
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.defense.latent:  # exact gradients through the purification (module docstring)
+            return self.classifier.logits_from_features(self.purified_features(x))
         # BPDA (module docstring): the defended forward, the defense's change held constant backward.
         return self.classifier(x + (self.purify(x) - x).detach())
 
@@ -176,5 +263,7 @@ def original_reference(model: ClipModel, classifier: ZeroShotClassifier) -> Zero
 
 def defend(model: ClipModel, classifier: ZeroShotClassifier, name: str = "none",
            settings: DefenseSettings | None = None) -> DefendedClassifier:
-    """`classifier` of `model` behind the defense `name`, with the original CLIP as its reference."""
-    return get_defense(name, settings).wrap(classifier, original_reference(model, classifier))
+    """`classifier` of `model` behind the defense `name`, with the original CLIP as its reference (and,
+    for a latent defense, its text target from `model`'s text encoder)."""
+    defense = get_defense(name, settings)
+    return defense.wrap(classifier, original_reference(model, classifier), defense.anchor(model))
