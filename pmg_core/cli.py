@@ -188,7 +188,7 @@ def _add_eval(sub) -> None:
                                     "paper; the tables name each model's)")
     p.add_argument("--prompts", help="public-code | clip: class names and templates of the paper's datasets; "
                                      f"public-code as the paper's numbers were made (docs/METHOD.md; default {d.prompts})")
-    p.add_argument("--defense", help="a test-time defense: none | ttc (default none); a defended model is "
+    p.add_argument("--defense", help="a test-time defense: none | ttc | clipure (default none); a defended model is "
                                      "reported under the usual attack and under an adaptive one through the defense")
     p.add_argument("--eot", type=int, help=f"the adaptive attack's gradients per step, each through a fresh draw of the defense (default {d.eot})")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
@@ -229,7 +229,7 @@ def _add_attack(sub) -> None:
     p.add_argument("--norm", default="Linf")
     p.add_argument("--loss", default="ce", help="ce | margin")
     p.add_argument("--source", default=None, help="attack this model only and transfer the image to all")
-    p.add_argument("--defense", default="none", help="also judge each model behind a test-time defense: none | ttc "
+    p.add_argument("--defense", default="none", help="also judge each model behind a test-time defense: none | ttc | clipure "
                                                      "(its verdicts: the same adversarial image, and one attacked through the defense)")
     p.add_argument("--eot", type=int, default=4, help="the attack through the defense: gradients per step (default 4)")
     p.add_argument("--out", default=None, help="write the adversarial image (PNG, lossless) here")

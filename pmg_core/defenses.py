@@ -120,6 +120,7 @@ def get_defense(name: str, settings: DefenseSettings | None = None, **kwargs) ->
 class Defense:
     name = "base"
     latent = False  # True: purify_embedding changes the image embedding, the images stay as they are
+    randomised = True  # False: equal inputs give equal outputs, so an attack through it needs one draw (EOT 1)
 
     def __init__(self, settings: DefenseSettings):
         self.settings = settings
@@ -190,7 +191,7 @@ class TestTimeCounterattack(Defense):
 class CLIPureCos(Defense):
     """CLIPure-Cos: the image embedding's direction climbs its cosine to a blank prompt's (module docstring)."""
 
-    latent = True
+    latent, randomised = True, False
 
     def anchor(self, model: ClipModel) -> torch.Tensor:
         with torch.no_grad():

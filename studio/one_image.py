@@ -12,6 +12,7 @@ import torch
 
 from pmg_core import analysis, inputs, plots
 from pmg_core.attacks import NORMS
+from pmg_core.defenses import get_defense
 from pmg_core.explore import AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image
 from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
 from pmg_core.models import ClipModel
@@ -28,7 +29,18 @@ ATTACK_SIDE = AttackSettings().max_side
 # logits, e times as likely, and its 8-bit image still fools it.
 STOP_MARGIN = 1.0
 UNCHANGED = object()  # an output a streamed update leaves as it is (the tab turns it into gr.skip())
-TEST_TIME_DEFENSE = "ttc"  # the Attack tab's "defend at test time" toggle
+# The Attack tab's "defend at test time" choice: what people read -> pmg_core.defenses' name.
+DEFENSES = {"no": "none", "TTC (test-time counterattacks)": "ttc", "CLIPure (latent purification)": "clipure"}
+
+
+def defense_name(defend) -> str:
+    """The Attack tab's defense choice (a label of DEFENSES or a defense's name; True: TTC, as the
+    tab's first toggle had it) -> the name pmg_core.defenses knows."""
+    if defend is True:
+        return "ttc"
+    if defend in (False, None, ""):
+        return "none"
+    return DEFENSES.get(defend) or inputs.parse_choice("test-time defense", defend, list(DEFENSES.values()))
 
 
 def preview(studio: Studio, image) -> np.ndarray | None:
@@ -59,9 +71,9 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names, defend: bool = False, stop_early: bool = False):
+           model_names, defend: bool | str = False, stop_early: bool = False):
     """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details): the
-    stream's last outputs. defend: also judge every model behind the test-time counterattack (TTC)."""
+    stream's last outputs. defend: also judge every model behind a test-time defense (defense_name)."""
     for outputs in attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target,
                                  source, model_names, defend, stop_early):
         pass
@@ -69,15 +81,18 @@ def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step
 
 
 def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names, defend: bool = False, stop_early: bool = True):
+                  model_names, defend: bool | str = False, stop_early: bool = True):
     """attack() as it happens: the verdict table grows by each model's verdict as it arrives, under a
     progress line that moves with every attack step; the images, files and details (UNCHANGED until
     then) come with the last update.
     stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
-    settings.defense = TEST_TIME_DEFENSE if defend else "none"
-    policy.check_attack(studio.limits, len(models), settings.steps, defended_eot=settings.eot if defend else 0)
+    settings.defense = defense_name(defend)
+    if settings.defense != "none" and not get_defense(settings.defense).randomised:
+        settings.eot = 1  # a deterministic defense: one draw is the expectation
+    policy.check_attack(studio.limits, len(models), settings.steps,
+                        defended_eot=settings.eot if settings.defense != "none" else 0)
     settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]

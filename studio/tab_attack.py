@@ -44,7 +44,7 @@ class _Settings:
     seen: gr.Image  # the image as the models see it
     target: gr.Dropdown
     eps: gr.Number
-    defend: gr.Checkbox
+    defend: gr.Radio
     stop_early: gr.Checkbox
     attack_btn: gr.Button
 
@@ -143,9 +143,10 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
     notes = studio.model_notes()
     if notes:
         gr.Markdown(f"**About these models.** {notes}", elem_id="pmg-model-notes")
-    defend = gr.Checkbox(False, label="Defend at test time (TTC)", elem_id="pmg-defend",
-                         info="Also show each model behind a test-time counterattack (Xing et al., CVPR 2025): on the "
-                              "same adversarial image, and attacked through the defense (slower).")
+    defend = gr.Radio(list(one_image.DEFENSES), value="no", label="Defend at test time", elem_id="pmg-defend",
+                      info="Also show each model behind a test-time defense: TTC counterattacks the image (Xing et al., "
+                           "CVPR 2025), CLIPure moves its embedding towards a blank prompt's (Zhang et al., ICLR 2025); "
+                           "on the same adversarial image, and attacked through the defense (slower).")
     stop_early = gr.Checkbox(True, label="Stop attacking a model once it is clearly fooled",
                              info=f"Faster: a model is done once the wrong class leads by {one_image.STOP_MARGIN:g} "
                                   "logit and its PNG still fools it; its verdict says after how many steps.")
