@@ -2,7 +2,9 @@
 
 - kind "base": the whole open_clip model (``arch`` names the architecture), e.g. clip-tiny.
 - kind "finetune": only the image encoder's tensors (keys ``visual.*``) and ``base``, the spec
-  of the model they fine-tune; the text tower comes from the base.
+  of the model they fine-tune; the text tower comes from the base, unless the metadata says
+  ``text_tower`` (a published model whose text encoder was fine-tuned too, e.g. LEAF): then the
+  file also holds the text tower under open_clip's own key names (no ``visual.`` prefix).
 Training state for exact resume (optimizer, scheduler, RNG) is a second safetensors file next
 to it. Files are written atomically (temp file + rename) and read without unpickling anything.
 """
@@ -111,6 +113,35 @@ def load_visual_into(model, tensors: dict[str, torch.Tensor], source: str) -> No
                   f" (e.g. {(missing + unexpected + bad_shapes)[0]})")
         raise UserError(f"{source} does not fit the image encoder of {model.base}: {detail}.")
     model.visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def text_keys(model) -> dict[str, torch.Tensor]:
+    """The open_clip model's tensors outside the image tower (text tower, logit scale)."""
+    return {k: v for k, v in model.clip.state_dict().items() if not k.startswith("visual.")}
+
+
+def load_text_into(model, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load a fine-tuned text tower (every non-``visual.*`` tensor) into model.clip, refusing any key
+    or shape mismatch and any NaN in one sentence. `model` must own its text side (ClipModel.own_text_side)."""
+    state = {k: v for k, v in tensors.items() if not k.startswith("visual.")}
+    own = text_keys(model)
+    if "logit_scale" in own and "logit_scale" not in state:  # a file without it keeps the base's scale
+        state["logit_scale"] = own["logit_scale"]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or bad_shapes:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected and {len(bad_shapes)} mis-shaped tensors"
+                  f" (e.g. {(missing + unexpected + bad_shapes)[0]})")
+        raise UserError(f"{source} does not fit the text encoder of {model.base}: {detail}.")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    check(bad is None, f"{source} has NaN or infinite values in '{bad}'; refused.")
+    model.clip.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+
+
+def save_finetune_with_text(path: str | Path, model, metadata: dict) -> Path:
+    """Save the image encoder and the text tower of `model` (a fine-tune of both towers)."""
+    return save_checkpoint(path, {**visual_state(model), **text_keys(model)},
+                           {"kind": "finetune", "base": model.base, "text_tower": True, **metadata})
 
 
 # --- training state for exact resume -------------------------------------------------------------

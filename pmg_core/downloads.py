@@ -14,6 +14,12 @@ Google Drive: a large file's ``uc?export=download`` link answers with a confirma
 form whose hidden inputs, or a link carrying ``confirm=``, lead to the file); ``drive_next_url``
 reads that page and the download follows it, keeping Drive's cookies.
 
+Google Drive folders: a folder's ``embeddedfolderview?id=FOLDER`` page lists its entries (one
+``flip-entry`` block each: the entry's id, a link to the file or sub-folder, its title);
+``read_page`` fetches such a page (bounded in time and size, never written to the cache) and
+``drive_folder_entries`` reads the list, so a zoo entry can name a file inside a shared folder
+and have it downloaded as any other Drive file.
+
 Why not gdown (already a dependency, for torchvision's datasets): it applies its Drive handling
 only to drive.google.com addresses, so that handling cannot be exercised against a local test
 server or a mirror; its failures arrive as multi-line advice rather than one sentence; and the
@@ -98,6 +104,52 @@ def drive_next_url(page: str, page_url: str) -> str | None:
     if escaped:
         return escaped.group(1).encode().decode("unicode_escape")
     return None
+
+
+@dataclass(frozen=True)
+class DriveItem:
+    """One entry of a Google Drive folder listing."""
+
+    id: str
+    name: str
+    folder: bool
+
+
+def drive_folder_entries(page: str) -> list[DriveItem]:
+    """The files and sub-folders an ``embeddedfolderview`` page lists, in its order."""
+    items = []
+    for block in re.split(r"(?=<div[^>]*class=\"flip-entry\")", page)[1:]:
+        ident = re.search(r"id=\"entry-([\w-]+)\"", block)
+        title = re.search(r"class=\"flip-entry-title\"[^>]*>(.*?)</div>", block, re.S)
+        link = re.search(r"<a[^>]*href=\"([^\"]*)\"", block)
+        if ident and title:
+            items.append(DriveItem(ident.group(1), html.unescape(title.group(1)).strip(),
+                                   bool(link and "/folders/" in link.group(1))))
+    return items
+
+
+def read_page(url: str, *, timeout: float | None = None, label: str = "the listing") -> str:
+    """A small web page as text (a folder listing): bounded waits, at most MAX_PAGE_BYTES, one
+    DownloadError sentence for any failure; nothing is written to disk."""
+    timeout = TIMEOUT_S if timeout is None else timeout
+    try:
+        with _open(_opener(), url, 0, timeout) as resp:
+            body = resp.read(MAX_PAGE_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        what = "not found" if e.code == 404 else ("refused" if e.code in (401, 403) else "a server error")
+        raise DownloadError(f"Reading {label} failed: {_host(url)} answered HTTP {e.code} ({what}).") from None
+    except (TimeoutError, socket.timeout):
+        raise DownloadError(f"Reading {label} failed: {_host(url)} sent nothing for {timeout:g} s; "
+                            "run the command again to retry.") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise DownloadError(f"Reading {label} failed: {_host(url)} did not answer within {timeout:g} s.") from None
+        raise DownloadError(f"Reading {label} failed: could not reach {_host(url)} ({first_line(reason)}).") from None
+    if len(body) > MAX_PAGE_BYTES:
+        raise DownloadError(f"Reading {label} failed: {_host(url)} sent more than {MAX_PAGE_BYTES:,} bytes, "
+                            "which is not a folder listing.")
+    return body.decode("utf-8", "replace")
 
 
 def page_problem(page: str) -> str:

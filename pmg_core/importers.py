@@ -2,11 +2,13 @@
 
 Sources understood:
 - ``.pth.tar`` / ``.pt`` / ``.pth`` files of the public PMG-AFT and TeCoA code: a dict holding
-  ``vision_encoder_state_dict`` (or ``state_dict``), keys possibly prefixed ``module.``; also a
-  plain state dict of the image encoder, as RobustVLM's TeCoA / FARE files are (ViT-B/32, ViT-L/14),
+  ``vision_encoder_state_dict`` (AdvFLYP's: ``partial_state_dict``, under whole-CLIP key names; or
+  ``state_dict``), keys possibly prefixed ``module.``; also a plain state dict of the image encoder, as RobustVLM's TeCoA / FARE files are (ViT-B/32, ViT-L/14),
   or of a whole CLIP (its ``visual.*`` part is taken). Read with ``torch.load(weights_only=True)``:
   a file that would need arbitrary objects unpickled is refused without running anything.
-- ``.safetensors`` files of bare image-encoder weights (no pmg_core metadata).
+- ``.safetensors`` files of bare image-encoder weights (no pmg_core metadata), or of a whole CLIP
+  in the Hugging Face transformers layout (``model.safetensors`` of ``CLIPModel``; its image tower
+  is taken, and ``import_transformers_clip`` also takes its text tower: pmg_core.transformers_layout).
 - ``hf-hub:ORG/REPO`` open_clip models such as RobustVLM's ``hf-hub:chs20/tecoa4-clip`` and
   ``hf-hub:chs20/fare2-clip`` (downloaded once; offline they must already be cached).
 
@@ -24,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import load_visual_into, save_finetune
+from .checkpoints import load_text_into, load_visual_into, save_finetune, save_finetune_with_text
 from .errors import UserError, check, first_line
+from .transformers_layout import is_transformers_clip, to_open_clip
 
 # (width, patch size, layers, positional tokens) of OpenAI's ViT image encoders -> base model spec.
 OPENAI_BASES = {
@@ -34,7 +37,7 @@ OPENAI_BASES = {
     (1024, 14, 24, 257): "ViT-L-14-quickgelu:openai",
     (1024, 14, 24, 577): "ViT-L-14-336-quickgelu:openai",
 }
-STATE_KEYS = ("vision_encoder_state_dict", "state_dict", "model", "model_state_dict")
+STATE_KEYS = ("vision_encoder_state_dict", "partial_state_dict", "state_dict", "model", "model_state_dict")
 METHOD_HINTS = (("pmg", "pmg-aft"), ("tecoa", "tecoa"), ("fare", "fare"))
 
 
@@ -122,6 +125,8 @@ def read_source(source: str):
         state, fmt = load_tensors(path), "safetensors state dict"  # one-sentence error if unreadable
         check(header_metadata(path) is None,
               f"'{path.name}' is already a pmg_core checkpoint; use it as a model spec directly.")
+        if is_transformers_clip(state):
+            state, fmt = to_open_clip(state, f"'{path.name}'")[0], "transformers CLIP safetensors (image tower)"
     else:
         obj = load_torch_file(path)
         state = _pick_state(obj, f"'{path.name}'")
@@ -190,3 +195,37 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
     path = save_finetune(out, model, meta)
     model.spec, model.metadata = str(path), {"kind": "finetune", "base": model.base, **meta}
     return path, model.to(device)
+
+
+def import_transformers_clip(source: str | Path, out: str | Path, base: str | None = None, *, text_tower: bool,
+                             method: str = "imported", preset: str | None = None,
+                             extra_metadata: dict | None = None, base_model=None):
+    """A whole CLIP saved by transformers (``model.safetensors``) -> a fine-tune checkpoint of `base`
+    (guessed from the image tower's shapes when not given) at `out`; `text_tower`: take its text
+    encoder too (LEAF's robust one), else only the image encoder. Returns (path, the loaded ClipModel)."""
+    from .checkpoints import load_tensors
+    from .models import load_model
+
+    path, out = Path(source), Path(out)
+    label = f"'{path.name}'"
+    state = load_tensors(path)  # safetensors: data only; one sentence if unreadable
+    check(is_transformers_clip(state), f"{label} is not a CLIP in the transformers layout (no vision_model.* keys).")
+    visual, text = to_open_clip(state, label)
+    visual = visual_state(visual, label)  # tensors only, all finite
+    base = base or guess_base(visual)
+    if base_model is None or base_model.spec != base:
+        base_model = load_model(base, device="cpu")
+    model = base_model.fork(out.stem, str(out), {})
+    load_visual_into(model, {f"visual.{k}": v for k, v in visual.items()}, label)
+    meta = {"method": method, "imported": True, "source": path.name, "source_sha256": sha256_file(path),
+            "source_format": "transformers CLIP safetensors" + (" (both towers)" if text_tower else " (image tower)"),
+            **({"preset": preset} if preset else {}), **(extra_metadata or {})}
+    if text_tower:
+        check(bool(text), f"{label} holds no text tower to take.")
+        model.own_text_side()
+        load_text_into(model, text, label)
+        saved = save_finetune_with_text(out, model, meta)
+    else:
+        saved = save_finetune(out, model, meta)
+    model.spec, model.metadata = str(saved), {"kind": "finetune", "base": model.base, "text_tower": text_tower, **meta}
+    return saved, model

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import env
-from .checkpoints import load_tensors, load_visual_into, read_metadata
+from .checkpoints import load_tensors, load_text_into, load_visual_into, read_metadata
 from .errors import UserError, check, first_line
 from .presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 
@@ -153,6 +153,12 @@ class ClipModel:
         """A model with its own copy of the image encoder that shares this one's text side."""
         return ClipModel(name, self.clip, copy.deepcopy(self.visual), self.tokenizer, self.image_size, self.mean,
                          self.std, spec, self.base, dict(metadata or {}), self.text_cache)
+
+    def own_text_side(self) -> None:
+        """Stop sharing the base's text side: a copy of the open_clip model (whose image tower stays
+        the base's, the original encoder TTC consults) and a text-feature cache of its own, for a
+        fine-tune that replaces the text tower too."""
+        self.clip, self.text_cache = copy.deepcopy(self.clip), TextFeatureCache()
 
 
 def _check_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
@@ -415,5 +421,8 @@ def load_checkpoint_model(path: str | Path, device="cpu", base: ClipModel | None
             chain.pop()
     model = base.fork(path.stem, spec, meta)
     load_visual_into(model, tensors, f"'{path.name}'")
+    if meta.get("text_tower"):
+        model.own_text_side()
+        load_text_into(model, tensors, f"'{path.name}'")
     model.metadata = meta
     return model.to(device)

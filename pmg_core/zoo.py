@@ -14,7 +14,14 @@ hash for a maintainer to pin; a pinned hash that does not match refuses the file
   bounded waits, no HTML, atomic landing), unpickled safely and converted by pmg_core.importers
   (every key and shape must fit the base, every value finite) into a fine-tune checkpoint in the
   cache, ``<cache>/models/<id>.safetensors``, whose metadata keeps the trainer, source address,
-  licence and sha256; the downloaded file is deleted once converted.
+  licence and sha256; the downloaded file is deleted once converted;
+- ``drive-folder`` entries name a shared Google Drive *folder* (its ``embeddedfolderview`` listing)
+  and the file in it (``filename``; empty: the folder's only checkpoint file, searched one level of
+  sub-folders deep); the file is then fetched and converted as a ``pth.tar`` one;
+- ``hf-transformers`` entries are a whole CLIP saved by transformers (``model.safetensors``, read
+  as data), converted by pmg_core.transformers_layout; ``text_tower`` entries (LEAF) replace the
+  base's text encoder too, so their converted file holds both towers;
+- ``unpublished`` entries are cards only (the method has no public weights): fetching one says so.
 The cache is ``$PMG_CACHE_DIR`` (default: ``pmg-aft-studio`` in the user's cache folder).
 ``$PMG_ZOO_MIRROR`` (a base URL) fetches converted checkpoints from a mirror instead,
 ``<mirror>/<id>.safetensors``: what ``fetch`` leaves in the cache, uploaded as is (safetensors
@@ -34,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -80,7 +88,7 @@ class Entry:
     id: str
     title: str
     base: str  # what load_model takes for its base: ARCH:TAG, or the hf-hub id of a whole model
-    format: str  # open_clip | hf-hub | pth.tar | state-dict
+    format: str  # open_clip | hf-hub | pth.tar | state-dict | drive-folder | hf-transformers | unpublished
     urls: tuple[str, ...] = ()  # where the file lives, tried in order (empty: open_clip/hf-hub know)
     filename: str = ""
     method: str = "base"  # clean CLIP is "base"
@@ -97,11 +105,12 @@ class Entry:
     size: str = ""  # download size, where known
     gpu: bool = False  # too big to be pleasant on a CPU
     note: str = ""
+    text_tower: bool = False  # hf-transformers: its text encoder is fine-tuned too and replaces the base's
 
     @property
     def converted(self) -> bool:
         """Downloaded and converted here (a fine-tune checkpoint), not loaded by open_clip itself."""
-        return self.format in ("pth.tar", "state-dict")
+        return self.format in CONVERTED
 
     def card(self) -> dict:
         """Who made it and where it is from: kept in the converted checkpoint's metadata, shown on About."""
@@ -109,7 +118,7 @@ class Entry:
             "zoo_id": self.id, "title": self.title, "trainer": self.trainer, "paper": self.paper,
             "paper_url": self.paper_url, "source_page": self.source_page, "source_url": (self.urls or ("",))[0],
             "licence": self.licence, "data": self.data, "eps_255": self.eps_255, "method": self.method,
-            "preset": self.preset}.items() if v not in ("", None)}
+            "preset": self.preset, "text_tower": self.text_tower or None}.items() if v not in ("", None)}
 
 
 def _drive(file_id: str) -> str:
@@ -154,6 +163,39 @@ def _published(clean, r1, r2, r4, where="RobustVLM README, Additional Models (Vi
     return Published(clean, {1: r1, 2: r2, 4: r4}, ROBUSTVLM_ZERO_SHOT, where)
 
 
+def _drive_folder(folder_id: str) -> str:
+    return f"https://drive.google.com/embeddedfolderview?id={folder_id}"
+
+
+def _hub_file(repo: str, name: str) -> str:
+    return f"https://huggingface.co/{repo}/resolve/main/{name}"
+
+
+OPENAI_VIT_L14 = "ViT-L-14-quickgelu:openai"
+TGA_PROTOCOL = Protocol(
+    "TGA-ZSR repo (PMG-AFT protocol, 16 datasets)", PAPER_16, "pgd", 100, "public-code", None,
+    "their README's table averages 16 datasets (TinyImageNet among them, which this project does not evaluate) "
+    "at eps 1/255; its PGD has the code's default 100 steps of 1/255")
+TGA = dict(trainer="Yu, Zhang, Xu (TGA-ZSR repository)", source_page="https://github.com/zhyblue424/TGA-ZSR (README, "
+           "Checkpoints)", data="TinyImageNet", licence="none stated by the repository", preset="paper",
+           format="drive-folder", eps_255=1,
+           note="a shared Drive folder holding the .pth.tar the TGA-ZSR code saves: a dict whose "
+                "vision_encoder_state_dict holds the ViT-B/32 image encoder (OpenAI key names); trained with CLIP's "
+                "normalisation and logit scale, prompts 'This is a photo of a {}'")
+LEAF = dict(trainer="Abad Rocamora, Schlarmann, Singh, Wu, Hein, Cevher (LEAF-CLIP on the Hugging Face hub)",
+            paper="Abad Rocamora et al., Robustness in Both Domains: CLIP Needs a Robust Text Encoder (NeurIPS 2025)",
+            data="ImageNet (image encoder, FARE), DataComp small (text encoder, LEAF)", licence="MIT (hub card)",
+            preset="paper", format="hf-transformers", filename="model.safetensors", method="fare", eps_255=2,
+            gpu=True, size="about 1.7 GB", base=OPENAI_VIT_L14)
+DELTA = dict(trainer="Wang et al. (zw123 on the Hugging Face hub, Delta-CLIP collection)",
+             paper="Wang et al., Double Visual Defense: Adversarial Pre-training and Instruction Tuning for Improving "
+                   "Vision-Language Model Robustness (2025)", paper_url="https://arxiv.org/abs/2501.09446",
+             data="DataComp-1B / Recap-DataComp-1B (adversarial pre-training from scratch)",
+             licence="CC BY 4.0 (hub card)", preset="paper", format="hf-hub", method="delta-clip", gpu=True,
+             note="an open_clip model on the hub (its own config, tokenizer and text encoder; the weights are a "
+                  "pickled open_clip_pytorch_model.bin of plain tensors)")
+
+
 ENTRIES = (
     Entry("clip-b32", "OpenAI CLIP ViT-B/32", OPENAI_VIT_B32, "open_clip", trainer="OpenAI",
           paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision (ICML 2021)",
@@ -188,6 +230,74 @@ ENTRIES = (
     *(Entry(f"{m}{e}-l14", f"{'TeCoA' if m == 'tecoa' else 'FARE'} eps {e} ViT-L/14 (RobustVLM)",
             f"hf-hub:chs20/{m}{e}-clip", method=m, eps_255=e, gpu=True, size="about 1.1 GB (image encoder)",
             **{**RVLM_HUB, "data": "ImageNet, 2 epochs"}) for m in ("tecoa", "fare") for e in (2, 4)),
+    # --- after PMG-AFT (2024-2026) ---
+    *(Entry(f"advflyp{tag}-b32", f"AdvFLYP{title} ViT-B/32", OPENAI_VIT_B32, "pth.tar", urls=(_drive(fid),),
+            filename=f"AdvFLYP_{name}_checkpoint.pth.tar", method="advflyp", eps_255=1,
+            trainer="Xing, Wang, Zhao, Gu, Torr, Sebe (AdvFLYP repository)",
+            paper="Xing et al., Finetune Like You Pretrain: Boosting Zero-shot Adversarial Robustness in "
+                  "Vision-language Models (CVPR Findings 2026)", paper_url="https://arxiv.org/abs/2604.11576",
+            source_page="https://github.com/Sxing2/AdvFLYP (README, Evaluation)",
+            data="1M LAION-400M image-text pairs (contrastive adversarial fine-tuning)",
+            licence="none stated by the repository", preset="paper",
+            note="a .pth.tar dict whose partial_state_dict holds the trained parameters under whole-CLIP key names "
+                 "(visual.*: the image encoder, the only module it tunes by default); trained with CLIP's "
+                 "normalisation and logit scale, prompts 'This is a photo of a {}.'")
+      for tag, title, name, fid in (("", " (with regularisation)", "full", "111dTcolTdPB93Gg8Fwj_MmNuC77zHQmm"),
+                                    ("-noreg", " without regularisation", "NonReg",
+                                     "1DQ509vJpwjwlxLKrGVgvwum8-vW1zy0K"))),
+    Entry("tga-zsr-b32", "TGA-ZSR ViT-B/32 (its authors' weights)", OPENAI_VIT_B32,
+          urls=(_drive_folder("1T7APhNq3tRW81vC1Lx8JSbHxWuP7euSx"),), method="tga-zsr",
+          paper="Yu, Zhang, Xu, Text-Guided Attention is All You Need for Zero-Shot Robustness in Vision-Language "
+                "Models (NeurIPS 2024)", paper_url="https://arxiv.org/abs/2410.21802",
+          published=Published(56.44, {1: 42.09}, TGA_PROTOCOL, "TGA-ZSR README, benchmark table"), **TGA),
+    Entry("comp-tga-b32", "Comp-TGA ViT-B/32 (its authors' weights)", OPENAI_VIT_B32,
+          urls=(_drive_folder("1cvqDha1useGdCgTjGatZMuBj1W71nMyk"),), method="comp-tga",
+          paper="Yu, Zhang, Xu, Complementary Text-Guided Attention for Zero-Shot Adversarial Robustness (TPAMI 2026)",
+          published=Published(55.44, {1: 44.46}, TGA_PROTOCOL, "TGA-ZSR README, benchmark table"), **TGA),
+    Entry("saft-b32", "SAFT-L ViT-B/32 (its authors' weights)", OPENAI_VIT_B32, "drive-folder",
+          urls=(_drive_folder("14_CwrrAe1_otRRysMf8bmXruBl-6gxpD"),), filename="model_final_seed3.pth.tar",
+          method="saft", eps_255=1, trainer="Zhang, Li, Huang, Erfani, Rubinstein, Liu (SAFT repository)",
+          paper="Zhang et al., Semantic-aware Adversarial Fine-tuning for CLIP (2026)",
+          paper_url="https://arxiv.org/abs/2602.12461",
+          source_page="https://github.com/tmlr-group/SAFT (README, Evaluation: the SAFT-L checkpoint)",
+          data="TinyImageNet, with LLM-written class descriptions", licence="MIT (SAFT repository)", preset="paper",
+          note="a shared Drive folder (a checkpoint directory) holding model_final_seed3.pth.tar, a dict whose "
+               "vision_encoder_state_dict holds the image encoder (OpenAI key names); CLIP's normalisation, prompts "
+               "'This is a photo of a {}'"),
+    *(Entry(f"simclip{e}-l14", f"Sim-CLIP eps {e} ViT-L/14", OPENAI_VIT_L14, "state-dict",
+            urls=(_hub_file("hossainzarif19/SimCLIP", f"simclip{e}.pt"),), filename=f"simclip{e}.pt", method="simclip",
+            eps_255=e, trainer="Hossain, Imteaj (Sim-CLIP repository)",
+            paper="Hossain, Imteaj, Sim-CLIP: Unsupervised Siamese Adversarial Fine-Tuning for Robust and "
+                  "Semantically-Rich Vision-Language Models (2024)", paper_url="https://arxiv.org/abs/2407.14971",
+            source_page="https://github.com/speedlab-git/SimCLIP (README, Models)", data="ImageNet",
+            licence="MIT (SimCLIP repository)", preset="paper", gpu=True, size="about 1.2 GB",
+            note="torch.save of the open_clip image encoder's state dict (RobustVLM's training code); CLIP's "
+                 "normalisation")
+      for e in (2, 4)),
+    Entry("leaf-fare2-l14", "FARE eps 2 ViT-L/14 (LEAF-CLIP, image tower only)", OPENAI_VIT_L14,
+          urls=(_hub_file("LEAF-CLIP/CLIP-ViT-L-FARE2", "model.safetensors"),),
+          source_page="https://huggingface.co/LEAF-CLIP/CLIP-ViT-L-FARE2",
+          note="a transformers CLIPModel (safetensors) whose image encoder is FARE-trained at eps 2/255; its text "
+               "encoder is OpenAI's, so only the image tower is taken",
+          **{k: v for k, v in LEAF.items() if k != "base"}),
+    Entry("leaf-rho50-fare2-l14", "LEAF rho 50 text + FARE eps 2 image, ViT-L/14 (LEAF-CLIP)", OPENAI_VIT_L14,
+          urls=(_hub_file("LEAF-CLIP/CLIP-ViT-L-rho50-k1-constrained-FARE2", "model.safetensors"),), text_tower=True,
+          source_page="https://huggingface.co/LEAF-CLIP/CLIP-ViT-L-rho50-k1-constrained-FARE2",
+          note="a transformers CLIPModel (safetensors): image encoder FARE at eps 2/255, text encoder LEAF-trained "
+               "(k 1, rho 50, semantic constraints); both towers replace OpenAI's",
+          **{k: v for k, v in LEAF.items() if k != "base"}),
+    *(Entry(f"delta-clip-{tag}", f"Delta-CLIP {title}", f"hf-hub:zw123/delta_clip_{tag.replace('-', '_')}",
+            source_page=f"https://huggingface.co/zw123/delta_clip_{tag.replace('-', '_')}", size=size, **DELTA)
+      for tag, title, size in (("l14-224", "ViT-L/14 224 px", "1.66 GB"), ("l14-336", "ViT-L/14 336 px", ""),
+                               ("h14-336", "ViT-H/14 336 px", "3.88 GB"))),
+    Entry("agft-b32", "AGFT ViT-B/32 (no published weights)", OPENAI_VIT_B32, "unpublished", method="agft",
+          trainer="Cui, Guan, Xiong, Zhang (AGFT repository)",
+          paper="Cui et al., AGFT: Alignment-Guided Fine-Tuning for Zero-Shot Adversarial Robustness of "
+                "Vision-Language Models (CVPR 2026)", paper_url="https://arxiv.org/abs/2603.29410",
+          source_page="https://github.com/YuboCui/AGFT (README)", data="ImageNet",
+          licence="none stated by the repository",
+          note="the repository publishes training and evaluation code only: its README's commands name a local "
+               "weight file and link none"),
 )
 ZOO: dict[str, Entry] = {e.id: e for e in ENTRIES}
 DEFAULT_ZOO = ("clip-b32", "pmg-aft-b32", "tecoa-b32", "fare-b32")  # one base, one protocol, three methods
@@ -201,7 +311,8 @@ def register(entry: Entry) -> Entry:
     return entry
 
 
-FORMATS = ("open_clip", "hf-hub", "pth.tar", "state-dict")
+CONVERTED = ("pth.tar", "state-dict", "drive-folder", "hf-transformers")
+FORMATS = ("open_clip", "hf-hub", *CONVERTED, "unpublished")
 
 
 def get(entry_id: str) -> Entry:
@@ -252,6 +363,8 @@ def mirror_url(entry: Entry) -> str | None:
 
 def is_cached(entry: Entry) -> bool:
     """Usable without network: converted in the cache, or (open_clip / hub models) in the hub cache."""
+    if entry.format == "unpublished":
+        return False
     if entry.converted:
         return converted_path(entry).is_file()
     from .models import _cached_hub_file, _open_clip
@@ -278,6 +391,8 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
     (the file's sha256 among them); `base_model`: the loaded base, shared by the conversion.
     """
     entry = get(entry_id)
+    check(entry.format != "unpublished", f"Nothing to fetch: the zoo's card '{entry.id}' stands for a method without "
+                                         f"published weights ({entry.note or 'see its card'}).")
     if not entry.converted:
         if base_model is None or base_model.spec != entry.base:
             load_model(entry.base)  # open_clip / huggingface_hub download it into their cache
@@ -300,7 +415,10 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
         errors = []
         for url in entry.urls:
             try:
-                got = download(url, folder / entry.filename, sha256=entry.sha256, progress=progress, label=entry.id)
+                name = entry.filename
+                if entry.format == "drive-folder":
+                    url, name = _drive_folder_file(entry, url)
+                got = download(url, folder / name, sha256=entry.sha256, progress=progress, label=entry.id)
                 break
             except UserError as e:
                 errors.append(e)
@@ -314,14 +432,51 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
 
 
 def _convert(entry: Entry, raw: Path, digest: str, url: str, base_model: ClipModel | None) -> None:
-    from .importers import import_checkpoint
+    from .importers import import_checkpoint, import_transformers_clip
 
     meta = {**entry.card(), "source_url": url, "source_sha256": digest, "zoo_format": entry.format}
     try:
-        import_checkpoint(str(raw), converted_path(entry), base=entry.base, method=entry.method, preset=entry.preset,
-                          extra_metadata=meta, base_model=base_model)
+        if entry.format == "hf-transformers":
+            import_transformers_clip(raw, converted_path(entry), entry.base, text_tower=entry.text_tower,
+                                     method=entry.method, preset=entry.preset, extra_metadata=meta,
+                                     base_model=base_model)
+        else:
+            import_checkpoint(str(raw), converted_path(entry), base=entry.base, method=entry.method,
+                              preset=entry.preset, extra_metadata=meta, base_model=base_model)
     except UserError as e:
-        raise UserError(f"{entry.id}: {e}") from None
+        raise UserError(f"{entry.id}: {str(e).removeprefix(entry.id + ': ')}") from None
+
+
+CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".bin", ".safetensors")
+MAX_FOLDERS = 8  # sub-folders a folder search reads, at most (each one more listing page)
+
+
+def _drive_folder_file(entry: Entry, listing_url: str) -> tuple[str, str]:
+    """(download address, file name) of the entry's file in its shared Drive folder (module docstring)."""
+    from .downloads import read_page, drive_folder_entries
+
+    def listing(url: str):
+        return drive_folder_entries(read_page(url, label=f"the Google Drive folder of {entry.id}"))
+
+    def sub_listing(folder_id: str) -> str:
+        parts = urllib.parse.urlsplit(listing_url)
+        query = urllib.parse.urlencode({**dict(urllib.parse.parse_qsl(parts.query)), "id": folder_id})
+        return urllib.parse.urlunsplit(parts._replace(query=query))
+
+    items = listing(listing_url)
+    folders = [i for i in items if i.folder][:MAX_FOLDERS]
+    files = [i for i in items if not i.folder] + [f for d in folders for f in listing(sub_listing(d.id)) if not f.folder]
+    if entry.filename:
+        found = [f for f in files if f.name == entry.filename]
+    else:
+        found = [f for f in files if f.name.lower().endswith(CHECKPOINT_SUFFIXES)]
+    seen = ", ".join(f.name for f in files[:8]) or "nothing"
+    check(len(found) > 0, f"{entry.id}: the Google Drive folder lists no "
+                          f"{repr(entry.filename) if entry.filename else 'checkpoint file'} (it lists: {seen}).")
+    check(len(found) == 1, f"{entry.id}: the Google Drive folder lists several checkpoint files ({seen}); "
+                           "the registry entry must name one.")
+    parts = urllib.parse.urlsplit(listing_url)
+    return f"{parts.scheme}://{parts.netloc}/uc?export=download&id={found[0].id}", found[0].name
 
 
 def _check_mirrored(entry: Entry, path: Path, base_model: ClipModel | None) -> None:
@@ -361,7 +516,7 @@ def load_entry(entry_id: str, device="cpu", base: ClipModel | None = None, progr
     hub model is named by its zoo id, the OpenAI base by its spec as everywhere else."""
     entry = get(entry_id)
     shared = base if base is not None and base.spec == entry.base else None
-    if entry.converted:
+    if entry.converted or entry.format == "unpublished":  # fetch says why an unpublished one cannot load
         return load_model(fetch(entry_id, progress, shared, say), device=device, base=shared)
     if shared is not None:
         return shared

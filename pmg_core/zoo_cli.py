@@ -46,7 +46,7 @@ def _size(n: int) -> str:
 
 def _run_list(args) -> int:
     print(f"cache: {zoo.cache_dir()}" + (f"   mirror: {zoo.mirror()}" if zoo.mirror() else ""))
-    print(f"  {'id':<18} {'method':<8} {'format':<10} {'preset':<7} {'cached':<10} {'published clean/robust@1':<26} base")
+    print(f"  {'id':<20} {'method':<10} {'format':<15} {'preset':<7} {'cached':<10} {'published clean/robust@1':<26} base")
     for e in zoo.ZOO.values():
         cached = "-"
         try:
@@ -57,7 +57,7 @@ def _run_list(args) -> int:
             cached = "?"
         pub = f"{e.published.clean:.1f} / {e.published.robust.get(1, float('nan')):.1f}" if e.published else "-"
         mark = "*" if e.id in zoo.DEFAULT_ZOO else " "
-        print(f"{mark} {e.id:<18} {e.method:<8} {e.format:<10} {e.preset:<7} {cached:<10} {pub:<26} {e.base}"
+        print(f"{mark} {e.id:<20} {e.method:<10} {e.format:<15} {e.preset:<7} {cached:<10} {pub:<26} {e.base}"
               + ("  (GPU)" if e.gpu else ""))
     print("* the app's default set (PMG_ZOO / --zoo picks others).")
     return 0
@@ -69,7 +69,8 @@ def card_lines(e: zoo.Entry) -> list[str]:
              + (f", Linf eps {e.eps_255:g}/255" if e.eps_255 else ""), f"  trained by: {e.trainer}",
              f"  paper: {e.paper} {e.paper_url}".rstrip(), f"  data: {e.data}" if e.data else "",
              f"  judged with preset: {e.preset}", f"  licence: {e.licence}", f"  source: {e.source_page}",
-             *(f"  file: {u}" for u in e.urls), f"  format: {e.format}" + (f" ({e.note})" if e.note else ""),
+             *(f"  file: {u}" for u in e.urls), "  file: none published" if e.format == "unpublished" else "",
+             f"  format: {e.format}" + (f" ({e.note})" if e.note else ""),
              f"  size: {e.size}" if e.size else "",
              f"  sha256: {e.sha256 or 'not pinned yet (fetch prints it)'}"]
     if e.published:

@@ -154,3 +154,51 @@ def drive_confirm_page(action: str, file_id: str) -> str:
 DRIVE_QUOTA_PAGE = ("<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>"
                     "<p>Too many users have viewed or downloaded this file recently. Please try accessing the file "
                     "again later.</p></body></html>")
+
+
+# --- LEAF's files: a whole CLIP saved by transformers (CLIPModel.save_pretrained) ---------------------------
+
+def transformers_clip_state(clip_state: dict) -> dict:
+    """An open_clip CLIP's tensors under the names transformers' CLIPModel gives them, as its
+    model.safetensors holds them (q/k/v split, projections as Linear weights, position_ids buffers)."""
+    out = {}
+    for tower, prefix, hf in (("visual", "visual.", "vision_model"), ("text", "", "text_model")):
+        layers = sorted({int(k.split(".")[3 if tower == "visual" else 2]) for k in clip_state
+                         if k.startswith(prefix + "transformer.resblocks.")})
+        for i in layers:
+            src, dst = f"{prefix}transformer.resblocks.{i}.", f"{hf}.encoder.layers.{i}."
+            for kind in ("weight", "bias"):
+                q, k, v = clip_state[f"{src}attn.in_proj_{kind}"].chunk(3)
+                out[f"{dst}self_attn.q_proj.{kind}"], out[f"{dst}self_attn.k_proj.{kind}"] = q, k
+                out[f"{dst}self_attn.v_proj.{kind}"] = v
+                out[f"{dst}self_attn.out_proj.{kind}"] = clip_state[f"{src}attn.out_proj.{kind}"]
+                out[f"{dst}layer_norm1.{kind}"] = clip_state[f"{src}ln_1.{kind}"]
+                out[f"{dst}layer_norm2.{kind}"] = clip_state[f"{src}ln_2.{kind}"]
+                out[f"{dst}mlp.fc1.{kind}"] = clip_state[f"{src}mlp.c_fc.{kind}"]
+                out[f"{dst}mlp.fc2.{kind}"] = clip_state[f"{src}mlp.c_proj.{kind}"]
+    out["vision_model.embeddings.class_embedding"] = clip_state["visual.class_embedding"]
+    out["vision_model.embeddings.patch_embedding.weight"] = clip_state["visual.conv1.weight"]
+    out["vision_model.embeddings.position_embedding.weight"] = clip_state["visual.positional_embedding"]
+    out["vision_model.embeddings.position_ids"] = torch.arange(clip_state["visual.positional_embedding"].shape[0])[None]
+    for kind in ("weight", "bias"):
+        out[f"vision_model.pre_layrnorm.{kind}"] = clip_state[f"visual.ln_pre.{kind}"]
+        out[f"vision_model.post_layernorm.{kind}"] = clip_state[f"visual.ln_post.{kind}"]
+        out[f"text_model.final_layer_norm.{kind}"] = clip_state[f"ln_final.{kind}"]
+    out["visual_projection.weight"] = clip_state["visual.proj"].t()
+    out["text_model.embeddings.token_embedding.weight"] = clip_state["token_embedding.weight"]
+    out["text_model.embeddings.position_embedding.weight"] = clip_state["positional_embedding"]
+    out["text_model.embeddings.position_ids"] = torch.arange(clip_state["positional_embedding"].shape[0])[None]
+    out["text_projection.weight"] = clip_state["text_projection"].t()
+    out["logit_scale"] = clip_state["logit_scale"]
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def drive_folder_listing(entries) -> str:
+    """A Google Drive embeddedfolderview page listing `entries` ((id, name, is_folder), ...)."""
+    blocks = "".join(
+        f"<div class=\"flip-entry\" id=\"entry-{i}\" tabindex=\"0\" role=\"link\"><div class=\"flip-entry-info\">"
+        f"<a href=\"https://drive.google.com/{'drive/folders/' + i if folder else 'file/d/' + i + '/view?usp=drive_web'}\""
+        f" target=\"_blank\"><div class=\"flip-entry-list-icon\"></div><div class=\"flip-entry-title\">{name}</div>"
+        "</a></div></div>" for i, name, folder in entries)
+    return ("<!DOCTYPE html><html><head><title>shared folder</title></head><body>"
+            f"<div class=\"flip-entries\">{blocks}</div></body></html>")

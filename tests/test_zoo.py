@@ -219,11 +219,12 @@ def test_every_registry_entry_is_complete_and_its_recipe_uses_registered_dataset
     for e in zoo.ZOO.values():
         assert e.format in zoo.FORMATS and e.trainer and e.paper and e.licence and e.source_page, e.id
         assert (e.base.startswith("hf-hub:") or ":" in e.base), e.id
-        if e.converted:
-            assert e.urls and e.filename and e.base == zoo.OPENAI_VIT_B32, e.id
+        if e.converted:  # a drive-folder entry may leave the file to the folder's only checkpoint
+            assert e.urls and (e.filename or e.format == "drive-folder"), e.id
+            assert e.base in (zoo.OPENAI_VIT_B32, zoo.OPENAI_VIT_L14), e.id
         if e.published:
             assert set(e.published.protocol.datasets) <= datasets, e.id
-            assert set(e.published.robust) == {1, 2, 4}, e.id
+            assert e.published.robust and set(e.published.robust) <= {1, 2, 4}, e.id
     assert all(zoo.get(i).base == zoo.OPENAI_VIT_B32 for i in zoo.DEFAULT_ZOO)
     assert [zoo.get(i).method for i in zoo.DEFAULT_ZOO] == ["base", "pmg-aft", "tecoa", "fare"]
     assert {zoo.get(i).preset for i in zoo.DEFAULT_ZOO} == {"paper"}  # CLIP's normalisation and x100 logits
