@@ -329,10 +329,11 @@ def _load_hf_hub(spec: str, device) -> ClipModel:
                             "connect once to download it, or use the embedded default 'clip-tiny'.")
     try:
         model = oc.create_model(spec, device=device)
+        tokenizer = oc.get_tokenizer(spec)  # a hub model's own tokenizer may need another package (transformers)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
         raise UserError(f"Could not load '{spec}' from the Hugging Face hub ({first_line(e)}); check the id "
                         "and the network connection.") from None
-    return _wrap(spec, model, oc.get_tokenizer(spec), spec, spec)
+    return _wrap(spec, model, tokenizer, spec, spec)
 
 
 def load_model(spec: str, device="cpu", base: ClipModel | None = None) -> ClipModel:

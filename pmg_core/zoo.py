@@ -193,7 +193,8 @@ DELTA = dict(trainer="Wang et al. (zw123 on the Hugging Face hub, Delta-CLIP col
              data="DataComp-1B / Recap-DataComp-1B (adversarial pre-training from scratch)",
              licence="CC BY 4.0 (hub card)", preset="paper", format="hf-hub", method="delta-clip", gpu=True,
              note="an open_clip model on the hub (its own config, tokenizer and text encoder; the weights are a "
-                  "pickled open_clip_pytorch_model.bin of plain tensors)")
+                  "pickled open_clip_pytorch_model.bin of plain tensors; its tokenizer files are a Hugging Face "
+                  "tokenizer's, which open_clip loads through the transformers package)")
 
 
 ENTRIES = (
