@@ -276,6 +276,18 @@ def test_zoo_commands_list_show_and_fetch(server, cache, weights, capsys):
     assert "no model 'nope'" in capsys.readouterr().err
 
 
+def test_a_failed_fetch_names_the_entry_once(server, cache, weights, tmp_path, capsys):
+    from pmg_core.cli import main
+
+    server.routes["/f"] = Route(pth_tar(weights, tmp_path)[:20_000])  # cut at the source
+    entry(server, "cut-test", "pth.tar", path="/f")
+    assert main(["zoo", "fetch", "cut-test"]) == 2
+    said = capsys.readouterr()
+    line = next(ln for ln in said.out.splitlines() if "incomplete" in ln)
+    assert line.startswith("cut-test: 'cut-test.pth.tar' is incomplete") and line.count("cut-test:") == 1
+    assert "error: 1 of 1 could not be fetched: cut-test." in said.err
+
+
 def test_zoo_verify_prints_ours_beside_theirs(server, cache, weights, capsys):
     from pmg_core.cli import main
 
