@@ -109,3 +109,37 @@ def test_real_clip_mode_offers_photo_examples_with_imagenet_labels():
         classes = [c.strip() for c in labels.split(",")]
         assert true in classes and set(classes) <= names
     assert not any("china.jpg" in e[0] for e in assets.examples(label_presets(real_clip=False)))
+
+
+def test_when_real_clip_cannot_be_downloaded_the_page_says_so_with_the_whole_error(online, tmp_path, monkeypatch):
+    import html
+
+    import open_clip
+
+    hub_error = ("HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded with url: "
+                 "/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_pytorch_model.bin (Caused by "
+                 "NameResolutionError: Failed to resolve 'huggingface.co')")
+
+    create_model, gate = open_clip.create_model, threading.Event()
+
+    def hub_unreachable(arch, pretrained=None, **kwargs):
+        if pretrained:
+            gate.wait(60)
+            raise ConnectionError(hub_error)
+        return create_model(arch, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(zoo, "is_cached", lambda entry: False)
+    monkeypatch.setattr(open_clip, "create_model", hub_unreachable)
+    studio = state.Studio.create(None, tmp_path / "ckpt", zoo_ids=[zoo.REAL_CLIP])
+    assert "Real CLIP is downloading" in studio.mode
+    gate.set()
+    studio.loader.thread.join(60)
+    about = studio.about()
+    assert "Real CLIP could not be downloaded" in studio.mode and "Real CLIP is downloading" not in about
+    assert "until real CLIP joins" not in about
+    status = studio.loader.status[zoo.REAL_CLIP]
+    assert f"| {status} |" in about and status.startswith("not loaded: Could not load the weights of")
+    quoted = status.split("(", 1)[1].split("...)")[0]  # the hub's error, as much as the sentence keeps
+    assert len(quoted) < len(hub_error) and hub_error.startswith(quoted)
+    assert not hub_error[len(quoted)].isalnum()  # cut between words, not inside one
+    assert html.escape(hub_error) in about  # the whole of it, below the table
