@@ -143,3 +143,30 @@ def test_when_real_clip_cannot_be_downloaded_the_page_says_so_with_the_whole_err
     assert len(quoted) < len(hub_error) and hub_error.startswith(quoted)
     assert not hub_error[len(quoted)].isalnum()  # cut between words, not inside one
     assert html.escape(hub_error) in about  # the whole of it, below the table
+
+
+def test_an_api_client_that_never_loads_the_page_reaches_a_model_that_joined_after_launch(tmp_path):
+    """Gradio held such a client to the launch-time choices: "Value: 'tecoa-b32' is not in the list of choices"."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from helpers import free_port
+
+    base = base_model()
+    demo = app.build_app([base], checkpoint_dir=tmp_path / "ckpt")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_options())
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        demo.studio.add(base.fork("tecoa-b32", base.spec))  # joins as a published model does, after launch
+
+        def attack(source, models):
+            return client.predict(handle_file(EXAMPLE), "circle, square, star", "circle", "Linf", 4, 1, 1,
+                                  "cross-entropy", "", source, models, api_name="/attack")[-1]
+
+        details = attack("tecoa-b32", ["clip", "tecoa-b32"])
+        assert [(v["model"], v["attacked_by"]) for v in details["verdicts"]] == \
+            [("clip", "tecoa-b32"), ("tecoa-b32", "tecoa-b32")]
+        with pytest.raises(AppError, match="The model 'fare-b32' is not loaded"):
+            attack(one_image.EACH_MODEL, ["clip", "fare-b32"])
+    finally:
+        demo.close()
