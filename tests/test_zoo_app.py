@@ -145,6 +145,15 @@ def test_when_real_clip_cannot_be_downloaded_the_page_says_so_with_the_whole_err
     assert html.escape(hub_error) in about  # the whole of it, below the table
 
 
+def test_once_real_clip_joins_the_mode_no_longer_says_it_is_downloading(online, tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "is_cached", lambda entry: False)
+    pending = zoo.load_default_models(tmp_path / "ckpt", wait_for_download=False)[1]
+    assert "Real CLIP is downloading" in pending
+    joined = zoo.mode_after_download(pending, zoo.REAL_CLIP, failed=False)
+    assert "Real CLIP has joined" in joined and "downloading" not in joined.replace("finished downloading", "")
+    assert zoo.mode_after_download(pending, "pmg-aft-b32", failed=True) == pending  # only real CLIP changes the mode
+
+
 def test_an_api_client_that_never_loads_the_page_reaches_a_model_that_joined_after_launch(tmp_path):
     """Gradio held such a client to the launch-time choices: "Value: 'tecoa-b32' is not in the list of choices"."""
     from gradio_client import Client, handle_file
