@@ -20,7 +20,9 @@ class ModelChecklist(gr.CheckboxGroup):
     is_template = True  # drawn by the page as the CheckboxGroup it is
 
     def preprocess(self, payload):
-        return [] if payload is None else list(payload)
+        if payload is None:
+            return []
+        return list(payload) if isinstance(payload, (list, tuple)) else [payload]  # one name sent bare is one name
 
     def api_info(self) -> dict:
         return {"items": {"type": "string"}, "title": "Model names", "type": "array"}  # no launch-time enum
