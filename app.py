@@ -38,13 +38,13 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         demo.studio = studio  # tests reach the state through the app
         gr.Markdown("# PMG-AFT Studio\nAttack CLIP live and see how the original model and its robust "
                     "fine-tunes (TeCoA, PMG-AFT, FARE, yours) answer.")
-        gr.Markdown(studio.mode)
+        mode = gr.Markdown(studio.mode)
         attack = tab_attack.build(studio)
         distances = tab_distances.build(studio, attack)
         evaluate = tab_evaluate.build(studio)
         train = tab_train.build(studio)
         lists = tab_about.ModelLists(attack.chosen, attack.source, distances.reference, train.base, evaluate.models)
-        tab_about.build(studio, demo, lists, after_train=train.run, after_cancel=train.cancel)
+        tab_about.build(studio, demo, lists, after_train=train.run, after_cancel=train.cancel, mode=mode)
         if public:  # each lane its own queue, a few places per visitor (studio/policy.py)
             demo.queue(max_size=sum(policy.LANE_QUEUE.values()))
             policy.limit_queues(demo, policy.LANE_QUEUE, policy.PER_VISITOR, policy.PER_ADDRESS)

@@ -22,6 +22,14 @@ NORMS = ("Linf", "L2")
 LOSSES = ("ce", "margin")
 
 
+MAX_EOT = 64  # gradients per PGD step through a randomised defense: past this, more draws only cost time
+
+
+def check_eot(eot) -> int:
+    """EOT samples: a whole number from 1 to MAX_EOT (the attack tab, `attack` and `eval` share the cap)."""
+    return int(check_number("EOT samples", eot, low=1, high=MAX_EOT, integer=True))
+
+
 def check_norm(norm: str) -> str:
     check(norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {norm!r}.")
     return norm
@@ -361,8 +369,7 @@ class EOTPGD(PGD):
 
     def __init__(self, *args, eot: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
-        check_number("EOT samples", eot, low=1, integer=True)
-        self.eot = int(eot)
+        self.eot = check_eot(eot)
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
         total = None

@@ -220,7 +220,7 @@ def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="attack one image file and print clean vs adversarial predictions")
     p.add_argument("image", help="image file")
     p.add_argument("--models", type=_csv, default=["clip-tiny"], help="comma-separated model specs")
-    p.add_argument("--labels", required=True, type=_csv, help="comma-separated class names")
+    p.add_argument("--labels", required=True, help="comma-separated class names (the app's rules: none empty or twice)")
     p.add_argument("--true", default=None, help="the true label (one of --labels)")
     p.add_argument("--target", default=None, help="target label for a targeted attack")
     p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 units, for L2 too (default 4)")
@@ -248,7 +248,7 @@ def _run_attack(args) -> int:
     from .env import check_device, default_device
     from .zoo import load_models
 
-    labels = parse_labels(args.labels)  # the app's rules: no empty, duplicate or control-character labels
+    labels = parse_labels(args.labels)  # as the app reads its labels field: "cat,,dog" is refused, not read as two
     image = load_image(args.image)
     if args.out:
         _check_writable(args.out, "adversarial image")

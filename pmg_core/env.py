@@ -54,13 +54,22 @@ def default_device() -> str:
 
 
 def check_device(device) -> None:
-    """A device people may name (--device, recipes): None (the default), 'cpu', 'cuda' or 'cuda:N'."""
+    """A device people may name (--device, recipes): None (the default), 'cpu', 'cuda' or 'cuda:N' of a GPU this
+    machine has."""
     import re
 
     from .errors import check, shorten
 
     check(device is None or (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d{1,2})?", device) is not None),
           f"device must be 'cpu', 'cuda' or 'cuda:N' (a GPU's number); got {shorten(device)}.")
+    if device is None or device == "cpu":
+        return
+    # Named before any work: torch would fail later, deep inside, with "no NVIDIA driver" or "invalid device ordinal".
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check(count > 0, f"device {device} is not available: this machine has no usable CUDA GPU; use --device cpu.")
+    index = int(device.partition(":")[2] or 0)
+    check(index < count, f"device {device} is not available: this machine has {count} GPU{'s' if count > 1 else ''} "
+                         f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}).")
 
 
 def cpu_quota(cgroup: Path = CGROUP) -> float | None:

@@ -48,7 +48,16 @@ def shorten(value, limit: int = 40) -> str:
 
 
 def first_line(error: BaseException, limit: int = 160) -> str:
-    """An exception as a short clause for a one-sentence message: its first non-empty line, cut."""
+    """An exception as a short clause for a one-sentence message: its first non-empty line, cut at a word."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     text = lines[0].rstrip(".") if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return cut_at_word(text, limit)
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else its longest run of whole words that does, then '...'."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 3]
+    words = head.rsplit(" ", 1)[0] if " " in head.strip() and not text[limit - 3].isspace() else head
+    return words.rstrip(" ,;:(") + "..."

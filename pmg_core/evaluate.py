@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks import ATTACKS, EOTPGD, PGD, check_norm, get_attack, make_attack, random_start
+from .attacks import ATTACKS, EOTPGD, PGD, check_eot, check_norm, get_attack, make_attack, random_start
 from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
@@ -99,7 +99,7 @@ class EvalConfig:
             get_preset(self.preset)
         check_prompts(self.prompts)
         get_defense(self.defense)
-        check_number("EOT samples", self.eot, low=1, integer=True)
+        check_eot(self.eot)
 
 
 def model_preset(model: ClipModel, cfg: EvalConfig) -> Preset:

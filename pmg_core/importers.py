@@ -94,14 +94,34 @@ def load_torch_file(path: Path) -> dict:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # garbage bytes, not a refused object
-            raise UserError(f"'{path.name}' is not a readable PyTorch checkpoint (corrupt, or a pickle that "
-                            "torch.load(weights_only=True) cannot read safely); refused.") from None
-        raise UserError(f"'{path.name}' needs arbitrary Python objects unpickled to load, which could run code; "
-                        "refused (only plain tensors and containers are read).") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = first_line(e)
-        raise UserError(f"'{path.name}' is not a readable PyTorch checkpoint: {first}") from None
+        if "unsupported global" in str(e).lower():
+            raise UserError(f"'{path.name}' needs arbitrary Python objects unpickled to load, which could run code; "
+                            "refused (only plain tensors and containers are read).") from None
+        raise UserError(unreadable_torch_file(path)) from None
+    except Exception:  # noqa: BLE001 - hostile bytes fail inside torch.load as KeyError, IndexError, OSError...
+        raise UserError(unreadable_torch_file(path)) from None
+
+
+def unreadable_torch_file(path: Path) -> str:
+    """Why torch.load could not read `path`, for people: a zip archive cut short, or not a checkpoint at all.
+    torch's own messages ("PytorchStreamReader failed ... internal miniz error", "[Errno 22] Invalid
+    argument") name its internals, not the file's problem."""
+    if is_cut_zip(path):
+        return (f"'{path.name}' is incomplete: the file ends before the end of its zip archive (cut short while "
+                "downloading or copying?); fetch it again.")
+    return (f"'{path.name}' is not a PyTorch checkpoint that can be read safely (damaged, or another kind of file); "
+            "refused.")
+
+
+def is_cut_zip(path: Path) -> bool:
+    """A file that starts as a zip archive (torch.save's format) but lacks the record every zip ends with."""
+    end_record, longest_comment = b"PK\x05\x06", 65_535 + 22
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return False
+        size = f.seek(0, 2)
+        f.seek(max(0, size - longest_comment))
+        return end_record not in f.read()
 
 
 def read_source(source: str):

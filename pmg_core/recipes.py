@@ -44,10 +44,13 @@ def _read_mapping(path: Path) -> dict:
     check(path.is_file(), f"Recipe file '{path}' does not exist.")
     check(path.stat().st_size <= MAX_RECIPE_BYTES, f"Recipe '{path.name}' is over {MAX_RECIPE_BYTES // 1000} kB; "
                                                    "a recipe is a short list of settings.")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"Recipe '{path.name}' is not UTF-8 text; save it as UTF-8 (a YAML or JSON file).") from None
     try:
         if path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         else:
             import yaml
 
@@ -55,7 +58,7 @@ def _read_mapping(path: Path) -> dict:
             # once saved as metadata: recipes write their values out.
             check(not any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text)),
                   f"Recipe '{path.name}' uses a YAML alias (*name); write the value out instead.")
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_recipe_loader(path))
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - json and yaml parse errors come in many types
@@ -63,6 +66,29 @@ def _read_mapping(path: Path) -> dict:
         raise UserError(f"Recipe '{path.name}' is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
     check(isinstance(data, dict), f"Recipe '{path.name}' must be a mapping of setting: value.")
     return data
+
+
+def _unique_keys(pairs, path: Path) -> dict:
+    """A mapping from (key, value) pairs, refusing a key given twice (json and yaml would keep the last silently)."""
+    out = {}
+    for key, value in pairs:
+        check(key not in out, f"Recipe '{path.name}' sets {shorten(key)} twice; keep one of them.")
+        out[key] = value
+    return out
+
+
+def _recipe_loader(path: Path):
+    """yaml.SafeLoader whose mappings refuse a key given twice."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)
+            pairs = [(self.construct_object(k, deep=deep), self.construct_object(v, deep=deep)) for k, v in node.value]
+            return _unique_keys(pairs, path)
+
+    RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, RecipeLoader.construct_mapping)
+    return RecipeLoader
 
 
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:

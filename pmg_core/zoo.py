@@ -301,7 +301,8 @@ ENTRIES = (
                "weight file and link none"),
 )
 ZOO: dict[str, Entry] = {e.id: e for e in ENTRIES}
-DEFAULT_ZOO = ("clip-b32", "pmg-aft-b32", "tecoa-b32", "fare-b32")  # one base, one protocol, three methods
+REAL_CLIP = "clip-b32"  # the base the app serves online
+DEFAULT_ZOO = (REAL_CLIP, "pmg-aft-b32", "tecoa-b32", "fare-b32")  # one base, one protocol, three methods
 
 
 def register(entry: Entry) -> Entry:
@@ -572,18 +573,37 @@ def _default_models(directory: Path, wait_for_download: bool = True) -> tuple[li
     fetch and the embedded world serves meanwhile."""
     device = env.default_device()
     online = not env.is_offline()
-    if online and not wait_for_download and not is_cached(ZOO["clip-b32"]):
-        models, mode = _embedded_models(directory, device, "until real CLIP joins")
-        return models, ("**Real CLIP is downloading** in the background (progress on the About tab). " + mode)
+    if online and not wait_for_download and not is_cached(ZOO[REAL_CLIP]):
+        models, mode = _embedded_models(directory, device, REAL_CLIP_PENDING[1])
+        return models, REAL_CLIP_PENDING[0] + mode
     if online:
         try:
             base = load_model(OPENAI_VIT_B32, device=device)
-            base.metadata = {**(base.metadata or {}), **ZOO["clip-b32"].card()}
+            base.metadata = {**(base.metadata or {}), **ZOO[REAL_CLIP].card()}
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works
             log.warning("Real CLIP could not be loaded (%s); serving the embedded default instead.", first_line(e))
     return _embedded_models(directory, device)
+
+
+# The mode text while real CLIP downloads in the background, and once that download failed or ended:
+# (the sentence before the embedded world's, why the embedded world serves).
+REAL_CLIP_PENDING = ("**Real CLIP is downloading** in the background (progress on the About tab). ",
+                     "until real CLIP joins")
+REAL_CLIP_FAILED = ("**Real CLIP could not be downloaded** (why: Published models, on the About tab). ",
+                    "real CLIP's download failed")
+REAL_CLIP_JOINED = ("**Real CLIP has joined**: OpenAI CLIP ViT-B/32 finished downloading in the background. ",
+                    "served beside it")
+
+
+def mode_after_download(mode: str, entry_id: str, failed: bool) -> str:
+    """The mode text once `entry_id` finished its background download: real CLIP is no longer 'downloading'."""
+    if entry_id != REAL_CLIP:
+        return mode
+    for pending, now in zip(REAL_CLIP_PENDING, REAL_CLIP_FAILED if failed else REAL_CLIP_JOINED):
+        mode = mode.replace(pending, now)
+    return mode
 
 
 def _embedded_models(directory: Path, device, why: str = "offline") -> tuple[list[ClipModel], str]:

@@ -118,7 +118,7 @@ def _run_fetch(args) -> int:
             print(f"{e.id}: ready ({where})")
         except UserError as err:
             failed.append(e.id)
-            print(f"{e.id}: {err}")
+            print(err if e.id in str(err) else f"{e.id}: {err}")  # fetch's sentences name the entry already
         finally:
             if bar is not None:
                 bar.close()

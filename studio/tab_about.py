@@ -30,7 +30,8 @@ class ModelLists:
 
 
 def build(studio: Studio, demo: gr.Blocks, lists: ModelLists, after_train: gr.events.Dependency,
-          after_cancel: gr.events.Dependency) -> None:
+          after_cancel: gr.events.Dependency, mode: gr.Markdown) -> None:
+    """`mode`: the page's mode text, redrawn with the About tab (it changes when real CLIP's download ends)."""
     with gr.Tab("About"):
         about = gr.Markdown(studio.about())
         refresh_btn = gr.Button("Refresh model lists")
@@ -46,14 +47,14 @@ def build(studio: Studio, demo: gr.Blocks, lists: ModelLists, after_train: gr.ev
 
     def refresh():
         studio.rescan()
-        return (*lists_now(), studio.about())
+        return (*lists_now(), studio.mode, studio.about())
 
     def poll(shown: int):
         version, busy = studio.version, studio.loader is not None and studio.loader.busy
         lists_update = lists_now() if version != shown else (gr.skip(),) * 5
-        return (*lists_update, studio.about(), version, gr.Timer(active=busy))
+        return (*lists_update, studio.mode, studio.about(), version, gr.Timer(active=busy))
 
-    outputs = [lists.compared, lists.source, lists.reference, lists.train_base, lists.evaluated, about]
+    outputs = [lists.compared, lists.source, lists.reference, lists.train_base, lists.evaluated, mode, about]
     ticker.tick(safe(poll), seen, [*outputs, seen, ticker], api_name="poll_models", queue=False, show_progress="hidden")
     after_train.then(safe(refresh), None, outputs, api_name="refresh_after_train", queue=False)
     after_cancel.then(safe(refresh), None, outputs, api_name="refresh_after_cancel", queue=False)

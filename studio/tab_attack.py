@@ -14,6 +14,7 @@ from pmg_core.attacks import NORMS
 from pmg_core.errors import UserError
 
 from . import assets, one_image
+from .model_choices import ModelChecklist, model_dropdown
 from .safety import INTERACTIVE, INTERACTIVE_GPU_S, gpu, image_upload, safe
 from .state import Studio
 
@@ -137,9 +138,9 @@ def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[Att
         eps = gr.Number(4, label="eps (/255)", minimum=0)
         steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
         step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0)
-    source = gr.Dropdown([one_image.EACH_MODEL, *studio.names], value=one_image.EACH_MODEL, label="Who is attacked",
-                         info="Each model white-box, or one model's adversarial image transferred to all.")
-    chosen = gr.CheckboxGroup(studio.names, value=studio.names, label="Models to compare")
+    source = model_dropdown([one_image.EACH_MODEL, *studio.names], one_image.EACH_MODEL, "Who is attacked",
+                            info="Each model white-box, or one model's adversarial image transferred to all.")
+    chosen = ModelChecklist(studio.names, value=studio.names, label="Models to compare")
     notes = studio.model_notes()
     if notes:
         gr.Markdown(f"**About these models.** {notes}", elem_id="pmg-model-notes")

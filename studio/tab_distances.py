@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from . import one_image
+from .model_choices import model_dropdown
 from .safety import INTERACTIVE, INTERACTIVE_GPU_S, gpu, safe
 from .state import Studio
 from .tab_attack import AttackTab
@@ -25,7 +26,7 @@ def build(studio: Studio, attack: AttackTab) -> DistancesTab:
                     "itself at every eps; the projection shows the largest eps.")
         with gr.Row():
             dist_eps = gr.Textbox("0, 1, 2, 4, 8", label="eps sweep (/255)")
-            reference = gr.Dropdown(studio.names, value=studio.names[0], label="Reference (original) model")
+            reference = model_dropdown(studio.names, studio.names[0], "Reference (original) model")
             dist_btn = gr.Button("Compute distances", variant="primary")
         with gr.Row():
             dist_plot = gr.Plot(label="adversarial vs clean embedding")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from . import evaluation
+from .model_choices import ModelChecklist
 from .safety import JOB_GPU_S, JOBS, gpu, safe
 from .state import Studio, pick_default
 
@@ -19,7 +20,7 @@ def build(studio: Studio) -> EvaluateTab:
     limits, datasets = studio.limits, studio.dataset_choices()
     with gr.Tab("Evaluate"):
         with gr.Row():
-            models = gr.CheckboxGroup(studio.names, value=studio.names, label="Models")
+            models = ModelChecklist(studio.names, value=studio.names, label="Models")
             dataset = gr.Dropdown(datasets, value=pick_default(datasets, "mini"),
                                   label="Dataset (a registered task or group)")
             folder = gr.Textbox("", label="...or an ImageFolder path on this machine", visible=studio.allow_folders,

@@ -9,6 +9,7 @@ from pmg_core.data import list_datasets
 from pmg_core.methods import list_methods
 
 from . import training
+from .model_choices import model_dropdown
 from .safety import JOB_GPU_S, JOBS, gpu, safe
 from .state import Studio, pick_default
 
@@ -24,7 +25,7 @@ def build(studio: Studio) -> TrainTab:
     limits, datasets = studio.limits, [d.name for d in list_datasets()]
     with gr.Tab("Train"):
         with gr.Row():
-            base = gr.Dropdown(studio.names, value=studio.names[0], label="Start from")
+            base = model_dropdown(studio.names, studio.names[0], "Start from")
             method = gr.Dropdown(list_methods(), value="pmg-aft", label="Method")
             dataset = gr.Dropdown(datasets, value=pick_default(datasets, "synth-finetune"), label="Training set")
             name = gr.Textbox("my-pmg-aft", label="Checkpoint name (saved in checkpoints/)")

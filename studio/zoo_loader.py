@@ -9,6 +9,7 @@ ids after it. One model at a time keeps the memory and the network use of a smal
 """
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from typing import Sequence
@@ -24,6 +25,7 @@ class ZooLoader:
         self.studio = studio
         self.ids = list(ids)
         self.status = {i: "waiting" for i in self.ids}
+        self.failures: dict[str, str] = {}  # id -> the whole text of why it failed (the status may cut an inner error)
         self.thread: threading.Thread | None = None
 
     @property
@@ -40,10 +42,15 @@ class ZooLoader:
             try:
                 self._load(zoo.get(entry_id))
             except UserError as e:
-                self.status[entry_id] = f"not loaded: {e}"
+                self._failed(entry_id, f"not loaded: {e}", e)
             except Exception as e:  # noqa: BLE001 - the app keeps serving; the log has the details
                 log.exception("loading the zoo model %s failed", entry_id)
-                self.status[entry_id] = f"not loaded: an unexpected error ({first_line(e)}); see the server log."
+                self._failed(entry_id, f"not loaded: an unexpected error ({first_line(e)}); see the server log.", e)
+
+    def _failed(self, entry_id: str, status: str, error: BaseException) -> None:
+        self.failures[entry_id] = whole_text(error)
+        self.status[entry_id] = status
+        self.studio.mode = zoo.mode_after_download(self.studio.mode, entry_id, failed=True)
 
     def _load(self, entry: zoo.Entry) -> None:
         if self.studio.model_with_spec(entry.base) is not None and not entry.converted:
@@ -58,6 +65,7 @@ class ZooLoader:
                                say=lambda line: log.info("%s", line))
         self.studio.add(model)
         self.status[entry.id] = "ready"
+        self.studio.mode = zoo.mode_after_download(self.studio.mode, entry.id, failed=False)
 
     def _progress(self, entry_id: str):
         def report(done: int, total: int | None) -> None:
@@ -66,9 +74,22 @@ class ZooLoader:
         return report
 
     def markdown(self) -> str:
-        """The About tab's download table: each id, what it is, where it stands."""
+        """The About tab's download table: each id, what it is, where it stands; then each failure in full."""
         rows = ["| zoo model | what | status |", "|---|---|---|"]
         for entry_id in self.ids:
             entry = zoo.get(entry_id)
-            rows.append(f"| {entry_id} | {entry.title} | {self.status[entry_id].replace('|', '/')} |")
-        return "\n".join(rows)
+            rows.append(f"| {entry_id} | {entry.title} | {html.escape(self.status[entry_id], quote=False).replace('|', '/')} |")
+        whole = [f"<details><summary>Why {html.escape(i)} failed, in full</summary>\n\n<pre>{html.escape(text)}</pre>\n"
+                 "</details>" for i, text in list(self.failures.items())]
+        return "\n".join(rows) + ("\n\n" + "\n".join(whole) if whole else "")
+
+
+def whole_text(error: BaseException) -> str:
+    """An error's message and, below it, the whole message of the error it was raised from
+    (pmg_core's sentences quote only the first line of the library error behind them, cut at a word)."""
+    lines = [str(error) or type(error).__name__]
+    inner = error.__cause__ or error.__context__
+    while inner is not None and len(lines) < 4:
+        lines.append(f"{type(inner).__name__}: {inner}")
+        inner = inner.__cause__ or inner.__context__
+    return "\n\n".join(lines)

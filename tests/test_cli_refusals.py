@@ -1,11 +1,16 @@
 """Issue 17, finding 10: hostile command-line input gets one sentence (exit 2), before any training."""
+from pathlib import Path
+
 import pytest
+import torch
 
 from pmg_core import cli
 from pmg_core.checkpoints import save_finetune
 from pmg_core.errors import UserError
 from pmg_core.models import load_model
 from pmg_core.train import Trainer, TrainConfig
+
+EXAMPLE = str(Path(__file__).parents[1] / "assets" / "examples" / "example.png")
 
 
 def run(argv, capsys) -> str:
@@ -62,3 +67,54 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(tiny_model,
         list(Trainer(cfg(out=str(out), resume=True, lr=0.01), model=tiny_model.fork("second", "pmg-test")).run())
     with pytest.raises(UserError, match="trained with method 'tecoa', not 'pmg-aft'"):
         list(Trainer(cfg(out=str(out), resume=True, method="pmg-aft"), model=tiny_model.fork("third", "pmg-test")).run())
+
+
+# --- issue 26, item 6: each of these was a traceback or was accepted ------------------------------------
+
+def test_importing_a_file_whose_pickle_breaks_torch_load_is_one_sentence(tmp_path, capsys):
+    import zipfile
+
+    src = tmp_path / "junk.pth.tar"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, src)
+    with zipfile.ZipFile(src) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(src, "w") as z:  # a pickle that reads an empty memo: KeyError inside torch.load
+        for info, data in entries:
+            z.writestr(info, b"\x80\x02h\x05." if info.filename.endswith("data.pkl") else data)
+    err = run(["import", str(src), "--base", "pmg-test", "--out", str(tmp_path / "o.safetensors")], capsys)
+    assert "'junk.pth.tar' is not a PyTorch checkpoint" in err
+
+
+def test_recipes_that_are_not_utf8_or_set_a_key_twice_are_refused_naming_the_key(tmp_path, capsys):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("kind: eval\ndescription: caf\u00e9 au lait\n".encode("latin-1"))
+    assert "'latin.yaml' is not UTF-8 text" in run(["eval", "--config", str(latin)], capsys)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("kind: eval\nlimit: 10\nseed: 1\nlimit: 2000\n")
+    assert "'twice.yaml' sets 'limit' twice" in run(["eval", "--config", str(twice)], capsys)
+    twice_json = tmp_path / "twice.json"
+    twice_json.write_text('{"kind": "eval", "eps": 1, "eps": 4}')
+    assert "'twice.json' sets 'eps' twice" in run(["eval", "--config", str(twice_json)], capsys)
+
+
+def test_a_gpu_this_machine_does_not_have_is_named_before_any_work(capsys):
+    err = run(["bench", "--quick", "--device", "cuda:99"], capsys)
+    assert "device cuda:99 is not available: this machine has" in err
+
+
+def test_eval_and_attack_share_one_cap_on_eot_draws(capsys):
+    eval_err = run(["eval", "--models", "pmg-test", "--datasets", "synth-shape", "--defense", "ttc",
+                    "--eot", "100000"], capsys)
+    attack_err = run(["attack", EXAMPLE, "--models", "pmg-test", "--labels", "a,b",
+                      "--true", "a", "--defense", "ttc", "--eot", "100000"], capsys)
+    assert eval_err == attack_err == "error: EOT samples must be a whole number between 1 and 64; got 100000."
+
+
+def test_attack_refuses_an_empty_label_as_the_app_does(capsys):
+    from pmg_core.inputs import parse_labels
+
+    err = run(["attack", EXAMPLE, "--models", "pmg-test", "--labels", "cat,,dog",
+               "--true", "cat"], capsys)
+    with pytest.raises(UserError) as app_err:
+        parse_labels("cat,,dog")
+    assert err == f"error: {app_err.value}"

@@ -261,7 +261,7 @@ def test_mismatched_or_unreadable_sources_are_one_sentence(tmp_path, foreign):
     with pytest.raises(UserError, match="does not fit the image encoder"):
         import_checkpoint(str(tmp_path / "bad.pt"), tmp_path / "o.safetensors", base="pmg-test")
     (tmp_path / "junk.pth.tar").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(UserError, match="is not a PyTorch checkpoint"):
         import_checkpoint(str(tmp_path / "junk.pth.tar"), tmp_path / "o.safetensors", base="pmg-test")
     torch.save({"state_dict": {}, "epoch": 1}, tmp_path / "empty.pth.tar")
     with pytest.raises(UserError, match="none of vision_encoder_state_dict"):

@@ -159,7 +159,9 @@ FAILURES = {
     "wrong shapes": (lambda w, t: Route(state_dict_file({k: v[..., :1] for k, v in w.items()})), "does not fit"),
     "a pickle with code": (lambda w, t: Route(_hostile(t)), "arbitrary Python objects"),
     "NaN weights": (lambda w, t: Route(state_dict_file({**w, "proj": w["proj"] * float("nan")})), "NaN or infinite"),
-    "not a checkpoint": (lambda w, t: Route(b"\x00garbage" * 100), "not a readable PyTorch checkpoint"),
+    "not a checkpoint": (lambda w, t: Route(b"\x00garbage" * 100), "is not a PyTorch checkpoint"),
+    # The host itself serves a cut file (its length announced as it is): torch says "[Errno 22] Invalid argument".
+    "a file truncated at the source": (lambda w, t: Route(pth_tar(w, t)[:20_000]), "is incomplete: the file ends before"),
     "HTTP 404": (lambda w, t: Route(status=404), "HTTP 404 \\(not found\\)"),
     "HTTP 500": (lambda w, t: Route(status=500), "HTTP 500"),
     "a stalled server": (lambda w, t: Route(b"x" * 4096, stall_after=100), "sent nothing for 2 s"),
@@ -273,6 +275,18 @@ def test_zoo_commands_list_show_and_fetch(server, cache, weights, capsys):
     assert "Schlarmann" in card and "MIT" in card and "53.1" in card and "LHgi84RskrtYCiX" in card
     assert main(["zoo", "fetch", "cli-test", "nope"]) == 2  # every id checked before any download
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_a_failed_fetch_names_the_entry_once(server, cache, weights, tmp_path, capsys):
+    from pmg_core.cli import main
+
+    server.routes["/f"] = Route(pth_tar(weights, tmp_path)[:20_000])  # cut at the source
+    entry(server, "cut-test", "pth.tar", path="/f")
+    assert main(["zoo", "fetch", "cut-test"]) == 2
+    said = capsys.readouterr()
+    line = next(ln for ln in said.out.splitlines() if "incomplete" in ln)
+    assert line.startswith("cut-test: 'cut-test.pth.tar' is incomplete") and line.count("cut-test:") == 1
+    assert "error: 1 of 1 could not be fetched: cut-test." in said.err
 
 
 def test_zoo_verify_prints_ours_beside_theirs(server, cache, weights, capsys):

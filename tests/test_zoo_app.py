@@ -109,3 +109,73 @@ def test_real_clip_mode_offers_photo_examples_with_imagenet_labels():
         classes = [c.strip() for c in labels.split(",")]
         assert true in classes and set(classes) <= names
     assert not any("china.jpg" in e[0] for e in assets.examples(label_presets(real_clip=False)))
+
+
+def test_when_real_clip_cannot_be_downloaded_the_page_says_so_with_the_whole_error(online, tmp_path, monkeypatch):
+    import html
+
+    import open_clip
+
+    hub_error = ("HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded with url: "
+                 "/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_pytorch_model.bin (Caused by "
+                 "NameResolutionError: Failed to resolve 'huggingface.co')")
+
+    create_model, gate = open_clip.create_model, threading.Event()
+
+    def hub_unreachable(arch, pretrained=None, **kwargs):
+        if pretrained:
+            gate.wait(60)
+            raise ConnectionError(hub_error)
+        return create_model(arch, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(zoo, "is_cached", lambda entry: False)
+    monkeypatch.setattr(open_clip, "create_model", hub_unreachable)
+    studio = state.Studio.create(None, tmp_path / "ckpt", zoo_ids=[zoo.REAL_CLIP])
+    assert "Real CLIP is downloading" in studio.mode
+    gate.set()
+    studio.loader.thread.join(60)
+    about = studio.about()
+    assert "Real CLIP could not be downloaded" in studio.mode and "Real CLIP is downloading" not in about
+    assert "until real CLIP joins" not in about
+    status = studio.loader.status[zoo.REAL_CLIP]
+    assert f"| {status} |" in about and status.startswith("not loaded: Could not load the weights of")
+    quoted = status.split("(", 1)[1].split("...)")[0]  # the hub's error, as much as the sentence keeps
+    assert len(quoted) < len(hub_error) and hub_error.startswith(quoted)
+    assert not hub_error[len(quoted)].isalnum()  # cut between words, not inside one
+    assert html.escape(hub_error) in about  # the whole of it, below the table
+
+
+def test_once_real_clip_joins_the_mode_no_longer_says_it_is_downloading(online, tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "is_cached", lambda entry: False)
+    pending = zoo.load_default_models(tmp_path / "ckpt", wait_for_download=False)[1]
+    assert "Real CLIP is downloading" in pending
+    joined = zoo.mode_after_download(pending, zoo.REAL_CLIP, failed=False)
+    assert "Real CLIP has joined" in joined and "downloading" not in joined.replace("finished downloading", "")
+    assert zoo.mode_after_download(pending, "pmg-aft-b32", failed=True) == pending  # only real CLIP changes the mode
+
+
+def test_an_api_client_that_never_loads_the_page_reaches_a_model_that_joined_after_launch(tmp_path):
+    """Gradio held such a client to the launch-time choices: "Value: 'tecoa-b32' is not in the list of choices"."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from helpers import free_port
+
+    base = base_model()
+    demo = app.build_app([base], checkpoint_dir=tmp_path / "ckpt")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_options())
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        demo.studio.add(base.fork("tecoa-b32", base.spec))  # joins as a published model does, after launch
+
+        def attack(source, models):
+            return client.predict(handle_file(EXAMPLE), "circle, square, star", "circle", "Linf", 4, 1, 1,
+                                  "cross-entropy", "", source, models, api_name="/attack")[-1]
+
+        details = attack("tecoa-b32", ["clip", "tecoa-b32"])
+        assert [(v["model"], v["attacked_by"]) for v in details["verdicts"]] == \
+            [("clip", "tecoa-b32"), ("tecoa-b32", "tecoa-b32")]
+        with pytest.raises(AppError, match="The model 'fare-b32' is not loaded"):
+            attack(one_image.EACH_MODEL, ["clip", "fare-b32"])
+    finally:
+        demo.close()

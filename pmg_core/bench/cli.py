@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..env import check_device
 from ..errors import check, check_number
 from ..units import from_255, to_255
 from .config import DEFAULT_PARTS, METHODS, BenchConfig
@@ -66,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     check(args.method == "all" or args.method in METHODS,
           f"Unknown method '{args.method}' for bench: choose all or one of {', '.join(METHODS)}.")
     check_number("eps", args.eps, low=0, high=255)
+    check_device(args.device)
     picked = {k: getattr(args, k) for k in ("repeats", "warmup", "eval_limit", "eval_datasets", "eval_steps")}
     resolved = {k: v if v is not None else (QUICK[k] if args.quick else getattr(d, k)) for k, v in picked.items()}
     return BenchConfig(arch=args.arch, batch_size=args.batch_size, device=args.device,
