@@ -462,7 +462,7 @@ def _metrics(model: str, results: list[dict]) -> tuple[tuple[str, str], ...]:
 def to_csv(results: list[dict]) -> str:
     buf = io.StringIO()
     cols = ["model", "preset", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc",
-            "robust_acc_unaware", "seconds"]
+            "robust_acc_unaware", "tau_threshold", "gate_open", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     w.writerows({**r, "preset": _preset_of(r)} for r in results)
