@@ -119,8 +119,8 @@ class EvalConfig:
             check_number("defense threshold", self.defense_threshold, low=0)
 
 
-def _number(text: str) -> float | str:
-    """A threshold typed as text: a number, or the text itself for check_number to refuse."""
+def _number(text: str) -> float:
+    """A threshold typed as text (the command line's) as a number, or one sentence refusing it."""
     try:
         return float(text)
     except ValueError:
