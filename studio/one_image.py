@@ -68,11 +68,12 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names, defend: bool = False, stop_early: bool = False):
+           model_names, defend: bool = False, stop_early: bool = False, result: dict | None = None):
     """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details): the
-    stream's last outputs. defend: also judge every model behind the test-time counterattack (TTC)."""
+    stream's last outputs. defend: also judge every model behind the test-time counterattack (TTC);
+    result: see attack_stream."""
     for outputs in attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target,
-                                 source, model_names, defend, stop_early):
+                                 source, model_names, defend, stop_early, result):
         pass
     return outputs
 
