@@ -156,9 +156,9 @@ def _image_and_button(studio: Studio, presets: dict[str, list[str]], examples: l
     # every preset's classes, so examples from any task show their true label
     all_classes = list(dict.fromkeys(c for classes in presets.values() for c in classes)) or default_labels.split(", ")
     with gr.Row(equal_height=True):
-        image = image_upload(label="Image", sources=["upload", "clipboard"], height=160, min_width=140,
+        image = image_upload(label="Image", sources=["upload", "clipboard"], height=150, min_width=140,
                              elem_classes="pmg-pixelated", elem_id="pmg-image")
-        seen = gr.Image(label="What the models see", format="png", interactive=False, height=160, min_width=140,
+        seen = gr.Image(label="What the models see", format="png", interactive=False, height=150, min_width=140,
                         elem_classes="pmg-pixelated", elem_id="pmg-preview", buttons=[])
     strip = None
     if examples:
