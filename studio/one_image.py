@@ -150,7 +150,7 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     yield gallery, chart, str(_comparison_zip(comp, details, files, folder)), details, table
 
 
-def _comparison_zip(comp: Comparison, details: dict, files: list, folder) -> object:
+def _comparison_zip(comp: Comparison, details: dict, files: list[Path], folder: Path) -> Path:
     """One zip of the comparison: details.json, the clean and adversarial PNGs, the maps, the radius chart."""
     path = folder / "comparison.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
