@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Callable
 
-from .errors import UserError
+from .errors import UserError, check
 from .units import from_255
 
 
@@ -244,6 +244,12 @@ def _add_attack(sub) -> None:
     p.add_argument("--out", default=None, help="write the adversarial image (PNG, lossless) here")
     p.add_argument("--json", default=None, metavar="OUT",
                    help="write the comparison as JSON here (the document the app shows as its details)")
+    p.add_argument("--maps", default=None, metavar="DIR",
+                   help="write where each model looks (text-guided attention to the true and the predicted class, "
+                        "gradient saliency) on the clean and the adversarial image, as PNG overlays, into DIR")
+    p.add_argument("--radius", action="store_true",
+                   help="also find each model's robustness radius: the smallest eps that changes its answer "
+                        "(bisection over PGD with --steps steps, 0 to 16/255, to within 1/255)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_attack)
 
@@ -251,8 +257,9 @@ def _add_attack(sub) -> None:
 def _run_attack(args) -> int:
     from pathlib import Path
 
-    from .explore import AttackSettings, compare, cpu_lanes
+    from .explore import AttackSettings, compare, cpu_lanes, robustness_radius
     from .images import load_image, save_png
+    from .maps import comparison_maps, save_maps
     from .inputs import parse_labels
     from .env import check_device, default_device
     from .zoo import load_models
@@ -263,6 +270,7 @@ def _run_attack(args) -> int:
         _check_writable(args.out, "adversarial image")
     if args.json:
         _check_writable(args.json, "comparison JSON")
+    check(not args.radius or args.true is not None, "--radius needs the true label (--true).")
     check_device(args.device)
     models = load_models(args.models, args.device or default_device())
     source = None
@@ -272,6 +280,7 @@ def _run_attack(args) -> int:
     settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source,
                               defense=args.defense, eot=args.eot, lanes=cpu_lanes(models))
     res = compare(models, image, labels, args.true, settings)
+    radii = [robustness_radius(m, image, labels, args.true, settings) for m in models] if args.radius else []
     for v in res.verdicts:
         print(f"{v.model}  (attacked with {v.attacked_by}'s gradients)")
         rows = [("clean", v.clean), ("adversarial", v.adversarial)]
@@ -283,11 +292,18 @@ def _run_attack(args) -> int:
             mark = "" if pred.correct is None else ("  [right]" if pred.correct else "  [wrong]")
             top = ", ".join(f"{lab} {p:.1%}" for lab, p in zip(pred.labels, pred.probs))
             print(f"  {kind:>15}: {top}{mark}")
+    for r in radii:
+        print(f"{r.model}: " + ("wrong on the clean image" if r.radius_255 == 0 else
+                                f"holds beyond {r.high_255:g}/255" if r.radius_255 is None else
+                                f"fooled at {r.radius_255:g}/255") + f" (robustness radius, {r.attacks} PGD runs)")
+    if args.maps:
+        files = save_maps(comparison_maps(models, res), res, Path(args.maps).expanduser())
+        print(f"wrote {len(files)} maps to {args.maps}")
     if args.out:
         print(f"wrote {save_png(res.verdicts[0].adv_image, args.out)}")
     if args.json:
         path = Path(args.json).expanduser()
-        path.write_text(json.dumps(res.to_dict(settings), indent=2) + "\n")
+        path.write_text(json.dumps(res.to_dict(settings, radii), indent=2) + "\n")
         print(f"wrote {path}")
     return 0
 

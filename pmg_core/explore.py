@@ -4,6 +4,7 @@ so what a person downloads as PNG is exactly what the models were shown, and a v
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import queue
 import threading
@@ -111,8 +112,10 @@ class Comparison:
     true_label: str | None
     verdicts: list[ModelVerdict] = field(default_factory=list)
 
-    def to_dict(self, settings: AttackSettings) -> dict:
-        """The comparison as plain JSON data (no images): the app's details and `attack --json` write this."""
+    def to_dict(self, settings: AttackSettings, radii: Sequence["Radius"] = ()) -> dict:
+        """The comparison as plain JSON data (no images): the app's details and `attack --json` write this;
+        with `radii` (robustness_radius of each model), under "radius"."""
+        extra = {"radius": [dataclasses.asdict(r) for r in radii]} if radii else {}
         return {"eps_255": to_255(settings.eps), "steps": settings.steps, "norm": settings.norm,
                 "true_label": self.true_label, "target": settings.target,
                 "defense": settings.defense,
@@ -122,7 +125,7 @@ class Comparison:
                               "stop_margin": v.stop_margin,
                               **({"defended": {k: vars(p) for k, p in vars(v.defended).items()
                                                if isinstance(p, Prediction)}} if v.defended else {})}
-                             for v in self.verdicts]}
+                             for v in self.verdicts], **extra}
 
 
 def prepare_image(image: torch.Tensor, max_side: int) -> torch.Tensor:
@@ -463,6 +466,84 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
             turn.notify_all()
         for w in workers:
             w.join()
+
+
+# The robustness radius's bisection: eps from 0 to RADIUS_HIGH_255 grey levels, to within
+# RADIUS_TOLERANCE_255 (one grey level: a Linf change smaller than that cannot be written in an 8-bit PNG).
+RADIUS_HIGH_255 = 16.0
+RADIUS_TOLERANCE_255 = 1.0
+
+
+@dataclass
+class Radius:
+    """One model's robustness radius on one image: the smallest eps at which PGD changes its answer."""
+
+    model: str
+    radius_255: float | None  # None: still right at high_255 (it holds beyond it); 0: wrong on the clean image
+    high_255: float
+    tolerance_255: float
+    steps: int  # PGD steps of each attack of the bisection (step size 2.5 eps / steps)
+    attacks: int  # PGD runs the bisection took
+
+
+def radius_attacks(high_255: float = RADIUS_HIGH_255, tolerance_255: float = RADIUS_TOLERANCE_255) -> int:
+    """The most PGD runs one model's bisection takes (the cost policy counts them like a sweep's radii)."""
+    return 1 + max(0, math.ceil(math.log2(high_255 / tolerance_255)))
+
+
+def robustness_radius(model: ClipModel, image: torch.Tensor, classes: Sequence[str], true_label: str,
+                      settings: AttackSettings, high_255: float = RADIUS_HIGH_255,
+                      tolerance_255: float = RADIUS_TOLERANCE_255,
+                      templates: Sequence[str] = DEFAULT_TEMPLATES) -> Radius:
+    """The smallest eps (in /255, to within tolerance_255) at which an untargeted PGD of settings.steps
+    steps, judged on its 8-bit image as every verdict is, makes `model` answer other than `true_label`.
+
+    Bisection: first PGD at high_255 (not fooled there: radius None), then halving [right, fooled]
+    until it is tolerance_255 wide; the radius is its fooled end. It assumes that a larger eps fools at
+    least as easily, which PGD makes likely but does not guarantee. Each attack stops at its first
+    iterate whose 8-bit image fools the model. The tab's norm and loss are kept; its eps, step size,
+    target, source and defense are not (the step size follows each eps: 2.5 eps / steps).
+    """
+    check(high_255 > 0 and tolerance_255 > 0, "The radius's upper bound and tolerance must be above 0.")
+    probe = AttackSettings(eps=high_255 / 255, steps=settings.steps, norm=settings.norm, loss=settings.loss,
+                           max_side=settings.max_side)
+    setup = _Setup([model], image, classes, true_label, probe, templates)
+    check(setup.true_idx is not None, "The robustness radius needs the true label.")
+    job = setup.judge_clean(0, model)
+    done = Radius(model.name, 0.0, high_255, tolerance_255, settings.steps, 0)
+    if job.clean_logits.argmax(1).item() != setup.true_idx:
+        return done  # already wrong on the clean image
+
+    def fooled(eps_255: float) -> bool:
+        done.attacks += 1
+        setup.settings.eps = eps_255 / 255
+        pgd = setup.pgd(job.clf)
+        y, _ = setup.labels(job.clean_logits.device)
+        passes = pgd.iterate(setup.x[None].to(y.device), y, clean_logits=job.clean_logits)
+        while True:
+            try:
+                step = next(passes)
+            except StopIteration as end:
+                return _wrong(setup, job, setup.quantized(end.value.adv[0]))
+            if step.step >= 1 and int(step.logits.argmax(1)) != setup.true_idx \
+                    and _wrong(setup, job, setup.quantized(step.images[0])):
+                return True
+
+    if not fooled(high_255):
+        done.radius_255 = None
+        return done
+    low, high = 0.0, high_255
+    while high - low > tolerance_255 + 1e-9:
+        mid = (low + high) / 2
+        low, high = (low, mid) if fooled(mid) else (mid, high)
+    done.radius_255 = round(high, 4)
+    return done
+
+
+@torch.no_grad()
+def _wrong(setup: _Setup, job: _Attacked, adv: torch.Tensor) -> bool:
+    """Whether the model's top-1 on `adv` (an 8-bit image) is not the true label."""
+    return int(job.clf(adv[None].to(job.clean_logits.device)).argmax(1)) != setup.true_idx
 
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:

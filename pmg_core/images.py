@@ -108,6 +108,11 @@ def save_png(x: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def slug(name: str) -> str:
+    """A model or class name as a safe piece of a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+
+
 def new_output_folder(root: str | Path, keep_seconds: float = 3600) -> Path:
     """A fresh folder under `root` for one request's files; folders older than `keep_seconds` are removed.
 

@@ -1,4 +1,8 @@
-"""Plotly figures for the app, built from the plain data of analysis.py, evaluate.py and train.py."""
+"""Figures for the app, built from the plain data of analysis.py, evaluate.py, explore.py and train.py.
+
+Plotly, except the robustness-radius chart: it is a matplotlib figure, so the same chart the page shows
+goes into the comparison's zip as a PNG (plotly writes images only through an extra package, kaleido).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -127,6 +131,32 @@ def train_figure(history: Sequence[dict]) -> go.Figure:
                                  line=dict(color=_colour(i + 1))), row=1, col=2)
     fig.update_layout(title="Fine-tuning", **_LAYOUT)
     fig.update_xaxes(title_text="step")
+    return fig
+
+
+def radius_chart(radii: Sequence[dict]):
+    """Each model's robustness radius (explore.Radius as a dict) as a horizontal bar; a model still
+    right at the bisection's upper bound gets a hatched bar to that bound, marked "holds beyond"."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 0.6 + 0.45 * max(1, len(radii))), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    names = [r["model"] for r in radii][::-1]
+    for row, r in enumerate(radii[::-1]):
+        held = r["radius_255"] is None
+        value = r["high_255"] if held else r["radius_255"]
+        ax.barh(row, value, color=_colour(len(radii) - 1 - row), hatch="//" if held else None, alpha=0.5 if held else 1)
+        text = f"holds beyond {r['high_255']:g}/255" if held else (
+            "wrong on the clean image" if value == 0 else f"fooled at {value:g}/255")
+        ax.text(value, row, f" {text}", va="center", fontsize=9)
+    high = max((r["high_255"] for r in radii), default=1)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlim(0, high * 1.45)
+    first = radii[0] if radii else {"steps": 0, "tolerance_255": 1}
+    ax.set_xlabel(f"smallest eps (/255) that changes the answer (PGD-{first['steps']}, bisection to "
+                  f"{first['tolerance_255']:g}/255)")
+    ax.set_title("How much it takes: robustness radius on this image", fontsize=11)
+    ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 

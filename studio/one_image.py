@@ -7,14 +7,23 @@ details and `python -m pmg_core attack --json` are the same document.
 """
 from __future__ import annotations
 
+import dataclasses
+import html
+import json
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from pmg_core import analysis, inputs, plots
 from pmg_core.attacks import NORMS
 from pmg_core.defenses import get_defense
-from pmg_core.explore import AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image
-from pmg_core.images import load_image, new_output_folder, save_png, to_uint8
+from pmg_core.errors import check
+from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
+                              robustness_radius)
+from pmg_core.maps import MAP_PASSES, comparison_maps, overlay, save_maps
+from pmg_core.images import load_image, new_output_folder, save_png, slug, to_uint8
 from pmg_core.models import ClipModel
 from pmg_core.units import from_255, to_255
 
@@ -71,21 +80,23 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names, defend: bool | str = False, stop_early: bool = False):
+           model_names, defend: bool | str = False, stop_early: bool = False, result: dict | None = None):
     """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details): the
-    stream's last outputs. defend: also judge every model behind a test-time defense (defense_name)."""
+    stream's last outputs. defend: also judge every model behind a test-time defense (defense_name);
+    result: see attack_stream."""
     for outputs in attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target,
-                                 source, model_names, defend, stop_early):
+                                 source, model_names, defend, stop_early, result):
         pass
     return outputs
 
 
 def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names, defend: bool | str = False, stop_early: bool = True):
+                  model_names, defend: bool | str = False, stop_early: bool = True, result: dict | None = None):
     """attack() as it happens: the verdict table grows by each model's verdict as it arrives, under a
     progress line that moves with every attack step; the images, files and details (UNCHANGED until
     then) come with the last update.
-    stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare)."""
+    stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare).
+    result: filled at the end with what `extras` needs (comparison, settings, model names, folder)."""
     models, x, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
     settings.defense = defense_name(defend)
@@ -104,11 +115,67 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
             yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings),) + (UNCHANGED,) * 2
             continue
         shown = event["comparison"]
+        if result is not None:  # what the extras (maps, radius, zip) start from
+            result.update(comparison=shown, settings=settings, models=order, folder=str(folder))
         advs = _distinct_adversarials(shown)
-        files = [str(save_png(adv, folder / f"adversarial-{_slug(name)}.png")) for name, adv in advs]
+        files = [str(save_png(adv, folder / f"adversarial-{slug(name)}.png")) for name, adv in advs]
         gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
         perturb = [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), f"via {name}") for name, adv in advs]
         yield gallery, perturb, verdict_html(shown, settings), files, shown.to_dict(settings)
+
+
+def no_image_hint(image) -> str:
+    """The sentence beside the Attack button when there is nothing to attack (the outputs stay as they are)."""
+    return "" if image else "<p class='pmg-hint'>Pick an example below the image, or upload one, then press Attack.</p>"
+
+
+def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bool):
+    """After a comparison: where each model looks, each model's robustness radius, one zip of it all.
+
+    -> a stream of (maps gallery, radius chart, zip file, details, verdict HTML): the verdicts keep a
+    progress line while the radius is searched. Each part is checked against the public policy before
+    any work, as an attack is (the radius's bisection counted like a sweep's radii)."""
+    if not result:
+        return
+    comp, settings, folder = result["comparison"], result["settings"], Path(result["folder"])
+    models = studio.pick(result["models"])
+    rounds = radius_attacks() if with_radius else 0
+    if with_radius:
+        check(comp.true_label is not None, "The robustness radius needs the true label; choose it under the labels.")
+    policy.check_attack_extras(studio.limits, len(models), settings.steps, rounds, MAP_PASSES if with_maps else 0)
+    gallery, files, radii, chart = [], [], [], None
+    if with_maps:
+        maps = comparison_maps(models, comp)
+        files += save_maps(maps, comp, folder / "maps")
+        gallery = [(to_uint8(overlay(comp.image if image == "clean" else v.adv_image, heat)),
+                    f"{one.model} · {image} · {kind.removeprefix('attention to ')}")
+                   for one, v in zip(maps, comp.verdicts) for image, kinds in one.maps.items()
+                   for kind, heat in kinds.items()]
+    table = verdict_html(comp, settings)
+    if with_radius:
+        for i, m in enumerate(models):
+            line = (f"<p class='pmg-progress'>Robustness radius: {i} of {len(models)} models done; bisecting "
+                    f"<b>{html.escape(m.name)}</b>&hellip;</p>")
+            yield gallery, UNCHANGED, UNCHANGED, UNCHANGED, line + table
+            radii.append(robustness_radius(m, comp.image, comp.classes, comp.true_label, settings))
+        chart = plots.radius_chart([dataclasses.asdict(r) for r in radii])
+        chart.savefig(folder / "radius.png")
+        files.append(folder / "radius.png")
+    details = comp.to_dict(settings, radii)
+    yield gallery, chart, str(_comparison_zip(comp, details, files, folder)), details, table
+
+
+def _comparison_zip(comp: Comparison, details: dict, files: list[Path], folder: Path) -> Path:
+    """One zip of the comparison: details.json, the clean and adversarial PNGs, the maps, the radius chart."""
+    path = folder / "comparison.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("details.json", json.dumps(details, indent=2) + "\n")
+        z.write(save_png(comp.image, folder / "clean.png"), "clean.png")
+        for name, adv in _distinct_adversarials(comp):
+            z.write(save_png(adv, folder / f"adversarial-{slug(name)}.png"), f"adversarial-{slug(name)}.png")
+        for f in files:
+            z.write(f, str(Path(f).relative_to(folder)))
+    return path
 
 
 def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[ClipModel]) -> list[float]:
@@ -142,10 +209,6 @@ def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
     proj = analysis.projection(models, comps[-1])
     return (plots.distance_figure(rows), plots.distance_figure(rows, from_reference=True), plots.projection_figure(proj),
             {"distances": rows, "projection_eps_255": to_255(eps[-1]), **proj})
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
 
 
 def _distinct_adversarials(comp: Comparison) -> list[tuple[str, torch.Tensor]]:

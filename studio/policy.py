@@ -67,6 +67,14 @@ def check_attack(limits: Limits, models: int, steps: int, radii: int = 1, defend
           limits.attack_work, "fewer models, steps or radii", limits)
 
 
+def check_attack_extras(limits: Limits, models: int, steps: int, radius_attacks: int, map_passes: int) -> None:
+    """The Attack tab's extras after a comparison: each model's robustness radius (`radius_attacks` PGD
+    runs of steps + 1 passes, a bisection counted like a sweep's radii) and its maps (`map_passes`)."""
+    _over("radius and maps request", f"{models} model(s) x ({radius_attacks} attacks x {steps + 1} passes + "
+          f"{map_passes} map passes)", models * (radius_attacks * (steps + 1) + map_passes), limits.attack_work,
+          "fewer models or steps, or leave out the radius", limits)
+
+
 def check_evaluate(limits: Limits, models: int, images: int, steps: int) -> None:
     """`images`: the samples of every dataset together (each limited to the sample limit)."""
     _over("evaluation", f"{images:,} images x {models} model(s) x {steps + 1} passes", images * models * (steps + 1),

@@ -12,6 +12,7 @@ import gradio as gr
 from pmg_core import inputs
 from pmg_core.attacks import NORMS
 from pmg_core.errors import UserError
+from pmg_core.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, radius_attacks
 
 from . import assets, one_image
 from .model_choices import ModelChecklist, model_dropdown
@@ -47,7 +48,11 @@ class _Settings:
     eps: gr.Number
     defend: gr.Radio
     stop_early: gr.Checkbox
+    with_maps: gr.Checkbox
+    with_radius: gr.Checkbox
     attack_btn: gr.Button
+    hint: gr.HTML  # the sentence beside the button when there is no image
+    examples: gr.Gallery | None  # the strip of examples under the image
 
 
 @dataclass
@@ -61,23 +66,22 @@ class _Results:
     sweep_btn: gr.Button
     sweep_plot: gr.Plot
     sweep_rows: gr.JSON
+    maps: gr.Gallery
+    radius_plot: gr.Plot
+    zip_file: gr.File
+    shown: gr.State  # the last comparison of this session: what the extras start from
 
 
 def build(studio: Studio) -> AttackTab:
     presets = studio.presets()
+    examples = assets.examples(presets)
     with gr.Tab("Attack & compare"):
-        with gr.Row():
-            with gr.Column(scale=1):
-                tab, own = _settings_column(studio, presets)
-            with gr.Column(scale=2):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=320):  # the action: image, examples, Attack, what came of it
+                tab, own = _image_and_button(studio, presets, examples)
                 res = _results_column()
-        examples = assets.examples(presets)
-        if examples:
-            photos = any(not e[0].startswith(str(assets.EXAMPLES_DIR)) for e in examples)
-            gr.Examples(examples, [tab.image, tab.labels, tab.true_label],
-                        label="Examples: photos and the embedded world" if photos else "Examples from the embedded world")
-            if photos:
-                gr.Markdown(assets.PHOTO_CREDITS)
+            with gr.Column(scale=2, min_width=300):
+                _settings_column(studio, presets, tab, own)
 
     def on_preset(name):
         classes = presets.get(name, [])
@@ -91,15 +95,36 @@ def build(studio: Studio) -> AttackTab:
             return gr.update(), gr.update()
         return gr.update(choices=classes), gr.update(choices=["", *classes])
 
-    own.preset.change(on_preset, own.preset, [tab.labels, tab.true_label, own.target], api_name="preset", queue=False)
+    def on_example(evt: gr.SelectData):
+        """An example's image, labels and true label, and at once what the models see of it."""
+        path, labels, true = examples[evt.index]
+        classes = labels.split(", ")
+        preset = next((name for name, c in presets.items() if c == classes), None)
+        return (path, labels, gr.update(choices=classes, value=true), gr.update(choices=["", *classes], value=""),
+                preset if preset else gr.skip(), one_image.preview(studio, path), "")
+
+    # .input, not .change: an example sets the preset too, and must keep its own true label
+    own.preset.input(on_preset, own.preset, [tab.labels, tab.true_label, own.target], api_name="preset", queue=False)
     tab.labels.change(on_labels, tab.labels, [tab.true_label, own.target], api_name="labels", queue=False)
     tab.image.change(safe(one_image.preview, studio), tab.image, own.seen, api_name="preview",
                      show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
+    if own.examples is not None:
+        own.examples.select(safe(on_example), None, [tab.image, tab.labels, tab.true_label, own.target, own.preset,
+                                                     own.seen, own.hint], api_name="example", queue=False)
     settings = [tab.image, tab.labels, tab.true_label, tab.norm, own.eps, tab.steps, tab.step_size, tab.loss,
                 own.target, tab.source, tab.chosen]
-    own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.defend, own.stop_early],
-                         [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details],
-                         api_name="attack", show_progress="minimal", **INTERACTIVE)
+    # Nothing to attack: a sentence beside the button, and the outputs stay as they were (no error badges).
+    own.attack_btn.click(one_image.no_image_hint, tab.image, own.hint, queue=False, api_visibility="private")
+    # The verdicts appear under the button: on a phone, where they start below the screen, the button
+    # goes to the top of the screen so that they come into view (the page only ever scrolls down).
+    own.attack_btn.click(None, js=_BUTTON_TO_TOP_ON_A_PHONE)
+    attacked = own.attack_btn.click(
+        gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.defend, own.stop_early],
+        [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details, res.shown],
+        api_name="attack", show_progress="minimal", **INTERACTIVE)
+    attacked.success(gpu(INTERACTIVE_GPU_S)(safe(extras, studio)), [res.shown, own.with_maps, own.with_radius],
+                     [res.maps, res.radius_plot, res.zip_file, res.details, res.verdicts], api_name="attack_extras",
+                     show_progress="hidden", **INTERACTIVE)
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
     res.sweep_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.eps_sweep, studio)), sweep_settings,
                         [res.sweep_plot, res.sweep_rows], api_name="eps_sweep", **INTERACTIVE)
@@ -107,69 +132,141 @@ def build(studio: Studio) -> AttackTab:
 
 
 def attack(studio: Studio, *fields):
-    """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between."""
-    for outputs in one_image.attack_stream(studio, *fields):
+    """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between;
+    the last update also fills the session's state the extras start from. No image: nothing changes
+    (the button's other listener says why), and the extras have nothing to start from."""
+    if not fields[0]:
+        yield (gr.skip(),) * 5 + (None,)
+        return
+    result: dict = {}
+    for outputs in one_image.attack_stream(studio, *fields, result=result):
+        yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs) + (result or gr.skip(),)
+
+
+def extras(studio: Studio, result, with_maps: bool, with_radius: bool):
+    """one_image.extras for Gradio."""
+    for outputs in one_image.extras(studio, result, with_maps, with_radius):
         yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs)
 
 
-def _settings_column(studio: Studio, presets: dict[str, list[str]]) -> tuple[AttackTab, _Settings]:
-    """The image, its labels and the attack settings."""
+def _image_and_button(studio: Studio, presets: dict[str, list[str]], examples: list[list]) -> tuple[AttackTab, _Settings]:
+    """The first screen: the image and what the models see of it, a strip of examples, the Attack button.
+    The settings' components are made here too (unrendered) and placed by _settings_column."""
     first_preset = next(iter(presets), None)
     default_labels = ", ".join(presets[first_preset]) if first_preset else "cat, dog, bird"
     # every preset's classes, so examples from any task show their true label
     all_classes = list(dict.fromkeys(c for classes in presets.values() for c in classes)) or default_labels.split(", ")
-    with gr.Row():
-        image = image_upload(label="Image", sources=["upload", "clipboard"], height=220,
+    with gr.Row(equal_height=True):
+        image = image_upload(label="Image", sources=["upload", "clipboard"], height=150, min_width=140,
                              elem_classes="pmg-pixelated", elem_id="pmg-image")
-        seen = gr.Image(label="What the models see", format="png", interactive=False, height=220,
+        seen = gr.Image(label="What the models see", format="png", interactive=False, height=150, min_width=140,
                         elem_classes="pmg-pixelated", elem_id="pmg-preview", buttons=[])
-    gr.Markdown(SEEN_BY_MODELS)
-    preset = gr.Dropdown(list(presets), value=first_preset, label="Label preset")
-    labels = gr.Textbox(default_labels, label="Class labels (comma-separated)", lines=2, max_lines=6)
-    with gr.Row():
-        true_label = gr.Dropdown(all_classes, value=default_labels.split(", ")[0],
-                                 allow_custom_value=True, label="True label")
-        target = gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
-                             label="Target class (optional: targeted attack)")
-    with gr.Row():
-        norm = gr.Radio(list(NORMS), value="Linf", label="Norm")
-        loss = gr.Radio(list(one_image.LOSSES), value="cross-entropy", label="Attack loss")
-    with gr.Row():
-        eps = gr.Number(4, label="eps (/255)", minimum=0)
-        steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
-        step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0)
+    strip = None
+    if examples:
+        photos = any(not e[0].startswith(str(assets.EXAMPLES_DIR)) for e in examples)
+        strip = gr.Gallery([e[0] for e in examples], label="Examples", show_label=False, columns=len(examples),
+                           rows=1, height=76, allow_preview=False, object_fit="contain", buttons=[],
+                           elem_id="pmg-examples", elem_classes=["pmg-pixelated", "pmg-examples"])
+        if photos:
+            gr.Markdown(assets.PHOTO_CREDITS, elem_classes="pmg-small")
+    with gr.Row(equal_height=True, elem_id="pmg-action"):
+        attack_btn = gr.Button("Attack", variant="primary", elem_id="pmg-attack", scale=0, min_width=140)
+        hint = gr.HTML("", elem_id="pmg-hint")
+    labels = gr.Textbox(default_labels, label="Class labels (comma-separated)", lines=2, max_lines=6, render=False)
+    true_label = gr.Dropdown(all_classes, value=default_labels.split(", ")[0], allow_custom_value=True,
+                             label="True label", render=False)
+    norm = gr.Radio(list(NORMS), value="Linf", label="Norm", render=False)
+    steps = gr.Number(10, label="PGD steps", precision=0, minimum=0, render=False)
+    step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0, render=False)
+    loss = gr.Radio(list(one_image.LOSSES), value="cross-entropy", label="Attack loss", render=False)
+    chosen = ModelChecklist(studio.names, value=studio.names, label="Models to compare", render=False)
     source = model_dropdown([one_image.EACH_MODEL, *studio.names], one_image.EACH_MODEL, "Who is attacked",
-                            info="Each model white-box, or one model's adversarial image transferred to all.")
-    chosen = ModelChecklist(studio.names, value=studio.names, label="Models to compare")
-    notes = studio.model_notes()
-    if notes:
-        gr.Markdown(f"**About these models.** {notes}", elem_id="pmg-model-notes")
-    defend = gr.Radio(list(one_image.DEFENSES), value="no", label="Defend at test time", elem_id="pmg-defend",
-                      info="Also show each model behind a test-time defense: TTC counterattacks the image (Xing et al., "
-                           "CVPR 2025), CLIPure moves its embedding towards a blank prompt's (Zhang et al., ICLR 2025); "
-                           "on the same adversarial image, and attacked through the defense (slower).")
-    stop_early = gr.Checkbox(True, label="Stop attacking a model once it is clearly fooled",
-                             info=f"Faster: a model is done once the wrong class leads by {one_image.STOP_MARGIN:g} "
-                                  "logit and its PNG still fools it; its verdict says after how many steps.")
-    attack_btn = gr.Button("Attack", variant="primary", elem_id="pmg-attack")
-    return (AttackTab(image, labels, true_label, norm, steps, step_size, loss, chosen, source),
-            _Settings(preset, seen, target, eps, defend, stop_early, attack_btn))
+                            info="Each model white-box, or one model's adversarial image transferred to all.",
+                            render=False)
+    own = _Settings(
+        preset=gr.Dropdown(list(presets), value=first_preset, label="Label preset", render=False),
+        seen=seen,
+        target=gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
+                           label="Target class (optional: targeted attack)", render=False),
+        eps=gr.Number(4, label="eps (/255)", minimum=0, render=False),
+        defend=gr.Radio(list(one_image.DEFENSES), value="no", label="Defend at test time", elem_id="pmg-defend",
+                        render=False,
+                        info="Also show each model behind a test-time defense: TTC counterattacks the image (Xing et "
+                             "al., CVPR 2025), CLIPure moves its embedding towards a blank prompt's (Zhang et al., ICLR "
+                             "2025); on the same adversarial image, and attacked through the defense (slower)."),
+        stop_early=gr.Checkbox(True, label="Stop attacking a model once it is clearly fooled", render=False,
+                               info=f"Faster: a model is done once the wrong class leads by {one_image.STOP_MARGIN:g} "
+                                    "logit and its PNG still fools it; its verdict says after how many steps."),
+        with_maps=gr.Checkbox(True, label="Show where each model looks", elem_id="pmg-with-maps", render=False,
+                              info="Attention to the true and the predicted class, and saliency, on the clean and "
+                                   "the adversarial image; after the verdicts, so they come no later."),
+        with_radius=gr.Checkbox(False, label="Find each model's robustness radius", elem_id="pmg-with-radius",
+                                render=False,
+                                info=f"The smallest eps that changes its answer: bisection over PGD (the steps above, "
+                                     f"0 to {RADIUS_HIGH_255:g}/255, to within {RADIUS_TOLERANCE_255:g}/255); up to "
+                                     f"{radius_attacks()} more attacks per model, after the verdicts."),
+        attack_btn=attack_btn, hint=hint, examples=strip)
+    return AttackTab(image, labels, true_label, norm, steps, step_size, loss, chosen, source), own
+
+
+def _settings_column(studio: Studio, presets: dict[str, list[str]], tab: AttackTab, own: _Settings) -> None:
+    """Beside the image: the everyday settings, then the rest in an Advanced accordion."""
+    own.preset.render()
+    tab.labels.render()
+    tab.true_label.render()
+    with gr.Row():
+        own.eps.render()
+        tab.steps.render()
+    tab.chosen.render()
+    own.with_maps.render()
+    own.with_radius.render()
+    with gr.Accordion("Advanced", open=False, elem_id="pmg-advanced"):
+        with gr.Row():
+            tab.norm.render()
+            tab.loss.render()
+        with gr.Row():
+            own.target.render()
+            tab.step_size.render()
+        tab.source.render()
+        own.stop_early.render()
+        own.defend.render()
+    gr.Markdown(SEEN_BY_MODELS, elem_classes="pmg-small")
+    if studio.model_notes():  # the findings live on the About tab; one line here leads there
+        gr.Button("What the mini benchmark found about these models: on the About tab", size="sm",
+                  variant="secondary", elem_id="pmg-findings-link").click(None, js=_TO_ABOUT)
+
+
+_BUTTON_TO_TOP_ON_A_PHONE = ("() => { const b = document.querySelector('#pmg-attack'); if (b && window.innerWidth < 700 "
+                             "&& b.getBoundingClientRect().top > 8) window.scrollBy(0, b.getBoundingClientRect().top - 8); }")
+_TO_ABOUT = ("() => [...document.querySelectorAll('button[role=tab]')]"
+             ".find(b => b.innerText.trim() === 'About')?.click()")
 
 
 def _results_column() -> _Results:
-    """The verdicts, the adversarial images and their files, the details, the eps sweep."""
+    """Under the button: the verdicts (with the progress line), the radius chart, the maps, the
+    adversarial images and their files, one zip, the details, the eps sweep."""
     verdicts = gr.HTML(label="Predictions", elem_id="pmg-verdicts")
+    radius_plot = gr.Plot(label="Robustness radius", elem_id="pmg-radius", format="png")
+    maps = gr.Gallery(label="Where each model looks: text-guided attention to the true and to the predicted class, "
+                            "and saliency; on the clean, then the adversarial image (bright = more)",
+                      format="png", columns=6, height="auto", elem_id="pmg-maps", object_fit="contain",
+                      elem_classes=["pmg-pixelated"])
     with gr.Row():
-        adv_gallery = gr.Gallery(label="Adversarial image(s)", format="png", columns=3, height=260,
+        adv_gallery = gr.Gallery(label="Adversarial image(s)", format="png", columns=3, height=220,
                                  elem_classes=["pmg-pixelated", "pmg-gallery"], object_fit="contain")
-        pert_gallery = gr.Gallery(label="Perturbation, amplified", format="png", columns=3, height=260,
+        pert_gallery = gr.Gallery(label="Perturbation, amplified", format="png", columns=3, height=220,
                                   elem_classes=["pmg-pixelated", "pmg-gallery"], object_fit="contain")
-    adv_files = gr.File(label="Download adversarial PNG (bit-exact)", file_count="multiple", elem_id="pmg-files")
-    with gr.Accordion("Details (JSON)", open=False):
-        details = gr.JSON()
     with gr.Row():
-        sweep_eps = gr.Textbox("0, 1, 2, 4, 8", label="eps sweep (/255)")
-        sweep_btn = gr.Button("Run eps sweep")
-    sweep_plot = gr.Plot(label="eps sweep")
+        zip_file = gr.File(label="Download the comparison (zip: details, PNGs, maps, radius chart)",
+                           elem_id="pmg-zip")
+        adv_files = gr.File(label="Download adversarial PNG (bit-exact)", file_count="multiple", elem_id="pmg-files")
+    with gr.Accordion("Details (JSON)", open=False):
+        details = gr.JSON(elem_id="pmg-details")
+    with gr.Accordion("eps sweep", open=False):
+        with gr.Row():
+            sweep_eps = gr.Textbox("0, 1, 2, 4, 8", label="eps sweep (/255)")
+            sweep_btn = gr.Button("Run eps sweep")
+        sweep_plot = gr.Plot(label="eps sweep")
     sweep_rows = gr.JSON(visible=False)
-    return _Results(verdicts, adv_gallery, pert_gallery, adv_files, details, sweep_eps, sweep_btn, sweep_plot, sweep_rows)
+    return _Results(verdicts, adv_gallery, pert_gallery, adv_files, details, sweep_eps, sweep_btn, sweep_plot,
+                    sweep_rows, maps, radius_plot, zip_file, gr.State(None))

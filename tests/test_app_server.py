@@ -195,7 +195,8 @@ def test_zerogpu_gives_each_handler_a_duration_and_is_a_no_op_without_spaces(mon
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
     app.build_app(tiny_models()[:1], checkpoint_dir=tmp_path)
-    assert durations == {"attack": 120, "eps_sweep": 120, "distances": 120, "evaluate": 300, "train": 300}
+    assert durations == {"attack": 120, "extras": 120, "eps_sweep": 120, "distances": 120, "evaluate": 300,
+                         "train": 300}
     monkeypatch.setitem(sys.modules, "spaces", None)  # `import spaces` raises ImportError
     assert safety.gpu(300)(len) is len
 

@@ -101,7 +101,7 @@ def test_app_part_times_todays_comparison_against_the_streamed_one(tmp_path):
     # Without a margin every model runs every step; today's path shows its first verdict at its end.
     assert set(app["streamed"]["steps_taken"].values()) == {4}
     assert app["todays_path"]["first_verdict_s"] == app["todays_path"]["all_verdicts_s"]
-    for variant in ("streamed", "streamed_with_margin", "streamed_in_lanes"):
+    for variant in ("streamed", "streamed_with_margin", "streamed_in_lanes", "in_lanes_with_maps_and_radius"):
         v = app[variant]
         assert 0 < v["first_verdict_s"] <= v["all_verdicts_s"] and v["first_verdict_speedup"] > 0
         assert sorted(v["order"]) == sorted(app["models"])

@@ -14,7 +14,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
-from helpers import EXAMPLE, tiny_models  # noqa: E402
+from helpers import EXAMPLE, free_port, tiny_models  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -96,4 +96,70 @@ def test_a_visitor_over_their_places_reads_our_sentence_not_gradios_busy_page(tm
     finally:
         httpx.post(f"{url}gradio_api/run/cancel_train", json={"data": [], "session_hash": blocker.session_hash},
                    timeout=60)
+        demo.close()
+
+
+def _in_view(page, selector: str) -> bool:
+    """Whether the element's whole box lies inside the viewport as the page is scrolled now."""
+    box = page.locator(selector).first.bounding_box()
+    size = page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"] and box["x"] >= 0 \
+        and box["x"] + box["width"] <= size["width"]
+
+
+def test_the_attack_tab_s_first_screen_at_a_desk_and_on_a_phone(tmp_path):
+    """A first-time visitor: the image and the Attack button are on the first screen; Attack with no image
+    says so beside the button, with no error badge anywhere; after an example click, what the models see
+    is drawn; after Attack the first verdict shows where they are looking (at 390 px, by scrolling down
+    only), then every model's maps and robustness radius, and one zip of the comparison."""
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_options())
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            for width, height, phone in ((1280, 800, False), (390, 844, True)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+                page.locator("#pmg-attack").wait_for(timeout=60_000)
+                assert _in_view(page, "#pmg-image") and _in_view(page, "#pmg-attack")
+                if not phone:
+                    page.locator("#pmg-attack").click()
+                    page.locator("#pmg-hint", has_text="Pick an example").wait_for(timeout=30_000)
+                    page.wait_for_timeout(1_000)  # time for any error to arrive
+                    assert page.get_by_text("Error", exact=True).count() == 0
+                    assert page.locator(".toast-body").count() == 0
+                    page.locator("#pmg-with-radius input").check()  # maps are on by default
+                    page.evaluate("window.scrollTo(0, 0)")  # ticking it scrolled down to the box
+                page.locator("#pmg-examples .thumbnail-item").nth(1).click()  # the purple star
+                page.locator("#pmg-preview img").first.wait_for(timeout=30_000)
+                assert page.locator("#pmg-hint").inner_text().strip() == ""
+                before = page.evaluate("window.scrollY")
+                page.locator("#pmg-attack").click()
+                first = page.locator(".pmg-model").first
+                first.wait_for(timeout=120_000)
+                if phone:  # below where they were: the page scrolls down to it, never up
+                    assert page.evaluate("window.scrollY") >= before
+                    page.evaluate("document.querySelector('.pmg-model').scrollIntoView({block: 'nearest'})")
+                    assert page.evaluate("window.scrollY") >= before
+                else:
+                    assert page.evaluate("window.scrollY") == before == 0
+                page.screenshot(path=str(ARTIFACTS / f"attack-tab-{width}.png"))
+                assert _in_view(page, ".pmg-model"), (width, page.locator(".pmg-model").first.bounding_box())
+                if not phone:
+                    page.locator("#pmg-zip a").first.wait_for(timeout=180_000)  # the extras' last update
+                    maps = page.locator("#pmg-maps .thumbnail-item")
+                    captions = [maps.nth(i).inner_text() for i in range(maps.count())]
+                    for model in ("clip", "tecoa", "pmg-aft"):
+                        assert sum(c.startswith(model + " ·") for c in captions) == 6  # 3 maps x clean, adversarial
+                    assert page.locator("#pmg-radius img").count() == 1
+                    details = page.locator("#pmg-details")
+                    page.get_by_text("Details (JSON)").click()
+                    assert all(m in details.inner_text() for m in ("radius_255", "tolerance_255"))
+                    page.screenshot(path=str(ARTIFACTS / "attack-tab-extras.png"), full_page=True)
+                page.close()
+            browser.close()
+    finally:
         demo.close()

@@ -6,7 +6,9 @@ before streaming, written out here as a yardstick: each model in turn, PGD judgi
 itself, then the clean and adversarial verdicts, and nothing on the page until every model is done.
 The streamed path is `explore.iter_compare`, timed to its first verdict and to its last, without a
 stop margin (the same verdicts, checked), with the app's margin, and with the margin in the app's
-lanes (`explore.cpu_lanes`: on a CPU, one model per torch thread at once, each on one thread).
+lanes (`explore.cpu_lanes`: on a CPU, one model per torch thread at once, each on one thread), and
+that again with the Attack tab's extras on (maps and every model's robustness radius, which come
+after the verdicts: the first verdict should not move, the last update does).
 
 Random weights need one adjustment to show what the margin does: a model's logits can only move
 as far as its logit scale lets them, and at the init scale (1/0.07) the attack never leads by a
@@ -17,6 +19,7 @@ margin never stops them and they run every step, as robust fine-tunes do.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 
@@ -61,6 +64,13 @@ def todays_path(models, image: torch.Tensor, classes: list[str], true_label: str
     return out
 
 
+def _comparison(streamed: dict, image, classes, true_label, settings):
+    """The Comparison a streamed run ended with (its verdicts, the image as attacked)."""
+    from ..explore import Comparison, prepare_image
+
+    return Comparison(prepare_image(image, settings.max_side), classes, true_label, streamed["verdicts"])
+
+
 def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
     from dataclasses import replace
 
@@ -95,8 +105,21 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
         return {"first": first, "all": time.perf_counter() - t0, "verdicts": event["comparison"].verdicts,
                 "order": order}
 
+    def with_extras() -> dict:
+        """The app's path with its extras on: maps and every model's robustness radius after the verdicts."""
+        from ..explore import robustness_radius
+        from ..maps import comparison_maps
+
+        t0 = time.perf_counter()
+        out = streamed(laned)
+        comparison_maps(models, _comparison(out, image, classes, true_label, laned))
+        for m in models:
+            robustness_radius(m, image, classes, true_label, laned)
+        sync(device)
+        return {**out, "all": time.perf_counter() - t0}
+
     variants = {"todays_path": today, "streamed": lambda: streamed(plain), "streamed_with_margin": lambda: streamed(margin),
-                "streamed_in_lanes": lambda: streamed(laned)}
+                "streamed_in_lanes": lambda: streamed(laned), "in_lanes_with_maps_and_radius": with_extras}
     times: dict[str, dict[str, list[float]]] = {k: {"first": [], "all": []} for k in variants}
     last: dict[str, dict] = {}
     for r in range(cfg.warmup + cfg.repeats):
@@ -105,7 +128,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
             if r >= cfg.warmup:
                 for k in ("first", "all"):
                     times[name][k].append(last[name][k])
-    out: dict = {"arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
+    out: dict = {"load_average": [round(x, 2) for x in os.getloadavg()], "arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
                  "steps": cfg.app_steps, "eps_255": to_255(cfg.app_eps),
                  "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads(), "lanes": laned.lanes}
     for name in variants:
@@ -116,7 +139,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
             out[name]["order"] = last[name]["order"]
             out[name]["steps_taken"] = {v.model: v.steps_taken for v in last[name]["verdicts"]}
     base = out["todays_path"]["all_verdicts_s"]
-    for name in ("streamed", "streamed_with_margin", "streamed_in_lanes"):
+    for name in ("streamed", "streamed_with_margin", "streamed_in_lanes", "in_lanes_with_maps_and_radius"):
         out[name]["first_verdict_speedup"] = round(base / out[name]["first_verdict_s"], 3)
         out[name]["all_verdicts_speedup"] = round(base / out[name]["all_verdicts_s"], 3)
     before = last["todays_path"]["verdicts"]

@@ -52,13 +52,16 @@ def to_markdown(report: dict) -> str:
     app = report.get("app")
     if app:
         lines += ["", f"## The app's live comparison: {len(app['models'])} x {app['arch']} (random init), one 224 px "
-                      f"image, PGD-{app['steps']} at eps {app['eps_255']}/255, {app['threads']} threads", "",
+                      f"image, PGD-{app['steps']} at eps {app['eps_255']}/255, {app['threads']} threads"
+                      + (f"; load average {', '.join(map(str, app['load_average']))}" if "load_average" in app else ""),
+                  "",
                   "| path | first verdict s | all verdicts s | first verdict, vs today | all, vs today | steps taken |",
                   "|---|---:|---:|---:|---:|---|"]
         for k, label in (("todays_path", "today's (all at the end)"), ("streamed", "streamed, no margin"),
                          ("streamed_with_margin", f"streamed, stop margin {app['stop_margin']:g}"),
                          ("streamed_in_lanes", f"streamed, stop margin {app['stop_margin']:g}, "
-                                               f"{app.get('lanes', 1)} models at once")):
+                                               f"{app.get('lanes', 1)} models at once"),
+                         ("in_lanes_with_maps_and_radius", "the same, then maps and robustness radii (all = the last)")):
             if k not in app:  # a report written before lanes existed
                 continue
             v = app[k]
