@@ -38,7 +38,7 @@ def rows(cards: Sequence[dict]) -> list[dict]:
         for threat in avg["robust_acc"]:
             unaware = avg.get("robust_acc_unaware", {}).get(threat)
             out.append({
-                "model": card["model"], "protocol": f"{p['name']} v{p['version']}" + (f" (limit {p['limit']})" if p["limit"] else ""),
+                "model": card["name"], "protocol": f"{p['name']} v{p['version']}" + (f" (limit {p['limit']})" if p["limit"] else ""),
                 "threat": threat, "clean": round(100 * avg["clean_acc"], 2), "robust": round(100 * avg["robust_acc"][threat], 2),
                 "robust_unaware": None if unaware is None else round(100 * unaware, 2),
                 "converged": card["convergence"]["converged"],
@@ -119,7 +119,7 @@ def card_markdown(card: dict) -> str:
     p, avg, conv = card["protocol"], card["averages"], card["convergence"]
     defense = card.get("defense")
     behind = (f" behind {defense['name']} (threshold {defense['threshold']})" if defense else "")
-    lines = [f"#### {card['model']}{behind}",
+    lines = [f"#### {card['name']}{behind}", f"- evaluated as `{card['model']}`",
              f"- weights sha256 `{card['weights_sha256']}`; base `{card['base']}`; method {card.get('method') or '-'}; "
              f"trainer {card.get('trainer') or '-'}; paper {card.get('paper') or '-'}; preset `{card.get('preset')}`",
              f"- protocol **{p['name']} v{p['version']}** ({p['title']})" + (f", limited to {p['limit']} samples" if p["limit"] else "")

@@ -147,7 +147,7 @@ def leaderboard_scatter(rows: Sequence[dict]) -> go.Figure:
             text=[r["model"] for r in sel], textposition=_label_sides([{"x": r["clean"], "y": r["robust"]} for r in sel]),
             marker=dict(size=10, color=_colour(i), symbol=["circle" if r["converged"] else "x" for r in sel]),
             hovertemplate="%{text}<br>clean %{x:.1f}%<br>robust %{y:.1f}%"))
-    fig.update_layout(title="Clean against robust accuracy, averaged over the protocol's datasets (x: did not converge)",
+    fig.update_layout(title="Clean against robust accuracy (%, average over datasets; x: not converged)",
                       xaxis_title="clean accuracy (%)", yaxis_title="robust accuracy (%)", **_LAYOUT)
     return fig
 
@@ -157,7 +157,7 @@ def leaderboard_heatmap(cards: Sequence[dict], threat: str) -> go.Figure:
     datasets = list(dict.fromkeys(d for c in cards for d in c["results"]))
     z = [[100 * c["results"][d]["robust"][threat]["robust_acc"] if d in c["results"] and threat in c["results"][d]["robust"]
           else None for d in datasets] for c in cards]
-    fig = go.Figure(go.Heatmap(z=z, x=datasets, y=[c["model"] for c in cards], colorscale="Viridis", zmin=0, zmax=100,
+    fig = go.Figure(go.Heatmap(z=z, x=datasets, y=[c["name"] for c in cards], colorscale="Viridis", zmin=0, zmax=100,
                                texttemplate="%{z:.0f}", hovertemplate="%{y}<br>%{x}<br>robust %{z:.1f}%<extra></extra>",
                                colorbar=dict(title="robust %")))
     fig.update_layout(title=f"Robust accuracy per dataset, {threat}", template="plotly_white",
