@@ -404,6 +404,14 @@ class FeatureAttack:
         return x.detach()
 
 
+def _keeping_rng(attack: Callable, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A torchattacks attack's images; it reseeds torch's global generators on every call, so its
+    call runs on a fork of them and the caller's streams stay where they were."""
+    cuda = [images.device.index or 0] if images.is_cuda else []
+    with torch.random.fork_rng(devices=cuda):
+        return attack(images, labels).detach()
+
+
 class AutoAttackAdapter:
     """torchattacks' AutoAttack on a ZeroShotClassifier, for any number of classes from 2 up.
 
@@ -444,10 +452,7 @@ class AutoAttackAdapter:
         self.attack = attacks[0] if len(attacks) == 1 else ta.MultiAttack(attacks)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # torchattacks reseeds torch's global generators on every call: keep the caller's streams.
-        cuda = [images.device.index or 0] if images.is_cuda else []
-        with torch.random.fork_rng(devices=cuda):
-            return self.attack(images, labels).detach()
+        return _keeping_rng(self.attack, images, labels)
 
 
 # --- the registry of attacks by name ---------------------------------------------------------------
@@ -519,6 +524,40 @@ def _autoattack_fast(model, eps, steps, alpha, norm, seed, eot=1):
                  standard_steps=100, eot=True)
 def _autoattack_standard(model, eps, steps, alpha, norm, seed, eot=1):
     return AutoAttackAdapter(model, eps, norm, "standard", seed=seed or 0, steps=steps, eot=eot)
+
+
+class APGDAttack:
+    """torchattacks' APGD (Croce & Hein, ICML 2020) alone, with the cross-entropy ("ce") or the
+    untargeted DLR loss ("dlr": (z_y - max_other) / (z_1 - z_3) over sorted logits, scale-free, so
+    it needs at least 3 classes). `eot`: gradients averaged per step over draws of a randomised
+    model (torchattacks' eot_iter). It returns, per sample, the first image that fooled the model
+    at some iterate, or its last."""
+
+    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce", steps: int = 100,
+                 seed: int = 0, eot: int = 1):
+        import torchattacks as ta
+
+        check_number("eps", eps, low=0)
+        check_number("steps", steps, low=1, integer=True)
+        check_number("EOT samples", eot, low=1, integer=True)
+        check(loss in ("ce", "dlr"), f"APGD's loss must be ce or dlr; got {loss!r}.")
+        check(loss == "ce" or model.num_classes >= 3, "APGD-DLR needs at least 3 classes.")
+        self.attack = ta.APGD(model, norm=check_norm(norm), eps=eps, steps=steps, n_restarts=1, seed=seed,
+                              loss=loss, eot_iter=int(eot))
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return _keeping_rng(self.attack, images, labels)
+
+
+@register_attack("apgd-ce", "APGD on the cross-entropy (torchattacks)", standard_steps=100, eot=True)
+def _apgd_ce(model, eps, steps, alpha, norm, seed, eot=1):
+    return APGDAttack(model, eps, norm, "ce", steps, seed or 0, eot)
+
+
+@register_attack("apgd-dlr", "APGD on the DLR loss, untargeted (torchattacks; 3 classes or more)", standard_steps=100,
+                 eot=True)
+def _apgd_dlr(model, eps, steps, alpha, norm, seed, eot=1):
+    return APGDAttack(model, eps, norm, "dlr", steps, seed or 0, eot)
 
 
 class PublicCodePGD:

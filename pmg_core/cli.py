@@ -156,6 +156,7 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
 
 def _add_eval(sub) -> None:
+    from .adaptive import ADAPTIVE, FULL_SUITE
     from .attacks import ATTACKS
     from .evaluate import EvalConfig
 
@@ -191,6 +192,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--defense", help="a test-time defense: none | ttc (default none); a defended model is "
                                      "reported under the usual attack and under an adaptive one through the defense")
     p.add_argument("--eot", type=int, help=f"the adaptive attack's gradients per step, each through a fresh draw of the defense (default {d.eot})")
+    p.add_argument("--adaptive", type=_csv, help="attacks through the defense, best-of with the unaware one: "
+                                                 f"{' | '.join(n for n in ADAPTIVE if n != 'unaware')} "
+                                                 f"(default {','.join(d.adaptive)}; all four: {','.join(FULL_SUITE)})")
+    p.add_argument("--restarts", type=int, help=f"runs of each attack from fresh random starts, best-of (default {d.restarts})")
+    p.add_argument("--judge-draws", type=int, help="behind a defense: fresh draws each attack's image is judged on; "
+                                                   f"robust only if right on all (default {d.judge_draws})")
+    p.add_argument("--defense-threshold", help="TTC's tau threshold: a number, or 'calibrated' (the median tau of the "
+                                               "clean images evaluated) (default: the published 0.2)")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
     p.add_argument("--device")
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")

@@ -105,17 +105,32 @@ class NoDefense(Defense):
 class TestTimeCounterattack(Defense):
     """TTC: counterattack an image whose embedding barely moves under random noise (module docstring)."""
 
+    @staticmethod
+    def tau_encoder(classifier: ZeroShotClassifier, reference: ZeroShotClassifier | None) -> ZeroShotClassifier:
+        """The encoder tau is measured with: the original CLIP's when it defends a fine-tune, else its own."""
+        return reference if reference is not None else classifier
+
+    @staticmethod
+    def relative_shift(encoder: ZeroShotClassifier, x: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
+        """tau with its gradient: how far the random start moves each image's embedding, relative to
+        its length (what a gate-aware attack ascends)."""
+        clean = encoder.encode(x, normalize=False).float()
+        moved = encoder.encode(x_start, normalize=False).float()
+        return (moved - clean).norm(dim=-1) / clean.norm(dim=-1)
+
     def tau(self, encoder: ZeroShotClassifier, x: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
         """How far the random start moves each image's embedding, relative to its length."""
         with torch.no_grad():
-            clean = encoder.encode(x, normalize=False).float()
-            moved = encoder.encode(x_start, normalize=False).float()
-        return (moved - clean).norm(dim=-1) / clean.norm(dim=-1)
+            return self.relative_shift(encoder, x, x_start)
+
+    def start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The random start: uniform in the eps-ball, clipped to the image range."""
+        return (x + random_start(x, self.settings.eps, "Linf", generator)).clamp(0, 1)
 
     def purify(self, classifier, x, reference, generator):
         s = self.settings
         x = x.detach()
-        start = (x + random_start(x, s.eps, "Linf", generator)).clamp(0, 1)
+        start = self.start(x, generator)
         if s.steps == 0 or s.eps == 0:
             return start
         with torch.no_grad():

@@ -7,15 +7,19 @@ count as robust. Attacks that are not our PGD (AutoAttack, pgd-public-code) are 
 images they return. Every report names its protocol in one line (`protocol`), the robust rule
 included, and says when an attack ran fewer iterations than its name promises.
 
-Behind a test-time defense (`defense`, pmg_core/defenses.py) a model is attacked twice, and its
-row carries both numbers: `robust_acc_unaware`, the usual attack on the undefended model with its
-adversarial image then shown to the defended one, and `robust_acc`, the adaptive attacker's: it
-also attacks through the defense (BPDA, EOT over the defense's random start: `eot` gradients per
-step), and a sample counts as robust only if neither image fools the defended model. A defended model is
-randomised, so its verdicts are taken on the attacks' final images with one fresh draw each (not
-"ever fooled" over draws); a sample counts as robust only if its defended clean prediction is
-right too. Its random starts come from one seeded stream per batch, so defended rows, unlike the
-others, depend on the batch size. Samples misclassified clean are not attacked, and under "ever"
+Behind a test-time defense (`defense`, pmg_core/defenses.py) a model is attacked by the suite of
+pmg_core/adaptive.py, and its row carries `robust_acc_unaware`, the usual attack on the undefended
+model with its adversarial image then shown to the defended one, `robust_acc_by_attack` (each
+attack of the suite on its own, over its restarts), and `robust_acc`, the adaptive attacker's: a
+sample counts as robust only if no image of any attack, the unaware one included, fools the
+defended model (best-of). A defended model is randomised, so its verdicts are taken on the
+attacks' returned images, each judged on `judge_draws` fresh draws and right on all of them (not
+"ever fooled" over draws; adaptive.py says why); a sample counts as robust only if its defended
+clean prediction is right too. Its random starts come from one seeded stream per batch, so
+defended rows, unlike the others, depend on the batch size. Behind TTC the row also gives the tau
+threshold used (`defense_threshold`: the published 0.2, a number, or "calibrated", the median tau
+of the clean images evaluated) and `gate_open`, the share of clean images whose tau reaches it,
+which TTC passes on without a counterattack. Samples misclassified clean are not attacked, and under "ever"
 samples fooled mid-attack stop being attacked (early stop): both change time, not the result.
 PGD's random start is drawn per sample from (seed, sample index), so results do not depend on
 the batch size.
@@ -32,7 +36,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks import ATTACKS, EOTPGD, PGD, check_norm, get_attack, make_attack, random_start
+from .adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, run_suite
+from .attacks import ATTACKS, PGD, check_norm, get_attack, make_attack, random_start
 from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
@@ -70,7 +75,11 @@ class EvalConfig:
     device: str | None = None
     num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
     defense: str = "none"  # a test-time defense (pmg_core/defenses.py): ttc
-    eot: int = 4  # the adaptive attack's gradients per step, each through a fresh draw of the defense
+    eot: int = 4  # the adaptive attacks' gradients per step, each through a fresh draw of the defense
+    adaptive: list[str] = field(default_factory=lambda: list(DEFAULT_SUITE))  # attacks through a defense (adaptive.ADAPTIVE), best-of with the unaware one
+    restarts: int = 1  # runs of PGD / CW and of every attack behind a defense from fresh starts, best-of
+    judge_draws: int = 1  # behind a defense: fresh draws each attack's image is judged on (right on all = robust)
+    defense_threshold: float | str | None = None  # TTC's tau threshold: None the published, a number, or "calibrated"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.attack in ATTACKS:
@@ -98,8 +107,24 @@ class EvalConfig:
         if self.preset is not None:
             get_preset(self.preset)
         check_prompts(self.prompts)
-        get_defense(self.defense)
+        defense = get_defense(self.defense)
         check_number("EOT samples", self.eot, low=1, integer=True)
+        # Without a defense the suite is not run (a protocol may name one for every model alike).
+        self.adaptive = list(check_suite(self.adaptive, self.defense == "none" or hasattr(defense, "relative_shift")))
+        check_number("restarts", self.restarts, low=1, integer=True)
+        check_number("judge draws", self.judge_draws, low=1, integer=True)
+        if isinstance(self.defense_threshold, str) and self.defense_threshold != "calibrated":
+            self.defense_threshold = _number(self.defense_threshold)
+        if self.defense_threshold is not None and self.defense_threshold != "calibrated":
+            check_number("defense threshold", self.defense_threshold, low=0)
+
+
+def _number(text: str) -> float | str:
+    """A threshold typed as text: a number, or the text itself for check_number to refuse."""
+    try:
+        return float(text)
+    except ValueError:
+        check(False, f"defense threshold must be a number or 'calibrated'; got {text!r}.")
 
 
 def model_preset(model: ClipModel, cfg: EvalConfig) -> Preset:
@@ -126,18 +151,22 @@ def _pgd(clf: ZeroShotClassifier, cfg: EvalConfig, preset: Preset) -> PGD:
                dtype=preset.attack_dtype)
 
 
-def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig) -> torch.Tensor:
-    """Each sample's PGD starting point: seeded per sample index, or none."""
-    if not cfg.random_start or len(idx) == 0:
+# Restart r > 0 draws its starts from seed + RESTART_SEED * r: far from the seeds people type.
+RESTART_SEED = 7919
+
+
+def _starts(idx: torch.Tensor, x: torch.Tensor, cfg: EvalConfig, restart: int = 0) -> torch.Tensor:
+    """Each sample's PGD starting point: seeded per sample index (and restart), or none on the first."""
+    if (not cfg.random_start and restart == 0) or len(idx) == 0:
         return torch.zeros_like(x)
-    return sample_noise(idx.tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed).to(x)
+    return sample_noise(idx.tolist(), tuple(x.shape[1:]), cfg.eps, cfg.norm, cfg.seed + RESTART_SEED * restart).to(x)
 
 
 def _streams(cfg: EvalConfig) -> bool:
     """PGD with early stop attacks a whole dataset as one stream (PGD.fooled_stream), so its passes
     stay full while fooled samples leave; other attacks go batch by batch (evaluate_batch)."""
     return (get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.robust_rule == "ever"
-            and cfg.eps > 0 and cfg.steps > 0 and cfg.defense == "none")
+            and cfg.eps > 0 and cfg.steps > 0 and cfg.defense == "none" and cfg.restarts == 1)
 
 
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -153,44 +182,59 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
     xs, ys = x[todo], y[todo]
     preset = preset or get_preset(cfg.preset or "paper")
     if pgd_loss is not None:
-        init = _starts(idx[todo.cpu()], xs, cfg)
-        res = _pgd(clf, cfg, preset).run(xs, ys, init=init, clean_logits=logits[todo])
-        robust[todo] = ~res.fooled if cfg.robust_rule == "ever" else res.adv_pred == ys
+        for r in range(cfg.restarts):  # each from its own per-sample start; robust only if none fools it
+            res = _pgd(clf, cfg, preset).run(xs, ys, init=_starts(idx[todo.cpu()], xs, cfg, r),
+                                             clean_logits=logits[todo])
+            robust[todo] &= ~res.fooled if cfg.robust_rule == "ever" else res.adv_pred == ys
     else:
         adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
         robust[todo] = _clean_logits(clf, adv).argmax(1) == ys
     return clean, robust
 
 
+def suite_settings(cfg: EvalConfig, preset: Preset) -> SuiteSettings:
+    return SuiteSettings(cfg.attack, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, cfg.eot, cfg.restarts,
+                         cfg.judge_draws, preset.attack_dtype)
+
+
 def evaluate_defended_batch(defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-                            cfg: EvalConfig, preset: Preset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample flags for one batch behind a defense: defended clean-correct, robust to the attack
-    that does not know the defense, robust to the adaptive attack through it (module docstring)."""
-    clf = defended.classifier
+                            cfg: EvalConfig, preset: Preset) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-sample flags for one batch behind a defense: defended clean-correct, robust to every attack
+    (best-of), and robust to each attack of the suite, `unaware` first (module docstring)."""
     defended.reseed(cfg.seed * 1_000_003 + int(idx[0]))
     with torch.no_grad():
         clean = defended(x).argmax(1) == y
-    unaware, adaptive = clean.clone(), clean.clone()
+    by_attack = {n: clean.clone() for n in ("unaware", *cfg.adaptive)}
     todo = clean.nonzero().squeeze(1)
     loss = get_attack(cfg.attack).pgd_loss
     if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and loss is not None:
-        return clean, unaware, adaptive
-    xs, ys = x[todo], y[todo]
-    if loss is not None:
-        init, common = _starts(idx[todo.cpu()], xs, cfg), dict(random_start=False, dtype=preset.attack_dtype)
-        adv = PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, loss, **common).run(xs, ys, init=init).adv
-        through = EOTPGD(defended, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, loss, eot=cfg.eot,
-                         **common).run(xs, ys, init=init).adv
-    else:  # AutoAttack through the defense: BPDA gradients, APGD's averaged over `eot` draws (eot_iter)
-        eot = cfg.eot if get_attack(cfg.attack).eot else 1
-        adv = make_attack(cfg.attack, clf, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed)(xs, ys)
-        through = make_attack(cfg.attack, defended, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, seed=cfg.seed,
-                              eot=eot)(xs, ys)
-    with torch.no_grad():
-        unaware[todo] = defended(adv).argmax(1) == ys
-        # An adaptive attacker may also ignore the defense: robust only if both images fail.
-        adaptive[todo] = unaware[todo] & (defended(through).argmax(1) == ys)
-    return clean, unaware, adaptive
+        return clean, clean.clone(), by_attack
+    xs, ys, todo_idx = x[todo], y[todo], idx[todo.cpu()]
+    verdicts = run_suite(defended, xs, ys, cfg.adaptive, suite_settings(cfg, preset),
+                         lambda r: _starts(todo_idx, xs, cfg, r), seed=cfg.seed)
+    for n, right in verdicts.items():
+        by_attack[n][todo] = right
+    robust = torch.stack(list(by_attack.values())).all(0)  # best-of: no attack's image may fool it
+    return clean, robust, by_attack
+
+
+def defense_threshold(defended: DefendedClassifier, data: ZeroShotDataset, cfg: EvalConfig) -> tuple[float, float]:
+    """For a gated defense: (the tau threshold to use, the share of the data's clean images whose tau
+    reaches it). Every image of `data` is measured (on every rank alike), each from its own seeded
+    noise, so the calibrated threshold does not depend on batching or sharding."""
+    s = defended.defense.settings
+    loader = DataLoader(_Indexed(data.data), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    device = next(defended.classifier.parameters()).device
+    taus = torch.cat([clean_tau(defended, x.to(device), sample_noise(idx.tolist(), tuple(x.shape[1:]), s.eps, "Linf",
+                                                                      cfg.seed).to(device)).cpu()
+                      for x, _, idx in loader])
+    if cfg.defense_threshold == "calibrated":
+        threshold = float(taus.quantile(0.5))
+    elif cfg.defense_threshold is not None:
+        threshold = float(cfg.defense_threshold)
+    else:
+        threshold = s.tau_threshold
+    return threshold, float((taus >= threshold).float().mean())
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -220,8 +264,13 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     counts = [0, 0, 0, 0]  # samples, clean-correct, robust-correct (adaptive behind a defense), unaware so far
+    by_attack = dict.fromkeys(("unaware", *cfg.adaptive), 0)  # robust-correct per attack behind a defense
     defended = defend(model, clf, cfg.defense, DefenseSettings(seed=cfg.seed)) if cfg.defense != "none" else None
     name = model.name if defended is None else f"{model.name}+{cfg.defense}"
+    gate = None
+    if defended is not None and has_gate(defended):
+        gate = defense_threshold(defended, data, cfg)
+        defended.defense.settings.tau_threshold = gate[0]
 
     def progress() -> dict:
         return {"event": "progress", "model": name, "dataset": data.name, "done": counts[0], "total": len(shard)}
@@ -247,17 +296,23 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
                 clean, robust = evaluate_batch(clf, x, y, idx, cfg, preset)
                 unaware = robust
             else:
-                clean, unaware, robust = evaluate_defended_batch(defended, x, y, idx, cfg, preset)
+                clean, robust, verdicts = evaluate_defended_batch(defended, x, y, idx, cfg, preset)
+                unaware = verdicts["unaware"]
+                by_attack = {k: by_attack[k] + int(v.sum()) for k, v in verdicts.items()}
             counts = [c + v for c, v in zip(counts, (len(y), int(clean.sum()), int(robust.sum()), int(unaware.sum())))]
             yield progress()
-    n, clean_n, robust_n, unaware_n = counts
     if ctx.enabled:
-        n, clean_n, robust_n, unaware_n = (int(v) for v in all_reduce_sum(torch.tensor(counts), ctx))
+        summed = [int(v) for v in all_reduce_sum(torch.tensor(counts + list(by_attack.values())), ctx)]
+        counts, by_attack = summed[:4], dict(zip(by_attack, summed[4:]))
+    n, clean_n, robust_n, unaware_n = counts
     row = {"event": "result", "model": name, "dataset": data.name, "n": n, "clean_correct": clean_n,
            "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
            "preset": preset.name, "seconds": round(time.time() - start, 3)}
     if defended is not None:
-        row.update(defense=cfg.defense, robust_correct_unaware=unaware_n, robust_acc_unaware=unaware_n / max(n, 1))
+        row.update(defense=cfg.defense, robust_correct_unaware=unaware_n, robust_acc_unaware=unaware_n / max(n, 1),
+                   robust_correct_by_attack=by_attack, robust_acc_by_attack={k: v / max(n, 1) for k, v in by_attack.items()})
+        if gate is not None:
+            row.update(tau_threshold=gate[0], gate_open=gate[1])
     yield row
 
 
@@ -317,20 +372,43 @@ def describe_protocol(cfg: EvalConfig) -> str:
     step = f", step {cfg.step_size * 255:g}/255" if cfg.step_size is not None and entry.pgd_loss else ""
     rule = (f"robust = {'never fooled at any iterate' if cfg.robust_rule == 'ever' else 'right at the final iterate'} "
             f"(--robust-rule {cfg.robust_rule})" if entry.pgd_loss else "robust = right on the returned image")
-    if cfg.defense != "none":  # a randomised model: judged once on each attack's returned image
-        rule = "robust = right on the returned image (a fresh draw of the defense)"
+    if cfg.defense != "none":  # a randomised model: judged on each attack's returned image (adaptive.py)
+        rule = ("robust = right on each attack's returned image (a fresh draw of the defense)" if cfg.judge_draws == 1
+                else f"robust = right on each attack's returned image on all of {cfg.judge_draws} fresh draws "
+                     "of the defense")
     line = (f"{cfg.attack}, {cfg.steps} iterations, {cfg.norm} eps {cfg.eps * 255:g}/255{step}; {rule}; "
             f"prompts {cfg.prompts}.")
     if cfg.steps < entry.standard_steps:
         line += f" Fewer iterations than {cfg.attack}'s standard {entry.standard_steps}: a weaker attack."
     if cfg.defense != "none":
+        line += (f" Behind {cfg.defense}{_threshold_words(cfg)}: right on the clean image and on the image of the "
+                 f"attack unaware of the defense; adaptive (best-of): also on those of "
+                 f"{', '.join(_adaptive_words(n, cfg) for n in cfg.adaptive)}")
+        line += f"; best of {cfg.restarts} restarts each." if cfg.restarts > 1 else "."
+    elif cfg.restarts > 1 and entry.pgd_loss:
+        line += f" Best of {cfg.restarts} restarts."
+    return line
+
+
+def _adaptive_words(name: str, cfg: EvalConfig) -> str:
+    entry = get_attack(cfg.attack)
+    if name == "bpda-eot":
         through = (f"EOT-{cfg.eot} {cfg.attack} through it (BPDA)" if entry.pgd_loss or entry.eot
                    else f"{cfg.attack} through it (BPDA)")
-        if entry.eot and not entry.pgd_loss:
-            through += ", EOT in its gradient attacks (APGD)"
-        line += (f" Behind {cfg.defense}: right on the clean image and on the image of the attack unaware of the "
-                 f"defense; adaptive: also on that of {through}.")
-    return line
+        return through + (", EOT in its gradient attacks (APGD)" if entry.eot and not entry.pgd_loss else "")
+    if name == "gate":
+        return f"EOT-{cfg.eot} gate-aware PGD through it (its loss plus tau pushed past the threshold)"
+    return f"EOT-{cfg.eot} {name.upper()} through it (BPDA)"
+
+
+def _threshold_words(cfg: EvalConfig) -> str:
+    if not hasattr(get_defense(cfg.defense), "relative_shift"):
+        return ""
+    if cfg.defense_threshold == "calibrated":
+        return " (tau threshold calibrated: the median tau of the clean images evaluated)"
+    if cfg.defense_threshold is None:
+        return f" (tau threshold {DefenseSettings().tau_threshold:g}, the published one)"
+    return f" (tau threshold {float(cfg.defense_threshold):g})"
 
 
 # --- tables --------------------------------------------------------------------------------------

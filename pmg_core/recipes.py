@@ -26,7 +26,7 @@ KINDS = ("train", "eval")
 PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
 MAX_RECIPE_BYTES = 100_000
 RECIPE_KEYS = ("kind", "extends", "description")  # about the file, not run settings
-LIST_FIELDS = ("models", "datasets")  # EvalConfig lists; a comma-separated string is accepted too
+LIST_FIELDS = ("models", "datasets", "adaptive")  # EvalConfig lists; a comma-separated string is accepted too
 
 
 def config_class(kind: str):

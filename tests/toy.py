@@ -21,3 +21,63 @@ def register_toy() -> None:
     def _build(split="test", root=None, **_):
         n, seed = (512, 1) if split == "train" else (96, 2)
         return ZeroShotDataset("toy-colours", make_toy(n, seed), list(COLOURS), ("a {} image",))
+
+
+# --- hand-made models whose attacks go where a test says, for certain -------------------------------
+# A "scripted line" classifier reads one number from an image: d, its mean shift from grey (0.5).
+# A scripted defense adds a shift of +-SHIFT to every pixel; the classifier reads the attacker's own
+# displacement e = d minus the nearest multiple of SHIFT, so its answer ignores the defense's draw.
+# Its logits are [0, gap(e)] (label 0 is right while gap < 0); the gradient it hands back is not
+# the true one but slope(d) on every pixel, so each PGD sign step moves d by exactly +-step
+# (upward where slope > 0, for label 0), and what a step does depends on the draw it went through.
+SHIFT = 0.3
+
+
+class _ScriptedGap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gap, slope):
+        d = x.mean((1, 2, 3)) - 0.5
+        ctx.save_for_backward(d)
+        ctx.shape, ctx.slope = x.shape, slope
+        return gap(d - SHIFT * torch.round(d / SHIFT))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (d,) = ctx.saved_tensors
+        per_sample = grad * ctx.slope(d) / ctx.shape[1:].numel()
+        return per_sample.view(-1, 1, 1, 1).expand(ctx.shape), None, None
+
+
+class ScriptedLine(torch.nn.Module):
+    num_classes = 2
+
+    def __init__(self, gap, slope=lambda d: torch.ones_like(d)):
+        super().__init__()
+        self.gap, self.slope = gap, slope
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # torchattacks asks for a device
+
+    def forward(self, x):
+        gap = _ScriptedGap.apply(x, self.gap, self.slope)
+        return torch.stack([torch.zeros_like(gap), gap], 1)
+
+
+def grey(n: int = 2, size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """n grey images, all labelled 0 (the class a scripted line gets right at d = 0)."""
+    return torch.full((n, 3, size, size), 0.5), torch.zeros(n, dtype=torch.long)
+
+
+def scripted_defense(shifts):
+    """A test-time defense adding shifts[k % len] to every pixel on its k-th draw (a fixed cycle,
+    no noise), behind which `classifier` then answers."""
+    from pmg_core.defenses import Defense, DefenseSettings
+
+    class Cycle(Defense):
+        name = "scripted-cycle"
+        draws = 0
+
+        def purify(self, classifier, x, reference, generator):
+            shift = shifts[self.draws % len(shifts)]
+            self.draws += 1
+            return (x.detach() + shift).clamp(0, 1)
+
+    return Cycle(DefenseSettings())
