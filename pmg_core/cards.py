@@ -182,7 +182,7 @@ def compute_cell(model: ClipModel, data: ZeroShotDataset, cell: Cell, protocol: 
         eval_settings(protocol, cell.threat, cell.eps_255, spec.defense, spec.threshold, doubled=True), cell))
     change = 100 * (doubled["robust_acc"] - before["robust_acc"])
     keep = ("n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "robust_acc_unaware",
-            "robust_acc_by_attack", "preset", "defense", "defense_threshold", "seconds")
+            "robust_acc_by_attack", "tau_threshold", "gate_open", "preset", "defense", "seconds")
     return {**{k: row[k] for k in keep if k in row},
             "convergence": {"n": before["n"], "robust_acc": before["robust_acc"],
                             "robust_acc_doubled": doubled["robust_acc"], "change_points": round(change, 4),
@@ -325,7 +325,7 @@ def write_card(protocol: Protocol, spec: ModelSpec, cells: Sequence[Cell], out: 
     for d in done:
         entry = results.setdefault(d["dataset"], {"n": d["n"], "clean_acc": d["clean_acc"], "robust": {}})
         entry["robust"][d["threat"]] = {k: d[k] for k in ("robust_acc", "robust_acc_unaware", "robust_acc_by_attack",
-                                                          "defense_threshold") if k in d}
+                                                          "tau_threshold", "gate_open") if k in d}
     averages = {"clean_acc": _mean(results[ds]["clean_acc"] for ds in datasets),
                 "robust_acc": {t: _mean(results[ds]["robust"][t]["robust_acc"] for ds in datasets) for t in threats}}
     if any("robust_acc_unaware" in d for d in done):

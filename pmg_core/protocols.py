@@ -57,7 +57,7 @@ class Protocol:
     robust_rule: str = "ever"  # evaluate's rule for our PGD; other attacks are judged on the returned image
     prompts: str = "public-code"  # paper_prompts.py; the embedded world has one template per task
     preset: str | None = None  # None: each model is judged with the numerics it was fine-tuned with
-    defended: dict = field(default_factory=lambda: {"eot": 20})  # EvalConfig fields for a defended model
+    defended: dict = field(default_factory=lambda: dict(PAPER_DEFENDED))  # EvalConfig fields for a defended model
     convergence_samples: int | None = None  # the doubled-budget check runs on the first ones (None: all)
     seed: int = 0  # draws the manifests (and seeds the attacks' random starts)
     batch_size: int = 64  # defended rows depend on it (one random stream per batch), so it is pinned
@@ -150,26 +150,34 @@ def list_protocols() -> list[Protocol]:
 
 
 MINI_MANIFESTS = {  # pinned: `python -m pmg_core cards manifests mini` prints them again
-    "synth-shape": "55d66c144de93a024b74dad9b271cbf1941ce81ca559af5c8a16f915ab416bd5",
-    "synth-colour": "76ab02f2a27b89d65a4a83941a328afd3cd52291e970bebb8dd793a919da4e97",
-    "synth-pattern": "7b8bcc5c031d83bd1fe1820908fadb10b56f1ad8866a5122bfbbbc8652c45d64",
-    "synth-size": "afba2b06055d8fc474147aae2e8f4367cbebdac2526fe2df65ae7fea92a8489d",
-    "synth-position": "3d4076a7d63ffd2d873682683340fc7a20178fb5b406b1d62e7679fead3c52bd",
-    "synth-count": "eb4c158e9bcfd766abb984f6362758878234ec729529cd75fb9d515132c59453",
-    "synth-background": "f20eb951d35904736f70d955955784571e4da64f276f160de9338a630b5d4aea",
-    "synth-digit": "acef33bf1e2cfc28aa0a29ea4c7db816b7413386421b200a3550044e067ae271",
-    "synth-heldout": "2852493e4b734eb860742fb9b159283c4982987193da03d89f601b20a59f2486",
-    "real-digits": "0ce6617fce5a4d7c79187b11d846c79c77acd96df982ee10111479f1e14c03b5",
+    "synth-shape": "1b254d4c06bad4bbf6451b75673a0828c7bc56ea294b9cf9a5e91e154879c08e",
+    "synth-colour": "4ecdaf5295b1a824448d1d0ecf3760fc7aedae3c15131edfe7ccd1d6444a0f18",
+    "synth-pattern": "7004e87419c93df438534c990b936ea9edb06ab14f9f0cfb39ab0827836120f6",
+    "synth-size": "e44cb33725a79639468ad42c031729b13b30a20cd0afb793bc0f523e9b1348d5",
+    "synth-position": "be14ba7d1809f4ea8badfac363c1f2f94b915858bfce99ed00e62cb58a4f332b",
+    "synth-count": "7165284d2156d47533ce712024654bd71d1a77ef2e1a01730bf004a623216539",
+    "synth-background": "5c95101c595003cecc4d100d2b8c6afbf59e3f1048dce2540af5bdc4397ab2fa",
+    "synth-digit": "e4c65b2f7429c6fbda56c72c85c18db5d6ac93d0a6aa33124f621200c644ae29",
+    "synth-heldout": "3dfddf317c4e09929c870157385917d8752bfceadb637f0d80ec434dedbc70ef",
+    "real-digits": "1ec16c6343733c7fe106ba767fe7d68e1ec8c8d7fa2012adbdfedb023a68d7bb",
 }
+
+# Behind a test-time defense (pmg_core/adaptive.py): every attack of the suite through it, best-of per
+# sample with the unaware one, each image judged on fresh draws of the defense (right on all).
+ADAPTIVE_SUITE = ("bpda-eot", "apgd-ce", "apgd-dlr", "gate")
+PAPER_DEFENDED = {"eot": 20, "adaptive": list(ADAPTIVE_SUITE), "restarts": 2, "judge_draws": 10}
+MINI_DEFENDED = {"eot": 5, "adaptive": list(ADAPTIVE_SUITE), "restarts": 1, "judge_draws": 5}
 
 PAPER_16_SETS = ("tinyimagenet", *PAPER_16)  # the TeCoA / PMG-AFT table: TinyImageNet and 15 zero-shot sets
 
 register_protocol(Protocol(
-    "mini", 1, "the embedded world's ten tasks, PGD-10 (step 2/255) at 8/255, 8 images each (minutes on a CPU)",
-    ("mini",), samples=8, threats=(ThreatModel("Linf", (8,), "pgd", 10, 2),),
-    prompts="public-code", defended={"eot": 20}, convergence_samples=2, seed=0, batch_size=64,
+    "mini", 1, "the embedded world's ten tasks, PGD-10 (step 2/255) at 8/255, 4 images each; behind a defense the "
+    "adaptive suite with EOT-5 (minutes on a CPU)",
+    ("mini",), samples=4, threats=(ThreatModel("Linf", (8,), "pgd", 10, 2),),
+    prompts="public-code", defended=dict(MINI_DEFENDED), convergence_samples=1, seed=0, batch_size=64,
     pinned=MINI_MANIFESTS,
-    note="32 px synthetic tasks (pmg_core/synthetic.py); the eps of the tiny models' training (8/255) and half of it"))
+    note="32 px synthetic tasks (pmg_core/synthetic.py) at the eps the tiny models were trained for; EOT-5, not 20, "
+         "so that ten defended models fit minutes on two CPU cores: the convergence check doubles it"))
 register_protocol(Protocol(
     "tecoa16-pgd", 1, "TeCoA / PMG-AFT / TTC table: 16 datasets, PGD-10 (step 1/255) at 1/255, every test image",
     PAPER_16_SETS, samples=None, threats=(ThreatModel("Linf", (1,), "pgd", 10, 1),), prompts="public-code",

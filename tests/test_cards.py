@@ -27,7 +27,7 @@ def _register_test_protocol():
     if "test-toy" not in {p.name for p in list_protocols()}:
         register_protocol(Protocol("test-toy", 1, "tests: the toy colours, PGD-3 at 2 and 4/255", ("toy-colours",),
                                    samples=10, threats=(ThreatModel("Linf", (2, 4), "pgd", 3, 1),),
-                                   defended={"eot": 2}, convergence_samples=6, seed=0, batch_size=8))
+                                   defended={"eot": 2, "adaptive": ["bpda-eot", "gate"], "judge_draws": 2}, convergence_samples=6, seed=0, batch_size=8))
     return get_protocol("test-toy")
 
 
@@ -182,7 +182,7 @@ def test_two_processes_under_torchrun_write_the_same_cards_as_one_and_the_board(
     res = _cli(["cards", "board", str(two)])
     assert res.returncode == 0, res.stderr[-2000:]
     board = (two / "board.md").read_text()
-    assert "toy-clip.safetensors+ttc" in board and "Linf 4/255" in board and "test-toy v1" in board
+    assert "| toy-clip+ttc |" in board and "| toy-clip |" in board and "Linf 4/255" in board and "test-toy v1" in board
     assert len((two / "board.csv").read_text().splitlines()) == 1 + 2 * 2  # header, 2 cards x 2 eps
     html = (two / "board.html").read_text()
     assert html.count("plotly-graph-div") == 3  # the scatter and a heatmap per eps
