@@ -132,7 +132,7 @@ def ttc_verdict(root: Path | None = None) -> str | None:
     p = next(iter(published.values()))["protocol"]
     head, ranges = _ttc_effect(plain, published, threat)
     text = (f"Under the committed mini cards ({p['name']} v{p['version']}, {threat}, an adaptive attack through the "
-            f"defense), test-time counterattacks (TTC) at their published threshold {head} ({ranges})")
+            f"defense), test-time counterattacks (TTC) at its published threshold {head} ({ranges})")
     if calibrated:
         head, ranges = _ttc_effect(plain, calibrated, threat)
         text += f"; at a threshold calibrated on the clean images (their median tau) TTC {head} ({ranges})"

@@ -97,3 +97,39 @@ def test_a_visitor_over_their_places_reads_our_sentence_not_gradios_busy_page(tm
         httpx.post(f"{url}gradio_api/run/cancel_train", json={"data": [], "session_hash": blocker.session_hash},
                    timeout=60)
         demo.close()
+
+
+def test_the_leaderboard_tab_shows_the_committed_cards_and_a_row_opens_its_card(tmp_path):
+    from pmg_core import board
+
+    found = board.committed()
+    assert "mini" in found, "benchmarks/cards/mini holds the committed cards"
+    cards = found["mini"]
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_options())
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            page.get_by_role("tab", name="Leaderboard").click()
+            page.locator("#pmg-board-scatter .js-plotly-plot").wait_for(timeout=60_000)
+            page.locator("#pmg-board-heatmap .js-plotly-plot").wait_for(timeout=60_000)
+            table = page.locator("#pmg-leaderboard").inner_text()
+            for card in cards:  # every committed card has its row
+                assert card["name"] in table
+            first = board.rows(cards)[0]
+            page.locator("#pmg-leaderboard [data-testid='cell-0-1']").click()  # the first row (best robust first)
+            opened = page.locator("#pmg-card")
+            opened.get_by_text("weights sha256").wait_for(timeout=30_000)
+            card = next(c for c in cards if c["name"] == first["model"])
+            assert card["weights_sha256"] in opened.inner_text() and f"mini v{card['protocol']['version']}" in opened.inner_text()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "leaderboard.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()

@@ -78,7 +78,7 @@ def test_ttc_sentence_compares_each_model_behind_the_defense_with_itself_undefen
     _card(mini, "a+ttc", 0.8, 0.1, 0.2, "published")
     _card(mini, "b+ttc", 0.8, 0.35, 0.45, "published")
     text = findings.ttc_verdict(tmp_path)
-    assert "at their published threshold gives no model more robust accuracy" in text
+    assert "at its published threshold gives no model more robust accuracy" in text
     assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under the attack unaware of it; clean accuracy +0.0 to +0.0)" in text
     assert "calibrated" not in text and "did not converge" not in text
     _card(mini, "a+ttc@calibrated", 0.7, 0.3, 0.3, "calibrated", converged=False)
