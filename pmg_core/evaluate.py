@@ -119,8 +119,8 @@ class EvalConfig:
             check_number("defense threshold", self.defense_threshold, low=0)
 
 
-def _number(text: str) -> float | str:
-    """A threshold typed as text: a number, or the text itself for check_number to refuse."""
+def _number(text: str) -> float:
+    """A threshold typed as text (the command line's) as a number, or one sentence refusing it."""
     try:
         return float(text)
     except ValueError:
@@ -462,7 +462,7 @@ def _metrics(model: str, results: list[dict]) -> tuple[tuple[str, str], ...]:
 def to_csv(results: list[dict]) -> str:
     buf = io.StringIO()
     cols = ["model", "preset", "dataset", "n", "clean_correct", "robust_correct", "clean_acc", "robust_acc",
-            "robust_acc_unaware", "seconds"]
+            "robust_acc_unaware", "tau_threshold", "gate_open", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     w.writerows({**r, "preset": _preset_of(r)} for r in results)
