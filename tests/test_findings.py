@@ -102,3 +102,12 @@ def test_the_app_notes_carry_every_committed_finding():
         assert sentence is None or sentence in notes
     assert findings.pmg_aft_vs_tecoa() in notes
     assert Studio(models={"clip": None}, mode="test").model_notes() == ""
+
+
+def test_about_shows_the_committed_robustness_cards_of_a_loaded_model():
+    from studio.state import robustness_cards
+
+    text = robustness_cards({"tecoa-tiny": None})
+    card = json.loads((findings.BENCHMARKS / "cards" / "mini" / "tecoa-tiny.json").read_text())
+    assert card["weights_sha256"] in text and "tecoa-tiny+ttc@calibrated" in text and "mini v1" in text
+    assert "fare-tiny" not in text and robustness_cards({"a-model-without-cards": None}) == ""
