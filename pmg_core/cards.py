@@ -4,7 +4,8 @@
 ``DIR/cells/<model>/<dataset>__<norm>-<eps>.json`` atomically as it finishes. A run that is
 killed and started again skips every cell already on disk, so nothing finished is recomputed.
 Under torchrun each process takes every world-th cell of the same ordered list; no process waits
-on another, and whichever finds all of a model's cells on disk writes its card, so one process
+on another, and whichever finds all of a model's cells on disk writes its card (when it finishes
+that model's last cell of its share, and at the end), so one process
 and many give the same files. Every process computes a cell the same way (a cell's random starts
 depend only on its samples), which is why the cards agree.
 
@@ -296,6 +297,9 @@ def run_cards(protocol: Protocol, models: Sequence[ModelSpec], out: str | Path, 
                                     "threat": cell.key, "norm": cell.threat.norm, "eps_255": cell.eps_255,
                                     "manifest_sha256": manifest.sha256, "provenance": loaded.origin[cell.spec.text],
                                     "device": device_name(ctx.device), "code_version": code_version(), **result})
+        theirs = [c for c in cells if c.spec == cell.spec]
+        if cell == next(c for c in reversed(mine) if c.spec == cell.spec) and all(finished(c, out, run_id) for c in theirs):
+            write_card(protocol, cell.spec, theirs, out, limit)  # a model's card as soon as its last cell is done
         if bar is not None:
             bar.update(1)
             bar.set_postfix(model=cell.spec.text, dataset=cell.dataset, eps=cell.eps_255,
