@@ -19,7 +19,7 @@ from pmg_core import env, inputs
 from pmg_core.errors import UserError
 from pmg_core.models import ClipModel
 from pmg_core.zoo import parse_model_specs, parse_zoo_ids
-from studio import policy, tab_about, tab_attack, tab_distances, tab_evaluate, tab_train
+from studio import policy, tab_about, tab_attack, tab_distances, tab_evaluate, tab_leaderboard, tab_train
 from studio.assets import CSS
 from studio.state import Studio
 
@@ -43,6 +43,7 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         distances = tab_distances.build(studio, attack)
         evaluate = tab_evaluate.build(studio)
         train = tab_train.build(studio)
+        tab_leaderboard.build()
         lists = tab_about.ModelLists(attack.chosen, attack.source, distances.reference, train.base, evaluate.models)
         tab_about.build(studio, demo, lists, after_train=train.run, after_cancel=train.cancel, mode=mode)
         if public:  # each lane its own queue, a few places per visitor (studio/policy.py)

@@ -398,7 +398,7 @@ def _run_import(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "zoo_cli")  # modules that add their own sub-command
+OPTIONAL = ("pretrain", "bench", "zoo_cli", "cards_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """What the committed benchmarks found, in sentences for people (the app's About and Attack tabs).
 
-Every number is read from the JSON in benchmarks/ (the seed study of docs/BENCHMARK.md), never
+Every number is read from the JSON in benchmarks/ (the seed study and the robustness cards of
+docs/BENCHMARK.md), never
 typed in, so the app says what the files say; a missing file means no sentence rather than a
 stale one.
 """
@@ -90,38 +91,54 @@ def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
     return text
 
 
-def _averages(path: Path) -> tuple[dict, dict[str, dict[str, float]]]:
-    """One `eval --out` JSON's config and, per model, each metric averaged over its datasets; empty when unreadable."""
-    try:
-        doc = json.loads(path.read_text())
-        config, results = doc["config"], doc["results"]
-    except (OSError, ValueError, KeyError):
-        return {}, {}
-    out: dict[str, dict[str, float]] = {}
-    for model in dict.fromkeys(r["model"] for r in results):
-        mine = [r for r in results if r["model"] == model]
-        out[model] = {k: 100 * statistics.fmean(r[k] for r in mine)
-                      for k in ("clean_acc", "robust_acc", "robust_acc_unaware") if all(k in r for r in mine)}
-    return config, out
+def _span(values: list[float]) -> str:
+    return f"{min(values):+.1f} to {max(values):+.1f}"
+
+
+def _ttc_effect(plain: dict, defended: dict, threat: str) -> tuple[str, str]:
+    """One threshold's effect over the models that have both cards: the head and the ranges, in words."""
+    gain = {b: 100 * (d["averages"]["robust_acc"][threat] - plain[b]["averages"]["robust_acc"][threat])
+            for b, d in defended.items()}
+    unaware = [100 * (d["averages"]["robust_acc_unaware"][threat] - plain[b]["averages"]["robust_acc"][threat])
+               for b, d in defended.items() if "robust_acc_unaware" in d["averages"]]
+    clean = [100 * (d["averages"]["clean_acc"] - plain[b]["averages"]["clean_acc"]) for b, d in defended.items()]
+    best = max(gain, key=gain.get)
+    head = ("gives no model more robust accuracy" if gain[best] <= 0 else
+            f"gives at most {gain[best]:+.1f} points of robust accuracy ({best})")
+    ranges = (f"{_span(list(gain.values()))} points across {len(gain)} model{'s' * (len(gain) > 1)}"
+              + (f"; {_span(unaware)} under the attack unaware of it" if unaware else "")
+              + f"; clean accuracy {_span(clean)}")
+    return head, ranges
 
 
 def ttc_verdict(root: Path | None = None) -> str | None:
-    """One sentence: what test-time counterattacks changed, per the committed all-model TTC run."""
-    root = Path(root) if root else BENCHMARKS
-    config, defended = _averages(root / "ttc" / "mini-ttc-limit20.json")
-    _, plain = _averages(root / "ttc" / "mini-limit20-plain.json")
-    pairs = [(base, plain[base], d) for name, d in defended.items()
-             if (base := name.removesuffix("+ttc")) in plain and "robust_acc_unaware" in d]
-    if not pairs:
+    """What test-time counterattacks changed, per the committed `mini` robustness cards (benchmarks/cards/mini):
+    each model behind TTC at its published threshold and at a calibrated one, against itself undefended."""
+    from .cards import read_cards
+
+    folder = (Path(root) if root else BENCHMARKS) / "cards" / "mini"
+    try:
+        cards = read_cards(folder)
+    except Exception:  # noqa: BLE001 - no folder or unreadable cards: no sentence rather than a stale one
         return None
-    adaptive = {base: d["robust_acc"] - p["robust_acc"] for base, p, d in pairs}
-    unaware = [d["robust_acc_unaware"] - p["robust_acc"] for _, p, d in pairs]
-    clean = [d["clean_acc"] - p["clean_acc"] for _, p, d in pairs]
-    best = max(adaptive, key=adaptive.get)
-    head = ("give no model more robust accuracy" if adaptive[best] <= 0 else
-            f"give at most {adaptive[best]:+.1f} points of robust accuracy ({best})")
-    return (f"Test-time counterattacks (TTC) {head} under an attack that attacks through them "
-            f"({min(adaptive.values()):+.1f} to {max(adaptive.values()):+.1f} points across {len(pairs)} "
-            f"model{'s' * (len(pairs) > 1)}; {min(unaware):+.1f} to {max(unaware):+.1f} under an attack unaware "
-            f"of them), while clean accuracy moves by {min(clean):+.1f} to {max(clean):+.1f}; "
-            f"{config.get('limit') or 'all'} images per task.")
+    plain = {c["name"]: c for c in cards if not c.get("defense")}
+    published = {c["name"].split("+")[0]: c for c in cards if c.get("defense") and c["defense"]["threshold"] == "published"}
+    calibrated = {c["name"].split("+")[0]: c for c in cards if c.get("defense") and c["defense"]["threshold"] == "calibrated"}
+    published = {b: c for b, c in published.items() if b in plain}
+    calibrated = {b: c for b, c in calibrated.items() if b in plain}
+    if not published:
+        return None
+    threat = list(next(iter(published.values()))["averages"]["robust_acc"])[-1]
+    p = next(iter(published.values()))["protocol"]
+    head, ranges = _ttc_effect(plain, published, threat)
+    text = (f"Under the committed mini cards ({p['name']} v{p['version']}, {threat}, an adaptive attack through the "
+            f"defense), test-time counterattacks (TTC) at its published threshold {head} ({ranges})")
+    if calibrated:
+        head, ranges = _ttc_effect(plain, calibrated, threat)
+        text += f"; at a threshold calibrated on the clean images (their median tau) TTC {head} ({ranges})"
+    defended = list(published.values()) + list(calibrated.values())
+    unsettled = sum(not c["convergence"]["converged"] for c in defended)
+    text += "." if not unsettled else (
+        f". {unsettled} of the {len(defended)} defended cards did not converge (a bigger attack still lowered them), "
+        "so their robust accuracy is an upper bound.")
+    return text

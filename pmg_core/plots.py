@@ -165,3 +165,31 @@ _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#
 
 def _colour(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
+
+
+def leaderboard_scatter(rows: Sequence[dict]) -> go.Figure:
+    """Average clean against average robust accuracy (%), one point per card and threat (board.rows)."""
+    fig = go.Figure()
+    for i, threat in enumerate(dict.fromkeys(r["threat"] for r in rows)):
+        sel = [r for r in rows if r["threat"] == threat]
+        fig.add_trace(go.Scatter(
+            x=[r["clean"] for r in sel], y=[r["robust"] for r in sel], mode="markers+text", name=threat,
+            text=[r["model"] for r in sel], textposition=_label_sides([{"x": r["clean"], "y": r["robust"]} for r in sel]),
+            marker=dict(size=10, color=_colour(i), symbol=["circle" if r["converged"] else "x" for r in sel]),
+            hovertemplate="%{text}<br>clean %{x:.1f}%<br>robust %{y:.1f}%"))
+    fig.update_layout(title="Clean against robust accuracy (%, average over datasets; x: not converged)",
+                      xaxis_title="clean accuracy (%)", yaxis_title="robust accuracy (%)", **_LAYOUT)
+    return fig
+
+
+def leaderboard_heatmap(cards: Sequence[dict], threat: str) -> go.Figure:
+    """Robust accuracy (%) per model (rows) and dataset (columns) at one threat model and eps."""
+    datasets = list(dict.fromkeys(d for c in cards for d in c["results"]))
+    z = [[100 * c["results"][d]["robust"][threat]["robust_acc"] if d in c["results"] and threat in c["results"][d]["robust"]
+          else None for d in datasets] for c in cards]
+    fig = go.Figure(go.Heatmap(z=z, x=datasets, y=[c["name"] for c in cards], colorscale="Viridis", zmin=0, zmax=100,
+                               texttemplate="%{z:.0f}", hovertemplate="%{y}<br>%{x}<br>robust %{z:.1f}%<extra></extra>",
+                               colorbar=dict(title="robust %")))
+    fig.update_layout(title=f"Robust accuracy per dataset, {threat}", template="plotly_white",
+                      height=max(300, 60 + 28 * len(cards)), margin=dict(l=200, r=20, t=50, b=90))
+    return fig

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from pmg_core import env, findings, inputs
+from pmg_core import board, env, findings, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError, check
 from pmg_core.explore import label_presets
@@ -176,7 +176,8 @@ class Studio:
         notes = self.model_notes()
         found = f"\n\n### What the mini benchmark found\n\n{notes}" if notes else ""
         return (f"### Mode\n{self.mode}\n\nDevice: `{self.device}`.\n\n{downloads}"
-                f"### Loaded models\n" + "\n".join(rows) + "\n\n" + _cards(self.models.values()) + details
+                f"### Loaded models\n" + "\n".join(rows) + "\n\n" + _cards(self.models.values())
+                + robustness_cards(self.models) + details
                 + "\n\n### What this is\n\n" + METHOD_IN_PLAIN_WORDS + found)
 
     def model_notes(self) -> str:
@@ -217,6 +218,18 @@ def _cards(models) -> str:
                      f"licence: {html.escape(meta.get('licence', '-'))}; judged with the `{meta.get('preset', 'paper')}` "
                      "preset.")
     return ("### Model cards\n" + "\n".join(lines) + "\n\n") if lines else ""
+
+
+def robustness_cards(names) -> str:
+    """The committed robustness cards of the loaded models (and of them behind a defense), for About."""
+    found = [card for cards in board.committed().values() for card in cards
+             if card["model"].split("+")[0] in names]
+    if not found:
+        return ""
+    return ("### Robustness cards\nFrom the committed cards (the Leaderboard tab puts them side by side).\n\n"
+            + "\n".join(f"<details><summary>{html.escape(card['model'])}: {card['protocol']['name']} "
+                        f"v{card['protocol']['version']} card</summary>\n\n{board.card_markdown(card)}\n</details>"
+                        for card in found) + "\n\n")
 
 
 def _short(text, limit: int = 48) -> str:

@@ -21,9 +21,7 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 def test_upload_attack_and_see_every_models_predictions(tmp_path):
     demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **app.launch_options())
     try:
@@ -160,6 +158,39 @@ def test_the_attack_tab_s_first_screen_at_a_desk_and_on_a_phone(tmp_path):
                     assert all(m in details.inner_text() for m in ("radius_255", "tolerance_255"))
                     page.screenshot(path=str(ARTIFACTS / "attack-tab-extras.png"), full_page=True)
                 page.close()
+    finally:
+        demo.close()
+
+
+def test_the_leaderboard_tab_shows_the_committed_cards_and_a_row_opens_its_card(tmp_path):
+    from pmg_core import board
+
+    found = board.committed()
+    assert "mini" in found, "benchmarks/cards/mini holds the committed cards"
+    cards = found["mini"]
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_options())
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            page.get_by_role("tab", name="Leaderboard").click()
+            page.locator("#pmg-board-scatter .js-plotly-plot").wait_for(timeout=60_000)
+            page.locator("#pmg-board-heatmap .js-plotly-plot").wait_for(timeout=60_000)
+            table = page.locator("#pmg-leaderboard").inner_text()
+            for card in cards:  # every committed card has its row
+                assert card["name"] in table
+            first = board.rows(cards)[0]
+            page.locator("#pmg-leaderboard [data-testid='cell-0-1']").click()  # the first row (best robust first)
+            opened = page.locator("#pmg-card")
+            opened.get_by_text("weights sha256").wait_for(timeout=30_000)
+            card = next(c for c in cards if c["name"] == first["model"])
+            assert card["weights_sha256"] in opened.inner_text() and f"mini v{card['protocol']['version']}" in opened.inner_text()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "leaderboard.png"), full_page=True)
             browser.close()
     finally:
         demo.close()

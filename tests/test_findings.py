@@ -59,26 +59,36 @@ def test_tga_zsr_sentence_reads_its_seeds_and_says_when_a_gap_is_within_the_seed
     assert findings.tga_zsr_vs_tecoa(tmp_path) is None
 
 
-def _eval_json(path, limit, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": {"limit": limit}, "results": rows}))
+def _card(folder, name, clean, robust, unaware=None, threshold=None, converged=True):
+    """A robustness card with only what the TTC sentence reads (pmg_core/cards.py writes whole ones)."""
+    averages = {"clean_acc": clean, "robust_acc": {"Linf 8/255": robust}}
+    if unaware is not None:
+        averages["robust_acc_unaware"] = {"Linf 8/255": unaware}
+    card = {"card_version": 1, "name": name, "model": name, "averages": averages,
+            "defense": None if threshold is None else {"name": "ttc", "threshold": threshold},
+            "protocol": {"name": "mini", "version": 1, "limit": None}, "convergence": {"converged": converged}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(card))
 
 
 def test_ttc_sentence_compares_each_model_behind_the_defense_with_itself_undefended(tmp_path):
-    plain = [{"model": m, "dataset": d, "clean_acc": 0.8, "robust_acc": r}
-             for m, r in (("a", 0.2), ("b", 0.4)) for d in ("x", "y")]
-    _eval_json(tmp_path / "ttc" / "mini-limit20-plain.json", 20, plain)
-    defended = [{"model": f"{m}+ttc", "dataset": d, "clean_acc": 0.8, "robust_acc": r, "robust_acc_unaware": u}
-                for m, r, u in (("a", 0.1, 0.2), ("b", 0.35, 0.45)) for d in ("x", "y")]
-    _eval_json(tmp_path / "ttc" / "mini-ttc-limit20.json", 20, defended)
+    mini = tmp_path / "cards" / "mini"
+    _card(mini, "a", 0.8, 0.2)
+    _card(mini, "b", 0.8, 0.4)
+    _card(mini, "a+ttc", 0.8, 0.1, 0.2, "published")
+    _card(mini, "b+ttc", 0.8, 0.35, 0.45, "published")
     text = findings.ttc_verdict(tmp_path)
-    assert "give no model more robust accuracy" in text
-    assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under an attack unaware" in text
-    assert "clean accuracy moves by +0.0 to +0.0; 20 images per task" in text
-    defended[-1]["robust_acc"] = defended[-2]["robust_acc"] = 0.5
-    _eval_json(tmp_path / "ttc" / "mini-ttc-limit20.json", None, defended)
-    assert "give at most +10.0 points of robust accuracy (b)" in findings.ttc_verdict(tmp_path)
-    (tmp_path / "ttc" / "mini-limit20-plain.json").write_text("{not json")
+    assert "at its published threshold gives no model more robust accuracy" in text
+    assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under the attack unaware of it; clean accuracy +0.0 to +0.0)" in text
+    assert "calibrated" not in text and "did not converge" not in text
+    _card(mini, "a+ttc@calibrated", 0.7, 0.3, 0.3, "calibrated", converged=False)
+    _card(mini, "b+ttc@calibrated", 0.6, 0.4, 0.5, "calibrated")
+    text = findings.ttc_verdict(tmp_path)
+    assert "calibrated on the clean images (their median tau) TTC gives at most +10.0 points of robust accuracy (a)" in text
+    assert "clean accuracy -20.0 to -10.0" in text
+    assert "1 of the 4 defended cards did not converge" in text
+    (mini / "a.json").write_text("{not json")
+    (mini / "b.json").unlink()
     assert findings.ttc_verdict(tmp_path) is None
 
 
@@ -92,3 +102,12 @@ def test_the_app_notes_carry_every_committed_finding():
         assert sentence is None or sentence in notes
     assert findings.pmg_aft_vs_tecoa() in notes
     assert Studio(models={"clip": None}, mode="test").model_notes() == ""
+
+
+def test_about_shows_the_committed_robustness_cards_of_a_loaded_model():
+    from studio.state import robustness_cards
+
+    text = robustness_cards({"tecoa-tiny": None})
+    card = json.loads((findings.BENCHMARKS / "cards" / "mini" / "tecoa-tiny.json").read_text())
+    assert card["weights_sha256"] in text and "tecoa-tiny+ttc@calibrated" in text and "mini v1" in text
+    assert "fare-tiny" not in text and robustness_cards({"a-model-without-cards": None}) == ""
