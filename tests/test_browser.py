@@ -97,12 +97,17 @@ def test_a_visitor_over_their_places_reads_our_sentence_not_gradios_busy_page(tm
         demo.close()
 
 
-def _in_view(page, selector: str) -> bool:
-    """Whether the element's whole box lies inside the viewport as the page is scrolled now."""
-    box = page.locator(selector).first.bounding_box()
+def _in_view(page, selector: str, settle_ms: int = 3_000) -> bool:
+    """Whether the element's whole box lies inside the viewport as the page is scrolled now, once the
+    streamed outputs above it have settled (a progress line may still be re-drawing for a moment)."""
     size = page.viewport_size
-    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"] and box["x"] >= 0 \
-        and box["x"] + box["width"] <= size["width"]
+    for _ in range(settle_ms // 250 + 1):
+        box = page.locator(selector).first.bounding_box()
+        if box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"] and box["x"] >= 0 \
+                and box["x"] + box["width"] <= size["width"]:
+            return True
+        page.wait_for_timeout(250)
+    return False
 
 
 def test_the_attack_tab_s_first_screen_at_a_desk_and_on_a_phone(tmp_path):
