@@ -5,6 +5,7 @@ returns them in `AttackTab`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import gradio as gr
@@ -14,7 +15,7 @@ from pmg_core.attacks import NORMS
 from pmg_core.errors import UserError
 
 from . import assets, one_image
-from .safety import INTERACTIVE, INTERACTIVE_GPU_S, gpu, image_upload, safe
+from .safety import INTERACTIVE_GPU_S, gpu, image_upload, interactive, safe
 from .state import Studio
 
 SEEN_BY_MODELS = (f"What the models see: the image is center-cropped to a square and scaled to at most "
@@ -98,16 +99,17 @@ def build(studio: Studio) -> AttackTab:
                 own.target, tab.source, tab.chosen]
     own.attack_btn.click(gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.defend, own.stop_early],
                          [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details],
-                         api_name="attack", show_progress="minimal", **INTERACTIVE)
+                         api_name="attack", show_progress="minimal", **interactive(studio.public))
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
     res.sweep_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.eps_sweep, studio)), sweep_settings,
-                        [res.sweep_plot, res.sweep_rows], api_name="eps_sweep", **INTERACTIVE)
+                        [res.sweep_plot, res.sweep_rows], api_name="eps_sweep", **interactive(studio.public))
     return tab
 
 
-def attack(studio: Studio, *fields):
+@functools.wraps(one_image.attack_stream)  # its signature, whose gr.Request Gradio fills in
+def attack(*fields, **named):
     """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between."""
-    for outputs in one_image.attack_stream(studio, *fields):
+    for outputs in one_image.attack_stream(*fields, **named):
         yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs)
 
 

@@ -7,6 +7,7 @@ the stop flag, and the run's thread saves, rescans and ends the job.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -56,7 +57,7 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     studio.job_slot.acquire()
     try:
         cfg.out = str(out)
-        policy.make_room(studio, limits, policy.checkpoint_mb(base))
+        studio.forget(policy.make_room(studio.checkpoint_dir, limits, policy.checkpoint_mb(base)))
         trainer = Trainer(cfg, model=base.fork(out.stem, base.spec))
         job = studio.jobs.start("train", request)
     except BaseException:
@@ -66,20 +67,30 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     intro = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
     updates: queue.Queue = queue.Queue()
     # The thread takes the only reference (out of the list), so the run's memory goes when it ends.
-    threading.Thread(target=_run, args=(studio, [trainer], out, job, updates), daemon=True,
+    threading.Thread(target=_run, args=(studio, [trainer], out, job, updates, studio.gate(request)), daemon=True,
                      name=f"train {out.stem}").start()
     del trainer
     yield from _relay(intro, job, updates)
 
 
-def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: queue.Queue) -> None:
+def _in_turns(events: Iterator[dict], gate) -> Iterator[dict]:
+    """The run's events, each step computed in its visitor's turn on a public server (studio/turns.py)."""
+    while True:
+        with gate() if gate is not None else contextlib.nullcontext():
+            ev = next(events, None)
+        if ev is None:
+            return
+        yield ev
+
+
+def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: queue.Queue, gate=None) -> None:
     """The run itself, in a thread of its own: however the stream ends (done, Cancel, Gradio closing
     it), the last step, the save and the rescan happen here. Puts ("step", event, skipped) per step,
     then ("end", error or None, skipped)."""
     trainer = handed.pop()
     skipped, ending, reason, error = 0, "Stopped", "", None
     try:
-        for ev in trainer.run(should_stop=job.stop.is_set):
+        for ev in _in_turns(trainer.run(should_stop=job.stop.is_set), gate):
             if ev["event"] == "skipped":
                 skipped = ev["bad_steps"]
             elif ev["event"] == "done":
