@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -36,8 +37,6 @@ os.environ.setdefault("PMG_TRUSTED_PROXIES", "127.0.0.1")  # the script's client
 import httpx  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-import app  # noqa: E402
-from pmg_core.paper_datasets import imagenet_names  # noqa: E402
 
 EXAMPLE = str(ROOT / "assets" / "examples" / "example.png")
 EACH = "each model attacks itself"
@@ -55,6 +54,8 @@ def rss_mb() -> float:
 
 
 def serve():
+    import app  # here: the hostile clients, other processes, need only gradio_client
+
     ckpt = Path(tempfile.mkdtemp(prefix="pmg-load-"))
     for f in (ROOT / "checkpoints").glob("*.safetensors"):
         shutil.copy(f, ckpt)
@@ -63,7 +64,8 @@ def serve():
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_options())
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_options())
     return demo, f"http://127.0.0.1:{port}/", ckpt
 
 
@@ -94,40 +96,16 @@ def fairness(args) -> None:
 
     timed()  # warm-up
     idle = [timed() for _ in range(5)]
-    stop = threading.Event()
-    imagenet = list(imagenet_names().values())
     steps = 600 // (len(names) * 5) - 1  # models x (steps + 1) x (1 + EOT 4) <= 600
-    counts = {"attacks": 0, "refused": 0, "trains": 0}
-
-    def hostile_attacks(i: int) -> None:
-        c = client(url, HOSTILE)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            fresh = [f"{name} {i}-{n}" for name in imagenet[:1000]]  # new labels: no cached text features
-            try:
-                c.predict(handle_file(EXAMPLE), ", ".join(fresh), fresh[0], "Linf", 4, steps, 1, "cross-entropy", "",
-                          EACH, names, True, False, api_name="/attack")
-                counts["attacks"] += 1
-            except Exception:  # noqa: BLE001 - refusals: the places are full, try again
-                counts["refused"] += 1
-                time.sleep(0.2)
-
-    def hostile_train() -> None:
-        c = client(url, HOSTILE)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            with contextlib.suppress(Exception):
-                c.predict("clip-tiny", "pmg-aft", "synth-finetune", 1, 10, 0.01, 260, 64, 1, 1, f"hostile-{n}",
-                          api_name="/train")
-                counts["trains"] += 1
-
-    threads = [threading.Thread(target=hostile_attacks, args=(i,), daemon=True) for i in range(6)]
+    # The hostile clients are other processes, as they would be: their own Python work is not the server's.
+    ctx = multiprocessing.get_context("spawn")
+    stop, answered, refused = ctx.Event(), ctx.Value("i", 0), ctx.Value("i", 0)
+    hostile = [ctx.Process(target=hostile_attacks, args=(url, i, names, steps, stop, answered, refused), daemon=True)
+               for i in range(6)]
     if args.train:
-        threads.append(threading.Thread(target=hostile_train, daemon=True))
-    for t in threads:
-        t.start()
+        hostile.append(ctx.Process(target=hostile_train, args=(url, stop, answered), daemon=True))
+    for p in hostile:
+        p.start()
     time.sleep(args.settle)
     loaded = []
     deadline = time.time() + args.budget_s
@@ -139,8 +117,36 @@ def fairness(args) -> None:
     print(f"idle: {', '.join(f'{t:.2f}' for t in idle)} s (median {statistics.median(idle):.2f})")
     print(f"under attack: {', '.join(f'{t:.2f}' for t in loaded)} s (median {statistics.median(loaded):.2f})")
     print(f"ratio (median under attack / idle median): {ratio:.2f}")
-    print(f"hostile: {counts}")
-    os._exit(0)  # the hostile threads are still waiting on the server
+    print(f"hostile jobs answered: {answered.value}, refused: {refused.value}")
+    for p in hostile:
+        p.kill()
+    os._exit(0)  # the hostile jobs are still running on the server
+
+
+def hostile_attacks(url, i, names, steps, stop, answered, refused) -> None:
+    """One hostile session: attacks at the cap, back to back, retried at once when refused."""
+    c, n = client(url, HOSTILE), 0
+    while not stop.is_set():
+        n += 1
+        fresh = [f"thing {k} {i}-{n}" for k in range(1000)]  # new labels: no cached text features
+        try:
+            c.predict(handle_file(EXAMPLE), ", ".join(fresh), fresh[0], "Linf", 4, steps, 1, "cross-entropy", "",
+                      EACH, names, True, False, api_name="/attack")
+            answered.value += 1
+        except Exception:  # noqa: BLE001 - refusals: the places are full, try again
+            refused.value += 1
+            time.sleep(0.2)
+
+
+def hostile_train(url, stop, answered) -> None:
+    """A Train at the cap in the jobs lane, again and again."""
+    c, n = client(url, HOSTILE), 0
+    while not stop.is_set():
+        n += 1
+        with contextlib.suppress(Exception):
+            c.predict("clip-tiny", "pmg-aft", "synth-finetune", 1, 10, 0.01, 260, 64, 1, 1, f"hostile-{n}",
+                      api_name="/train")
+            answered.value += 1
 
 
 def memory(args) -> None:
@@ -223,7 +229,7 @@ if __name__ == "__main__":
     p.add_argument("--budget", action="store_true", help="fairness: keep the visitors' budget per minute on")
     p.add_argument("--honest", type=int, default=8, help="fairness: honest attacks under load")
     p.add_argument("--budget-s", type=float, default=600, help="fairness: stop measuring after this long")
-    p.add_argument("--settle", type=float, default=5, help="fairness: seconds for the hostile places to fill")
+    p.add_argument("--settle", type=float, default=20, help="fairness: seconds for the hostile places to fill")
     p.add_argument("--requests", type=int, default=2000)
     a = p.parse_args()
     {"fairness": fairness, "memory": memory, "labels": big_labels}[a.part](a)

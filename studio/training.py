@@ -7,7 +7,6 @@ the stop flag, and the run's thread saves, rescans and ends the job.
 """
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -26,6 +25,7 @@ from pmg_core.units import from_255
 from . import policy
 from .jobs import Job
 from .state import Studio
+from .turns import in_turns
 
 REDRAW_S = 0.5  # the loss curve is redrawn at most this often (the last step always)
 
@@ -73,16 +73,6 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     yield from _relay(intro, job, updates)
 
 
-def _in_turns(events: Iterator[dict], gate) -> Iterator[dict]:
-    """The run's events, each step computed in its visitor's turn on a public server (studio/turns.py)."""
-    while True:
-        with gate() if gate is not None else contextlib.nullcontext():
-            ev = next(events, None)
-        if ev is None:
-            return
-        yield ev
-
-
 def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: queue.Queue, gate=None) -> None:
     """The run itself, in a thread of its own: however the stream ends (done, Cancel, Gradio closing
     it), the last step, the save and the rescan happen here. Puts ("step", event, skipped) per step,
@@ -90,7 +80,7 @@ def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: qu
     trainer = handed.pop()
     skipped, ending, reason, error = 0, "Stopped", "", None
     try:
-        for ev in _in_turns(trainer.run(should_stop=job.stop.is_set), gate):
+        for ev in in_turns(trainer.run(should_stop=job.stop.is_set), gate):  # each step in its visitor's turn
             if ev["event"] == "skipped":
                 skipped = ev["bad_steps"]
             elif ev["event"] == "done":

@@ -4,11 +4,13 @@
   asks `Turns.turn(visitor)` before each pass. At most `slots` turns run at once, each on
   `threads` torch threads of its own (pmg_core.threads, so no other thread's count changes); when
   a slot frees, it goes to the waiting visitor who has had the least turn time, ties in order of
-  asking. A visitor who arrives starts level with the least-served visitor already waiting or
-  running, so idle time is no credit to spend later. While two visitors want work each gets half
+  asking. A visitor who arrives starts about level with the least-served visitor already waiting
+  or running, so idle time is no credit to spend later. While two visitors want work each gets half
   the slots' time, however many jobs one of them runs: an honest attack shares the machine with a
   hostile visitor's four instead of queueing behind all of them, and waits at most for the turns
-  already running.
+  already running. As a waking task in Linux's fair scheduler, a visitor who arrives is placed a
+  little ahead of the least-served one (WAKE_CREDIT_S of turn time), so a short attack between
+  pauses, what a person does, runs at once, while a visitor who never pauses has no credit.
 - **Budget.** `Budget.charge` counts each visitor's model-passes over the last minute (attacks,
   sweeps and distances, label text included) and refuses, before any work, a request that would
   go over, in one sentence that says when the visitor may come back.
@@ -27,6 +29,7 @@ from pmg_core.errors import UserError
 from pmg_core.threads import own_threads
 
 FORGET_S = 60.0  # a visitor's turn time is kept this long after their last turn (a pause is no credit)
+WAKE_CREDIT_S = 1.0  # how far ahead of the least-served visitor one who arrives is placed (seconds of turns)
 
 
 class Turns:
@@ -34,17 +37,17 @@ class Turns:
 
     def __init__(self, slots: int, threads: int | None = 1, clock: Callable[[], float] = time.monotonic):
         self.slots, self.threads, self.clock = max(1, int(slots)), threads, clock
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._free = self.slots
         self._used: dict[str, float] = {}  # turn seconds per visitor
         self._seen: dict[str, float] = {}  # when each visitor last finished a turn
         self._wanting = collections.Counter()  # each visitor's turns waiting or running
-        self._waiting: dict[int, str] = {}  # ticket -> visitor, tickets in the order asked
+        self._waiting: dict[int, tuple[str, threading.Event]] = {}  # ticket (in the order asked) -> visitor, go
         self._tickets = itertools.count()
 
     def busy(self) -> int:
         """Turns waiting or running now."""
-        with self._cond:
+        with self._lock:
             return sum(self._wanting.values())
 
     def gate(self, visitor: str) -> Callable[[], contextlib.AbstractContextManager]:
@@ -57,37 +60,33 @@ class Turns:
             self._used.pop(v, None), self._seen.pop(v, None)
         if not self._wanting[visitor]:
             others = [self._used.get(v, 0.0) for v, n in self._wanting.items() if n and v != visitor]
-            self._used[visitor] = max(self._used.get(visitor, 0.0), min(others, default=0.0))
+            floor = min(others, default=WAKE_CREDIT_S) - WAKE_CREDIT_S
+            self._used[visitor] = max(self._used.get(visitor, 0.0), floor)
         self._wanting[visitor] += 1
 
-    def _next(self) -> int:
-        """The ticket whose turn it is: the least-served visitor's oldest."""
-        return min(self._waiting, key=lambda t: (self._used[self._waiting[t]], t))
+    def _grant(self) -> None:
+        """Free slots to the waiting tickets whose turn it is: the least-served visitor's oldest first.
+        Only those are woken (a wake-up for every waiter on every turn would cost more than the turns)."""
+        while self._free > 0 and self._waiting:
+            ticket = min(self._waiting, key=lambda t: (self._used[self._waiting[t][0]], t))
+            _, granted = self._waiting.pop(ticket)
+            self._free -= 1
+            granted.set()
 
     @contextlib.contextmanager
     def turn(self, visitor: str) -> Iterator[None]:
-        with self._cond:
+        granted = threading.Event()
+        with self._lock:
             self._arrive(visitor)
-            ticket = next(self._tickets)
-            self._waiting[ticket] = visitor
-            try:
-                while not (self._free > 0 and self._next() == ticket):
-                    self._cond.wait()
-            except BaseException:
-                del self._waiting[ticket]
-                self._wanting[visitor] -= 1
-                self._cond.notify_all()
-                raise
-            del self._waiting[ticket]
-            self._free -= 1
-            if self._free > 0:
-                self._cond.notify_all()  # another slot is free: the next in line may go too
+            self._waiting[next(self._tickets)] = (visitor, granted)
+            self._grant()
+        granted.wait()
         start = self.clock()
         try:
             with own_threads(self.threads) if self.threads else contextlib.nullcontext():
                 yield
         finally:
-            with self._cond:
+            with self._lock:
                 end = self.clock()
                 self._used[visitor] = self._used.get(visitor, 0.0) + (end - start)
                 self._seen[visitor] = end
@@ -95,7 +94,17 @@ class Turns:
                 if not self._wanting[visitor]:
                     del self._wanting[visitor]
                 self._free += 1
-                self._cond.notify_all()
+                self._grant()
+
+
+def in_turns(events: Iterator, gate: Callable[[], contextlib.AbstractContextManager] | None) -> Iterator:
+    """A job's events (a training run's steps, an evaluation's batches), each computed in its turn."""
+    while True:
+        with gate() if gate is not None else contextlib.nullcontext():
+            event = next(events, None)
+        if event is None:
+            return
+        yield event
 
 
 class Budget:
