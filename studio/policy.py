@@ -1,4 +1,4 @@
-"""The public-server policy: what one request may cost, how long each lane's queue may grow, what visitors keep.
+"""The public-server policy: what one request may cost (label text too), what visitors keep, memory returned.
 
 A public server shares one device, one disk and one queue with every visitor, so the policy holds
 by construction rather than per endpoint:
