@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from pmg_core import env, inputs
 from pmg_core.errors import UserError
 from pmg_core.models import ClipModel
 from pmg_core.zoo import parse_model_specs, parse_zoo_ids
-from starlette.middleware import Middleware
-
 from studio import tab_about, tab_attack, tab_distances, tab_evaluate, tab_train, visitors
 from studio.assets import CSS
 from studio.safety import BodyLimit
