@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from pmg_core import env, inputs
 from pmg_core.errors import UserError
 from pmg_core.models import ClipModel
 from pmg_core.zoo import parse_model_specs, parse_zoo_ids
-from studio import policy, tab_about, tab_attack, tab_distances, tab_evaluate, tab_leaderboard, tab_train
+from studio import tab_about, tab_attack, tab_distances, tab_evaluate, tab_leaderboard, tab_train, visitors
 from studio.assets import CSS
+from studio.safety import BodyLimit
 from studio.state import Studio
 
 log = logging.getLogger("pmg_studio")
+MAX_THREADS = 16  # handler threads at once, queued and not (Gradio's default is 40)
 
 
 def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | Path | None = None,
@@ -46,17 +49,21 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         tab_leaderboard.build()
         lists = tab_about.ModelLists(attack.chosen, attack.source, distances.reference, train.base, evaluate.models)
         tab_about.build(studio, demo, lists, after_train=train.run, after_cancel=train.cancel, mode=mode)
-        if public:  # each lane its own queue, a few places per visitor (studio/policy.py)
-            demo.queue(max_size=sum(policy.LANE_QUEUE.values()))
-            policy.limit_queues(demo, policy.LANE_QUEUE, policy.PER_VISITOR, policy.PER_ADDRESS)
+        if public:  # each lane its own queue, a few places per visitor, in turn (studio/visitors.py)
+            visitors.keep_peer_addresses()
+            demo.queue(max_size=sum(visitors.LANE_QUEUE.values()))
+            visitors.limit_queues(demo, visitors.LANE_QUEUE, visitors.PER_SESSION, visitors.PER_VISITOR,
+                                  studio.proxies)
         else:
             demo.queue(max_size=queue_size)
     return demo
 
 
 def launch_options() -> dict:
-    """What every launch of the app passes (tests too): look, upload limit, error display."""
-    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=inputs.MAX_UPLOAD_BYTES, show_error=True)
+    """What every launch of the app passes (tests too): look, upload limit, error display, request bodies
+    refused over their limit before they are read, handlers in a pool of at most MAX_THREADS threads."""
+    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=inputs.MAX_UPLOAD_BYTES, show_error=True,
+                max_threads=MAX_THREADS, app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 
 def resolve_host(host: str | None, share: bool, environ: Mapping[str, str]) -> tuple[str, bool]:

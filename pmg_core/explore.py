@@ -4,12 +4,13 @@ so what a person downloads as PNG is exactly what the models were shown, and a v
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 
@@ -21,6 +22,7 @@ from .images import center_square, quantize
 from .models import ClipModel
 from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
+from .threads import own_threads
 from .units import to_255
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -89,6 +91,12 @@ class AttackSettings:
     # Models attacked at once, each lane on its share of torch's CPU threads (cpu_lanes picks it);
     # 1: one after the other. The same attacks and verdicts either way, only sooner.
     lanes: int = 1
+    # What each model pass waits for first (`with gate(): ...`): a public server's turn among its
+    # visitors (studio/turns.py). None: every pass runs at once. The same verdicts either way.
+    gate: Callable[[], ContextManager] | None = field(default=None, compare=False, repr=False)
+
+    def turn(self) -> ContextManager:
+        return self.gate() if self.gate is not None else contextlib.nullcontext()
 
     def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
@@ -220,8 +228,11 @@ class _Setup:
 
     @torch.no_grad()
     def judge_clean(self, index: int, m: ClipModel) -> _Attacked:
-        clf = m.classifier(self.classes, self.templates).eval()  # text features cached per (model, labels)
-        logits = clf(self.x[None].to(m.device))
+        if self.settings.gate is not None:  # the labels' text features, batch by batch, each in its turn
+            m.text_features(self.classes, self.templates, turn=self.settings.gate)
+        with self.settings.turn():
+            clf = m.classifier(self.classes, self.templates).eval()  # text features cached per (model, labels)
+            logits = clf(self.x[None].to(m.device))
         lead = self.lead(logits)
         return _Attacked(index, m, clf, logits, clean_lead=lead, lead=lead)
 
@@ -254,7 +265,8 @@ class _Setup:
         after its last step, or, with a stop margin, at the first iterate that leads by the margin
         and still fools the model once quantized."""
         try:
-            step = next(job.passes)
+            with self.settings.turn():
+                step = next(job.passes)
         except StopIteration as end:
             job.passes = None
             return self.quantized(end.value.adv[0])
@@ -266,7 +278,7 @@ class _Setup:
         # Not at the starting point: the image shown must be one the attack made, a step or more in.
         if margin is not None and step.step >= 1 and job.lead >= margin:
             adv = self.quantized(step.images[0])
-            with torch.no_grad():
+            with torch.no_grad(), self.settings.turn():
                 logits = job.clf(adv[None].to(job.clean_logits.device))
             if self.lead(logits) > 0:  # what the page shows fools the model: stop here
                 job.passes, job.adv_logits, job.steps = None, logits, step.step
@@ -284,7 +296,7 @@ class _Setup:
     def verdict(self, job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None) -> ModelVerdict:
         logits = job.adv_logits
         if logits is None:
-            with torch.no_grad():
+            with torch.no_grad(), self.settings.turn():
                 logits = job.clf(adv[None].to(job.clean_logits.device))
         judged = [prediction(lg, self.classes, self.true_idx, target_idx=self.target_idx)
                   for lg in (job.clean_logits, logits)]
@@ -298,10 +310,18 @@ class _Setup:
         s, dev = self.settings, job.model.device
         defended = defend(job.model, job.clf, s.defense)
         y, target = self.labels(dev)
-        through = self.quantized(self.pgd(defended, s.eot).run(self.x[None].to(dev), y, target=target).adv[0])
+        passes = self.pgd(defended, s.eot).iterate(self.x[None].to(dev), y, target=target)
+        while True:  # pass by pass, each in its turn
+            try:
+                with s.turn():
+                    next(passes)
+            except StopIteration as end:
+                through = self.quantized(end.value.adv[0])
+                break
         defended.reseed()  # the verdicts' draws do not depend on how many the attack took
-        judge = [predict(defended, img.to(dev), self.classes, self.true_idx, target_idx=self.target_idx)
-                 for img in (self.x, adv, through)]
+        with s.turn():
+            judge = [predict(defended, img.to(dev), self.classes, self.true_idx, target_idx=self.target_idx)
+                     for img in (self.x, adv, through)]
         return DefendedVerdict(s.defense, *judge, through)
 
 
@@ -398,10 +418,10 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
     be fooled soonest) whenever it is free, the others, fewest events first, on the remaining lanes,
     so the last ones finish together rather than one after another on a single lane.
 
-    Each worker runs torch on its share of this thread's CPU threads. torch's count is process-wide
-    for threads yet to start work, so the workers put it back when they end. A stream's events
-    keep their order. Closing the stream stops the workers after their current pass; a worker's
-    error is raised here.
+    Each worker runs torch on its share of this thread's CPU threads, set for that worker alone
+    (pmg_core.threads): the process-wide count, which threads starting torch work meanwhile copy,
+    never changes. A stream's events keep their order. Closing the stream stops the workers after
+    their current pass; a worker's error is raised here.
     """
     if lanes <= 1:
         for stream in streams:
@@ -418,8 +438,11 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
         return min(ready, key=lambda i: (i != head, taken[i], i))
 
     def worker() -> None:
+        with own_threads(max(1, threads // lanes)):
+            work()
+
+    def work() -> None:
         nonlocal busy
-        torch.set_num_threads(max(1, threads // lanes))
         try:
             while True:
                 with turn:
@@ -444,7 +467,6 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
             events.put(e)
         finally:
-            torch.set_num_threads(threads)
             events.put(_LANE_DONE)
 
     workers = [threading.Thread(target=worker, daemon=True, name=f"pmg-lane-{i}") for i in range(lanes)]

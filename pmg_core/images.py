@@ -14,6 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import UserError, check
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+# What one decode may hold (pixels x PIL's bytes per pixel in the file's mode), read from the header:
+# 33 megapixels of RGB, 8k x 4k; a 6300x6300 float32 TIFF (a 252 kB file) is 159 MB and refused.
+MAX_DECODED_BYTES = 128 * 2**20
 MAX_SIDE = 1024  # larger images are downscaled (the models see at most 336 px anyway)
 ACCEPTED = "a PNG, JPEG, WebP, BMP, GIF or TIFF image"
 # The decoders PIL may use (the formats ACCEPTED names): never EPS, which runs Ghostscript, nor the rest.
@@ -31,17 +34,35 @@ def load_image(src, max_side: int = MAX_SIDE) -> torch.Tensor:
     img = _open(src)  # header only: the size is checked before any pixel is decoded
     check(img.width >= 1 and img.height >= 1, "The image is empty (0 pixels).")
     check(img.width * img.height <= MAX_PIXELS, f"{TOO_LARGE} (this one is {img.width}x{img.height} pixels).")
+    need = decoded_bytes(img)
+    check(need <= MAX_DECODED_BYTES,
+          f"The image is too large to decode safely: {img.width}x{img.height} pixels of mode {img.mode} take "
+          f"{need / 2**20:,.0f} MB; give {ACCEPTED} of at most {MAX_DECODED_BYTES // 2**20} MB decoded "
+          "(about 33 megapixels of 8-bit colour).")
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"That image file is damaged or cut short and cannot be decoded ({type(e).__name__}); "
                         f"give {ACCEPTED}.") from None
     img = ImageOps.exif_transpose(img) or img
+    if img.mode in HIGH_DEPTH and max(img.size) > max_side:  # scaled before the float copy _to_rgb makes
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     img = _to_rgb(img)
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+
+
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """What decoding `img` takes, from its header: PIL keeps every multi-band mode (RGB too) in 4 bytes
+    a pixel, 32-bit modes (I, F) in 4, 16-bit ones in 2, the rest in 1."""
+    bands = len(img.getbands())
+    each = 4 if bands > 1 or img.mode in ("I", "F") else (2 if img.mode.startswith("I;16") else 1)
+    return img.width * img.height * each
 
 
 def _open(src) -> Image.Image:
@@ -72,7 +93,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in HIGH_DEPTH:
         a = np.nan_to_num(np.asarray(img, dtype=np.float64))  # NaN pixels of float TIFFs -> 0
         hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
         img = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")

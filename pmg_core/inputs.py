@@ -17,6 +17,9 @@ from .units import from_255
 
 MAX_LABELS = 1000
 MAX_LABEL_CHARS = 200
+# Text that is split is measured first: splitting 40 MB of commas makes millions of strings.
+MAX_LABEL_TEXT = MAX_LABELS * (MAX_LABEL_CHARS + 2)  # characters: every label at its longest, with ", "
+MAX_NUMBER_LIST_TEXT = 1000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also passed to Gradio's launch(max_file_size=...)
 CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -46,6 +49,7 @@ class Limits:
     eval_work: int | None = None  # images x models x (PGD steps + 1), over every dataset
     train_work: int | None = None  # images x (PGD steps + 2) over the run
     train_memory_mb: float | None = None  # one step's activations, from the architecture and batch
+    work_per_minute: int | None = None  # model-passes of attacks, sweeps and label text per visitor and minute
     visitor_checkpoints: int | None = None  # checkpoints visitors may keep; the oldest expire
     visitor_checkpoint_mb: float | None = None  # and their disk budget
 
@@ -57,7 +61,8 @@ LOCAL = Limits()
 # A public server shares one device with everyone: no request may hold a lane for minutes.
 PUBLIC = Limits(train_steps=500, eval_samples=2_000, where=" on this public server", attack_steps=50,
                 train_attack_steps=10, batch_size=64, sweep_values=6, attack_work=600, eval_work=100_000,
-                train_work=200_000, train_memory_mb=4096, visitor_checkpoints=8, visitor_checkpoint_mb=2048)
+                train_work=200_000, train_memory_mb=4096, work_per_minute=3_000, visitor_checkpoints=8,
+                visitor_checkpoint_mb=2048)
 
 
 def _has_control_chars(text: str) -> bool:
@@ -68,6 +73,12 @@ def parse_labels(text: str | Sequence[str] | None) -> list[str]:
     """'cat, dog ,bird' (or a list) -> ['cat', 'dog', 'bird']; refuses empty, duplicate and control characters."""
     if text is None:
         text = ""
+    if isinstance(text, str):
+        check(len(text) <= MAX_LABEL_TEXT and text.count(",") <= MAX_LABELS,
+              f"The labels are too long: give at most {MAX_LABELS} labels of at most {MAX_LABEL_CHARS} characters "
+              f"({MAX_LABEL_TEXT:,} characters in all); got {len(text):,} characters.")
+    else:
+        check(len(text) <= MAX_LABELS, f"Give at most {MAX_LABELS} labels; got {len(text)}.")
     parts = text.split(",") if isinstance(text, str) else list(text)
     labels = [str(p).strip() for p in parts]
     if isinstance(text, str) and labels and labels[-1] == "" and len(labels) > 1:
@@ -117,6 +128,9 @@ def parse_step_size(value, high_255: float) -> float | None:
 def parse_number_list(name: str, text, low: float, high: float, max_items: int = 12) -> list[float]:
     """'0, 1, 2, 4' -> sorted distinct floats in [low, high] (at most max_items)."""
     check(isinstance(text, str) and text.strip() != "", f"Give the {name} as comma-separated numbers, e.g. '0, 1, 2, 4'.")
+    check(len(text) <= MAX_NUMBER_LIST_TEXT,
+          f"The {name} text is too long: give at most {max_items} numbers ({MAX_NUMBER_LIST_TEXT} characters); "
+          f"got {len(text):,} characters.")
     values = sorted({parse_number(name, part, low, high) for part in text.split(",") if part.strip()})
     check(0 < len(values) <= max_items, f"Give between 1 and {max_items} {name} values; got {len(values)}.")
     return values

@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,11 +112,13 @@ class ClipModel:
 
     @torch.no_grad()
     def text_features(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
-                      exact: bool = False) -> torch.Tensor:
+                      exact: bool = False, turn: Callable[[], ContextManager] | None = None) -> torch.Tensor:
         """L2-normalised class embeddings, one per class (template ensemble averaged as in CLIP).
 
         Typed labels are trimmed and must be distinct; `exact` takes a dataset's class names as they
-        are, spaces and repeats included (the public code's prompts have both: paper_prompts.py)."""
+        are, spaces and repeats included (the public code's prompts have both: paper_prompts.py).
+        `turn`: what each batch of prompts waits for (a public server's turns, AttackSettings.gate);
+        the batches are then small, so 1,000 labels are many short turns, not one long one."""
         classes, templates = _check_classes(classes, exact), _check_templates(templates)
         key = (classes, templates, str(self.device))
         cached = self.text_cache.get(key)
@@ -125,9 +127,11 @@ class ClipModel:
             feats = []
             was_training = self.clip.training
             self.clip.eval()
-            for i in range(0, len(prompts), 256):
-                tokens = self.tokenizer(prompts[i : i + 256]).to(self.device)
-                feats.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
+            batch = 256 if turn is None else 32
+            for i in range(0, len(prompts), batch):
+                with turn() if turn is not None else contextlib.nullcontext():
+                    tokens = self.tokenizer(prompts[i : i + batch]).to(self.device)
+                    feats.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
             self.clip.train(was_training)
             feats = torch.cat(feats).view(len(classes), len(templates), -1).mean(1)
             cached = self.text_cache[key] = F.normalize(feats, dim=-1)

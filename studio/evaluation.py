@@ -17,6 +17,7 @@ from pmg_core.units import from_255
 from . import policy
 from .jobs import Job
 from .state import Studio
+from .turns import in_turns
 
 EVAL_BATCH = 64  # images per forward pass: small enough for a shared CPU, large enough for a GPU
 
@@ -40,15 +41,15 @@ def evaluate(studio: Studio, model_names, dataset, folder, eps_255, steps, step_
     # Each dataset gives at most `limit` images; the public cap counts them all, before any is built.
     policy.check_evaluate(limits, len(models), cfg.limit * len(datasets), cfg.steps)
     with studio.jobs.running("evaluate", request) as job:
-        yield from _stream(cfg, models, datasets, job, progress)
+        yield from _stream(cfg, models, datasets, job, progress, studio.gate(request))
 
 
-def _stream(cfg: EvalConfig, models, datasets, job: Job, progress) -> Iterator[tuple]:
+def _stream(cfg: EvalConfig, models, datasets, job: Job, progress, gate=None) -> Iterator[tuple]:
     total, results = len(models) * len(datasets), []
     yield f"Evaluating {len(models)} model(s) on {len(datasets)} dataset(s)...", [], None
     events = iter_evaluate(cfg, models)
     try:
-        for ev in events:
+        for ev in in_turns(events, gate):  # each batch in its visitor's turn on a public server
             if job.stop.is_set():
                 job.final = f"**Cancelled** after {len(results)} of {total} model x dataset runs."
                 yield job.final, _table(results), plots.eval_figure(results) if results else None

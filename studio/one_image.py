@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import math
+import time
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import torch
 
@@ -37,6 +40,7 @@ ATTACK_SIDE = AttackSettings().max_side
 # The Attack tab's early stop: a model is done once the wrong class (or the target) leads by this many
 # logits, e times as likely, and its 8-bit image still fools it.
 STOP_MARGIN = 1.0
+REDRAW_S = 0.1  # the progress line is redrawn at most this often (a verdict always shows at once)
 UNCHANGED = object()  # an output a streamed update leaves as it is (the tab turns it into gr.skip())
 # The Attack tab's "defend at test time" choice: what people read -> pmg_core.defenses' name.
 DEFENSES = {"no": "none", "TTC (test-time counterattacks)": "ttc", "CLIPure (latent purification)": "clipure"}
@@ -60,8 +64,9 @@ def preview(studio: Studio, image) -> np.ndarray | None:
 
 
 def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
-    """The first tab's fields, checked -> (models, image, classes, true label, attack settings)."""
+                  model_names, request=None) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
+    """The first tab's fields, checked -> (models, image, classes, true label, attack settings); on a
+    public server each model pass of the attack waits for `request`'s visitor's turn."""
     limits = studio.limits
     models = studio.pick(model_names)
     x = load_image(inputs.upload_path(image))
@@ -76,42 +81,56 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
     # On a CPU, several models are attacked at once (one per core): the same verdicts, sooner.
     return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source,
-                                                          lanes=cpu_lanes(models))
+                                                          lanes=cpu_lanes(models), gate=studio.gate(request))
+
+
+def charge(studio: Studio, request, passes: int, models: list[ClipModel], classes: list[str]) -> None:
+    """Count a request's model-passes and its label text against its visitor's budget, before any work."""
+    studio.budget.charge(studio.visitor(request), passes + policy.text_passes(models, len(classes)),
+                         studio.limits.where)
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-           model_names, defend: bool | str = False, stop_early: bool = False, result: dict | None = None):
+           model_names, defend: bool | str = False, stop_early: bool = False, result: dict | None = None,
+           request: gr.Request | None = None):
     """-> (adversarial images, amplified perturbations, verdict HTML, PNG files, details): the
     stream's last outputs. defend: also judge every model behind a test-time defense (defense_name);
     result: see attack_stream."""
     for outputs in attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target,
-                                 source, model_names, defend, stop_early, result):
+                                 source, model_names, defend, stop_early, result, request):
         pass
     return outputs
 
 
 def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names, defend: bool | str = False, stop_early: bool = True, result: dict | None = None):
+                  model_names, defend: bool | str = False, stop_early: bool = True, result: dict | None = None,
+                  request: gr.Request | None = None):
     """attack() as it happens: the verdict table grows by each model's verdict as it arrives, under a
     progress line that moves with every attack step; the images, files and details (UNCHANGED until
     then) come with the last update.
     stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare).
     result: filled at the end with what `extras` needs (comparison, settings, model names, folder)."""
     models, x, classes, true_label, settings = attack_inputs(
-        studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names)
+        studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names,
+        request)
     settings.defense = defense_name(defend)
     if settings.defense != "none" and not get_defense(settings.defense).randomised:
         settings.eot = 1  # a deterministic defense: one draw is the expectation
-    policy.check_attack(studio.limits, len(models), settings.steps,
-                        defended_eot=settings.eot if settings.defense != "none" else 0)
+    passes = policy.check_attack(studio.limits, len(models), settings.steps,
+                                 defended_eot=settings.eot if settings.defense != "none" else 0)
+    charge(studio, request, passes, models, classes)
     settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]
     shown = Comparison(prepare_image(x, settings.max_side), classes, true_label)
+    redrawn = -math.inf
     for event in iter_compare(models, x, classes, true_label, settings):
         if event["event"] != "done":
             if event["event"] == "verdict":  # in the models' order, as at the end
                 shown.verdicts = sorted([*shown.verdicts, event["verdict"]], key=lambda v: order.index(v.model))
+            elif time.monotonic() - redrawn < REDRAW_S:
+                continue
+            redrawn = time.monotonic()
             yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings),) + (UNCHANGED,) * 2
             continue
         shown = event["comparison"]
@@ -129,7 +148,8 @@ def no_image_hint(image) -> str:
     return "" if image else "<p class='pmg-hint'>Pick an example below the image, or upload one, then press Attack.</p>"
 
 
-def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bool):
+def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bool,
+           request: gr.Request | None = None):
     """After a comparison: where each model looks, each model's robustness radius, one zip of it all.
 
     -> a stream of (maps gallery, radius chart, zip file, details, verdict HTML): the verdicts keep a
@@ -142,7 +162,9 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     rounds = radius_attacks() if with_radius else 0
     if with_radius:
         check(comp.true_label is not None, "The robustness radius needs the true label; choose it under the labels.")
-    policy.check_attack_extras(studio.limits, len(models), settings.steps, rounds, MAP_PASSES if with_maps else 0)
+    passes = policy.check_attack_extras(studio.limits, len(models), settings.steps, rounds,
+                                        MAP_PASSES if with_maps else 0)
+    charge(studio, request, passes, models, comp.classes)
     gallery, files, radii, chart = [], [], [], None
     if with_maps:
         maps = comparison_maps(models, comp)
@@ -178,31 +200,32 @@ def _comparison_zip(comp: Comparison, details: dict, files: list[Path], folder: 
     return path
 
 
-def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[ClipModel]) -> list[float]:
-    """The sweep's radii, checked with the cost of attacking every model at each."""
+def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[ClipModel], classes: list[str],
+               request) -> list[float]:
+    """The sweep's radii, checked with the cost of attacking every model at each (counted against the budget)."""
     limits = studio.limits
     eps = inputs.parse_number_list("eps (/255)", eps_list, 0, limits.eps_max_255(settings.norm), limits.sweep_values)
-    policy.check_attack(limits, len(models), settings.steps, len(eps))
+    charge(studio, request, policy.check_attack(limits, len(models), settings.steps, len(eps)), models, classes)
     return [from_255(e) for e in eps]
 
 
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
-              model_names):
+              model_names, request: gr.Request | None = None):
     """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
     models, x, classes, true_label, settings = attack_inputs(
-        studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names)
-    eps = _sweep_eps(studio, eps_list, settings, models)
+        studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names, request)
+    eps = _sweep_eps(studio, eps_list, settings, models, classes, request)
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.sweep_rows(comps, eps, settings.target)
     return plots.sweep_figure(rows), rows
 
 
 def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, model_names,
-              reference):
+              reference, request: gr.Request | None = None):
     """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
     models, x, classes, true_label, settings = attack_inputs(
-        studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names)
-    eps = _sweep_eps(studio, eps_list, settings, models)
+        studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names, request)
+    eps = _sweep_eps(studio, eps_list, settings, models, classes, request)
     reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
     comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import torch
+
 from pmg_core import board, env, findings, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError, check
@@ -26,10 +28,12 @@ from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_base
 
 from .assets import METHOD_IN_PLAIN_WORDS
 
+from .jobs import Jobs
+from .turns import Budget, Turns
+from .visitors import Proxies, visitor_of
+
 EMBEDDED_PMG_AFT = "pmg-aft-tiny"  # the shipped fine-tune the mini benchmark's findings are about
 EMBEDDED_TGA_ZSR = "tga-zsr-tiny"
-from .jobs import Jobs
-from .policy import unique_names
 
 if TYPE_CHECKING:
     from .zoo_loader import ZooLoader
@@ -52,10 +56,26 @@ class Studio:
     reserved: set = field(default_factory=set)  # checkpoint names of runs not yet saved (under `lock`)
     # Held by a Train run's thread until it has really stopped: the jobs lane frees only then.
     job_slot: threading.Lock = field(default_factory=threading.Lock)
+    # On a public server: who a visitor is, their turns pass by pass and their work per minute (turns.py).
+    proxies: Proxies = field(default_factory=Proxies)
+    turns: Turns | None = None
+    budget: Budget = field(default_factory=lambda: Budget(None))
 
     def __post_init__(self) -> None:
         if self.public:
             self.jobs.cancel_wait = 0
+            self.proxies = Proxies.from_env()
+            on_cpu = not self.models or self.device.type == "cpu"
+            # On a CPU one turn per torch thread, each on one; a GPU's kernels are parallel already.
+            self.turns = Turns(torch.get_num_threads() if on_cpu else 1, threads=1 if on_cpu else None)
+            self.budget = Budget(self.limits.work_per_minute)
+
+    def visitor(self, request) -> str:
+        return visitor_of(request, self.proxies)
+
+    def gate(self, request):
+        """What each model pass of `request`'s job waits for (AttackSettings.gate); None locally."""
+        return self.turns.gate(self.visitor(request)) if self.turns is not None else None
 
     @classmethod
     def create(cls, models: Sequence[ClipModel] | None = None, checkpoint_dir: Path | None = None,
@@ -107,7 +127,8 @@ class Studio:
         return inputs.PUBLIC if self.public else inputs.LOCAL
 
     def pick(self, names) -> list[ClipModel]:
-        names = unique_names([names] if isinstance(names, str) else list(names or []))
+        # A name ticked twice is one model, run once.
+        names = list(dict.fromkeys([names] if isinstance(names, str) else list(names or [])))
         if not names:
             raise UserError("Choose at least one model.")
         unknown = [n for n in names if n not in self.models]

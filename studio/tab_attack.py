@@ -16,7 +16,7 @@ from pmg_core.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, radius_attac
 
 from . import assets, one_image
 from .model_choices import ModelChecklist, model_dropdown
-from .safety import INTERACTIVE, INTERACTIVE_GPU_S, gpu, image_upload, safe
+from .safety import INTERACTIVE_GPU_S, gpu, image_upload, interactive, safe
 from .state import Studio
 
 SEEN_BY_MODELS = (f"What the models see: the image is center-cropped to a square and scaled to at most "
@@ -121,31 +121,34 @@ def build(studio: Studio) -> AttackTab:
     attacked = own.attack_btn.click(
         gpu(INTERACTIVE_GPU_S)(safe(attack, studio)), [*settings, own.defend, own.stop_early],
         [res.adv_gallery, res.pert_gallery, res.verdicts, res.adv_files, res.details, res.shown],
-        api_name="attack", show_progress="minimal", **INTERACTIVE)
+        api_name="attack", show_progress="minimal", **interactive(studio.public))
     attacked.success(gpu(INTERACTIVE_GPU_S)(safe(extras, studio)), [res.shown, own.with_maps, own.with_radius],
                      [res.maps, res.radius_plot, res.zip_file, res.details, res.verdicts], api_name="attack_extras",
-                     show_progress="hidden", **INTERACTIVE)
+                     show_progress="hidden", **interactive(studio.public))
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
     res.sweep_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.eps_sweep, studio)), sweep_settings,
-                        [res.sweep_plot, res.sweep_rows], api_name="eps_sweep", **INTERACTIVE)
+                        [res.sweep_plot, res.sweep_rows], api_name="eps_sweep", **interactive(studio.public))
     return tab
 
 
-def attack(studio: Studio, *fields):
+def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
+           model_names, defend: bool | str = False, stop_early: bool = True, request: gr.Request = None):
     """one_image.attack_stream for Gradio: each model's verdict as it arrives, a progress line between;
     the last update also fills the session's state the extras start from. No image: nothing changes
-    (the button's other listener says why), and the extras have nothing to start from."""
-    if not fields[0]:
+    (the button's other listener says why), and the extras have nothing to start from. Gradio fills
+    `request` (on a public server each pass waits for its visitor's turn, counted against their budget)."""
+    if not image:
         yield (gr.skip(),) * 5 + (None,)
         return
     result: dict = {}
-    for outputs in one_image.attack_stream(studio, *fields, result=result):
+    for outputs in one_image.attack_stream(studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss,
+                                           target, source, model_names, defend, stop_early, result, request):
         yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs) + (result or gr.skip(),)
 
 
-def extras(studio: Studio, result, with_maps: bool, with_radius: bool):
+def extras(studio: Studio, result, with_maps: bool, with_radius: bool, request: gr.Request = None):
     """one_image.extras for Gradio."""
-    for outputs in one_image.extras(studio, result, with_maps, with_radius):
+    for outputs in one_image.extras(studio, result, with_maps, with_radius, request):
         yield tuple(gr.skip() if o is one_image.UNCHANGED else o for o in outputs)
 
 

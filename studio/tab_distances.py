@@ -10,7 +10,7 @@ import gradio as gr
 
 from . import one_image
 from .model_choices import model_dropdown
-from .safety import INTERACTIVE, INTERACTIVE_GPU_S, gpu, safe
+from .safety import INTERACTIVE_GPU_S, gpu, interactive, safe
 from .state import Studio
 from .tab_attack import AttackTab
 
@@ -36,5 +36,5 @@ def build(studio: Studio, attack: AttackTab) -> DistancesTab:
     dist_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.distances, studio)),
                    [attack.image, attack.labels, attack.true_label, attack.norm, dist_eps, attack.steps,
                     attack.step_size, attack.loss, attack.chosen, reference],
-                   [dist_plot, ref_plot, proj_plot, dist_data], api_name="distances", **INTERACTIVE)
+                   [dist_plot, ref_plot, proj_plot, dist_data], api_name="distances", **interactive(studio.public))
     return DistancesTab(reference)

@@ -25,6 +25,7 @@ from pmg_core.units import from_255
 from . import policy
 from .jobs import Job
 from .state import Studio
+from .turns import in_turns
 
 REDRAW_S = 0.5  # the loss curve is redrawn at most this often (the last step always)
 
@@ -56,7 +57,7 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     studio.job_slot.acquire()
     try:
         cfg.out = str(out)
-        policy.make_room(studio, limits, policy.checkpoint_mb(base))
+        studio.forget(policy.make_room(studio.checkpoint_dir, limits, policy.checkpoint_mb(base)))
         trainer = Trainer(cfg, model=base.fork(out.stem, base.spec))
         job = studio.jobs.start("train", request)
     except BaseException:
@@ -66,20 +67,20 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
     intro = f"Training {method} from {base.name} on {cfg.dataset} ({len(trainer.data)} images)..."
     updates: queue.Queue = queue.Queue()
     # The thread takes the only reference (out of the list), so the run's memory goes when it ends.
-    threading.Thread(target=_run, args=(studio, [trainer], out, job, updates), daemon=True,
+    threading.Thread(target=_run, args=(studio, [trainer], out, job, updates, studio.gate(request)), daemon=True,
                      name=f"train {out.stem}").start()
     del trainer
     yield from _relay(intro, job, updates)
 
 
-def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: queue.Queue) -> None:
+def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: queue.Queue, gate=None) -> None:
     """The run itself, in a thread of its own: however the stream ends (done, Cancel, Gradio closing
     it), the last step, the save and the rescan happen here. Puts ("step", event, skipped) per step,
     then ("end", error or None, skipped)."""
     trainer = handed.pop()
     skipped, ending, reason, error = 0, "Stopped", "", None
     try:
-        for ev in trainer.run(should_stop=job.stop.is_set):
+        for ev in in_turns(trainer.run(should_stop=job.stop.is_set), gate):  # each step in its visitor's turn
             if ev["event"] == "skipped":
                 skipped = ev["bad_steps"]
             elif ev["event"] == "done":

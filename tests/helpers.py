@@ -2,6 +2,7 @@
 import contextlib
 import ctypes
 import gc
+import os
 import socket
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from pmg_core.models import load_model
 from studio.one_image import EACH_MODEL as EACH  # noqa: F401 - re-exported: "each model attacks itself"
+from studio.visitors import TRUSTED_PROXIES_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "assets" / "examples" / "example.png")
@@ -60,3 +62,18 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     pytest.skip("no /proc/self/status on this system")
+
+
+@contextlib.contextmanager
+def behind_loopback_proxy():
+    """An app built inside believes X-Forwarded-For from 127.0.0.1: test clients there stand for
+    visitors from the addresses they name, as a Space's proxy's clients do."""
+    before = os.environ.get(TRUSTED_PROXIES_ENV)
+    os.environ[TRUSTED_PROXIES_ENV] = "127.0.0.1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TRUSTED_PROXIES_ENV, None)
+        else:
+            os.environ[TRUSTED_PROXIES_ENV] = before

@@ -208,3 +208,49 @@ def test_readme_front_matter_is_what_a_space_needs():
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == gr.__version__
     assert meta["app_file"] == "app.py" and (assets.ROOT / meta["app_file"]).is_file()
     assert re.fullmatch(r"3\.\d+", str(meta["python_version"]))
+
+
+def test_four_40_mb_label_texts_at_once_are_refused_before_they_are_read(server):
+    """The labels endpoint is not queued: a 40 MB text was read, parsed and split, and four at once took
+    2 GB. Bodies over the request limit are refused by their length, before any byte is read. (The
+    four clients are another process, so this one's memory is the server's.)"""
+    import json
+    import subprocess
+    import threading
+
+    from helpers import rss_mb
+
+    _, url, _ = server
+    clients = f"""
+import httpx, json, threading
+body = json.dumps({{"data": ["cat, " * (8 * 2**20)]}}).encode()
+answers = []
+def send():
+    r = httpx.post("{url}gradio_api/run/labels", content=body, timeout=120, headers={{"content-type": "application/json"}})
+    answers.append([r.status_code, r.json().get("detail")])
+threads = [threading.Thread(target=send) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps(answers))
+"""
+    before, peak, stop = rss_mb(), [0.0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        done = subprocess.run([sys.executable, "-c", clients], capture_output=True, text=True, timeout=300)
+    finally:
+        stop.set()
+        watcher.join()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[413, safety.TOO_LARGE_REQUEST]] * 4
+    assert peak[0] - before < 100, f"peak RSS grew by {peak[0] - before:.0f} MB"
+    small = httpx.post(f"{url}gradio_api/run/labels", json={"data": ["cat, dog"]}, timeout=30)
+    assert small.status_code == 200  # the endpoint itself still answers

@@ -53,15 +53,16 @@ def test_upload_attack_and_see_every_models_predictions(tmp_path):
 
 def test_a_visitor_over_their_places_reads_our_sentence_not_gradios_busy_page(tmp_path):
     """On a public server, a Train from an address whose places in the jobs lane are taken is refused,
-    and the page shows why (Gradio's page words a 503 "currently busy"; studio/policy.py answers 400)."""
+    and the page shows why (Gradio's page words a 503 "currently busy"; studio/visitors.py answers 400)."""
     import httpx
     from gradio_client import Client
     from gradio_client.utils import Status
 
-    from helpers import first_step_shown, wait_for
-    from studio import policy
+    from helpers import behind_loopback_proxy, first_step_shown, wait_for
+    from studio import visitors
 
-    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path, public=True)
+    with behind_loopback_proxy():
+        demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path, public=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -78,7 +79,7 @@ def test_a_visitor_over_their_places_reads_our_sentence_not_gradios_busy_page(tm
         running = train(blocker, "browser-blocker", steps=500, batch=32, attack_steps=3)  # holds the jobs lane
         assert wait_for(lambda: first_step_shown(running), 120)
         waiting = [train(Client(url, verbose=False, headers={"X-Forwarded-For": "1.0.0.1"}), f"browser-wait-{i}")
-                   for i in range(policy.PER_ADDRESS)]  # the address's places, taken by other sessions of it
+                   for i in range(visitors.PER_VISITOR)]  # the address's places, taken by other sessions of it
         assert wait_for(lambda: not any(j.status().code in (Status.STARTING, Status.JOINING_QUEUE) for j in waiting),
                         120)
         with sync_api.sync_playwright() as p:

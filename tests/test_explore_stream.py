@@ -177,3 +177,28 @@ def test_cpu_lanes_are_one_per_thread_up_to_the_models(shipped, one_thread):
     assert cpu_lanes(shipped) == 1  # one thread: one lane
     torch.set_num_threads(3)
     assert cpu_lanes(shipped) == 3 and cpu_lanes(shipped[:2]) == 2
+
+
+def test_a_thread_that_starts_torch_work_during_a_lane_run_gets_the_processs_thread_count(shipped, image):
+    """Lanes run each model on a share of the threads, set for their own workers only: a thread whose first
+    torch call falls while they run (a Train started during an attack) gets the process's count, for good."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # so that two lanes would each get 2
+    try:
+        seen, lane_threads = [], []
+        stream = iter_compare(shipped, image, LABELS, "circle", settings(lanes=2))
+        for event in stream:
+            if event["event"] == "step" and not seen:  # the lanes are running now
+                lane_threads.append(len(_lane_threads()))
+                fresh = threading.Thread(target=lambda: (torch.ones(2) + 1, seen.append(torch.get_num_threads())))
+                fresh.start()
+                fresh.join()
+        later = []
+        again = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        again.start()
+        again.join()
+        assert lane_threads == [2] and seen == [4] and later == [4] and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

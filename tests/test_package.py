@@ -87,3 +87,18 @@ def test_the_readme_python_example_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "| pmg-aft-tiny |" in out and "tensor(" in out
+
+
+def test_the_apps_modules_import_without_a_circle():
+    """studio/ too: policy and state imported each other (under TYPE_CHECKING, which still ties them)."""
+    studio = PACKAGE.parent / "studio"
+    names = {p.stem for p in studio.glob("*.py")}
+    graph = {}
+    for path in studio.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "studio"):
+                module = (node.module or "").removeprefix("studio").lstrip(".")
+                deps |= {module.split(".")[0]} if module else {a.name for a in node.names}
+        graph[path.stem] = (deps & names) - {path.stem, "__init__"}
+    assert graph["state"] and _cycles(graph) == []

@@ -1,99 +1,124 @@
-"""Issue 17's load test: one hostile visitor beside one honest one, on a public-mode app on 127.0.0.1.
+"""Issues 17 and 26: a hostile visitor beside an honest one, on a public-mode app on 127.0.0.1.
 
-The hostile client floods the queue with Trains and attacks naming one model 200 times, and sends
-120 concurrent Cancels; the honest client attacks meanwhile. What is asserted is
-that every honest attack is answered (with its three models) and the server ends idle; how much
-slower each was than the same attack on the idle server (a ratio measured in this run), and the
-server's memory before and after, go to tests/artifacts/public_load.txt: the house keeps timed
-assertions out of tests.
+The hostile address keeps its places in the attack lane full with attacks at the cap (through the
+test-time defense, 1,000 fresh labels each) while the honest visitor attacks; what is asserted is
+that every honest attack is answered (with its three models) and the server ends idle. How much
+slower the honest attacks were than on the idle server (a ratio measured in this run; the house
+keeps timed assertions out of tests) and the server's memory go to tests/artifacts/public_load.txt;
+`scripts/public_load.py` measures the same on the embedded models, longer. The turn-taking itself is
+checked without a server: a visitor with one job gets about half the turns beside one with four.
 """
 import statistics
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 import app
-from helpers import EACH, EXAMPLE, LABELS, free_port, rss_mb, tiny_models, wait_for
+from pmg_core.paper_datasets import imagenet_names
+from studio import turns, visitors
+from helpers import EACH, EXAMPLE, LABELS, behind_loopback_proxy, free_port, rss_mb, tiny_models, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-FLOOD = 20  # Trains and duplicate-name attacks the hostile client submits
-CANCELS = 120  # its concurrent Cancel calls
-HONEST_ATTACKS = 5
-HONEST_WITHIN_S = 300  # a bound on the test's time, not a speed claim (the ratio goes to the artifact)
+HONEST_ATTACKS = 3
+HOSTILE_CLIENTS = visitors.PER_VISITOR + 2  # more than its places: the lane stays full
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
-def attack_args(models):
-    return [handle_file(EXAMPLE), LABELS, "circle", "Linf", 4, 5, 1, "cross-entropy", "", EACH, models]
+def attack_args(models, labels=LABELS, steps=5, defend=False, stop_early=True):
+    true = labels.split(",")[0].strip()
+    return [handle_file(EXAMPLE), labels, true, "Linf", 4, steps, 1, "cross-entropy", "", EACH, models, defend,
+            stop_early]
 
 
-def timed_attack(client: Client, models) -> float:
-    start = time.perf_counter()
-    *_, details = client.predict(*attack_args(models), api_name="/attack")
-    assert [v["model"] for v in details["verdicts"]] == models
-    return time.perf_counter() - start
-
-
-def test_an_honest_visitor_is_answered_beside_a_hostile_one(tmp_path):
-    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path / "ckpt", public=True)
+def test_an_honest_visitor_shares_the_machine_with_an_address_whose_places_are_full(tmp_path):
+    with behind_loopback_proxy():
+        demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path / "ckpt", public=True)
     studio = demo.studio
+    studio.budget = turns.Budget(None)  # the hostile address may spend without end: the turns alone are tested
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **app.launch_options())
     url = f"http://127.0.0.1:{port}/"
+
+    def client(address: str, name: str) -> Client:
+        return Client(url, verbose=False, download_files=str(tmp_path / name), headers={"X-Forwarded-For": address})
+
     try:
-        honest = Client(url, verbose=False, download_files=str(tmp_path / "honest"))
-        names = studio.names
-        timed_attack(honest, names)  # warm-up: imports, first forward
-        idle = statistics.median(timed_attack(honest, names) for _ in range(3))
+        honest, names = client("8.8.4.4", "honest"), studio.names
+
+        def timed_attack() -> float:
+            start = time.perf_counter()
+            *_, details = honest.predict(*attack_args(names), api_name="/attack")
+            assert [v["model"] for v in details["verdicts"]] == names
+            return time.perf_counter() - start
+
+        timed_attack()  # warm-up: imports, first forward
+        idle = statistics.median(timed_attack() for _ in range(3))
         rss_before = rss_mb()
 
-        hostile = Client(url, verbose=False, download_files=str(tmp_path / "hostile"))
-        refused, submitted = [], []
+        stop, hostile_done, imagenet = threading.Event(), [], list(imagenet_names().values())
+        steps = 600 // (len(names) * 5) - 1  # at the cap: models x (steps + 1) x (1 + EOT 4) = 600
 
-        def flood() -> None:  # the queue flood: Trains, and attacks naming one model 200 times
-            for i in range(FLOOD):
-                for args, api in ((("clip", "tecoa", "toy-colours", 1, 10, 0.01, 100, 64, 1, 1, f"flood-{i}"), "/train"),
-                                  (attack_args(["clip"] * 200), "/attack")):
-                    try:
-                        submitted.append(hostile.submit(*args, api_name=api))
-                    except Exception as e:  # noqa: BLE001 - refusals are expected
-                        refused.append(str(e))
+        def hostile(i: int) -> None:
+            c, n = client("1.0.0.1", f"hostile-{i}"), 0
+            while not stop.is_set():
+                n += 1
+                labels = ", ".join(f"{name} {i}-{n}" for name in imagenet)  # fresh: no cached text features
+                try:
+                    c.predict(*attack_args(names, labels, steps, defend=True, stop_early=False), api_name="/attack")
+                    hostile_done.append(n)
+                except Exception:  # noqa: BLE001 - refused: the address's places are full
+                    time.sleep(0.05)
 
-        def cancel() -> None:  # one of the storm's concurrent Cancels, as the browser sends it (past the queue)
-            httpx.post(f"{url}gradio_api/run/cancel_train", json={"data": [], "session_hash": hostile.session_hash},
-                       timeout=60)
-
-        workers = [threading.Thread(target=flood, daemon=True)] + [threading.Thread(target=cancel, daemon=True)
-                                                                   for _ in range(CANCELS)]
+        workers = [threading.Thread(target=hostile, args=(i,), daemon=True) for i in range(HOSTILE_CLIENTS)]
         for t in workers:
             t.start()
-        deadline = time.time() + HONEST_WITHIN_S
-        loaded = []
-        while len(loaded) < HONEST_ATTACKS and time.time() < deadline:
-            loaded.append(timed_attack(honest, names))
+        assert wait_for(lambda: studio.turns.busy() >= 2, 120), "the hostile attacks never got going"
+        loaded = [timed_attack() for _ in range(HONEST_ATTACKS)]
+        stop.set()
         for t in workers:
-            t.join(timeout=60)
-        assert len(loaded) == HONEST_ATTACKS, f"only {len(loaded)} honest attacks answered in {HONEST_WITHIN_S} s"
-
-        refused += [str(j.exception()) for j in submitted if j.done() and j.exception() is not None]
-        for job in submitted:  # what is left of the flood: taken off the queue, the running run stopped
-            job.cancel()
-        httpx.post(f"{url}gradio_api/run/cancel_train", json={"data": [], "session_hash": hostile.session_hash})
-        assert wait_for(lambda: not studio.job_slot.locked(), 120), "a run never stopped"
+            t.join(timeout=300)
+        assert wait_for(lambda: studio.turns.busy() == 0, 60), "the server did not end idle"
         rss_after = rss_mb()
         ARTIFACTS.mkdir(exist_ok=True)
-        ratio = max(loaded) / idle
+        ratio = statistics.median(loaded) / idle
         (ARTIFACTS / "public_load.txt").write_text(
-            f"idle attack (median of 3): {idle:.3f} s\nunder attack: {', '.join(f'{t:.3f}' for t in loaded)} s\n"
-            f"worst ratio: {ratio:.2f}\nhostile submissions: {len(submitted)}, refused: "
-            f"{len(refused)}\n"
+            f"honest attack, idle (median of 3): {idle:.3f} s\n"
+            f"while one address keeps {visitors.PER_VISITOR} places full with capped attacks ({steps} steps, TTC, "
+            f"1,000 labels): {', '.join(f'{t:.3f}' for t in loaded)} s\n"
+            f"median ratio: {ratio:.2f}\nhostile attacks answered meanwhile: {len(hostile_done)}\n"
             f"server RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after\n")
         print((ARTIFACTS / "public_load.txt").read_text())
     finally:
         demo.close()
+
+
+def test_a_visitor_with_one_job_gets_half_the_turns_beside_one_with_four():
+    """Four jobs of one visitor and one of another ask for turns on one slot: between the second visitor's
+    first and last of ten passes the first has about ten (in order of asking it would have about forty)."""
+    shared = turns.Turns(slots=1, threads=None)
+    granted: list[str] = []
+    started = threading.Event()
+
+    def job(visitor: str, passes: int) -> None:
+        for _ in range(passes):
+            with shared.turn(visitor):
+                granted.append(visitor)
+                started.set()
+                time.sleep(0.003)
+
+    hostile = [threading.Thread(target=job, args=("hostile", 50)) for _ in range(4)]
+    for t in hostile:
+        t.start()
+    started.wait(10)
+    time.sleep(0.02)  # the hostile jobs have the slot and a queue of turns
+    job("honest", 10)
+    for t in hostile:
+        t.join()
+    honest = [i for i, v in enumerate(granted) if v == "honest"]
+    assert len(honest) == 10
+    assert granted[honest[0]:honest[-1]].count("hostile") <= 15, granted

@@ -4,6 +4,7 @@ Where a finding is about the server, the test drives a public-mode app on 127.0.
 gradio_client or HTTP, with bounded loops; the rest call the handlers of a public Studio.
 """
 import threading
+import time
 
 import httpx
 import pytest
@@ -11,9 +12,9 @@ import pytest
 import app
 from pmg_core import env, inputs, paper_datasets
 from pmg_core.errors import UserError
-from studio import evaluation, policy, training
+from studio import evaluation, policy, training, visitors
 from studio.state import Studio
-from helpers import EACH, EXAMPLE, LABELS, first_step_shown, free_port, tiny_models, wait_for
+from helpers import EACH, EXAMPLE, LABELS, behind_loopback_proxy, first_step_shown, free_port, tiny_models, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -23,7 +24,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("ckpt")
-    demo = app.build_app(tiny_models(), checkpoint_dir=ckpt, public=True)
+    with behind_loopback_proxy():
+        demo = app.build_app(tiny_models(), checkpoint_dir=ckpt, public=True)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **app.launch_options())
@@ -148,21 +150,27 @@ def test_a_flood_of_trains_fills_only_the_jobs_lane_and_attacks_are_still_answer
     assert refused and all("Queue is full" in r or "400 Bad Request" in r for r in refused), refused
 
 
-def test_a_visitors_address_is_the_peer_or_what_the_proxys_edge_wrote_never_the_clients_own_words():
+def test_a_visitor_is_the_peer_unless_a_trusted_proxy_says_who_stands_behind_it():
     from types import SimpleNamespace
 
     def request(peer, forwarded=None):
         return SimpleNamespace(client=SimpleNamespace(host=peer),
                                headers={"x-forwarded-for": forwarded} if forwarded is not None else {})
 
-    assert policy.visitor_address(request("8.8.4.4", "1.0.0.1")) == "8.8.4.4"  # a public peer: no proxy to trust
-    # Behind a proxy on a private network, the rightmost public entry; the client wrote those to its left.
-    assert policy.visitor_address(request("10.0.0.5", "1.0.0.1, 8.8.4.4, 10.2.0.1")) == "8.8.4.4"
-    assert policy.visitor_address(request("127.0.0.1", "garbage, 8.8.4.4")) == "8.8.4.4"
-    # No public address to go by (tests, a local reverse proxy): not one visitor for everyone.
-    assert policy.visitor_address(request("127.0.0.1")) is None
-    assert policy.visitor_address(request("10.0.0.5", "192.168.1.2")) is None
-    assert policy.visitor_address(request("testclient")) is None and policy.visitor_address(None) is None
+    who = visitors.visitor_of
+    nobody, space = visitors.Proxies.from_env({}), visitors.Proxies.from_env({"SPACE_ID": "me/app"})
+    # No trusted proxy (a server on its own): the peer, whatever it writes; loopback is one visitor.
+    assert who(request("8.8.4.4", "1.0.0.1"), nobody) == "8.8.4.4"
+    assert who(request("127.0.0.1", "1.0.0.1"), nobody) == who(request("127.0.0.1", "1.0.0.2"), nobody) == "127.0.0.1"
+    # On a Space its proxy sends from a private address: the rightmost entry that is no proxy, ports parsed.
+    assert who(request("10.0.0.5", "1.0.0.1, 8.8.4.4:5678, 10.2.0.1"), space) == "8.8.4.4"
+    assert who(request("10.0.0.5", "1.0.0.1, [2a00:1450::1]:443"), space) == "2a00:1450::/64"
+    assert who(request("8.8.4.4", "1.0.0.1"), space) == "8.8.4.4"  # a public peer is no proxy of the Space's
+    # IPv6 by its /64: one subscriber's block is one visitor.
+    assert who(request("2001:db8:0:0:aaaa::1"), nobody) == who(request("2001:db8::bbbb:1"), nobody) == "2001:db8::/64"
+    named = visitors.Proxies.from_env({visitors.TRUSTED_PROXIES_ENV: "127.0.0.1, 10.0.0.0/8"})
+    assert who(request("127.0.0.1", "9.9.9.9, 10.1.1.1"), named) == "9.9.9.9"
+    assert who(request("testclient"), nobody) == "testclient" and who(None, nobody) == visitors.LOCAL
 
 
 def test_new_sessions_from_one_address_get_its_places_only_and_others_still_queue(server, tmp_path):
@@ -175,7 +183,7 @@ def test_new_sessions_from_one_address_get_its_places_only_and_others_still_queu
         return Client(url, verbose=False, download_files=str(tmp_path / name),
                       headers={"X-Forwarded-For": address})
 
-    hostile = [client(f"s{i}", "1.0.0.1") for i in range(policy.PER_ADDRESS + 3)]
+    hostile = [client(f"s{i}", "1.0.0.1") for i in range(visitors.PER_VISITOR + 3)]
     other, blocker = client("other", "9.9.9.9"), client("blocker", "8.8.4.4")
     # A long run from elsewhere holds the jobs lane, so every request below waits in it.
     running = blocker.submit(*train_args("addr-blocker", steps=500, batch=32, attack_steps=3), api_name="/train")
@@ -198,7 +206,7 @@ def test_new_sessions_from_one_address_get_its_places_only_and_others_still_queu
             job.result(timeout=300)
         except Exception as e:  # noqa: BLE001 - the refusals are what is asserted
             refused.append(str(e))
-    assert len(refused) == len(jobs) - policy.PER_ADDRESS and all("400 Bad Request" in r for r in refused), refused
+    assert len(refused) == len(jobs) - visitors.PER_VISITOR and all("400 Bad Request" in r for r in refused), refused
     status, _ = late.result(timeout=300)
     assert "**addr-other** saved" in status, status
 
@@ -211,14 +219,14 @@ def test_the_lanes_install_on_this_gradio_and_a_gradio_without_the_hook_still_st
     with gr.Blocks() as demo:
         gr.Button().click(lambda: None, concurrency_id="jobs")
     demo.queue(max_size=4)
-    assert policy.limit_queues(demo, {"jobs": 2}, 1) is True
+    assert visitors.limit_queues(demo, {"jobs": 2}, 1) is True
 
     class Bare:
         pass
 
     bare = Bare()
     bare._queue = Bare()
-    assert policy.limit_queues(bare, {"jobs": 2}, 1) is False and "per-lane hook" in caplog.text
+    assert visitors.limit_queues(bare, {"jobs": 2}, 1) is False and "per-lane hook" in caplog.text
 
 
 def test_a_storm_of_cancels_answers_at_once_and_the_next_run_waits_for_the_last_to_stop(public):
@@ -302,3 +310,109 @@ def test_a_broken_checkpoint_is_read_once_until_it_changes(public, monkeypatch):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{still broken}....")
     public.rescan()
     assert reads.count("broken.safetensors") == 2
+
+
+# --- issue 26: bounded before work, who a visitor is, budgets, turns -------------------------------------
+
+def test_a_float_tiff_that_decodes_to_150_mb_is_refused_from_its_header(tmp_path, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pmg_core.images import load_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((6300, 6300), np.float32), "F").save(buffer, format="TIFF", compression="tiff_deflate")
+    path = tmp_path / "float.tiff"
+    path.write_bytes(buffer.getvalue())  # 252 kB on disk
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the pixels were decoded"))
+    with pytest.raises(UserError, match=r"6300x6300 pixels of mode F take 151 MB; .* at most 128 MB decoded"):
+        load_image(str(path))
+
+
+def test_label_and_radius_texts_are_measured_before_they_are_split(monkeypatch):
+    with pytest.raises(UserError, match="The labels are too long: give at most 1000 labels"):
+        inputs.parse_labels("cat" * 100_000)
+    with pytest.raises(UserError, match="The labels are too long"):
+        inputs.parse_labels("," * 5_000)  # short, but thousands of labels once split
+    with pytest.raises(UserError, match="text is too long"):
+        inputs.parse_number_list("eps (/255)", "1," * 5_000, 0, 16)
+    assert len(inputs.parse_labels(", ".join(f"label {i}" for i in range(1000)))) == 1000
+
+
+def test_twelve_sessions_of_one_loopback_client_get_its_four_places_only(tmp_path):
+    """Without a trusted proxy, the peer is the visitor: a loopback client opening a session per request
+    (or forging X-Forwarded-For) is one visitor, with its places in the lane, its running job counted."""
+    from gradio_client.utils import Status
+
+    demo = app.build_app(tiny_models()[:1], checkpoint_dir=tmp_path / "ckpt", public=True)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_options())
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        sessions = [Client(url, verbose=False, download_files=str(tmp_path / f"s{i}"),
+                           headers={"X-Forwarded-For": f"1.0.0.{i}"}) for i in range(12)]
+        running = sessions[0].submit(*train_args("loop-0", steps=500, batch=32, attack_steps=3), api_name="/train")
+        wait_for(lambda: first_step_shown(running), 120)
+        jobs = [c.submit(*train_args(f"loop-{i}"), api_name="/train") for i, c in enumerate(sessions[1:], 1)]
+        wait_for(lambda: not any(j.status().code in (Status.STARTING, Status.JOINING_QUEUE) for j in jobs), 120)
+        waiting = [j for j in jobs if j.status().code in (Status.IN_QUEUE, Status.PROCESSING)]
+        assert len(waiting) == visitors.PER_VISITOR - 1  # with the running one, its four places
+        for job in jobs:
+            job.cancel()
+        running.cancel()
+        httpx.post(f"{url}gradio_api/run/cancel_train", json={"data": [], "session_hash": sessions[0].session_hash},
+                   timeout=60)
+        assert wait_for(lambda: not demo.studio.job_slot.locked(), 120)
+    finally:
+        demo.close()
+
+
+def test_a_visitors_budget_counts_passes_and_label_text_and_says_when_to_come_back(public):
+    from studio import one_image, turns
+
+    clock = [0.0]
+    public.budget = turns.Budget(100, clock=lambda: clock[0])
+    attack = [EXAMPLE, LABELS, "circle", "Linf", 4, 10, 1, "cross-entropy", "", EACH, ["clip"]]
+    one_image.attack(public, *attack)  # 11 passes and the labels' text
+    clock[0] = 30.0
+    for _ in range(7):
+        one_image.attack(public, *attack)
+    with pytest.raises(UserError, match=r"of your 100 a minute on this public server: try again in 30 s") as e:
+        one_image.attack(public, *attack)
+    assert "\n" not in str(e.value)
+    clock[0] = 60.0  # the first attack's passes have left the minute
+    one_image.attack(public, *attack)
+    many = ", ".join(f"label {i}" for i in range(1000))
+    text = policy.text_passes(public.pick(["clip"]), 1000)
+    assert text > 100  # 1,000 labels cost more than an attack's passes: counted, they go over the budget alone
+    with pytest.raises(UserError, match=f"This asks for {11 + text:,.0f} model-passes"):
+        one_image.attack(public, *[EXAMPLE, many, "label 0", *attack[3:]])
+
+
+def test_within_a_lane_a_visitors_second_job_waits_behind_every_other_visitors_first(server, tmp_path):
+    from gradio_client.utils import Status
+
+    _, url, ckpt = server
+
+    def client(name, address):
+        return Client(url, verbose=False, download_files=str(tmp_path / name), headers={"X-Forwarded-For": address})
+
+    blocker, first, second = client("b", "8.8.4.4"), client("f", "1.0.0.1"), client("s", "9.9.9.9")
+    running = blocker.submit(*train_args("turn-blocker", steps=500, batch=32, attack_steps=3), api_name="/train")
+    wait_for(lambda: first_step_shown(running), 120)
+    early = [first.submit(*train_args(f"turn-first-{i}"), api_name="/train") for i in range(2)]
+    wait_for(lambda: all(j.status().code not in (Status.STARTING, Status.JOINING_QUEUE) for j in early), 60)
+    time.sleep(1)
+    late = second.submit(*train_args("turn-second"), api_name="/train")
+    time.sleep(1)
+    httpx.post(f"{url}gradio_api/run/cancel_train", json={"data": [], "session_hash": blocker.session_hash},
+               timeout=60)
+    for job in [*early, late]:
+        job.result(timeout=300)
+    saved = sorted(ckpt.glob("turn-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    # The first visitor's two runs queued before the second's one; the second's ran between them.
+    assert [p.stem[:-2] if p.stem[-1].isdigit() else p.stem for p in saved if p.stem != "turn-blocker"] == [
+        "turn-first", "turn-second", "turn-first"]
