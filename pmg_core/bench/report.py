@@ -58,7 +58,9 @@ def to_markdown(report: dict) -> str:
         for k, label in (("todays_path", "today's (all at the end)"), ("streamed", "streamed, no margin"),
                          ("streamed_with_margin", f"streamed, stop margin {app['stop_margin']:g}"),
                          ("streamed_in_lanes", f"streamed, stop margin {app['stop_margin']:g}, "
-                                               f"{app.get('lanes', 1)} models at once")):
+                                               f"{app.get('lanes', 1)} models at once"),
+                         ("app_default", "the app's defaults: the same, "
+                                         f"{'/'.join(app.get('app_default', {}).get('precision', []))} passes")):
             if k not in app:  # a report written before lanes existed
                 continue
             v = app[k]
@@ -69,6 +71,14 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"Same verdicts without a margin: {'yes' if app['same_verdicts'] else 'NO'}; same right/wrong "
                       f"marks with it: {'yes' if app['same_right_wrong_with_margin'] else 'NO'}"
                       + ("" if lanes is None else f"; and in lanes: {'yes' if lanes else 'NO'}") + "."]
+        if "app_default" in app:
+            d = app["app_default"]
+            lines += ["", f"The app's defaults give the same right/wrong marks as today's fp32 path for "
+                          f"{d['right_wrong_as_today']} of {len(app['models'])} models. One gradient pass of one model "
+                          f"(one image): {app['pass_s']['fp32']:.3f} s in fp32, {app['pass_s']['bf16']:.3f} s under "
+                          f"bf16 autocast. Load average (1, 5, 15 min) before: "
+                          f"{', '.join(f'{v:g}' for v in app['load_average']['before'])}; after: "
+                          f"{', '.join(f'{v:g}' for v in app['load_average']['after'])}."]
     return "\n".join(lines) + "\n"
 
 
