@@ -7,7 +7,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Benchmark: {c['arch']} on {d['name']} ({d['type']}, {d['threads']} threads)", "",
              f"Batch {c['batch_size']}, {c['classes']} classes, PGD {c['pgd_steps']} steps at eps "
              f"{c['eps_255']}/255 for training, {c['eval_steps']} for evaluation; median of {c['repeats']} "
-             f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}."]
+             f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}."
+             + (f" Our training attack's passes: {report['training_attack']}." if report.get("training_attack") else "")]
     if d.get("matmul_bf16_tflops"):
         lines += ["", f"Achieved TFLOP/s = counted matmul/conv/attention FLOPs of our step / its time, against the "
                       f"datasheet dense bf16 peak ({d.get('peak_bf16_tflops') or 'unknown'}) and a measured bf16 "
