@@ -135,8 +135,10 @@ def test_bf16_verdicts_equal_an_fp32_rejudgement_of_their_8bit_images_and_say_th
     assert [v["attack_precision"] for v in doc["verdicts"]] == ["bf16", "bf16"]
     assert "PMG_ATTACK_DTYPE=bf16" in doc["verdicts"][0]["attack_precision_reason"]
     assert "made with bf16 passes, judged in fp32" in verdict_html(comp, settings)
-    fp32 = compare(shipped[:1], load_image(EXAMPLE), labels, "circle", AttackSettings(eps=eps, steps=1, precision="fp32"))
+    fp32 = compare(shipped, load_image(EXAMPLE), labels, "circle", AttackSettings(eps=eps, steps=5, precision="fp32"))
     assert fp32.to_dict(settings)["verdicts"][0]["attack_precision"] == "fp32"
+    # The bf16 passes really made the bf16 images: fp32 passes make (slightly) different ones.
+    assert any(not torch.equal(v.adv_image, w.adv_image) for v, w in zip(comp.verdicts, fp32.verdicts))
 
 
 def test_eval_with_attack_amp_names_its_precision(shipped, monkeypatch):
