@@ -59,6 +59,9 @@ def test_the_policy_follows_pmg_attack_dtype_and_the_cpu_and_says_why(monkeypatc
     assert small.name == "fp32" and "no faster" in small.reason
     assert precision.attack_precision("cuda", BIG_TOWER, bf16_cpu=has).name == "fp32"
     assert precision.attack_precision("cpu", BIG_TOWER, "bf16", bf16_cpu=lacks).name == "bf16"  # asked for: obeyed
+    # --attack-amp: bf16 on a GPU and on a CPU with bf16 instructions, fp32 on other CPUs.
+    assert precision.amp_attack_dtype("cpu", bf16_cpu=has) == torch.bfloat16 == precision.amp_attack_dtype("cuda")
+    assert precision.amp_attack_dtype("cpu", bf16_cpu=lacks) is None
 
 
 def test_attack_amp_means_bf16_on_a_cpu_that_has_it_for_train_and_eval(monkeypatch):
@@ -143,9 +146,7 @@ def test_bf16_verdicts_equal_an_fp32_rejudgement_of_their_8bit_images_and_say_th
 
 def test_eval_with_attack_amp_names_its_precision(shipped, monkeypatch):
     monkeypatch.setattr(env, "cpu_bf16", lambda: "avx512_bf16")
-    cfg = dict(datasets=["synth-shape"], eps=4 / 255, steps=2, limit=16)
+    cfg = dict(datasets=["synth-shape"], eps=4 / 255, steps=2, limit=8)
     amp = evaluate(EvalConfig(**cfg, attack_amp=True), models=shipped[:1])
     assert amp["results"][0]["attack_precision"] == "bf16" and "--attack-amp" in amp["protocol"]
     assert evaluate(EvalConfig(**cfg), models=shipped[:1])["results"][0]["attack_precision"] == "fp32"
-    monkeypatch.setattr(env, "cpu_bf16", lambda: None)  # a CPU without bf16 instructions stays fp32
-    assert evaluate(EvalConfig(**cfg, attack_amp=True), models=shipped[:1])["results"][0]["attack_precision"] == "fp32"
