@@ -156,6 +156,9 @@ class PGD:
     - early_stop: stop iterating on samples already fooled (their result is final); results do
       not change, only time does.
     - dtype: e.g. torch.float16 to run passes under autocast (the public code's numerics).
+    - judge_fp32: with a dtype, a sample a pass calls fooled counts only if an fp32 forward of that
+      iterate agrees (one more forward per sample at most), and the clean and final images are
+      judged in fp32: the verdicts are fp32 ones, only the gradients come from the cheaper passes.
     `fooled` is "ever fooled": misclassified (or, targeted, classified as the target) at any
     iterate, the stronger and cheaper robust-accuracy criterion.
     """
@@ -163,7 +166,7 @@ class PGD:
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float, alpha: float | None = None,
                  steps: int = 10, norm: str = "Linf", loss: str = "ce", random_start: bool = True,
                  restarts: int = 1, select: str = "best", early_stop: bool = False,
-                 dtype: torch.dtype | None = None, seed: int | None = None):
+                 dtype: torch.dtype | None = None, seed: int | None = None, judge_fp32: bool = False):
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=0, integer=True)
         check_number("restarts", restarts, low=1, integer=True)
@@ -178,6 +181,7 @@ class PGD:
         self.model, self.eps, self.alpha, self.steps = model, float(eps), float(alpha), int(steps)
         self.norm, self.loss, self.random_start, self.restarts = norm, loss, random_start, int(restarts)
         self.select, self.early_stop, self.dtype, self.seed = select, early_stop, dtype, seed
+        self.judge_fp32 = judge_fp32
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.select == "last" and self.restarts == 1 and not self.early_stop:
@@ -216,9 +220,20 @@ class PGD:
 
     @torch.no_grad()
     def _eval(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
-        with _autocast(x, self.dtype):
+        with _autocast(x, None if self.judge_fp32 else self.dtype):
             logits = self.model(x)
         return attack_loss(logits, y, self.loss, targeted), logits.argmax(1)
+
+    def _judged(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, loss: torch.Tensor,
+                logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, prediction) of a pass's iterate, those a pass calls fooled re-judged in fp32 (judge_fp32)."""
+        pred = logits.argmax(1)
+        if self.judge_fp32 and self.dtype is not None:
+            called = self._success(pred, y, targeted).nonzero().squeeze(1)
+            if called.numel():
+                loss, pred = loss.clone(), pred.clone()
+                loss[called], pred[called] = self._eval(x[called], y[called], targeted)
+        return loss, pred
 
     def _success(self, pred: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
         return pred == y if targeted else pred != y
@@ -271,7 +286,7 @@ class PGD:
                     break
                 judged = x[active]
                 grad, loss, logits = self._grad(judged, y[active], targeted)
-                pred = logits.argmax(1)
+                loss, pred = self._judged(judged, y[active], targeted, loss, logits)
                 self._keep(best_adv, best_loss, best_pred, fooled, active, judged, loss, pred, y, targeted)
                 yield PGDPass(r, k, active, judged, logits, grad)
                 if self.early_stop:  # a fooled sample keeps the iterate that fooled it
@@ -329,8 +344,8 @@ class PGD:
                 last.append((pos, x, y))
                 pos = None
             if pos is not None and len(pos):
-                grad, _, logits = self._grad(x, y, False)
-                fooled = self._success(logits.argmax(1), y, False).cpu()
+                grad, loss, logits = self._grad(x, y, False)
+                fooled = self._success(self._judged(x, y, False, loss, logits)[1], y, False).cpu()
                 if fooled.any():
                     yield pos[fooled], torch.ones(int(fooled.sum()), dtype=torch.bool)
                 pos, it = pos[~fooled], it[~fooled] + 1

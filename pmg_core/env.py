@@ -10,6 +10,9 @@ Offline means told so (PMG_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) or the
 a bounded probe; a machine found offline stays so for the process (the probe runs once).
 CPU threads: torch starts one per visible core, but a container (a Space) may see every core of its
 host under a quota of two; fit_threads() brings torch down to the share it may really use.
+bf16 on a CPU: fast only where the cores have bf16 instructions (x86 AVX512-BF16 or AMX, Arm's BF16
+extension) and torch runs its AVX512 kernels; elsewhere torch emulates it, slower than fp32.
+cpu_bf16() reads the flags the kernel reports (/proc/cpuinfo) and torch's kernel level.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 PROBE_HOST = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 1.5  # the whole network probe, name lookup included
 CGROUP = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names; Arm lists its extension as "bf16"
 
 
 def checkpoint_dir() -> Path:
@@ -104,6 +109,33 @@ def fit_threads(cgroup: Path = CGROUP) -> int:
         if usable < torch.get_num_threads():
             torch.set_num_threads(usable)
     return torch.get_num_threads()
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The first core's instruction-set flags ("flags" on x86, "Features" on Arm); empty when unknown."""
+    try:
+        lines = cpuinfo.read_text(errors="replace").splitlines()
+    except OSError:
+        return set()
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_bf16(cpuinfo: Path = CPUINFO, capability: str | None = None) -> str | None:
+    """The bf16 instructions this CPU has that torch uses (e.g. 'avx512_bf16'), or None.
+
+    On x86 torch needs its AVX512 kernels too (`capability`: torch's kernel level, read when None):
+    a build or ATEN_CPU_CAPABILITY held to AVX2 emulates bf16 even on a core that has it.
+    """
+    flags = cpu_flags(cpuinfo)
+    x86 = [f for f in X86_BF16_FLAGS if f in flags]
+    if x86:
+        capability = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
+        return "+".join(x86) if capability.upper().startswith("AVX512") else None
+    return "bf16" if "bf16" in flags and "asimd" in flags else None
 
 
 def told_offline() -> bool:

@@ -22,7 +22,9 @@ of the clean images evaluated) and `gate_open`, the share of clean images whose 
 which TTC passes on without a counterattack. Samples misclassified clean are not attacked, and under "ever"
 samples fooled mid-attack stop being attacked (early stop): both change time, not the result.
 PGD's random start is drawn per sample from (seed, sample index), so results do not depend on
-the batch size.
+the batch size. `attack_amp`: PGD's gradient passes under bf16 autocast where the device runs bf16
+(precision.amp_attack_dtype; a CPU without bf16 instructions stays fp32), its verdicts still fp32
+(PGD's judge_fp32); each row names the precision of its attack passes (`attack_precision`).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from .errors import check, check_number
 from .env import check_device, default_device
 from .models import ClipModel, ZeroShotClassifier
 from .paper_prompts import check_prompts
+from .precision import amp_attack_dtype
 from .presets import Preset, get_preset
 from .zoo import load_models
 from .units import to_255
@@ -80,6 +83,7 @@ class EvalConfig:
     restarts: int = 1  # runs of PGD / CW and of every attack behind a defense from fresh starts, best-of
     judge_draws: int = 1  # behind a defense: fresh draws each attack's image is judged on (right on all = robust)
     defense_threshold: float | str | None = None  # TTC's tau threshold: None the published, a number, or "calibrated"
+    attack_amp: bool = False  # PGD's passes in bf16 autocast where the device runs bf16 (verdicts stay fp32)
 
     def __post_init__(self) -> None:
         if self.steps is None and self.attack in ATTACKS:
@@ -146,11 +150,24 @@ def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
     return clf(x)
 
 
+def attack_dtype(cfg: EvalConfig, preset: Preset, device: torch.device) -> torch.dtype | None:
+    """The dtype of PGD's passes: the preset's own (public-code's fp16), else bf16 with attack_amp
+    where the device runs it, else None (fp32)."""
+    if preset.attack_dtype is None and cfg.attack_amp:
+        return amp_attack_dtype(device)
+    return preset.attack_dtype
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def _pgd(clf: ZeroShotClassifier, cfg: EvalConfig, preset: Preset) -> PGD:
     final = cfg.robust_rule == "final"  # the last iterate counts: every sample runs every step
+    dtype = attack_dtype(cfg, preset, clf.text_features.device)
     return PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, get_attack(cfg.attack).pgd_loss,
                random_start=False, select="last" if final else "best", early_stop=cfg.early_stop and not final,
-               dtype=preset.attack_dtype)
+               dtype=dtype, judge_fp32=dtype is not None and dtype != preset.attack_dtype)
 
 
 # Restart r > 0 draws its starts from seed + RESTART_SEED * r: far from the seeds people type.
@@ -309,7 +326,8 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     n, clean_n, robust_n, unaware_n = counts
     row = {"event": "result", "model": name, "dataset": data.name, "n": n, "clean_correct": clean_n,
            "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
-           "preset": preset.name, "seconds": round(time.time() - start, 3)}
+           "preset": preset.name, "attack_precision": precision_name(attack_dtype(cfg, preset, model.device)),
+           "seconds": round(time.time() - start, 3)}
     if defended is not None:
         row.update(defense=cfg.defense, robust_correct_unaware=unaware_n, robust_acc_unaware=unaware_n / max(n, 1),
                    robust_correct_by_attack=by_attack, robust_acc_by_attack={k: v / max(n, 1) for k, v in by_attack.items()})
@@ -380,6 +398,8 @@ def describe_protocol(cfg: EvalConfig) -> str:
                      "of the defense")
     line = (f"{cfg.attack}, {cfg.steps} iterations, {cfg.norm} eps {cfg.eps * 255:g}/255{step}; {rule}; "
             f"prompts {cfg.prompts}.")
+    if cfg.attack_amp and entry.pgd_loss:
+        line += " PGD's passes in bf16 autocast where the device runs bf16 (--attack-amp), its verdicts in fp32."
     if cfg.steps < entry.standard_steps:
         line += f" Fewer iterations than {cfg.attack}'s standard {entry.standard_steps}: a weaker attack."
     if cfg.defense != "none":

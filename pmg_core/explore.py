@@ -1,6 +1,9 @@
 """Attack one image and compare models on it: the logic behind `pmg_core attack` and the app's
 first tab. Adversarial images are quantized to 8 bits inside the eps-ball before they are judged,
 so what a person downloads as PNG is exactly what the models were shown, and a valid attack.
+The attack's gradient passes run in the precision precision.attack_precision picks for each model
+(bf16 autocast on a CPU with bf16 instructions, for large models); every verdict is an fp32
+judgement of the 8-bit image, and says which precision made it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from .models import ClipModel
 from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
 from .threads import own_threads
+from .precision import CHOICES as PRECISIONS, AttackPrecision, attack_precision
 from .units import to_255
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -56,6 +60,7 @@ class ModelVerdict:
     attacked_by: str  # the model whose gradients made the adversarial image
     adv_image: torch.Tensor  # [3,H,W], quantized
     steps_taken: int | None = None  # PGD steps that made adv_image (None: transferred to this model)
+    precision: AttackPrecision | None = None  # the passes that made adv_image (its verdict is fp32 whatever they were)
     stop_margin: float | None = None  # the margin that could stop that attack early (None: it ran every step)
     defended: DefendedVerdict | None = None
 
@@ -97,6 +102,8 @@ class AttackSettings:
 
     def turn(self) -> ContextManager:
         return self.gate() if self.gate is not None else contextlib.nullcontext()
+    # The attack passes' precision (precision.py): auto, fp32 or bf16; None: $PMG_ATTACK_DTYPE.
+    precision: str | None = None
 
     def validate(self, classes: Sequence[str], model_names: Sequence[str]) -> None:
         check_number("eps", self.eps, low=0, high=1 if self.norm == "Linf" else 100)
@@ -111,6 +118,8 @@ class AttackSettings:
         get_defense(self.defense)
         check_number("EOT samples", self.eot, low=1, high=64, integer=True)
         check_number("lanes", self.lanes, low=1, high=64, integer=True)
+        check(self.precision is None or self.precision in PRECISIONS,
+              f"The attack precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
 
 
 @dataclass
@@ -131,6 +140,8 @@ class Comparison:
                               "adversarial": vars(v.adversarial), "confidence_drop": v.confidence_drop,
                               "target_gain": v.target_gain, "steps_taken": v.steps_taken,
                               "stop_margin": v.stop_margin,
+                              "attack_precision": v.precision.name if v.precision else None,
+                              "attack_precision_reason": v.precision.reason if v.precision else None,
                               **({"defended": {k: vars(p) for k, p in vars(v.defended).items()
                                                if isinstance(p, Prediction)}} if v.defended else {})}
                              for v in self.verdicts], **extra}
@@ -207,6 +218,7 @@ class _Attacked:
     pace: float = 0.0  # what one ascent should add to the attack loss, to first order (step x gradient norm)
     adv_logits: torch.Tensor | None = None  # the logits of the image a margin stop judged (no second forward)
     adv: torch.Tensor | None = None  # the adversarial image, once the attack is over
+    precision: AttackPrecision | None = None  # its attack's passes (set by _Setup.start)
 
 
 class _Setup:
@@ -243,11 +255,12 @@ class _Setup:
         margin = float(margin_loss(logits.float(), y)[0])
         return -margin if self.target_idx is not None else margin
 
-    def pgd(self, clf, eot: int | None = None) -> PGD:
-        """The comparison's attack on `clf`; with `eot`, through a randomised defense (EOTPGD)."""
+    def pgd(self, clf, eot: int | None = None, dtype: torch.dtype | None = None) -> PGD:
+        """The comparison's attack on `clf`, its passes in `dtype` (None: fp32); with `eot`, through a
+        randomised defense (EOTPGD)."""
         s = self.settings
         kind, extra = (PGD, {}) if eot is None else (EOTPGD, {"eot": eot})
-        return kind(clf, s.eps, s.step_size, s.steps, s.norm, s.loss, random_start=False, **extra)
+        return kind(clf, s.eps, s.step_size, s.steps, s.norm, s.loss, random_start=False, dtype=dtype, **extra)
 
     def labels(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(the attack's labels, its target or None) as PGD.run takes them."""
@@ -255,7 +268,8 @@ class _Setup:
         return y, (y if self.target_idx is not None else None)
 
     def start(self, job: _Attacked) -> None:
-        pgd = self.pgd(job.clf)
+        job.precision = attack_precision(job.model.device, job.model.visual, self.settings.precision)
+        pgd = self.pgd(job.clf, dtype=job.precision.dtype)
         job.alpha = pgd.alpha
         y, target = self.labels(job.clean_logits.device)
         job.passes = pgd.iterate(self.x[None].to(y.device), y, target=target, clean_logits=job.clean_logits)
@@ -293,14 +307,16 @@ class _Setup:
     def quantized(self, adv: torch.Tensor) -> torch.Tensor:
         return quantize_in_ball(self.x, adv.detach().cpu(), self.settings.eps, self.settings.norm)
 
-    def verdict(self, job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None) -> ModelVerdict:
+    def verdict(self, job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None,
+                precision: AttackPrecision | None) -> ModelVerdict:
+        """`job`'s model on the clean image and on `adv`, both judged in fp32 (`adv` is on the 8-bit grid)."""
         logits = job.adv_logits
         if logits is None:
             with torch.no_grad(), self.settings.turn():
                 logits = job.clf(adv[None].to(job.clean_logits.device))
         judged = [prediction(lg, self.classes, self.true_idx, target_idx=self.target_idx)
                   for lg in (job.clean_logits, logits)]
-        return ModelVerdict(job.model.name, *judged, attacked_by, adv, steps_taken,
+        return ModelVerdict(job.model.name, *judged, attacked_by, adv, steps_taken, precision,
                             self.settings.stop_margin if steps_taken is not None else None,
                             self.behind_defense(job, adv) if self.settings.defense != "none" else None)
 
@@ -348,8 +364,9 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
 
     counting = threading.Lock()  # lanes finish models concurrently: each verdict event counts once
 
-    def finished(job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None) -> dict:
-        verdict = setup.verdict(job, adv, attacked_by, steps_taken)
+    def finished(job: _Attacked, adv: torch.Tensor, attacked_by: str, steps_taken: int | None,
+                 precision: AttackPrecision | None) -> dict:
+        verdict = setup.verdict(job, adv, attacked_by, steps_taken, precision)
         with counting:
             done[job.index] = verdict
             return {"event": "verdict", "verdict": verdict, "done": sum(v is not None for v in done), "total": total}
@@ -374,7 +391,7 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
                 continue
             job.adv = adv
             if not settings.source:
-                yield finished(job, adv, job.model.name, ascents(job))
+                yield finished(job, adv, job.model.name, ascents(job), job.precision)
             return
 
     jobs = [setup.judge_clean(i, m) for i, m in enumerate(setup.models)]
@@ -383,7 +400,8 @@ def iter_compare(models: Sequence[ClipModel], image: torch.Tensor, classes: Sequ
         setup.start(source)
         yield from attack(source)
         for job in [source] + [j for j in jobs if j is not source]:
-            yield finished(job, source.adv, settings.source, ascents(source) if job is source else None)
+            yield finished(job, source.adv, settings.source, ascents(source) if job is source else None,
+                           source.precision)
     else:
         for job in jobs:
             setup.start(job)

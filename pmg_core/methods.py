@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
 from .errors import check, check_number
 from .models import ZeroShotClassifier
+from .precision import amp_attack_dtype
 from .presets import KL_DIRECTIONS, Preset, get_preset
 from .registry import Registry
 from .text_attention import image_tokens, text_guided_attention, tga_zsr_loss
@@ -33,8 +34,9 @@ class MethodSettings:
     alpha: float = 1.0  # PMG-AFT: weight of KL(f_o(x_adv) || f_t(x_adv))
     beta: float = 1.0  # PMG-AFT: weight of KL(f_t(x) || f_t(x_adv))
     preset: str = "paper"
-    # Run the inner attack under the training step's autocast (bf16 on CUDA) instead of fp32:
-    # faster on a GPU, but not the paper's numerics. Presets with their own attack dtype keep it.
+    # Run the inner attack under the training step's autocast (bf16 on CUDA), or on a CPU under its own
+    # bf16 autocast where the CPU has bf16 instructions (fp32 on others), instead of fp32: faster, but
+    # not the paper's numerics. Presets with their own attack dtype keep it.
     attack_amp: bool = False
     # Run the inner attack's fp32 passes with TF32 matrix products on CUDA (attacks.TF32): faster on
     # a GPU, a change of numerics; off by default.
@@ -97,10 +99,18 @@ class Method:
             return TF32
         return self.preset.attack_dtype
 
+    def attack_dtype_on(self, device: torch.device) -> torch.dtype | str | None:
+        """attack_dtype on `device`. A CPU step runs no autocast for attack_amp to reuse: there the
+        attack takes its own bf16 autocast where the CPU has bf16 instructions, else fp32."""
+        dtype = self.attack_dtype
+        if dtype == OUTER_AUTOCAST and device.type == "cpu":
+            return amp_attack_dtype(device)
+        return dtype
+
     def pgd(self, model: ZeroShotClassifier) -> PGD:
         s = self.settings
         return PGD(model, s.eps, s.step_size if s.step_size is not None else s.eps, s.steps, "Linf", "ce",
-                   random_start=True, select="last", dtype=self.attack_dtype)
+                   random_start=True, select="last", dtype=self.attack_dtype_on(model.text_features.device))
 
     def attack(self, model: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x_adv: the training PGD against `model`, its random start drawn for the global batch."""
@@ -252,7 +262,7 @@ class FARE(Method):
             target = original.encode(x, normalize=False).float()
         attack = FeatureAttack(lambda z: model.encode(z, normalize=False), s.eps,
                                s.step_size if s.step_size is not None else s.eps, s.steps,
-                               dtype=self.attack_dtype)
+                               dtype=self.attack_dtype_on(x.device))
         x_adv = attack(x, target, shard=self.shard)
         feats = model.encode(x_adv, normalize=False)
         loss = fare_loss(feats, target)

@@ -63,8 +63,9 @@ class TrainConfig:
     keep_state: bool = False  # keep the .state file after a finished run
     device: str | None = None
     amp: bool = True  # bf16 autocast for the loss passes on CUDA (CPU always runs fp32)
-    # Also run the training attack under that autocast: faster on a GPU, but not the paper's numerics
-    # (its attacks run in fp32, as they do here by default). public-code's fp16 attacks ignore it.
+    # Also run the training attack under that autocast (on a CPU, under bf16 autocast of its own where
+    # the CPU has bf16 instructions): faster, but not the paper's numerics (its attacks run in fp32, as
+    # they do here by default). public-code's fp16 attacks ignore it.
     attack_amp: bool = False
     attack_tf32: bool = False  # the training attack's fp32 passes with TF32 matrix products on CUDA (off: the paper's)
     # torch.compile the image encoders (trained and frozen): the same losses and gradients within float

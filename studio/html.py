@@ -46,6 +46,14 @@ def _stopped(v, steps: int) -> str:
             f"{v.stop_margin:g} logit{'s' if v.stop_margin != 1 else ''}</small>")
 
 
+def _precision(v) -> str:
+    """Which precision made the model's adversarial image (its verdict is fp32 either way), and why."""
+    if v.precision is None:
+        return ""
+    return (f"<br><small class='pmg-precision' title='{html.escape(v.precision.reason)}'>made with "
+            f"{v.precision.name} passes, judged in fp32</small>")
+
+
 def _defended_row(v, true_label: str | None, target: str | None) -> str:
     """The same model behind its test-time defense: on the clean image, on the same adversarial
     image, and the verdict of an attack through the defense (the number that counts)."""
@@ -75,7 +83,8 @@ def verdict_html(comp: Comparison, settings: AttackSettings) -> str:
         if target and v.confidence_drop is not None:
             change += f"<br><small>true class: {_points(-v.confidence_drop)}</small>"
         rows.append(f"<tr class='pmg-model' data-model='{html.escape(v.model)}'><td><b>{html.escape(v.model)}</b>"
-                    f"<br><small>attacked via {html.escape(v.attacked_by)}</small>{_stopped(v, settings.steps)}</td>"
+                    f"<br><small>attacked via {html.escape(v.attacked_by)}</small>{_precision(v)}"
+                    f"{_stopped(v, settings.steps)}</td>"
                     f"<td>{_mark(v.clean)}{_top5(v.clean, comp.true_label, target)}</td>"
                     f"<td>{_mark(v.adversarial)}{_top5(v.adversarial, comp.true_label, target)}</td>"
                     f"<td class='pmg-drop'>{change}</td></tr>")

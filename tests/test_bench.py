@@ -89,10 +89,12 @@ def test_bench_rejects_unknown_method(capsys):
     assert "Unknown method 'mart'" in capsys.readouterr().err
 
 
-def test_app_part_times_todays_comparison_against_the_streamed_one(tmp_path):
+def test_app_part_times_todays_comparison_against_the_streamed_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMG_ATTACK_DTYPE", "bf16")  # the app's defaults row in bf16 even for pmg-test
     out = tmp_path / "app.json"
     rc = main(["bench", "--device", "cpu", "--parts", "app", "--app-arch", "pmg-test", "--app-models", "3",
-               "--app-steps", "4", "--app-eps", "8", "--repeats", "1", "--warmup", "0", "--out", str(out)])
+               "--app-steps", "4", "--app-eps", "8", "--repeats", "1", "--warmup", "0", "--out", str(out),
+               "--markdown", str(tmp_path / "app.md")])
     assert rc == 0
     app = json.loads(out.read_text())["app"]
     assert app["models"] == ["original-0", "robust-1", "robust-2"] and app["steps"] == 4
@@ -101,7 +103,12 @@ def test_app_part_times_todays_comparison_against_the_streamed_one(tmp_path):
     # Without a margin every model runs every step; today's path shows its first verdict at its end.
     assert set(app["streamed"]["steps_taken"].values()) == {4}
     assert app["todays_path"]["first_verdict_s"] == app["todays_path"]["all_verdicts_s"]
-    for variant in ("streamed", "streamed_with_margin", "streamed_in_lanes", "in_lanes_with_maps_and_radius"):
+    # The app's defaults run bf16 passes; their right/wrong marks are counted, each pass timed both ways.
+    assert app["app_default"]["precision"] == ["bf16"] and 0 <= app["app_default"]["right_wrong_as_today"] <= 3
+    assert app["pass_s"]["fp32"] > 0 and app["pass_s"]["bf16"] > 0 and len(app["load_average"]["before"]) == 3
+    assert "the app's defaults: the same, bf16 passes" in (tmp_path / "app.md").read_text()
+    for variant in ("streamed", "streamed_with_margin", "streamed_in_lanes", "in_lanes_with_maps_and_radius",
+                    "app_default"):
         v = app[variant]
         assert 0 < v["first_verdict_s"] <= v["all_verdicts_s"] and v["first_verdict_speedup"] > 0
         assert sorted(v["order"]) == sorted(app["models"])

@@ -255,11 +255,13 @@ def test_split_batch_attacks_draw_the_whole_batch_random_start(model, name):
     assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(unsharded, parts[1]))
 
 
-def test_attack_dtype_follows_preset_and_attack_amp():
+def test_attack_dtype_follows_preset_and_attack_amp(model, monkeypatch):
     assert get_method("tecoa").attack_dtype is None  # the paper: fp32 attacks, even inside autocast
     assert get_method("tecoa", attack_amp=True).attack_dtype == OUTER_AUTOCAST
     assert get_method("pmg-aft", preset="public-code").attack_dtype == torch.float16
     assert get_method("fare", preset="public-code", attack_amp=True).attack_dtype == torch.float16
-    assert get_method("fare", attack_amp=True).pgd(None).dtype == OUTER_AUTOCAST
+    # On a CPU the step has no autocast: attack_amp is the attack's own bf16 where the CPU has it.
+    monkeypatch.setattr("pmg_core.env.cpu_bf16", lambda: "avx512_bf16")
+    assert get_method("fare", attack_amp=True).pgd(model.classifier(["a", "b"])).dtype == torch.bfloat16
     with pytest.raises(UserError, match="attack_amp"):
         get_method("tecoa", attack_amp="yes")

@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=None, help=f"untimed warm-up rounds (default {d.warmup})")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     p.add_argument("--attack-amp", action="store_true",
-                   help="the training attack under the step's bf16 autocast too (train --attack-amp); default fp32")
+                   help="the training attack in bf16 autocast (train --attack-amp: the step's on a GPU, its own on a "
+                        "CPU with bf16 instructions); default fp32")
     p.add_argument("--attack-tf32", action="store_true",
                    help="the training attack's fp32 passes with TF32 matmuls on CUDA (train --attack-tf32); default off")
     p.add_argument("--compile", action="store_true",

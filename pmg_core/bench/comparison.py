@@ -9,6 +9,11 @@ stop margin (the same verdicts, checked), with the app's margin, and with the ma
 lanes (`explore.cpu_lanes`: on a CPU, one model per torch thread at once, each on one thread), and
 that again with the Attack tab's extras on (maps and every model's robustness radius, which come
 after the verdicts: the first verdict should not move, the last update does).
+Those rows run fp32 passes, as the app did before its precision policy; the last row is the app's
+default settings (margin, lanes and the precision precision.py picks: bf16 passes on a CPU with bf16
+instructions), its right/wrong marks counted against today's path (a bf16-made image need not be
+the same image), beside the time of one gradient pass in each precision. Every row is run once per
+repeat, in turn, and the load average before and after says how busy the machine was.
 
 Random weights need one adjustment to show what the margin does: a model's logits can only move
 as far as its logit scale lets them, and at the init scale (1/0.07) the attack never leads by a
@@ -81,9 +86,11 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
     image = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():  # the first model's own clean prediction is the true label
         true_label = classes[int(models[0].classifier(classes).eval()(image[None].to(device)).argmax())]
-    plain = AttackSettings(eps=cfg.app_eps, steps=cfg.app_steps, step_size=cfg.app_step_size)
+    load_before = os.getloadavg()
+    plain = AttackSettings(eps=cfg.app_eps, steps=cfg.app_steps, step_size=cfg.app_step_size, precision="fp32")
     margin = replace(plain, stop_margin=cfg.app_stop_margin)
     laned = replace(margin, lanes=cpu_lanes(models))
+    app_default = replace(laned, precision=None)  # $PMG_ATTACK_DTYPE, auto unless set
     for m in models:  # the app's models are warm: text features cached per (model, labels), kernels run once
         xi = image[None].to(device).requires_grad_(True)
         torch.autograd.grad(m.classifier(classes).eval()(xi).sum(), xi)
@@ -119,7 +126,8 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
         return {**out, "all": time.perf_counter() - t0}
 
     variants = {"todays_path": today, "streamed": lambda: streamed(plain), "streamed_with_margin": lambda: streamed(margin),
-                "streamed_in_lanes": lambda: streamed(laned), "in_lanes_with_maps_and_radius": with_extras}
+                "streamed_in_lanes": lambda: streamed(laned), "in_lanes_with_maps_and_radius": with_extras,
+                "app_default": lambda: streamed(app_default)}
     times: dict[str, dict[str, list[float]]] = {k: {"first": [], "all": []} for k in variants}
     last: dict[str, dict] = {}
     for r in range(cfg.warmup + cfg.repeats):
@@ -128,9 +136,10 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
             if r >= cfg.warmup:
                 for k in ("first", "all"):
                     times[name][k].append(last[name][k])
-    out: dict = {"load_average": [round(x, 2) for x in os.getloadavg()], "arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
+    out: dict = {"arch": cfg.app_arch, "models": [m.name for m in models], "classes": cfg.classes,
                  "steps": cfg.app_steps, "eps_255": to_255(cfg.app_eps),
-                 "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads(), "lanes": laned.lanes}
+                 "stop_margin": cfg.app_stop_margin, "threads": torch.get_num_threads(), "lanes": laned.lanes,
+                 "pass_s": pass_seconds(models[1], image, classes, cfg.warmup + cfg.repeats)}
     for name in variants:
         out[name] = {f"{k}_verdict_s" if k == "first" else "all_verdicts_s": round(statistics.median(v), 3)
                      for k, v in times[name].items()}
@@ -139,7 +148,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
             out[name]["order"] = last[name]["order"]
             out[name]["steps_taken"] = {v.model: v.steps_taken for v in last[name]["verdicts"]}
     base = out["todays_path"]["all_verdicts_s"]
-    for name in ("streamed", "streamed_with_margin", "streamed_in_lanes", "in_lanes_with_maps_and_radius"):
+    for name in [k for k in variants if k != "todays_path"]:
         out[name]["first_verdict_speedup"] = round(base / out[name]["first_verdict_s"], 3)
         out[name]["all_verdicts_speedup"] = round(base / out[name]["all_verdicts_s"], 3)
     before = last["todays_path"]["verdicts"]
@@ -152,4 +161,28 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
     # Lanes run each model's attack on fewer threads per pass: the same right/wrong marks too.
     out["same_right_wrong_in_lanes"] = all(
         v.adversarial.correct == adv.correct for v, (_, _, adv, _) in zip(last["streamed_in_lanes"]["verdicts"], before))
+    defaults = last["app_default"]["verdicts"]
+    out["app_default"]["precision"] = sorted({v.precision.name for v in defaults})
+    out["app_default"]["right_wrong_as_today"] = sum(
+        v.adversarial.correct == adv.correct for v, (_, _, adv, _) in zip(defaults, before))
+    out["load_average"] = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]}
     return out
+
+
+def pass_seconds(model, image: torch.Tensor, classes: list[str], repeats: int) -> dict[str, float]:
+    """The median time of one gradient pass (forward and backward, one 224 px image) of `model`'s
+    classifier in fp32 and under bf16 autocast, the two taken in turn."""
+    from ..attacks import PGD
+
+    clf = model.classifier(classes).eval()
+    x, y = image[None].to(model.device), torch.zeros(1, dtype=torch.long, device=model.device)
+    attacks = {"fp32": PGD(clf, 1 / 255, steps=1), "bf16": PGD(clf, 1 / 255, steps=1, dtype=torch.bfloat16)}
+    times: dict[str, list[float]] = {k: [] for k in attacks}
+    for _ in range(max(3, repeats)):
+        for name, pgd in attacks.items():
+            sync(model.device)
+            t0 = time.perf_counter()
+            pgd._grad(x, y, False)  # noqa: SLF001 - exactly one of the attack's gradient passes
+            sync(model.device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: round(statistics.median(v), 4) for k, v in times.items()}

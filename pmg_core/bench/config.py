@@ -35,7 +35,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     amp: bool = True  # bf16 autocast on CUDA for our step (the reference stays fp32); CPU is fp32
-    attack_amp: bool = False  # the training attack under that autocast too (TrainConfig.attack_amp); else fp32
+    attack_amp: bool = False  # the training attack in bf16 (TrainConfig.attack_amp: the step's autocast on a GPU); else fp32
     attack_tf32: bool = False  # the training attack's fp32 passes with TF32 matmuls on CUDA (TrainConfig.attack_tf32)
     compile: bool = False  # also check each method's torch.compile'd step against the eager one (steps part)
     seed: int = 0
@@ -103,8 +103,16 @@ def make_trainer(model, method: str, cfg: BenchConfig, device: torch.device):
 
 
 def attack_autocast(trainer, cfg: BenchConfig) -> Callable:
-    """The precision our training attack runs in: the step's autocast with attack_amp, else fp32."""
-    return trainer.autocast if cfg.attack_amp else contextlib.nullcontext
+    """The precision our training attack runs in (Method.attack_dtype_on): with attack_amp the step's
+    autocast on a GPU, bf16 autocast of its own on a CPU with bf16 instructions; else fp32."""
+    if not cfg.attack_amp:
+        return contextlib.nullcontext
+    if trainer.device.type == "cpu":
+        from ..precision import amp_attack_dtype
+
+        dtype = amp_attack_dtype(trainer.device)
+        return (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
+    return trainer.autocast
 
 
 def fixed_batch(trainer, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Benchmark: {c['arch']} on {d['name']} ({d['type']}, {d['threads']} threads)", "",
              f"Batch {c['batch_size']}, {c['classes']} classes, PGD {c['pgd_steps']} steps at eps "
              f"{c['eps_255']}/255 for training, {c['eval_steps']} for evaluation; median of {c['repeats']} "
-             f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}."]
+             f"runs after {c['warmup']} warm-up, ours/reference/floor interleaved. Memory: {report['memory_kind']}."
+             + (f" Our training attack's passes: {report['training_attack']}." if report.get("training_attack") else "")]
     if d.get("matmul_bf16_tflops"):
         lines += ["", f"Achieved TFLOP/s = counted matmul/conv/attention FLOPs of our step / its time, against the "
                       f"datasheet dense bf16 peak ({d.get('peak_bf16_tflops') or 'unknown'}) and a measured bf16 "
@@ -53,7 +54,7 @@ def to_markdown(report: dict) -> str:
     if app:
         lines += ["", f"## The app's live comparison: {len(app['models'])} x {app['arch']} (random init), one 224 px "
                       f"image, PGD-{app['steps']} at eps {app['eps_255']}/255, {app['threads']} threads"
-                      + (f"; load average {', '.join(map(str, app['load_average']))}" if "load_average" in app else ""),
+                      + _load_words(app.get("load_average")),
                   "",
                   "| path | first verdict s | all verdicts s | first verdict, vs today | all, vs today | steps taken |",
                   "|---|---:|---:|---:|---:|---|"]
@@ -61,7 +62,9 @@ def to_markdown(report: dict) -> str:
                          ("streamed_with_margin", f"streamed, stop margin {app['stop_margin']:g}"),
                          ("streamed_in_lanes", f"streamed, stop margin {app['stop_margin']:g}, "
                                                f"{app.get('lanes', 1)} models at once"),
-                         ("in_lanes_with_maps_and_radius", "the same, then maps and robustness radii (all = the last)")):
+                         ("in_lanes_with_maps_and_radius", "the same, then maps and robustness radii (all = the last)"),
+                         ("app_default", "the app's defaults: the same, "
+                                         f"{'/'.join(app.get('app_default', {}).get('precision', []))} passes")):
             if k not in app:  # a report written before lanes existed
                 continue
             v = app[k]
@@ -72,6 +75,14 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"Same verdicts without a margin: {'yes' if app['same_verdicts'] else 'NO'}; same right/wrong "
                       f"marks with it: {'yes' if app['same_right_wrong_with_margin'] else 'NO'}"
                       + ("" if lanes is None else f"; and in lanes: {'yes' if lanes else 'NO'}") + "."]
+        if "app_default" in app:
+            d = app["app_default"]
+            lines += ["", f"The app's defaults give the same right/wrong marks as today's fp32 path for "
+                          f"{d['right_wrong_as_today']} of {len(app['models'])} models. One gradient pass of one model "
+                          f"(one image): {app['pass_s']['fp32']:.3f} s in fp32, {app['pass_s']['bf16']:.3f} s under "
+                          f"bf16 autocast. Load average (1, 5, 15 min) before: "
+                          f"{', '.join(f'{v:g}' for v in app['load_average']['before'])}; after: "
+                          f"{', '.join(f'{v:g}' for v in app['load_average']['after'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -80,3 +91,10 @@ def tflops_cell(r: dict) -> str:
         return "-"
     shares = [f"{r[k]:.0%}" for k in ("fraction_of_peak", "fraction_of_matmul") if k in r]
     return f"{r['achieved_tflops']:.1f}" + (f" ({', '.join(shares)})" if shares else "")
+
+
+def _load_words(load) -> str:
+    """How busy the machine was: the load average before and after the run (older reports: one reading)."""
+    if isinstance(load, dict):
+        return f"; load average {', '.join(map(str, load['before']))} before, {', '.join(map(str, load['after']))} after"
+    return f"; load average {', '.join(map(str, load))}" if load else ""

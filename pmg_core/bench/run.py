@@ -28,7 +28,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.arch, device=device) if {"steps", "attack"} & set(cfg.parts) else None
     report: dict = {"config": {**asdict(cfg), "eps_255": to_255(cfg.eps)}, "device": info,
-                    "memory_kind": memory.kind, "methods": {}}
+                    "memory_kind": memory.kind, "training_attack": training_attack_precision(cfg, device),
+                    "methods": {}}
     for method in cfg.methods if "steps" in cfg.parts else ():
         say(f"timing {method} (ours / reference / floor)")
         report["methods"][method] = bench_method(model, method, cfg, device, memory, peaks)
@@ -43,3 +44,16 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         say(f"the app's live comparison: {cfg.app_models} x {cfg.app_arch}, today's path vs streamed")
         report["app"] = bench_app(cfg, device)
     return report
+
+
+def training_attack_precision(cfg: BenchConfig, device: torch.device) -> str:
+    """The precision of our training attack's passes (Method.attack_dtype_on), in words."""
+    from ..precision import amp_attack_dtype
+
+    if cfg.attack_tf32 and device.type == "cuda":
+        return "tf32"
+    if not cfg.attack_amp:
+        return "fp32"
+    if device.type != "cpu":
+        return "the step's autocast (bf16)" if cfg.amp else "fp32 (the step runs no autocast)"
+    return "bf16" if amp_attack_dtype(device) else "fp32 (this CPU has no bf16 instructions)"
