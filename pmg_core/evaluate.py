@@ -150,11 +150,12 @@ def _clean_logits(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
     return clf(x)
 
 
-def attack_dtype(cfg: EvalConfig, preset: Preset, device: torch.device) -> torch.dtype | None:
+def attack_dtype(cfg: EvalConfig, preset: Preset, device) -> torch.dtype | None:
     """The dtype of PGD's passes: the preset's own (public-code's fp16), else bf16 with attack_amp
-    where the device runs it, else None (fp32)."""
+    where the device runs it, else None (fp32). `device`: a device, or a callable giving it (asked
+    only with attack_amp: a classifier need not say where it runs otherwise)."""
     if preset.attack_dtype is None and cfg.attack_amp:
-        return amp_attack_dtype(device)
+        return amp_attack_dtype(device() if callable(device) else device)
     return preset.attack_dtype
 
 
@@ -164,7 +165,7 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 def _pgd(clf: ZeroShotClassifier, cfg: EvalConfig, preset: Preset) -> PGD:
     final = cfg.robust_rule == "final"  # the last iterate counts: every sample runs every step
-    dtype = attack_dtype(cfg, preset, clf.text_features.device)
+    dtype = attack_dtype(cfg, preset, lambda: clf.text_features.device)
     return PGD(clf, cfg.eps, cfg.step_size, cfg.steps, cfg.norm, get_attack(cfg.attack).pgd_loss,
                random_start=False, select="last" if final else "best", early_stop=cfg.early_stop and not final,
                dtype=dtype, judge_fp32=dtype is not None and dtype != preset.attack_dtype)

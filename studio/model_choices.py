@@ -1,4 +1,4 @@
-"""The components that list the loaded models, accepting any model name a request sends.
+"""The components that list the loaded models (and the defense choice), accepting any value a request sends.
 
 The lists grow after launch (a Train run's checkpoint, a published model joining in the background)
 and a page redraws them when it loads. A client of the HTTP API that never loads the page would
@@ -31,3 +31,17 @@ class ModelChecklist(gr.CheckboxGroup):
 def model_dropdown(choices: Sequence[str], value: str, label: str, **kw) -> gr.Dropdown:
     """A Dropdown of model names that passes any name on to its handler (allow_custom_value)."""
     return gr.Dropdown(list(choices), value=value, label=label, allow_custom_value=True, **kw)
+
+
+class DefenseChoice(gr.Radio):
+    """The Attack tab's test-time defense: a Radio whose value its handler checks (one_image.defense_name),
+    so an API client may still send the first toggle's True/False, or a defense's own name."""
+
+    is_template = True  # drawn by the page as the Radio it is
+
+    def preprocess(self, payload):
+        return payload
+
+    def api_info(self) -> dict:
+        return {"title": "Test-time defense: a choice's label, a defense's name, or true/false (TTC or none)",
+                "anyOf": [{"type": "string"}, {"type": "boolean"}]}

@@ -15,7 +15,7 @@ from pmg_core.errors import UserError
 from pmg_core.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, radius_attacks
 
 from . import assets, one_image
-from .model_choices import ModelChecklist, model_dropdown
+from .model_choices import DefenseChoice, ModelChecklist, model_dropdown
 from .safety import INTERACTIVE_GPU_S, gpu, image_upload, interactive, safe
 from .state import Studio
 
@@ -192,7 +192,7 @@ def _image_and_button(studio: Studio, presets: dict[str, list[str]], examples: l
         target=gr.Dropdown(["", *default_labels.split(", ")], value="", allow_custom_value=True,
                            label="Target class (optional: targeted attack)", render=False),
         eps=gr.Number(4, label="eps (/255)", minimum=0, render=False),
-        defend=gr.Radio(list(one_image.DEFENSES), value="no", label="Defend at test time", elem_id="pmg-defend",
+        defend=DefenseChoice(list(one_image.DEFENSES), value="no", label="Defend at test time", elem_id="pmg-defend",
                         render=False,
                         info="Also show each model behind a test-time defense: TTC counterattacks the image (Xing et "
                              "al., CVPR 2025), CLIPure moves its embedding towards a blank prompt's (Zhang et al., ICLR "
