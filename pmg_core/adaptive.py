@@ -91,7 +91,7 @@ def register_adaptive(name: str, description: str, needs_gate: bool = False):
 
 
 def has_gate(defended: DefendedClassifier) -> bool:
-    return hasattr(defended.defense, "relative_shift")
+    return defended.defense.gated
 
 
 def check_suite(names, defense_has_gate: bool) -> tuple[str, ...]:

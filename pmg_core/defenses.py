@@ -120,6 +120,7 @@ def get_defense(name: str, settings: DefenseSettings | None = None, **kwargs) ->
 class Defense:
     name = "base"
     latent = False  # True: purify_embedding changes the image embedding, the images stay as they are
+    gated = False  # True: an input-dependent gate decides whether it acts (TTC's tau), which an attack may aim at
     randomised = True  # False: equal inputs give equal outputs, so an attack through it needs one draw (EOT 1)
 
     def __init__(self, settings: DefenseSettings):
@@ -154,6 +155,8 @@ class NoDefense(Defense):
 @register_defense("ttc")
 class TestTimeCounterattack(Defense):
     """TTC: counterattack an image whose embedding barely moves under random noise (module docstring)."""
+
+    gated = True  # tau against its threshold
 
     @staticmethod
     def tau_encoder(classifier: ZeroShotClassifier, reference: ZeroShotClassifier | None) -> ZeroShotClassifier:

@@ -116,7 +116,7 @@ class EvalConfig:
         if not defense.randomised:  # equal inputs, equal outputs: one draw is the expectation and the verdict
             self.eot, self.judge_draws = 1, 1
         # Without a defense the suite is not run (a protocol may name one for every model alike).
-        self.adaptive = list(check_suite(self.adaptive, self.defense == "none" or hasattr(defense, "relative_shift")))
+        self.adaptive = list(check_suite(self.adaptive, self.defense == "none" or defense.gated))
         check_number("restarts", self.restarts, low=1, integer=True)
         check_number("judge draws", self.judge_draws, low=1, integer=True)
         if isinstance(self.defense_threshold, str) and self.defense_threshold != "calibrated":
@@ -430,7 +430,7 @@ def _gradient_words(cfg: EvalConfig) -> str:
 
 
 def _threshold_words(cfg: EvalConfig) -> str:
-    if not hasattr(get_defense(cfg.defense), "relative_shift"):
+    if not get_defense(cfg.defense).gated:
         return ""
     if cfg.defense_threshold == "calibrated":
         return " (tau threshold calibrated: the median tau of the clean images evaluated)"

@@ -122,8 +122,9 @@ def ttc_verdict(root: Path | None = None) -> str | None:
     except Exception:  # noqa: BLE001 - no folder or unreadable cards: no sentence rather than a stale one
         return None
     plain = {c["name"]: c for c in cards if not c.get("defense")}
-    published = {c["name"].split("+")[0]: c for c in cards if c.get("defense") and c["defense"]["threshold"] == "published"}
-    calibrated = {c["name"].split("+")[0]: c for c in cards if c.get("defense") and c["defense"]["threshold"] == "calibrated"}
+    ttc = [c for c in cards if (c.get("defense") or {}).get("name") == "ttc"]  # not the other defenses' cards
+    published = {c["name"].split("+")[0]: c for c in ttc if c["defense"]["threshold"] == "published"}
+    calibrated = {c["name"].split("+")[0]: c for c in ttc if c["defense"]["threshold"] == "calibrated"}
     published = {b: c for b, c in published.items() if b in plain}
     calibrated = {b: c for b, c in calibrated.items() if b in plain}
     if not published:

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .adaptive import ADAPTIVE
 from .data import ZeroShotDataset, expand_names
+from .defenses import get_defense
 from .errors import UserError, check
 from .registry import Registry
 from .units import from_255
@@ -124,6 +126,8 @@ def eval_settings(protocol: Protocol, threat: ThreatModel, eps_255: float, defen
                seed=protocol.seed, batch_size=protocol.batch_size, limit=None)
     if defense != "none":
         out.update(protocol.defended, defense=defense)
+        if "adaptive" in out:  # an attack on a gate only where the defense has one (TTC, not CLIPure)
+            out["adaptive"] = [a for a in out["adaptive"] if get_defense(defense).gated or not ADAPTIVE[a].needs_gate]
         out["eot"] = out.get("eot", 1) * factor
         if threshold is not None:
             out["defense_threshold"] = threshold

@@ -59,13 +59,13 @@ def test_tga_zsr_sentence_reads_its_seeds_and_says_when_a_gap_is_within_the_seed
     assert findings.tga_zsr_vs_tecoa(tmp_path) is None
 
 
-def _card(folder, name, clean, robust, unaware=None, threshold=None, converged=True):
+def _card(folder, name, clean, robust, unaware=None, threshold=None, converged=True, defense="ttc"):
     """A robustness card with only what the TTC sentence reads (pmg_core/cards.py writes whole ones)."""
     averages = {"clean_acc": clean, "robust_acc": {"Linf 8/255": robust}}
     if unaware is not None:
         averages["robust_acc_unaware"] = {"Linf 8/255": unaware}
     card = {"card_version": 1, "name": name, "model": name, "averages": averages,
-            "defense": None if threshold is None else {"name": "ttc", "threshold": threshold},
+            "defense": None if threshold is None else {"name": defense, "threshold": threshold},
             "protocol": {"name": "mini", "version": 1, "limit": None}, "convergence": {"converged": converged}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(card))
@@ -77,6 +77,8 @@ def test_ttc_sentence_compares_each_model_behind_the_defense_with_itself_undefen
     _card(mini, "b", 0.8, 0.4)
     _card(mini, "a+ttc", 0.8, 0.1, 0.2, "published")
     _card(mini, "b+ttc", 0.8, 0.35, 0.45, "published")
+    _card(mini, "c", 0.8, 0.2)  # behind another defense only: not in TTC's sentence
+    _card(mini, "c+clipure", 0.8, 0.9, 0.9, "published", defense="clipure")
     text = findings.ttc_verdict(tmp_path)
     assert "at its published threshold gives no model more robust accuracy" in text
     assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under the attack unaware of it; clean accuracy +0.0 to +0.0)" in text
