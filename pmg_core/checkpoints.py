@@ -102,16 +102,20 @@ def save_base(path: str | Path, model, metadata: dict) -> Path:
     return save_checkpoint(path, dict(model.clip.state_dict()), {"kind": "base", "arch": arch, **metadata})
 
 
+def _check_fits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], refusal: str) -> None:
+    """Refuse, in one sentence starting with `refusal`, tensors whose keys or shapes differ from `own`."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or bad_shapes:
+        raise UserError(f"{refusal}: {len(missing)} missing, {len(unexpected)} unexpected and {len(bad_shapes)} "
+                        f"mis-shaped tensors (e.g. {(missing + unexpected + bad_shapes)[0]}).")
+
+
 def load_visual_into(model, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load `visual.*` tensors into model.visual, refusing any key or shape mismatch in one sentence."""
     state = {k[len("visual."):]: v for k, v in tensors.items() if k.startswith("visual.")}
     own = model.visual.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or unexpected or bad_shapes:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected and {len(bad_shapes)} mis-shaped tensors"
-                  f" (e.g. {(missing + unexpected + bad_shapes)[0]})")
-        raise UserError(f"{source} does not fit the image encoder of {model.base}: {detail}.")
+    _check_fits(own, state, f"{source} does not fit the image encoder of {model.base}")
     model.visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -127,12 +131,7 @@ def load_text_into(model, tensors: dict[str, torch.Tensor], source: str) -> None
     own = text_keys(model)
     if "logit_scale" in own and "logit_scale" not in state:  # a file without it keeps the base's scale
         state["logit_scale"] = own["logit_scale"]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad_shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or unexpected or bad_shapes:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected and {len(bad_shapes)} mis-shaped tensors"
-                  f" (e.g. {(missing + unexpected + bad_shapes)[0]})")
-        raise UserError(f"{source} does not fit the text encoder of {model.base}: {detail}.")
+    _check_fits(own, state, f"{source} does not fit the text encoder of {model.base}")
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     check(bad is None, f"{source} has NaN or infinite values in '{bad}'; refused.")
     model.clip.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)

@@ -1,7 +1,6 @@
 """A real browser (PyPI's playwright driving Debian's chromium): a bad upload gets our sentence, then an
 image is uploaded, previewed as the models see it, and attacked."""
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,17 @@ from helpers import EXAMPLE, free_port, tiny_models  # noqa: E402
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
-def test_upload_attack_and_see_every_models_predictions(tmp_path):
-    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+def _launch(demo) -> int:
+    """Serve `demo` on a free loopback port as the app launches itself; returns the port."""
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **app.launch_options())
+    return port
+
+
+def test_upload_attack_and_see_every_models_predictions(tmp_path):
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+    port = _launch(demo)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -63,12 +68,7 @@ def test_a_visitor_over_their_places_reads_our_sentence_not_gradios_busy_page(tm
 
     with behind_loopback_proxy():
         demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path, public=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_options())
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{_launch(demo)}/"
 
     def train(client, name, steps=1, batch=8, attack_steps=1):
         return client.submit("clip", "tecoa", "toy-colours", 1, attack_steps, 0.01, steps, batch, 1, 1, name,
@@ -117,9 +117,7 @@ def test_the_attack_tab_s_first_screen_at_a_desk_and_on_a_phone(tmp_path):
     is drawn; after Attack the first verdict shows where they are looking (at 390 px, by scrolling down
     only), then every model's maps and robustness radius, and one zip of the comparison."""
     demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_options())
+    port = _launch(demo)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         with sync_api.sync_playwright() as p:
@@ -175,9 +173,7 @@ def test_the_leaderboard_tab_shows_the_committed_cards_and_a_row_opens_its_card(
     assert "mini" in found, "benchmarks/cards/mini holds the committed cards"
     cards = found["mini"]
     demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_options())
+    port = _launch(demo)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
