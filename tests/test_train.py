@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pmg_core import env
 from pmg_core.checkpoints import load_tensors, read_metadata
 from pmg_core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
@@ -59,10 +60,15 @@ def test_logit_scale_is_clamped_where_read_and_never_changed_in_place(model, sto
         assert m.classifier(["red", "green"]).logit_scale == pytest.approx(used, rel=1e-6)
 
 
+@pytest.mark.parametrize("cpu_bf16", ["avx512_bf16", None])
 @pytest.mark.parametrize("attack_amp", [False, True])
-def test_training_attack_runs_in_fp32_inside_the_step_autocast_unless_asked(model, attack_amp):
+def test_training_attack_runs_in_fp32_inside_the_step_autocast_unless_asked(model, attack_amp, cpu_bf16,
+                                                                           monkeypatch):
     """The paper's attacks are fp32; TrainConfig.attack_amp runs them under the step's autocast
-    (bf16 on CUDA; here a CPU bf16 autocast stands in for it)."""
+    (bf16 on CUDA; here a CPU bf16 autocast stands in for it). A CPU step has no autocast to reuse: the
+    attack takes a bf16 autocast of its own where the CPU has bf16 instructions and stays fp32 where it
+    has none, whatever the machine running the suite has."""
+    monkeypatch.setattr(env, "cpu_bf16", lambda: cpu_bf16)
     trainer = Trainer(cfg(method="tecoa", max_steps=1, attack_steps=2, attack_amp=attack_amp), model=model)
     trainer.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     seen = []
@@ -73,7 +79,7 @@ def test_training_attack_runs_in_fp32_inside_the_step_autocast_unless_asked(mode
     finally:
         hook.remove()
     attack, loss_pass = seen[:2], seen[2:]
-    assert attack == [torch.bfloat16 if attack_amp else torch.float32] * 2
+    assert attack == [torch.bfloat16 if attack_amp and cpu_bf16 else torch.float32] * 2
     assert loss_pass == [torch.bfloat16]  # the loss pass runs under the step's autocast either way
     assert trainer._metadata({})["method_settings"]["attack_amp"] is attack_amp  # recorded in the checkpoint
 
