@@ -7,6 +7,7 @@ details and `python -m pmg_core attack --json` are the same document.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -30,7 +31,7 @@ from pmg_core.images import load_image, new_output_folder, save_png, slug, to_ui
 from pmg_core.models import ClipModel
 from pmg_core.units import from_255, to_255
 
-from . import policy
+from . import policy, sessions
 from .html import progress_html, verdict_html
 from .state import Studio
 
@@ -56,11 +57,19 @@ def defense_name(defend) -> str:
     return DEFENSES.get(defend) or inputs.parse_choice("test-time defense", defend, list(DEFENSES.values()))
 
 
-def preview(studio: Studio, image) -> np.ndarray | None:
-    """The uploaded image as the models will see it (a bad file is refused here, right after upload)."""
+def preview(studio: Studio, image, request: gr.Request | None = None) -> np.ndarray | None:
+    """The uploaded image as the models will see it (a bad file is refused here, right after upload). An
+    upload (Gradio fills `request`) is charged to its visitor's budget and read in their turn on a public
+    server, as an attack's passes are; the app's own examples (no request) are small and free."""
     if image is None:
         return None
-    return to_uint8(prepare_image(load_image(inputs.upload_path(image)), ATTACK_SIDE))
+    path = inputs.upload_path(image)
+    gate = None
+    if request is not None:
+        studio.budget.charge(studio.visitor(request), policy.PREVIEW_PASSES, studio.limits.where)
+        gate = studio.gate(request)
+    with gate() if gate is not None else contextlib.nullcontext():
+        return to_uint8(prepare_image(load_image(path), ATTACK_SIDE))
 
 
 def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
@@ -134,10 +143,10 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
             yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings),) + (UNCHANGED,) * 2
             continue
         shown = event["comparison"]
-        if result is not None:  # what the extras (maps, radius, zip) start from
-            result.update(comparison=shown, settings=settings, models=order, folder=str(folder))
         advs = _distinct_adversarials(shown)
         files = [str(save_png(adv, folder / f"adversarial-{slug(name)}.png")) for name, adv in advs]
+        if result is not None:  # what the extras (maps, radius, zip) start from: the session keeps no tensors
+            result.update(sessions.keep(shown, settings, order, folder))
         gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
         perturb = [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), f"via {name}") for name, adv in advs]
         yield gallery, perturb, verdict_html(shown, settings), files, shown.to_dict(settings)
@@ -157,8 +166,9 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     any work, as an attack is (the radius's bisection counted like a sweep's radii)."""
     if not result:
         return
-    comp, settings, folder = result["comparison"], result["settings"], Path(result["folder"])
-    models = studio.pick(result["models"])
+    comp, settings, names, folder = sessions.restore(result)
+    settings = dataclasses.replace(settings, gate=studio.gate(request))  # each pass in its visitor's turn
+    models = studio.pick(names)
     rounds = radius_attacks() if with_radius else 0
     if with_radius:
         check(comp.true_label is not None, "The robustness radius needs the true label; choose it under the labels.")
@@ -167,7 +177,7 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     charge(studio, request, passes, models, comp.classes)
     gallery, files, radii, chart = [], [], [], None
     if with_maps:
-        maps = comparison_maps(models, comp)
+        maps = comparison_maps(models, comp, gate=settings.gate)
         files += save_maps(maps, comp, folder / "maps")
         gallery = [(to_uint8(overlay(comp.image if image == "clean" else v.adv_image, heat)),
                     f"{one.model} · {image} · {kind.removeprefix('attention to ')}")

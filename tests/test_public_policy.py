@@ -245,10 +245,24 @@ def test_a_storm_of_cancels_answers_at_once_and_the_next_run_waits_for_the_last_
     assert len(answers) == 40 and any(a.startswith("Stopping") for a in answers)
     assert all(a.startswith(("Stopping", "No train run")) for a in answers), set(answers)
     gen.close()  # the browser's stream goes away; the run's thread finishes its step and saves
-    nxt = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "after-storm")
-    next(nxt)  # the jobs lane is handed over only once the stormed run has really stopped
-    assert job.done.is_set()
-    assert "Done" in list(nxt)[-1][0]
+    started = []
+
+    def next_run_starts() -> bool:
+        """A Train now: refused in a sentence while the stormed run still saves, never kept waiting."""
+        if started:  # wait_for asks once more after the answer it waited for
+            return True
+        run = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "after-storm")
+        try:
+            next(run)
+        except UserError as e:
+            assert str(e) == training.STILL_STOPPING
+            return False
+        started.append(run)
+        return True
+
+    assert wait_for(next_run_starts, 60)
+    assert job.done.is_set()  # the slot was handed over only once the stormed run had really stopped
+    assert "Done" in list(started[0])[-1][0]
 
 
 # --- no downloads from visitors ---------------------------------------------------------------------
