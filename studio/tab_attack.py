@@ -16,7 +16,7 @@ from pmg_core.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, radius_attac
 
 from . import assets, one_image
 from .model_choices import DefenseChoice, ModelChecklist, model_dropdown
-from .safety import INTERACTIVE_GPU_S, gpu, image_upload, interactive, safe
+from .safety import INTERACTIVE_GPU_S, PREVIEWS_AT_ONCE, gpu, image_upload, interactive, safe
 from .state import Studio
 
 SEEN_BY_MODELS = (f"What the models see: the image is center-cropped to a square and scaled to at most "
@@ -107,7 +107,7 @@ def build(studio: Studio) -> AttackTab:
     own.preset.input(on_preset, own.preset, [tab.labels, tab.true_label, own.target], api_name="preset", queue=False)
     tab.labels.change(on_labels, tab.labels, [tab.true_label, own.target], api_name="labels", queue=False)
     tab.image.change(safe(one_image.preview, studio), tab.image, own.seen, api_name="preview",
-                     show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
+                     show_progress="minimal", concurrency_id="preview", concurrency_limit=PREVIEWS_AT_ONCE)
     if own.examples is not None:
         own.examples.select(safe(on_example), None, [tab.image, tab.labels, tab.true_label, own.target, own.preset,
                                                      own.seen, own.hint], api_name="example", queue=False)
