@@ -48,10 +48,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import env
+from . import env, hub_models
 from .env import cache_dir
 from .checkpoints import read_metadata
 from .errors import UserError, check, first_line
+from .integrity import Lock, Pin, check_torch_zip, lock_in_force, sha256_file
 from .models import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Entry:
     gpu: bool = False  # too big to be pleasant on a CPU
     note: str = ""
     text_tower: bool = False  # hf-transformers: its text encoder is fine-tuned too and replaces the base's
+    needs: tuple[str, ...] = ()  # optional packages (requirements-extra.txt) it cannot load without
 
     @property
     def converted(self) -> bool:
@@ -386,21 +388,32 @@ def spec(entry: Entry) -> str:
 Report = Callable[[str], None]
 
 
-def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say: Report = log.info) -> str:
+def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say: Report = log.info,
+          lock: Lock | None = None) -> str:
     """Make `entry_id` loadable here (download, check, convert); returns its spec for load_model.
 
     `progress(done_bytes, total_bytes_or_None)` sees the download; `say` gets one line per stage
-    (the file's sha256 among them); `base_model`: the loaded base, shared by the conversion.
+    (the file's sha256 among them); `base_model`: the loaded base, shared by the conversion; `lock`:
+    hash-checking mode (default: the lock file $PMG_ZOO_LOCK names, if any; pmg_core.integrity).
     """
     entry = get(entry_id)
     check(entry.format != "unpublished", f"Nothing to fetch: the zoo's card '{entry.id}' stands for a method without "
                                          f"published weights ({entry.note or 'see its card'}).")
+    missing = hub_models.missing_packages(entry.needs)
+    if missing:
+        raise UserError(hub_models.extra_refusal(f"'{entry.id}'", missing))
+    lock = lock if lock is not None else lock_in_force()
+    pin = lock.pin(entry.id) if lock is not None else None
+    source_hash = _source_hash(entry, pin)
     if not entry.converted:
-        if base_model is None or base_model.spec != entry.base:
-            load_model(entry.base)  # open_clip / huggingface_hub download it into their cache
+        weights = publisher_weights(entry)  # downloaded into the hub cache; a torch zip's CRC checked
+        if source_hash:
+            _check_hash(entry, weights, source_hash, "its weights file")
         return entry.base
     out = converted_path(entry)
     if out.is_file():
+        if pin is not None:
+            _check_cached(entry, out, pin)
         return str(out)
     from .downloads import download
 
@@ -408,9 +421,10 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
     mirrored_at = mirror_url(entry)
     try:
         if mirrored_at:
-            got = download(mirrored_at, folder / out.name, progress=progress, label=f"{entry.id} (mirror)")
+            got = download(mirrored_at, folder / out.name, sha256=pin.converted if pin else "", progress=progress,
+                           label=f"{entry.id} (mirror)")
             say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes, from the mirror)")
-            _check_mirrored(entry, got.path, base_model)
+            _check_mirrored(entry, got.path, base_model, source_hash)
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(got.path, out)
             return str(out)
@@ -420,17 +434,84 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
                 name = entry.filename
                 if entry.format == "drive-folder":
                     url, name = _drive_folder_file(entry, url)
-                got = download(url, folder / name, sha256=entry.sha256, progress=progress, label=entry.id)
+                got = download(url, folder / name, sha256=source_hash, progress=progress, label=entry.id)
                 break
             except UserError as e:
                 errors.append(e)
         else:
             raise errors[-1] if errors else UserError(f"The zoo entry '{entry.id}' names no file to download.")
-        say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes){'' if entry.sha256 else ' - not pinned in the registry yet'}")
+        say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes){'' if source_hash else ' - not pinned yet'}")
         _convert(entry, got.path, got.sha256, url, base_model)
         return str(out)
     finally:
         _tidy(folder)
+
+
+def _source_hash(entry: Entry, pin: Pin | None) -> str:
+    """The sha256 the publisher's file must have: the lock's, the registry's, or '' (none pinned)."""
+    if pin is not None and entry.sha256:
+        check(pin.source == entry.sha256.lower(), f"{entry.id}: the lock file and the registry pin different sha256 "
+                                                  "for its file; refused.")
+    return pin.source if pin is not None else entry.sha256.lower()
+
+
+def cached_pins(ids: Sequence[str] = ()) -> dict[str, Pin]:
+    """The lock lines of what is in the cache (`zoo pin`): `ids`, each of which must be cached, or every
+    cached entry. A converted entry pins the source sha256 its checkpoint records and the checkpoint's
+    own sha256; an open_clip / hub entry pins its weights file in the hub cache."""
+    entries = [get(i) for i in ids] if ids else [e for e in ZOO.values() if e.format != "unpublished"]
+    pins: dict[str, Pin] = {}
+    for e in entries:
+        check(e.format != "unpublished", f"'{e.id}' stands for a method without published weights: nothing to pin.")
+        if e.converted:
+            path = converted_path(e)
+            if path.is_file():
+                source = read_metadata(path).get("source_sha256", "")
+                check(bool(source), f"The cached checkpoint of '{e.id}' records no source sha256; fetch it again.")
+                pins[e.id] = Pin(source, sha256_file(path))
+        else:
+            weights = publisher_weights(e, local_only=True)
+            if weights is not None:
+                pins[e.id] = Pin(sha256_file(weights))
+        check(e.id in pins or not ids, f"'{e.id}' is not in the cache, so there is nothing to pin; "
+                                       f"`python -m pmg_core zoo fetch {e.id}` first.")
+    return pins
+
+
+def _check_hash(entry: Entry, path: Path, expected: str, what: str) -> None:
+    digest = sha256_file(path)
+    check(digest == expected, f"{entry.id}: {what} ({path.name}) does not match its pinned sha256 (got "
+                              f"{digest[:12]}..., expected {expected[:12]}...); refused.")
+
+
+def _check_cached(entry: Entry, path: Path, pin: Pin) -> None:
+    """A converted file in the cache was converted here from the pinned source (its recorded source sha256;
+    read from the header, so loading stays cheap). Converted files from elsewhere come through the
+    mirror, whose download is checked against the lock's --converted hash."""
+    recorded = read_metadata(path).get("source_sha256", "")
+    check(recorded == pin.source, f"{entry.id}: the cached checkpoint was converted from a file whose sha256 "
+                                  f"({recorded[:12] or 'none recorded'}...) is not the lock file's "
+                                  f"({pin.source[:12]}...); refused (delete it to fetch the pinned file).")
+
+
+def publisher_weights(entry: Entry, local_only: bool = False) -> Path | None:
+    """The weights file of an open_clip / hub entry in the hub cache (downloaded first unless `local_only`, or
+    offline); a torch zip's CRC-32 checked. None when `local_only` and not cached."""
+    if entry.format == "hf-hub":
+        if local_only:
+            return hub_models.weights_file(hub_models.repo_of(entry.base), local_only=True)
+        return hub_models.fetch(entry.base).weights  # config normalised, weights checked
+    from .models import _open_clip
+
+    arch, tag = entry.base.split(":", 1)
+    repo = ((_open_clip().get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or "").strip("/")
+    check(bool(repo), f"{entry.id}: open_clip names no hub repo for {entry.base}.")
+    weights = hub_models.weights_file(repo, local_only=local_only)
+    check(weights is not None or local_only, f"{entry.id}: the weights of {entry.base} are not in the local cache and "
+                                             "this machine is offline; connect once to download them.")
+    if weights is not None and not local_only:
+        check_torch_zip(weights, f"The weights of {entry.base} ({weights.name})")
+    return weights
 
 
 def _convert(entry: Entry, raw: Path, digest: str, url: str, base_model: ClipModel | None) -> None:
@@ -481,13 +562,13 @@ def _drive_folder_file(entry: Entry, listing_url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}/uc?export=download&id={found[0].id}", found[0].name
 
 
-def _check_mirrored(entry: Entry, path: Path, base_model: ClipModel | None) -> None:
+def _check_mirrored(entry: Entry, path: Path, base_model: ClipModel | None, source_hash: str) -> None:
     """A mirrored file is a converted checkpoint of this very entry that fits its base (read as data)."""
     try:
         meta = read_metadata(path)
         check(meta.get("zoo_id") == entry.id and meta.get("base") == entry.base,
               f"the mirror's {path.name} is not a converted '{entry.id}' (fine-tune of {entry.base})")
-        check(not entry.sha256 or meta.get("source_sha256") == entry.sha256,
+        check(not source_hash or meta.get("source_sha256") == source_hash,
               f"the mirror's {path.name} was converted from a file that does not match the pinned sha256")
         model = load_checkpoint_model(path, base=base_model if base_model is not None and base_model.spec == entry.base
                                       else None)
@@ -520,6 +601,8 @@ def load_entry(entry_id: str, device="cpu", base: ClipModel | None = None, progr
     shared = base if base is not None and base.spec == entry.base else None
     if entry.converted or entry.format == "unpublished":  # fetch says why an unpublished one cannot load
         return load_model(fetch(entry_id, progress, shared, say), device=device, base=shared)
+    if entry.needs or lock_in_force() is not None:  # the extras it needs, and its weights' pinned hash, checked first
+        fetch(entry_id, progress, shared, say)
     if shared is not None:
         return shared
     model = load_model(entry.base, device=device)
@@ -578,8 +661,7 @@ def _default_models(directory: Path, wait_for_download: bool = True) -> tuple[li
         return models, REAL_CLIP_PENDING[0] + mode
     if online:
         try:
-            base = load_model(OPENAI_VIT_B32, device=device)
-            base.metadata = {**(base.metadata or {}), **ZOO[REAL_CLIP].card()}
+            base = load_entry(REAL_CLIP, device=device)  # its card joins its metadata; a lock in force is checked
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works
