@@ -178,6 +178,9 @@ TGA_PROTOCOL = Protocol(
     "TGA-ZSR repo (PMG-AFT protocol, 16 datasets)", PAPER_16, "pgd", 100, "public-code", None,
     "their README's table averages 16 datasets (TinyImageNet among them, which this project does not evaluate) "
     "at eps 1/255; its PGD has the code's default 100 steps of 1/255")
+# TGA-ZSR.py / Comp-TGA.py call utils.save_checkpoint once per epoch without is_best, so checkpoint.pth.tar holds the
+# last epoch, the model their validate() scores; an older run's model_best.pth.tar may sit beside it in the folder.
+TGA_EVALUATED = "checkpoint.pth.tar"
 TGA = dict(trainer="Yu, Zhang, Xu (TGA-ZSR repository)", source_page="https://github.com/zhyblue424/TGA-ZSR (README, "
            "Checkpoints)", data="TinyImageNet", licence="none stated by the repository", preset="paper",
            format="drive-folder", eps_255=1,
@@ -249,12 +252,12 @@ ENTRIES = (
                                     ("-noreg", " without regularisation", "NonReg",
                                      "1DQ509vJpwjwlxLKrGVgvwum8-vW1zy0K"))),
     Entry("tga-zsr-b32", "TGA-ZSR ViT-B/32 (its authors' weights)", OPENAI_VIT_B32,
-          urls=(_drive_folder("1T7APhNq3tRW81vC1Lx8JSbHxWuP7euSx"),), method="tga-zsr",
+          urls=(_drive_folder("1T7APhNq3tRW81vC1Lx8JSbHxWuP7euSx"),), filename=TGA_EVALUATED, method="tga-zsr",
           paper="Yu, Zhang, Xu, Text-Guided Attention is All You Need for Zero-Shot Robustness in Vision-Language "
                 "Models (NeurIPS 2024)", paper_url="https://arxiv.org/abs/2410.21802",
           published=Published(56.44, {1: 42.09}, TGA_PROTOCOL, "TGA-ZSR README, benchmark table"), **TGA),
     Entry("comp-tga-b32", "Comp-TGA ViT-B/32 (its authors' weights)", OPENAI_VIT_B32,
-          urls=(_drive_folder("1cvqDha1useGdCgTjGatZMuBj1W71nMyk"),), method="comp-tga",
+          urls=(_drive_folder("1cvqDha1useGdCgTjGatZMuBj1W71nMyk"),), filename=TGA_EVALUATED, method="comp-tga",
           paper="Yu, Zhang, Xu, Complementary Text-Guided Attention for Zero-Shot Adversarial Robustness (TPAMI 2026)",
           published=Published(55.44, {1: 44.46}, TGA_PROTOCOL, "TGA-ZSR README, benchmark table"), **TGA),
     Entry("saft-b32", "SAFT-L ViT-B/32 (its authors' weights)", OPENAI_VIT_B32, "drive-folder",
