@@ -165,6 +165,32 @@ def _published(clean, r1, r2, r4, where="RobustVLM README, Additional Models (Vi
     return Published(clean, {1: r1, 2: r2, 4: r4}, ROBUSTVLM_ZERO_SHOT, where)
 
 
+LAION_B16 = "ViT-B-16:laion2b_s34b_b88k"
+LAION_CONVNEXT = "convnext_base_w:laion2b_s13b_b82k_augreg"
+# (method, id tag, title, hub name after "chs20/<method>4-", RobustVLM README's clean / eps 1 / 2 / 4 averages)
+LAION_B = (("TeCoA", "b16", "ViT-B/16", "ViT-B-16-laion2B-s34B-b88K", (51.5, 45.0, 38.4, 26.4)),
+           ("FARE", "b16", "ViT-B/16", "ViT-B-16-laion2B-s34B-b88K", (56.6, 47.7, 39.2, 23.5)),
+           ("TeCoA", "convnext", "ConvNeXt-B", "convnext_base_w-laion2B-s13B-b82K-augreg", (56.2, 50.4, 44.1, 31.8)),
+           ("FARE", "convnext", "ConvNeXt-B", "convnext_base_w-laion2B-s13B-b82K-augreg", (60.2, 52.3, 44.1, 28.4)))
+# perceptual-metrics README (962995f), List of pre-trained models: the Nextcloud shares of vit-b-16-tecoa, vit-b-16-fare,
+# convnext_base_w-tecoa, convnext_base_w-fare; the file names are utils_perceptual_models.py's ckptpath.
+RCLIP_SHARES = ("ZBkmbMrAwgfeeSa", "fg7JHQzASiNnxCg", "zHKCC9aS7rf4qCt", "GCPXBDEE5PoCngy")
+RCLIP_FILES = ("vit-b-16-tecoa-eps4.pt", "vit-b-16-fare-eps4.pt", "convnext_base_w-tecoa-eps4.pt",
+               "convnext_base_w-fare-eps4.pt")
+RCLIP = dict(trainer="Croce, Schlarmann, Singh, Hein (perceptual-metrics repository)",
+             paper="Croce, Schlarmann, Singh, Hein, Adversarially Robust CLIP Models Can Induce Better (Robust) "
+                   "Perceptual Metrics (SaTML 2025): R-CLIP_F (FARE) and R-CLIP_T (TeCoA)",
+             paper_url="https://arxiv.org/abs/2502.11725",
+             source_page="https://github.com/fra31/perceptual-metrics (README, List of pre-trained models; "
+                         "utils_perceptual_models.py)",
+             data="ImageNet (adversarial fine-tuning at Linf eps 4/255, RobustVLM's training code)",
+             licence="none stated by the repository", preset="paper", eps_255=4,
+             note="torch.save of the open_clip image encoder's state dict (their loader calls "
+                  "model.visual.load_state_dict(ckpt, strict=True)) of a LAION-2B CLIP, whose text encoder is kept; "
+                  "CLIP's normalisation; the ConvNeXt-B was pretrained at 256 px (their perceptual evaluation crops "
+                  "224)")
+
+
 def _drive_folder(folder_id: str) -> str:
     return f"https://drive.google.com/embeddedfolderview?id={folder_id}"
 
@@ -197,9 +223,11 @@ DELTA = dict(trainer="Wang et al. (zw123 on the Hugging Face hub, Delta-CLIP col
                    "Vision-Language Model Robustness (2025)", paper_url="https://arxiv.org/abs/2501.09446",
              data="DataComp-1B / Recap-DataComp-1B (adversarial pre-training from scratch)",
              licence="CC BY 4.0 (hub card)", preset="paper", format="hf-hub", method="delta-clip", gpu=True,
+             needs=("transformers",),
              note="an open_clip model on the hub (its own config, tokenizer and text encoder; the weights are a "
                   "pickled open_clip_pytorch_model.bin of plain tensors; its tokenizer files are a Hugging Face "
-                  "tokenizer's, which open_clip loads through the transformers package)")
+                  "tokenizer's, which open_clip loads through the transformers package, the optional extra in "
+                  "requirements-extra.txt; a text_cfg key open_clip 3.3 rejects, vocab_path, is dropped on loading)")
 
 
 ENTRIES = (
@@ -207,6 +235,11 @@ ENTRIES = (
           paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision (ICML 2021)",
           paper_url="https://arxiv.org/abs/2103.00020", source_page="https://github.com/openai/CLIP",
           data="OpenAI's 400M image-text pairs", licence="MIT (openai/CLIP)", size="605 MB (open_clip's hub copy)"),
+    *(Entry(f"clip-{tag}-laion", f"LAION-2B CLIP {title} (OpenCLIP)", base, "open_clip", trainer="LAION (OpenCLIP)",
+            paper="Cherti et al., Reproducible Scaling Laws for Contrastive Language-Image Learning (CVPR 2023)",
+            paper_url="https://arxiv.org/abs/2212.07143", source_page="https://github.com/mlfoundations/open_clip",
+            data="LAION-2B", licence="MIT (open_clip)", note="the base of the R-CLIP fine-tunes")
+      for tag, title, base in (("b16", "ViT-B/16", LAION_B16), ("convnext", "ConvNeXt-B (256 px)", LAION_CONVNEXT))),
     Entry("pmg-aft-b32", "PMG-AFT ViT-B/32 (test-time counterattacks repo)", OPENAI_VIT_B32,
           urls=(_drive("1JMXdMheNaYWiwqcWI0tvRrp6MBweQagn"),), filename="PMG_AFT.pth.tar", method="pmg-aft", **TTC),
     Entry("tecoa-b32", "TeCoA ViT-B/32 (test-time counterattacks repo)", OPENAI_VIT_B32,
@@ -235,7 +268,23 @@ ENTRIES = (
           **RVLM_HUB),
     *(Entry(f"{m}{e}-l14", f"{'TeCoA' if m == 'tecoa' else 'FARE'} eps {e} ViT-L/14 (RobustVLM)",
             f"hf-hub:chs20/{m}{e}-clip", method=m, eps_255=e, gpu=True, size="about 1.1 GB (image encoder)",
-            **{**RVLM_HUB, "data": "ImageNet, 2 epochs"}) for m in ("tecoa", "fare") for e in (2, 4)),
+            published=Published(clean, {2: r2, 4: r4}, ROBUSTVLM_ZERO_SHOT,
+                                "RobustVLM README, Summary of results (ViT-L/14, CLIP-only avg. zero-shot)"),
+            **{**RVLM_HUB, "data": "ImageNet, 2 epochs"})
+      for m, e, clean, r2, r4 in (("tecoa", 2, 60.0, 43.6, 27.0), ("tecoa", 4, 54.2, 42.3, 31.9),
+                                  ("fare", 2, 67.0, 43.1, 20.5), ("fare", 4, 61.1, 45.9, 32.4))),
+    # LAION-2B ViT-B/16 and ConvNeXt-B (RobustVLM's README: these come from the perceptual-metrics project)
+    *(Entry(f"{m.lower()}4-{tag}-laion", f"{m} eps 4 {title} LAION-2B (RobustVLM follow-up)",
+            f"hf-hub:chs20/{m}4-{hub}", method=m.lower(), eps_255=4,
+            published=_published(*numbers, f"RobustVLM README, Additional Models ({title} LAION 2B)"), **RVLM_HUB)
+      for m, tag, title, hub, numbers in LAION_B),
+    *(Entry(f"rclip-{m.lower()}4-{tag}", f"R-CLIP ({m} eps 4) {title} LAION-2B (perceptual-metrics)",
+            base, "state-dict", urls=(_tuebingen(share, name),), filename=name, method=m.lower(),
+            published=_published(*numbers, f"RobustVLM README, Additional Models ({title} LAION 2B; the README says "
+                                            "these models come from the perceptual-metrics project)"), **RCLIP)
+      for (m, tag, title, hub, numbers), base, share, name in zip(LAION_B, (LAION_B16, LAION_B16, LAION_CONVNEXT,
+                                                                              LAION_CONVNEXT), RCLIP_SHARES,
+                                                                    RCLIP_FILES)),
     # --- after PMG-AFT (2024-2026) ---
     *(Entry(f"advflyp{tag}-b32", f"AdvFLYP{title} ViT-B/32", OPENAI_VIT_B32, "pth.tar", urls=(_drive(fid),),
             filename=f"AdvFLYP_{name}_checkpoint.pth.tar", method="advflyp", eps_255=1,
