@@ -177,6 +177,12 @@ LAION_B = (("TeCoA", "b16", "ViT-B/16", "ViT-B-16-laion2B-s34B-b88K", (51.5, 45.
 RCLIP_SHARES = ("ZBkmbMrAwgfeeSa", "fg7JHQzASiNnxCg", "zHKCC9aS7rf4qCt", "GCPXBDEE5PoCngy")
 RCLIP_FILES = ("vit-b-16-tecoa-eps4.pt", "vit-b-16-fare-eps4.pt", "convnext_base_w-tecoa-eps4.pt",
                "convnext_base_w-fare-eps4.pt")
+def _laion_where(title: str) -> str:
+    """Where the LAION models' numbers come from: the hub models and R-CLIP's files are one set of fine-tunes."""
+    return (f"RobustVLM README, Additional Models ({title} LAION 2B; the README says these models come from the "
+            "perceptual-metrics project)")
+
+
 RCLIP = dict(trainer="Croce, Schlarmann, Singh, Hein (perceptual-metrics repository)",
              paper="Croce, Schlarmann, Singh, Hein, Adversarially Robust CLIP Models Can Induce Better (Robust) "
                    "Perceptual Metrics (SaTML 2025): R-CLIP_F (FARE) and R-CLIP_T (TeCoA)",
@@ -276,12 +282,11 @@ ENTRIES = (
     # LAION-2B ViT-B/16 and ConvNeXt-B (RobustVLM's README: these come from the perceptual-metrics project)
     *(Entry(f"{m.lower()}4-{tag}-laion", f"{m} eps 4 {title} LAION-2B (RobustVLM follow-up)",
             f"hf-hub:chs20/{m}4-{hub}", method=m.lower(), eps_255=4,
-            published=_published(*numbers, f"RobustVLM README, Additional Models ({title} LAION 2B)"), **RVLM_HUB)
+            published=_published(*numbers, _laion_where(title)), **RVLM_HUB)
       for m, tag, title, hub, numbers in LAION_B),
     *(Entry(f"rclip-{m.lower()}4-{tag}", f"R-CLIP ({m} eps 4) {title} LAION-2B (perceptual-metrics)",
             base, "state-dict", urls=(_tuebingen(share, name),), filename=name, method=m.lower(),
-            published=_published(*numbers, f"RobustVLM README, Additional Models ({title} LAION 2B; the README says "
-                                            "these models come from the perceptual-metrics project)"), **RCLIP)
+            published=_published(*numbers, _laion_where(title)), **RCLIP)
       for (m, tag, title, hub, numbers), base, share, name in zip(LAION_B, (LAION_B16, LAION_B16, LAION_CONVNEXT,
                                                                               LAION_CONVNEXT), RCLIP_SHARES,
                                                                     RCLIP_FILES)),
