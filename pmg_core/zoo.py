@@ -3,13 +3,21 @@
 The registry (``ZOO``) is data, like open_clip's pretrained table: each ``Entry`` says what a
 published checkpoint is (base ``ARCH:TAG``, where its file lives and in which format), who
 trained it and how (paper, data, eps, method), which numerics judge it (``preset``), its licence,
-the numbers its authors published and the recipe behind them, and a pinned sha256 where one is
-known. None is pinned yet: nobody here could reach the sources, so ``fetch`` prints each file's
-hash for a maintainer to pin; a pinned hash that does not match refuses the file.
+the numbers its authors published and the recipe behind them (pmg_core.reported arranges them for
+the Leaderboard), the optional packages it needs (``needs``), and a pinned sha256 where one is
+known. None is pinned in the registry: nobody here could reach the sources, so ``fetch`` prints
+each file's hash, and ``cached_pins`` (``zoo pin``) writes what a cache holds into a lock file.
+
+Integrity with no hash pinned: every torch zip archive passes the CRC-32 check of all its members
+before it is unpickled (pmg_core.integrity). With a lock file in force (``fetch(lock=...)``, or
+``$PMG_ZOO_LOCK`` for the app and every command), hash-checking is all or nothing, as pip's: an
+entry without a line is refused; a download, a hub weights file or a mirrored checkpoint whose
+sha256 differs is refused; a cached checkpoint must record the pinned source sha256.
 
 ``fetch(id)`` turns an entry into something ``load_model`` reads:
-- ``open_clip`` / ``hf-hub`` entries are open_clip models; huggingface_hub downloads and caches
-  them (resume and progress are its own), so fetching is loading them once;
+- ``open_clip`` / ``hf-hub`` entries are open_clip models whose files huggingface_hub downloads
+  into its cache (resume and progress are its own); fetching downloads and checks them
+  (pmg_core.hub_models: CRC, a hub config normalised for the installed open_clip), loading builds;
 - ``pth.tar`` / ``state-dict`` entries are downloaded (pmg_core.downloads: progress, resume,
   bounded waits, no HTML, atomic landing), unpickled safely and converted by pmg_core.importers
   (every key and shape must fit the base, every value finite) into a fine-tune checkpoint in the

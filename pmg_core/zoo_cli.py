@@ -106,6 +106,8 @@ def _run_show(args) -> int:
     e = zoo.get(args.id)
     print("\n".join(card_lines(e)))
     print(f"  cached: {'yes, ' + zoo.spec(e) if zoo.is_cached(e) else 'no'}")
+    if e.converted and zoo.is_cached(e):
+        print(f"  converted from a file with sha256: {zoo.read_metadata(zoo.converted_path(e)).get('source_sha256')}")
     return 0
 
 
