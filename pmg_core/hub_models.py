@@ -15,8 +15,8 @@ checks come between the download and the build:
   strict loading anyway);
 - a model that needs an optional package (a Hugging Face tokenizer needs ``transformers``, the
   extra in requirements-extra.txt) says so in one sentence before anything is built.
-open_clip then builds the model from a folder of the zoo's (``<cache>/hub/ORG--REPO``: the
-normalised config beside links to the hub cache's files) through its ``local-dir:`` schema.
+open_clip then builds the model through its ``local-dir:`` schema from a temporary folder: the
+normalised config beside links to the hub cache's files.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import inspect
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,12 +165,8 @@ def normalise(raw: dict, repo: str, has_tokenizer: bool) -> tuple[dict, list[str
     return config, dropped
 
 
-def folder_for(files: HubFiles) -> Path:
-    """The folder open_clip builds the model from: the normalised config beside links to the cached files."""
-    folder = env.cache_dir() / "hub" / files.repo.replace("/", "--")
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+def _folder(files: HubFiles, folder: Path) -> Path:
+    """Lay out what open_clip builds the model from: the normalised config beside links to the cached files."""
     (folder / CONFIG_NAME).write_text(json.dumps(files.config, indent=1), encoding="utf-8")
     for path in [files.weights, *files.tokenizer_files]:
         try:
@@ -187,13 +184,16 @@ def load(spec: str, device="cpu"):
     missing = missing_packages(files.needs)
     if missing:
         raise UserError(extra_refusal(f"'{spec}'", missing))
-    folder = folder_for(files)
-    try:
-        model = open_clip.create_model(f"local-dir:{folder}", device=device)
-        if files.tokenizer_files or not files.needs:
-            tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-        else:  # a Hugging Face tokenizer named in another repo: transformers fetches it
-            tokenizer = open_clip.get_tokenizer(spec)
-    except Exception as e:  # noqa: BLE001 - a config or file open_clip rejects fails in many types
-        raise UserError(f"open_clip could not build '{spec}' ({first_line(e)}).") from None
+    # A folder of its own per load (gone once built: the model and its tokenizer are then in memory), so
+    # two loads never share one.
+    with tempfile.TemporaryDirectory(prefix="pmg-hub-") as tmp:
+        folder = _folder(files, Path(tmp))
+        try:
+            model = open_clip.create_model(f"local-dir:{folder}", device=device)
+            if files.tokenizer_files or not files.needs:
+                tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+            else:  # a Hugging Face tokenizer named in another repo: transformers fetches it
+                tokenizer = open_clip.get_tokenizer(spec)
+        except Exception as e:  # noqa: BLE001 - a config or file open_clip rejects fails in many types
+            raise UserError(f"open_clip could not build '{spec}' ({first_line(e)}).") from None
     return model, tokenizer

@@ -60,7 +60,8 @@ def _size(n: int) -> str:
 
 def _run_list(args) -> int:
     print(f"cache: {zoo.cache_dir()}" + (f"   mirror: {zoo.mirror()}" if zoo.mirror() else ""))
-    print(f"  {'id':<20} {'method':<10} {'format':<15} {'preset':<7} {'cached':<10} {'published clean/robust@1':<26} base")
+    w = max(len(e.id) for e in zoo.ZOO.values())
+    print(f"  {'id':<{w}} {'method':<10} {'format':<15} {'preset':<7} {'cached':<10} {'published clean/robust@1':<26} base")
     unusable = []
     for e in zoo.ZOO.values():
         cached = "-"
@@ -70,12 +71,13 @@ def _run_list(args) -> int:
                 cached = _size(path.stat().st_size).replace(' ', '') if e.converted else "hub cache"
         except Exception:  # noqa: BLE001 - listing must not stop on one odd cache
             cached = "?"
-        pub = f"{e.published.clean:.1f} / {e.published.robust.get(1, float('nan')):.1f}" if e.published else "-"
+        at_1 = e.published.robust.get(1) if e.published else None
+        pub = f"{e.published.clean:.1f} / {'-' if at_1 is None else f'{at_1:.1f}'}" if e.published else "-"
         mark = "*" if e.id in zoo.DEFAULT_ZOO else " "
         missing = missing_packages(e.needs)
         if missing:
             unusable.append(f"{e.id} (needs {', '.join(missing)})")
-        print(f"{mark} {e.id:<20} {e.method:<10} {e.format:<15} {e.preset:<7} {cached:<10} {pub:<26} {e.base}"
+        print(f"{mark} {e.id:<{w}} {e.method:<10} {e.format:<15} {e.preset:<7} {cached:<10} {pub:<26} {e.base}"
               + ("  (GPU)" if e.gpu else "") + ("  UNUSABLE here: needs " + ", ".join(missing) if missing else ""))
     print("* the app's default set (PMG_ZOO / --zoo picks others).")
     if unusable:
