@@ -24,6 +24,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ from . import env
 from .errors import UserError, check, first_line
 from .integrity import check_torch_zip
 
+log = logging.getLogger(__name__)
 CONFIG_NAME = "open_clip_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "spiece.model", "added_tokens.json")
@@ -54,7 +56,7 @@ class HubFiles:
     weights: Path
     tokenizer_files: list[Path]  # the repo's own Hugging Face tokenizer, when its config uses it
     dropped: list[str]  # config keys dropped by normalisation, as "text_cfg.vocab_path"
-    needs: tuple[str, ...]  # optional packages the model needs (e.g. transformers for a Hugging Face tokenizer)
+    needs: tuple[str, ...]  # optional packages it needs (transformers for a Hugging Face tokenizer or text model)
 
 
 def repo_of(spec: str) -> str:
@@ -73,8 +75,8 @@ def missing_packages(needs) -> list[str]:
 
 def extra_refusal(label: str, missing: list[str]) -> str:
     """The one sentence a model says when an optional package it needs is not installed."""
-    return (f"{label} needs the optional package {' and '.join(missing)} (its tokenizer is a Hugging Face one), which "
-            f"is not installed: `{EXTRA}` installs it.")
+    return (f"{label} needs the optional package {' and '.join(missing)} (for its Hugging Face tokenizer or text "
+            f"model), which is not installed: `{EXTRA}` installs it.")
 
 
 def _download(repo: str, name: str, local_only: bool = False) -> Path | None:
@@ -130,8 +132,9 @@ def fetch(spec: str) -> HubFiles:
     own_tokenizer = named == repo or (not named and "vocab_path" in text_cfg)  # the repo's own tokenizer files
     tokenizer_files = [p for p in (_download(repo, n) for n in TOKENIZER_FILES) if p is not None] if own_tokenizer else []
     config, dropped = normalise(raw, repo, has_tokenizer=bool(tokenizer_files))
-    uses_hf_tokenizer = bool((config["model_cfg"].get("text_cfg") or {}).get("hf_tokenizer_name"))
-    return HubFiles(repo, config, weights, tokenizer_files, dropped, ("transformers",) if uses_hf_tokenizer else ())
+    text_cfg = config["model_cfg"].get("text_cfg") or {}
+    uses_transformers = bool(text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name"))
+    return HubFiles(repo, config, weights, tokenizer_files, dropped, ("transformers",) if uses_transformers else ())
 
 
 def normalise(raw: dict, repo: str, has_tokenizer: bool) -> tuple[dict, list[str]]:
@@ -184,6 +187,8 @@ def load(spec: str, device="cpu"):
     missing = missing_packages(files.needs)
     if missing:
         raise UserError(extra_refusal(f"'{spec}'", missing))
+    if files.dropped:
+        log.info("%s: config keys open_clip does not accept, dropped: %s", spec, ", ".join(files.dropped))
     # A folder of its own per load (gone once built: the model and its tokenizer are then in memory), so
     # two loads never share one.
     with tempfile.TemporaryDirectory(prefix="pmg-hub-") as tmp:
