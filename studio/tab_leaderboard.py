@@ -13,6 +13,7 @@ import gradio as gr
 from pmg_core import board
 from pmg_core.plots import leaderboard_heatmap, leaderboard_scatter
 
+from .reported_view import build_reported
 from .safety import safe
 
 HEADERS = ["model", "threat", "clean %", "robust %", "robust % (attack unaware of the defense)", "converged",
@@ -50,6 +51,7 @@ def build() -> LeaderboardTab:
             heatmap = gr.Plot(label="Per dataset", elem_id="pmg-board-heatmap")
         card_md = gr.Markdown("Select a row to open its card.", elem_id="pmg-card")
         card_json = gr.JSON(label="The card file", visible=False)
+        build_reported(found)
 
     def show_protocol(name: str):
         cards = found.get(name, [])

@@ -196,3 +196,36 @@ def test_the_leaderboard_tab_shows_the_committed_cards_and_a_row_opens_its_card(
             browser.close()
     finally:
         demo.close()
+
+
+def test_the_leaderboard_shows_the_fields_reported_numbers_apart_from_the_measured_cards(tmp_path):
+    from pmg_core import reported
+
+    groups = reported.groups()
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+    port = _launch(demo)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            page.get_by_role("tab", name="Leaderboard").click()
+            block = page.locator("#pmg-reported")
+            block.locator("table").first.wait_for(timeout=60_000)
+            heading = page.locator("#pmg-reported-heading").inner_text()
+            assert "reported by the authors, not measured here" in heading
+            rows = block.locator("tbody tr")
+            assert rows.count() == reported.count_models(groups) >= 12
+            for i in range(rows.count()):  # each row links to its source
+                assert rows.nth(i).locator("a[href^='https://github.com/']").count() == 1
+            text = block.inner_text()
+            assert all(g["protocol"] in text for g in groups)
+            assert text.count("no interval reported") > len(groups) and "n (theirs): 1,000 images per dataset" in text
+            measured = page.locator("#pmg-leaderboard").inner_text()  # the measured cards' table holds none of them
+            assert not any(i in measured for g in groups for r in g["rows"] for i in r["ids"])
+            ARTIFACTS.mkdir(exist_ok=True)
+            block.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "leaderboard-reported.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
