@@ -164,7 +164,7 @@ BOARD_CSS = """
 .pmg-heat-wrap { overflow-x: auto; max-width: 100%; }
 .pmg-heat th, .pmg-heat td { padding: 4px 6px; text-align: center; border: 1px solid #fff; }
 .pmg-heat th.model { text-align: right; font-family: ui-monospace, monospace; font-weight: 400; white-space: nowrap; }
-.pmg-heat td small { display: block; font-size: 10px; opacity: 0.85; }
+.pmg-heat td small { display: block; font-size: 10px; opacity: 0.85; color: inherit; }
 .pmg-heat caption { text-align: left; font-weight: 600; padding: 4px 0; }
 @media (max-width: 640px) {
   .pmg-board-table .wide { display: none; }
@@ -290,7 +290,7 @@ def card_html(card: dict, with_file: bool = False) -> str:
            if card_stats.UNAWARE + t in found else "") for t in avg["robust_acc"])
     items = [
         f"evaluated as <code>{_e(card['model'])}</code>",
-        f"weights sha256 <code class='sha'>{_e(card['weights_sha256'])}</code>; base <code>{_e(card['base'])}</code>; "
+        f"weights sha256 <code class='sha' style='word-break: break-all'>{_e(card['weights_sha256'])}</code>; base <code>{_e(card['base'])}</code>; "
         f"method {_e(card.get('method') or '-')}; trainer {_e(card.get('trainer') or '-')}; paper "
         f"{_e(card.get('paper') or '-')}; preset <code>{_e(card.get('preset'))}</code>",
         f"protocol <b>{_e(card_stats.protocol_label(card))}</b> ({_e(p['title'])}); manifests "
@@ -315,9 +315,15 @@ def card_html(card: dict, with_file: bool = False) -> str:
              + "".join(f"<th>robust % {_e(t)} [95% CI]</th>" for t in threats_of) + "</tr></thead><tbody>"
              + "".join(rows_html) + "</tbody></table>")
     file = (f"<details><summary>The card file ({_e(card['name'])}.json)</summary><pre>"
-            f"{_e(json.dumps(card, indent=1))}</pre></details>" if with_file else "")
+            f"{_e(_compact_json(card))}</pre></details>" if with_file else "")
     return (f"<div class='pmg-card' data-card='{_e(card['name'])}'><h4>{_e(card['name'])}{behind}</h4><ul>"
             + "".join(f"<li>{i}</li>" for i in items) + f"</ul>{table}{file}</div>")
+
+
+def _compact_json(doc: dict) -> str:
+    """The card as indented JSON with each list of numbers on one line (the per-image lists run to hundreds)."""
+    text = json.dumps(doc, indent=1)
+    return re.sub(r"\[(\s*-?[\d.]+,?)+\s*\]", lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "), text)
 
 
 def to_html(cards: Sequence[dict]) -> str:

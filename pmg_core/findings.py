@@ -101,13 +101,16 @@ def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
 # --- from the robustness cards: paired tests on the same images (pmg_core/card_stats.py) -------------
 
 def _effect(c: Comparison, gain: str, loss: str, a_words: str, b_words: str) -> str:
-    """A paired comparison in words: '{gain|loss} X points (evidence)' or 'no detectable difference at n = ...'."""
+    """A paired comparison in words: '{gain|loss} X points (evidence)', 'no detectable difference at n = ...'
+    when the interval holds 0, or 'borderline' when the interval excludes 0 but the exact test does not reject."""
     p = c.paired
     evidence = p.evidence(a_words, b_words)
-    if not p.detected:
+    if p.detected:
+        d = 100 * p.difference.estimate
+        return f"{gain if d > 0 else loss} {abs(d):.1f} points ({evidence})"
+    if p.difference.holds(0.0):
         return f"no detectable difference at n = {p.n} ({evidence})"
-    d = 100 * p.difference.estimate
-    return f"{gain if d > 0 else loss} {abs(d):.1f} points ({evidence})"
+    return f"borderline at n = {p.n}: the interval excludes 0 but the exact test does not reject ({evidence})"
 
 
 def _unpaired(pairs: list[tuple[dict, dict]], metric: str, arrow: str) -> str:

@@ -172,12 +172,12 @@ class Paired:
     def evidence(self, a: str, b: str) -> str:
         """'-10.0 points [-18.2, -2.1], exact McNemar p = 0.012; of 150 images, 19 right only for A, 4 only for B'."""
         d = self.difference
-        return (f"{100 * d.estimate:+.1f} points [{100 * d.low:+.1f}, {100 * d.high:+.1f}], exact McNemar p = "
+        return (f"{100 * d.estimate:+.1f} points [{100 * d.low:+.1f}, {100 * d.high:+.1f}], exact McNemar "
                 f"{_p(self.p_value)}; of {self.n} images, {self.only_a} right only {a}, {self.only_b} only {b}")
 
 
 def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
 def paired(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]], seed: int = SEED) -> Paired:

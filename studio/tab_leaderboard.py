@@ -67,7 +67,7 @@ def _measured_here(tab: gr.Tab) -> gr.HTML:
 
     views = [summary, table, shown, scatter, threat, heatmap]
     protocol.change(safe(show_protocol), protocol, views, queue=False)
-    tab.select(safe(show_protocol), protocol, views, queue=False)
+    tab.select(safe(show_threat), [protocol, threat], [scatter, heatmap], queue=False)
     threat.change(safe(show_threat), [protocol, threat], [scatter, heatmap], queue=False)
     return table
 

@@ -130,6 +130,14 @@ def test_a_beats_b_is_a_paired_test_and_a_gap_of_a_few_images_is_no_finding(tmp_
     assert "robust accuracy ahead by 30.0 points (" in findings.versus([a, c], "a", "c")
     found = findings.board_findings([a, c])
     assert found[0].startswith("c against a (mini v2, Linf 8/255), paired")
+    # The textbook's pairs (tests/test_stats.py): Newcombe's interval just excludes 0, the exact test does not
+    # reject; the sentence claims no difference and says why.
+    first = [1] * 59 + [1] * 6 + [0] * 16 + [0] * 80
+    second = [1] * 59 + [0] * 6 + [1] * 16 + [0] * 80
+    d = hand_card("d", {"synth-shape": first}, {"synth-shape": first})
+    e = hand_card("e", {"synth-shape": first}, {"synth-shape": second})
+    assert ("robust accuracy borderline at n = 161: the interval excludes 0 but the exact test does not reject "
+            "(+6.2 points [+0.5, +11.9], exact McNemar p = 0.052;") in findings.versus([d, e], "d", "e")
 
 
 def test_the_app_notes_carry_every_committed_finding():
