@@ -70,8 +70,6 @@ def rows(cards: Sequence[dict]) -> list[dict]:
                 "n": found["clean"].n, "clean": found["clean"], "robust": found[threat],
                 "robust_unaware": found.get(card_stats.UNAWARE + threat),
                 "convergence": card_stats.convergence_words(card),
-                "converged": card["convergence"].get("status", "converged" if card["convergence"]["converged"]
-                                                     else "not converged") == "converged",
                 "max_change_points": round(card["convergence"]["max_change_points"], 2),
                 "published_difference": _published_difference(card, threat), "method": card.get("method") or "",
                 "defense": defense_label(card), "trainer": card.get("trainer", ""), "seconds": card.get("seconds")})
@@ -147,7 +145,7 @@ BOARD_CSS = """
   vertical-align: top; }
 .pmg-board-table th { background: #f3f4f6; font-weight: 600; }
 .pmg-board-table .model, .pmg-board-table .text { text-align: left; }
-.pmg-board-table .model { font-family: ui-monospace, monospace; }
+.pmg-board-table .model { font-family: ui-monospace, monospace; white-space: nowrap; }
 .pmg-board-table .nowrap { white-space: nowrap; }
 .pmg-board-table .conv { font-size: 12px; min-width: 16em; }
 .pmg-board-table tr.pmg-row { cursor: pointer; }
@@ -168,6 +166,7 @@ BOARD_CSS = """
 .pmg-heat caption { text-align: left; font-weight: 600; padding: 4px 0; }
 @media (max-width: 640px) {
   .pmg-board-table .wide { display: none; }
+  .pmg-board-table .model { white-space: normal; }
   .pmg-board-table th, .pmg-board-table td { padding: 5px 4px; font-size: 13px; }
   .pmg-board-table .ci { display: block; }
   .pmg-heat thead th.dataset { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
@@ -231,7 +230,8 @@ def table_html(cards: Sequence[dict], with_files: bool = False) -> str:
                 pub = r["published_difference"]
                 parts.append(
                     f"<tr class='pmg-row' tabindex='0' aria-expanded='false' data-card='{_e(r['model'])}'>"
-                    f"<td>{r['band']}</td><td class='model'>{_name(r['model'])}</td><td class='text wide nowrap'>{_e(r['threat'])}</td>"
+                    f"<td>{r['band']}</td><td class='model'>{_name(r['model'])}</td>"
+                    f"<td class='text wide nowrap'>{_e(r['threat'])}</td>"
                     f"<td>{r['n']}</td><td class='acc'>{_interval_html(r['clean'])}</td>"
                     f"<td class='acc'>{_interval_html(r['robust'])}</td>"
                     f"<td class='acc wide'>{_interval_html(r['robust_unaware'])}</td>"
@@ -290,7 +290,8 @@ def card_html(card: dict, with_file: bool = False) -> str:
            if card_stats.UNAWARE + t in found else "") for t in avg["robust_acc"])
     items = [
         f"evaluated as <code>{_e(card['model'])}</code>",
-        f"weights sha256 <code class='sha' style='word-break: break-all'>{_e(card['weights_sha256'])}</code>; base <code>{_e(card['base'])}</code>; "
+        f"weights sha256 <code class='sha' style='word-break: break-all'>{_e(card['weights_sha256'])}</code>; "
+        f"base <code>{_e(card['base'])}</code>; "
         f"method {_e(card.get('method') or '-')}; trainer {_e(card.get('trainer') or '-')}; paper "
         f"{_e(card.get('paper') or '-')}; preset <code>{_e(card.get('preset'))}</code>",
         f"protocol <b>{_e(card_stats.protocol_label(card))}</b> ({_e(p['title'])}); manifests "
@@ -308,7 +309,7 @@ def card_html(card: dict, with_file: bool = False) -> str:
     threats_of = list(avg["robust_acc"])
     rows_html = []
     for ds, entry in card["results"].items():
-        accs = [card_stats.dataset_interval(entry, "clean")] + [card_stats.dataset_interval(entry, t) for t in threats_of]
+        accs = [card_stats.dataset_interval(entry, m) for m in ("clean", *threats_of)]
         rows_html.append(f"<tr><td>{_e(ds)}</td><td>{entry['n']}</td>"
                          + "".join(f"<td>{_e(a.points()) if a else '-'}</td>" for a in accs) + "</tr>")
     table = ("<table><thead><tr><th>dataset</th><th>n</th><th>clean % [95% CI]</th>"

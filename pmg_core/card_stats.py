@@ -183,10 +183,17 @@ def convergence(cells: list[dict], converged_points: float, rule: str) -> dict:
         "cells_checked": len(checked), "cells": len(found),
         "informative": sum(f["informative"] for f in checked),
         "max_change_points": abs(largest["change_points"]) if largest else 0.0,
-        "max_change": None if largest is None else {k: largest[k] for k in ("cell", "change_points", "interval_points")},
+        "max_change": None if largest is None else {
+            k: largest[k] for k in ("cell", "change_points", "interval_points")},
         "not_converged": [f"{f['cell']}: {f['change_points']:+.2f} points" for f in unsettled],
         "not_checked": [f"{f['cell']}: {f['why']}" for f in found if not f["checked"]],
     }
+
+
+def convergence_status(card: dict) -> str:
+    """'converged', 'not converged' or 'not checked' (a card written before the third existed says one of the two)."""
+    conv = card["convergence"]
+    return conv.get("status") or ("converged" if conv["converged"] else "not converged")
 
 
 def convergence_words(card: dict) -> str:
@@ -194,8 +201,7 @@ def convergence_words(card: dict) -> str:
     largest change -3.3 points [-9.5, +1.7]', 'not checked: no image could move', or for a card written
     before cells kept per-image results 'converged (largest change 0.0 points; informative images not
     recorded)'."""
-    conv = card["convergence"]
-    status = conv.get("status") or ("converged" if conv["converged"] else "not converged")
+    conv, status = card["convergence"], convergence_status(card)
     if "informative" not in conv:
         return f"{status} (largest change {conv['max_change_points']:.1f} points; informative images not recorded)"
     if status == "not checked":

@@ -12,10 +12,12 @@ depend only on its samples), which is why the cards agree.
 A card (``DIR/<model>.json``) holds the weights' sha256 (of the checkpoint file, or of the state
 dict for a model open_clip loads), base, method, trainer and paper (from the zoo or the
 checkpoint's metadata), the protocol's name, version, settings and manifest hashes, the code
-version and device, per-dataset clean and robust accuracy at each eps, a convergence check
-(twice the steps and EOT draws, on the protocol's `convergence_samples`: robust accuracy must move
-by at most 0.5 points, else the card says it did not converge), the time, and the authors'
-published numbers beside ours with the difference and what differs in protocol.
+version and device, per-dataset clean and robust accuracy at each eps with n, each one's 95%
+interval and, where the cells kept them, the per-image results that paired tests read
+(pmg_core/card_stats.py), a convergence check (twice the steps and EOT draws, on the protocol's
+`convergence_samples`: robust accuracy must move by at most 0.5 points, else the card says it did
+not converge; "not checked" when no image could move), the time, and the authors' published numbers
+beside ours with the difference and what differs in protocol.
 
 Models are written as people type them: a zoo id, a checkpoint name or file, `MODEL+ttc` (behind
 test-time counterattacks at their published threshold), `MODEL+ttc@calibrated` (the threshold
@@ -350,7 +352,8 @@ def write_card(protocol: Protocol, spec: ModelSpec, cells: Sequence[Cell], out: 
         "results": results, "averages": averages,
         "convergence": card_stats.convergence(done, CONVERGED_POINTS, (
             f"twice the attack steps and EOT draws move robust accuracy by at most {CONVERGED_POINTS} points in "
-            f"every cell, on the images that could move ({'all samples' if protocol.convergence_samples is None else f'of the first {protocol.convergence_samples} samples'} of each)")),
+            f"every cell, checked on the images that could move among "
+            f"{'all of its images' if protocol.convergence_samples is None else f'its first {protocol.convergence_samples}'}")),
         "seconds": round(sum(d["seconds"] + d["convergence"].get("seconds", 0.0) for d in done), 1),
         "published": published_beside(spec, protocol, averages),
     }
@@ -367,7 +370,8 @@ def _add_intervals(card: dict) -> None:
         for threat, robust in entry["robust"].items():
             robust["robust_interval"] = _bounds(card_stats.dataset_interval(entry, threat))
             if "robust_acc_unaware" in robust:
-                robust["robust_unaware_interval"] = _bounds(card_stats.dataset_interval(entry, card_stats.UNAWARE + threat))
+                unaware = card_stats.dataset_interval(entry, card_stats.UNAWARE + threat)
+                robust["robust_unaware_interval"] = _bounds(unaware)
     found = card_stats.intervals(card)
     avg = card["averages"]
     avg["n"] = sum(e["n"] for e in card["results"].values())
@@ -378,7 +382,7 @@ def _add_intervals(card: dict) -> None:
         avg["robust_unaware_interval"] = {t: _bounds(found[card_stats.UNAWARE + t]) for t in avg["robust_acc_unaware"]}
 
 
-def _bounds(interval) -> list[float]:
+def _bounds(interval: card_stats.Interval) -> list[float]:
     return [round(interval.low, 6), round(interval.high, 6)]
 
 

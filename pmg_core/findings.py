@@ -141,8 +141,9 @@ def versus(cards: list[dict], a: str, b: str, threat: str | None = None) -> str 
         return (f"{where}: no paired test, since {robust.why_not or clean.why_not}; robust accuracy {b} "
                 f"{sides[threat][0]}, {a} {sides[threat][1]}; clean accuracy {b} {sides['clean'][0]}, {a} "
                 f"{sides['clean'][1]}.")
-    return (f"{where}, paired on the same images: robust accuracy {_effect(robust, 'ahead by', 'behind by', f'for {a}', f'for {b}')}; "
-            f"clean accuracy {_effect(clean, 'ahead by', 'behind by', f'for {a}', f'for {b}')}.")
+    words = ("ahead by", "behind by", f"for {a}", f"for {b}")
+    return (f"{where}, paired on the same images: robust accuracy {_effect(robust, *words)}; "
+            f"clean accuracy {_effect(clean, *words)}.")
 
 
 def _threshold_words(card: dict) -> str:
@@ -184,11 +185,8 @@ def defense_verdicts(cards: list[dict], defense: str, name: str) -> list[str]:
                     f"{len(tested) - up - down}. Robust accuracy: "
                     + "; ".join(f"{a['name']}: {_effect(r, 'gains', 'loses', 'undefended', 'behind it')}"
                                 for (a, _), r in zip(pairs, robust))
-                    + ". Clean accuracy: "
-                    + "; ".join(f"{a['name']}: {_effect(c, 'gains', 'loses', 'undefended', 'behind it')}"
-                                for (a, _), c in zip(pairs, clean)) + ".")
-        unsettled = sum(c["convergence"].get("status", "converged" if c["convergence"]["converged"] else "not converged")
-                        == "not converged" for c in group)
+                    + ". Clean accuracy: " + _clean_effects(pairs, clean) + ".")
+        unsettled = sum(card_stats.convergence_status(c) == "not converged" for c in group)
         if unsettled:
             text += (f" {unsettled} of these {len(group)} defended cards did not converge (a bigger attack still "
                      "lowered them), so their robust accuracy is an upper bound.")
@@ -199,6 +197,16 @@ def defense_verdicts(cards: list[dict], defense: str, name: str) -> list[str]:
 def defense_verdict(cards: list[dict], defense: str, name: str) -> str | None:
     """defense_verdicts as one paragraph; None when no card has the defense and its model undefended."""
     return " ".join(defense_verdicts(cards, defense, name)) or None
+
+
+def _clean_effects(pairs: list[tuple[dict, dict]], clean: list[Comparison]) -> str:
+    """Per model, or in one clause when no model's clean accuracy moved detectably (the largest change named)."""
+    if any(c.paired.detected for c in clean):
+        return "; ".join(f"{a['name']}: {_effect(c, 'gains', 'loses', 'undefended', 'behind it')}"
+                         for (a, _), c in zip(pairs, clean))
+    (a, _), c = max(zip(pairs, clean), key=lambda pc: abs(pc[1].paired.difference.estimate))
+    return (f"no detectable difference for any of the {len(clean)} models; the largest, {a['name']}: "
+            f"{_effect(c, 'gains', 'loses', 'undefended', 'behind it')}")
 
 
 def _mini_cards(root: Path | None) -> list[dict] | None:

@@ -198,8 +198,10 @@ def leaderboard_scatter(rows: Sequence[dict]) -> go.Figure:
         y, y_up, y_down = _percent(sel, "robust")
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="markers", name=method, legendgroup="method", legendgrouptitle_text="method",
-            error_x=dict(type="data", symmetric=False, array=x_up, arrayminus=x_down, thickness=1, width=0, color=colour),
-            error_y=dict(type="data", symmetric=False, array=y_up, arrayminus=y_down, thickness=1, width=0, color=colour),
+            error_x=dict(type="data", symmetric=False, array=x_up, arrayminus=x_down, thickness=1, width=0,
+                         color=colour),
+            error_y=dict(type="data", symmetric=False, array=y_up, arrayminus=y_down, thickness=1, width=0,
+                         color=colour),
             marker=dict(size=11, color=colour, symbol=[symbols[r["defense"]] for r in sel],
                         line=dict(width=1, color="white")),
             customdata=[[r["model"], r["defense"], r["clean"].text(), r["robust"].text(), r["band"]] for r in sel],
@@ -221,19 +223,21 @@ def leaderboard_scatter_svg(rows: Sequence[dict]) -> str:
     """The same scatter as inline SVG for board.html (no script): each point's name, defense and intervals
     in a <title> the browser shows on hover."""
     import io
-    import re
 
+    from matplotlib import rc_context
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     colours, symbols = _styles(rows)
-    fig = Figure(figsize=(8, 5), dpi=72, layout="constrained")
+    fig = Figure(figsize=(8, 5), dpi=72)
     ax = fig.add_subplot()
     for i, r in enumerate(rows):
         (x,), (x_up,), (x_down,) = _percent([r], "clean")
         (y,), (y_up,), (y_down,) = _percent([r], "robust")
         colour = colours[r["method"] or "-"]
-        bars = ax.errorbar([x], [y], xerr=[[x_down], [x_up]], yerr=[[y_down], [y_up]], fmt=_MPL_MARKERS[symbols[r["defense"]]],
-                           color=colour, ecolor=colour, elinewidth=0.8, markersize=8, markeredgecolor="white", alpha=0.9)
+        bars = ax.errorbar([x], [y], xerr=[[x_down], [x_up]], yerr=[[y_down], [y_up]],
+                           fmt=_MPL_MARKERS[symbols[r["defense"]]], color=colour, ecolor=colour, elinewidth=0.8,
+                           markersize=8, markeredgecolor="white", alpha=0.9)
         bars[0].set_gid(f"pmg-point-{i}")
     ax.set_xlim(-2, 102)
     ax.set_ylim(-2, 102)
@@ -241,8 +245,6 @@ def leaderboard_scatter_svg(rows: Sequence[dict]) -> str:
     ax.set_ylabel("robust accuracy (%, 95% interval)")
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    from matplotlib.lines import Line2D
-
     used = {r["defense"] for r in rows}
     method_legend = ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in colours.items()],
                               title="method", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
@@ -251,14 +253,13 @@ def leaderboard_scatter_svg(rows: Sequence[dict]) -> str:
                        for d, s in symbols.items() if d in used],
               title="defense", loc="lower left", bbox_to_anchor=(1.01, 0), frameon=False)
     buf = io.StringIO()
-    from matplotlib import rc_context
-
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "pmg-board"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     for i, r in enumerate(rows):
         title = (f"{r['model']} (defense {r['defense']}): clean {r['clean'].text()}, robust {r['robust'].text()}, "
                  f"band {r['band']}")
-        svg = re.sub(f'(<g id="pmg-point-{i}">)', lambda m: m.group(1) + f"<title>{html.escape(title)}</title>", svg)
+        group = f'<g id="pmg-point-{i}">'
+        svg = svg.replace(group, f"{group}<title>{html.escape(title)}</title>", 1)
     return svg

@@ -118,7 +118,8 @@ def hand_card(name: str, clean: dict, robust: dict, *, threat: str = "Linf 8/255
         "convergence": convergence or {"rule": "by hand", "status": "converged", "converged": True,
                                        "cells_checked": len(clean), "cells": len(clean), "informative": 3,
                                        "max_change_points": 0.0,
-                                       "max_change": {"cell": "d at t", "change_points": 0.0, "interval_points": [-5.0, 5.0]},
+                                       "max_change": {"cell": "d at t", "change_points": 0.0,
+                                                      "interval_points": [-5.0, 5.0]},
                                        "not_converged": [], "not_checked": []},
         "seconds": 1.0, "published": None}
 

@@ -45,8 +45,8 @@ def test_every_number_on_the_board_carries_its_n_and_its_95_interval(tmp_path):
         r"\d+\.\d<span class='ci'>\[\d+\.\d, \d+\.\d\]</span>", c) for c in cells)
     # A card shows each dataset's accuracy with its Wilson interval and n.
     card = board.card_html(cards[0])
-    assert f"<td>synth-colour</td><td>20</td><td>{stats.wilson(9, 20).points()}</td><td>{stats.wilson(2, 20).points()}" \
-           in card
+    shown = f"<td>synth-colour</td><td>20</td><td>{stats.wilson(9, 20).points()}</td><td>{stats.wilson(2, 20).points()}"
+    assert shown in card
     assert f"robust {stats.average([(5, 20), (2, 20)]).text()}" in card  # the average, with n = 40
 
 
@@ -111,7 +111,8 @@ def _cells(tmp_path, cells: dict[str, dict]):
                "threat": cell.key, "norm": "Linf", "eps_255": 8, "manifest_sha256": f"sha-{ds}",
                "provenance": {"weights_sha256": "cd" * 32, "base": "clip-tiny", "method": "tecoa", "trainer": "",
                               "paper": "", "eps_255_trained": None},
-               "device": "cpu", "code_version": "0.1.0+git.test", "n": 10, "clean_acc": 0.8, "robust_acc": sum(right) / 10,
+               "device": "cpu", "code_version": "0.1.0+git.test", "n": 10, "clean_acc": 0.8,
+               "robust_acc": sum(right) / 10,
                "preset": "paper", "seconds": 1.0, "samples": list(range(10)), "clean_right": _ones(10, 8),
                "robust_right": right, **extra}
         cell.path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,8 @@ def test_a_card_carries_per_image_results_intervals_and_what_its_convergence_che
     assert shape["robust"]["Linf 8/255"]["robust_interval"] == [round(stats.wilson(4, 10).low, 6),
                                                               round(stats.wilson(4, 10).high, 6)]
     avg = card["averages"]
-    assert avg["n"] == 20 and avg["robust_interval"]["Linf 8/255"][1] == round(stats.average([(4, 10), (6, 10)]).high, 6)
+    assert avg["n"] == 20
+    assert avg["robust_interval"]["Linf 8/255"][1] == round(stats.average([(4, 10), (6, 10)]).high, 6)
     conv = card["convergence"]
     # One of the 4 informative images fell when the budget doubled: -1 of the cell's 10 images, -10 points.
     change = stats.paired([moved["robust_right"]], [moved["robust_right_doubled"]]).difference

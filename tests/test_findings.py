@@ -101,6 +101,8 @@ def test_ttc_sentence_is_a_paired_test_of_each_model_against_itself_on_the_same_
     assert "a: loses 8.0 points (-8.0 points [-13.5, -2.3], exact McNemar p = 0.008; of 100 images, 8 right only " \
            "undefended, 0 only behind it)" in text
     assert "b: no detectable difference at n = 100 (+0.0 points [-3.3, +3.3], exact McNemar p = 1.00" in text
+    assert "Clean accuracy: no detectable difference for any of the 2 models; the largest, a: no detectable " \
+           "difference at n = 100 (+0.0 points [" in text
     assert "clipure" not in text and "did not converge" not in text and "c " not in text
     assert findings.clipure_verdict(tmp_path).startswith("Behind CLIPure (this project's variant) (mini v2")
 
