@@ -30,7 +30,8 @@ from .stats import Interval
 
 COLUMNS = ("model", "protocol", "threat", "band", "n", "clean", "clean_low", "clean_high", "robust", "robust_low",
            "robust_high", "robust_unaware", "robust_unaware_low", "robust_unaware_high", "convergence",
-           "max_change_points", "published_difference", "method", "defense", "trainer", "seconds")
+           "max_change_points", "published_difference", "published_difference_low", "published_difference_high",
+           "method", "defense", "trainer", "seconds")
 BANDS = ("Rows are grouped in bands, not ranked: band 1 holds the best robust accuracy and every row whose 95% "
          "interval overlaps it; the next band starts at the first row whose interval lies wholly below that one. "
          "Within a band the rows are listed by name, since these numbers do not tell them apart.")
@@ -43,11 +44,22 @@ def threats(cards: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys(t for c in cards for t in c["averages"]["robust_acc"]))
 
 
-def _published_difference(card: dict, threat: str) -> float | None:
+def published_difference(card: dict, metric: str, ours: Interval) -> Interval | None:
+    """Ours minus the authors' published number (in [-1, 1]), with our interval shifted by theirs (their
+    number taken as given: no n is published with it); None where they published none for `metric`."""
+    name = "clean" if metric == "clean" else f"robust {metric}"
     for row in (card.get("published") or {}).get("averages", []):
-        if row["metric"] == f"robust {threat}":
-            return row["difference"]
+        if row["metric"] == name:
+            theirs = row["theirs"] / 100
+            return Interval(ours.estimate - theirs, ours.low - theirs, ours.high - theirs, ours.n,
+                            f"ours minus theirs ({ours.method})")
     return None
+
+
+def _signed(value: Interval | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value.estimate:+.1f} [{100 * value.low:+.1f}, {100 * value.high:+.1f}]"
 
 
 def defense_label(card: dict) -> str:
@@ -71,7 +83,8 @@ def rows(cards: Sequence[dict]) -> list[dict]:
                 "robust_unaware": found.get(card_stats.UNAWARE + threat),
                 "convergence": card_stats.convergence_words(card),
                 "max_change_points": round(card["convergence"]["max_change_points"], 2),
-                "published_difference": _published_difference(card, threat), "method": card.get("method") or "",
+                "published_difference": published_difference(card, threat, found[threat]),
+                "method": card.get("method") or "",
                 "defense": defense_label(card), "trainer": card.get("trainer", ""), "seconds": card.get("seconds")})
     return _in_bands(out)
 
@@ -107,13 +120,15 @@ def to_markdown(cards: Sequence[dict]) -> str:
 
     table = rows(cards)
     head = ("band", "model", "threat", "n", "clean % [95% CI]", "robust % [95% CI]",
-            "robust %, attack unaware of the defense [95% CI]", "convergence", "published difference (points)")
+            "robust %, attack unaware of the defense [95% CI]", "convergence",
+            "robust % minus the authors' published number (points) [95% CI]")
     keys = ("band", "model", "threat", "n", "clean", "robust", "robust_unaware", "convergence", "published_difference")
     protocols = list(dict.fromkeys(r["protocol"] for r in table))
     lines = [f"Protocol: {', '.join(protocols)}. Averages over the protocol's datasets; per dataset in each card "
              "(`<model>.json`).", "", NUMBERS, "", BANDS, "",
              "| " + " | ".join(head) + " |", "|---:|---|---|" + "---:|" * (len(head) - 3)]
-    lines += ["| " + " | ".join(_cell(r[k]) for k in keys) + " |" for r in table]
+    lines += ["| " + " | ".join(_signed(r[k]) if k == "published_difference" else _cell(r[k]) for k in keys) + " |"
+              for r in table]
     found = board_findings(cards)
     if found:
         lines += ["", "What the cards show, from paired tests on the same images:", ""] + [f"- {s}" for s in found]
@@ -126,7 +141,7 @@ def to_csv(cards: Sequence[dict]) -> str:
     w.writeheader()
     for r in rows(cards):
         flat = {k: r[k] for k in COLUMNS if k in r and not isinstance(r[k], Interval)}
-        for key in ("clean", "robust", "robust_unaware"):
+        for key in ("clean", "robust", "robust_unaware", "published_difference"):
             i = r[key]
             flat.update({key: None if i is None else round(100 * i.estimate, 2),
                          f"{key}_low": None if i is None else round(100 * i.low, 2),
@@ -219,7 +234,7 @@ def table_html(cards: Sequence[dict], with_files: bool = False) -> str:
     head = ("<tr><th>band</th><th class='model'>model</th><th class='text wide'>threat</th><th>n</th>"
             "<th>clean % [95% CI]</th><th>robust % [95% CI]</th>"
             "<th class='wide'>robust %, attack unaware of the defense</th><th class='text wide'>convergence</th>"
-            "<th class='wide'>published difference (points)</th></tr>")
+            "<th class='wide'>minus the authors' published number (points)</th></tr>")
     for protocol in dict.fromkeys(r["protocol"] for r in table):
         parts.append(f"<table class='pmg-board-table' data-protocol='{_e(protocol)}'><caption>{_e(protocol)}</caption>"
                      f"<thead>{head}</thead>")
@@ -227,7 +242,6 @@ def table_html(cards: Sequence[dict], with_files: bool = False) -> str:
         for band in dict.fromkeys((r["threat"], r["band"]) for r in mine):
             parts.append(f"<tbody class='pmg-band' data-band='{band[1]}'>")
             for r in (r for r in mine if (r["threat"], r["band"]) == band):
-                pub = r["published_difference"]
                 parts.append(
                     f"<tr class='pmg-row' tabindex='0' aria-expanded='false' data-card='{_e(r['model'])}'>"
                     f"<td>{r['band']}</td><td class='model'>{_name(r['model'])}</td>"
@@ -236,7 +250,7 @@ def table_html(cards: Sequence[dict], with_files: bool = False) -> str:
                     f"<td class='acc'>{_interval_html(r['robust'])}</td>"
                     f"<td class='acc wide'>{_interval_html(r['robust_unaware'])}</td>"
                     f"<td class='text wide conv'>{_e(r['convergence'])}</td>"
-                    f"<td class='wide'>{'-' if pub is None else f'{pub:+.1f}'}</td></tr>"
+                    f"<td class='wide'>{_signed(r['published_difference'])}</td></tr>"
                     f"<tr class='pmg-card-row' hidden><td colspan='9'>{card_html(r['card'], with_files)}</td></tr>")
             parts.append("</tbody>")
         parts.append("</table>")
@@ -301,9 +315,15 @@ def card_html(card: dict, with_file: bool = False) -> str:
         f"convergence: {_e(card_stats.convergence_words(card))} ({_e(card['convergence']['rule'])})"]
     pub = card.get("published")
     if pub:
-        items.append(f"published ({_e(pub['where'])}): " + "; ".join(
-            f"{_e(r['metric'])} theirs {r['theirs']:.1f}, ours {r['ours']:.1f} ({r['difference']:+.1f})"
-            for r in pub["averages"]) + f". What differs: {_e('; '.join(pub['what_differs']))}")
+        shown = []
+        for r in pub["averages"]:
+            metric = "clean" if r["metric"] == "clean" else r["metric"][len("robust "):]
+            ours = found.get(metric)
+            shown.append(f"{_e(r['metric'])} theirs {r['theirs']:.1f}, ours "
+                         + (f"{_e(ours.text())}, difference {_signed(published_difference(card, metric, ours))} points"
+                            if ours else f"{r['ours']:.1f}"))
+        items.append(f"published ({_e(pub['where'])}): " + "; ".join(shown)
+                     + f". What differs: {_e('; '.join(pub['what_differs']))}")
     else:
         items.append("published: no numbers by its authors are recorded")
     threats_of = list(avg["robust_acc"])

@@ -26,12 +26,17 @@ def test_every_number_on_the_board_carries_its_n_and_its_95_interval(tmp_path):
     cards = [hand_card("a-model", two, {"synth-shape": _ones(20, 5), "synth-colour": _ones(20, 2)}),
              hand_card("b-model", two, {"synth-shape": _ones(20, 12), "synth-colour": _ones(20, 11)},
                        unaware={"synth-shape": _ones(20, 14), "synth-colour": _ones(20, 12)}, defense="ttc")]
+    cards[0]["published"] = {"where": "Table 1", "protocol": "theirs", "what_differs": ["their note"], "averages": [
+        {"metric": "robust Linf 8/255", "theirs": 30.0, "ours": 17.5, "difference": -12.5}]}
     write_cards(tmp_path, cards)
     board.write_board(tmp_path)
     clean = stats.average([(15, 20), (9, 20)])
     robust_a, robust_b = stats.average([(5, 20), (2, 20)]), stats.average([(12, 20), (11, 20)])
     md = (tmp_path / "board.md").read_text()
     assert f"| a-model | Linf 8/255 | 40 | {clean.points()} | {robust_a.points()} | - |" in md
+    # Ours minus the authors' number carries our interval, shifted by theirs.
+    assert md.rstrip().splitlines()[-1].endswith(
+        f"| -12.5 [{100 * robust_a.low - 30:+.1f}, {100 * robust_a.high - 30:+.1f}] |")
     assert f"| b-model | Linf 8/255 | 40 | {clean.points()} | {robust_b.points()} | " \
            f"{stats.average([(14, 20), (12, 20)]).points()} |" in md
     assert "95% interval" in md and "n is the number of images" in md
@@ -48,6 +53,7 @@ def test_every_number_on_the_board_carries_its_n_and_its_95_interval(tmp_path):
     shown = f"<td>synth-colour</td><td>20</td><td>{stats.wilson(9, 20).points()}</td><td>{stats.wilson(2, 20).points()}"
     assert shown in card
     assert f"robust {stats.average([(5, 20), (2, 20)]).text()}" in card  # the average, with n = 40
+    assert f"theirs 30.0, ours {robust_a.text()}, difference -12.5 [" in card
 
 
 def test_the_board_orders_rows_in_bands_of_overlapping_intervals_not_by_rank():
