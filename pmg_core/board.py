@@ -161,6 +161,7 @@ BOARD_CSS = """
 .pmg-board-table th { background: #f3f4f6; font-weight: 600; }
 .pmg-board-table .model, .pmg-board-table .text { text-align: left; }
 .pmg-board-table .model { font-family: ui-monospace, monospace; white-space: nowrap; }
+.pmg-board-table .model wbr { display: none; }
 .pmg-board-table .nowrap { white-space: nowrap; }
 .pmg-board-table .conv { font-size: 12px; min-width: 16em; }
 .pmg-board-table tr.pmg-row { cursor: pointer; }
@@ -182,6 +183,7 @@ BOARD_CSS = """
 @media (max-width: 640px) {
   .pmg-board-table .wide { display: none; }
   .pmg-board-table .model { white-space: normal; }
+  .pmg-board-table .model wbr { display: inline; }
   .pmg-board-table th, .pmg-board-table td { padding: 5px 4px; font-size: 13px; }
   .pmg-board-table .ci { display: block; }
   .pmg-heat thead th.dataset { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
@@ -234,7 +236,7 @@ def table_html(cards: Sequence[dict], with_files: bool = False) -> str:
     head = ("<tr><th>band</th><th class='model'>model</th><th class='text wide'>threat</th><th>n</th>"
             "<th>clean % [95% CI]</th><th>robust % [95% CI]</th>"
             "<th class='wide'>robust %, attack unaware of the defense</th><th class='text wide'>convergence</th>"
-            "<th class='wide'>minus the authors' published number (points)</th></tr>")
+            "<th class='wide'>robust %, ours minus the authors' published (points)</th></tr>")
     for protocol in dict.fromkeys(r["protocol"] for r in table):
         parts.append(f"<table class='pmg-board-table' data-protocol='{_e(protocol)}'><caption>{_e(protocol)}</caption>"
                      f"<thead>{head}</thead>")
