@@ -12,10 +12,12 @@ depend only on its samples), which is why the cards agree.
 A card (``DIR/<model>.json``) holds the weights' sha256 (of the checkpoint file, or of the state
 dict for a model open_clip loads), base, method, trainer and paper (from the zoo or the
 checkpoint's metadata), the protocol's name, version, settings and manifest hashes, the code
-version and device, per-dataset clean and robust accuracy at each eps, a convergence check
-(twice the steps and EOT draws, on the protocol's `convergence_samples`: robust accuracy must move
-by at most 0.5 points, else the card says it did not converge), the time, and the authors'
-published numbers beside ours with the difference and what differs in protocol.
+version and device, per-dataset clean and robust accuracy at each eps with n, each one's 95%
+interval and, where the cells kept them, the per-image results that paired tests read
+(pmg_core/card_stats.py), a convergence check (twice the steps and EOT draws, on the protocol's
+`convergence_samples`: robust accuracy must move by at most 0.5 points, else the card says it did
+not converge; "not checked" when no image could move), the time, and the authors' published numbers
+beside ours with the difference and what differs in protocol.
 
 Models are written as people type them: a zoo id, a checkpoint name or file, `MODEL+ttc` (behind
 test-time counterattacks at their published threshold), `MODEL+ttc@calibrated` (the threshold
@@ -38,7 +40,7 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import Subset
 
-from . import __version__
+from . import __version__, card_stats
 from .data import ZeroShotDataset, get_dataset
 from .defenses import list_defenses
 from .distributed import Dist
@@ -321,27 +323,23 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def write_card(protocol: Protocol, spec: ModelSpec, cells: Sequence[Cell], out: Path, limit: int | None) -> Path:
-    """Assemble one model's card from its cells on disk (the same whichever process computed them)."""
+    """Assemble one model's card from its cells on disk (the same whichever process computed them): the
+    numbers, each with n and its 95% interval, the per-image results that paired tests read, and what
+    the convergence check found (pmg_core/card_stats.py)."""
     done = [json.loads(c.path(out).read_text()) for c in cells]
     datasets = list(dict.fromkeys(d["dataset"] for d in done))
     threats = list(dict.fromkeys(d["threat"] for d in done))
     results: dict[str, dict] = {}
     for d in done:
         entry = results.setdefault(d["dataset"], {"n": d["n"], "clean_acc": d["clean_acc"], "robust": {}})
+        entry.update({k: d[k] for k in ("samples", "clean_right") if k in d})
         entry["robust"][d["threat"]] = {k: d[k] for k in ("robust_acc", "robust_acc_unaware", "robust_acc_by_attack",
-                                                          "tau_threshold", "gate_open") if k in d}
+                                                          "robust_right", "tau_threshold", "gate_open") if k in d}
     averages = {"clean_acc": _mean(results[ds]["clean_acc"] for ds in datasets),
                 "robust_acc": {t: _mean(results[ds]["robust"][t]["robust_acc"] for ds in datasets) for t in threats}}
     if any("robust_acc_unaware" in d for d in done):
         averages["robust_acc_unaware"] = {t: _mean(results[ds]["robust"][t]["robust_acc_unaware"] for ds in datasets)
                                           for t in threats}
-    changes = [(d["dataset"], d["threat"], d["convergence"]["change_points"]) for d in done]
-    unsettled = [f"{ds} at {t}: {c:+.2f} points" for ds, t, c in changes if abs(c) > CONVERGED_POINTS]
-    convergence = {
-        "rule": (f"twice the attack steps and EOT draws move robust accuracy by at most {CONVERGED_POINTS} points in "
-                 f"every cell ({'all samples' if protocol.convergence_samples is None else f'the first {protocol.convergence_samples} samples'} of each)"),
-        "converged": not unsettled, "max_change_points": max((abs(c) for *_, c in changes), default=0.0),
-        "not_converged": unsettled}
     card = {
         "card_version": CARD_VERSION, "model": spec.text, "name": spec.slug,
         "defense": None if spec.defense == "none" else {"name": spec.defense, "threshold": "published" if spec.threshold is None else spec.threshold},
@@ -351,13 +349,41 @@ def write_card(protocol: Protocol, spec: ModelSpec, cells: Sequence[Cell], out: 
                                    for d in datasets},
                      "settings": protocol.describe()},
         "code_version": sorted({d["code_version"] for d in done}), "device": sorted({d["device"] for d in done}),
-        "results": results, "averages": averages, "convergence": convergence,
-        "seconds": round(sum(d["seconds"] + d["convergence"]["seconds"] for d in done), 1),
+        "results": results, "averages": averages,
+        "convergence": card_stats.convergence(done, CONVERGED_POINTS, (
+            f"twice the attack steps and EOT draws move robust accuracy by at most {CONVERGED_POINTS} points in "
+            f"every cell, checked on the images that could move among "
+            f"{'all of its images' if protocol.convergence_samples is None else f'its first {protocol.convergence_samples}'}")),
+        "seconds": round(sum(d["seconds"] + d["convergence"].get("seconds", 0.0) for d in done), 1),
         "published": published_beside(spec, protocol, averages),
     }
+    _add_intervals(card)
     path = out / f"{spec.slug}.json"
     write_json(path, card)
     return path
+
+
+def _add_intervals(card: dict) -> None:
+    """Each accuracy's 95% interval beside it ([low, high] in [0, 1]), and n, for people reading the file."""
+    for entry in card["results"].values():
+        entry["clean_interval"] = _bounds(card_stats.dataset_interval(entry, "clean"))
+        for threat, robust in entry["robust"].items():
+            robust["robust_interval"] = _bounds(card_stats.dataset_interval(entry, threat))
+            if "robust_acc_unaware" in robust:
+                unaware = card_stats.dataset_interval(entry, card_stats.UNAWARE + threat)
+                robust["robust_unaware_interval"] = _bounds(unaware)
+    found = card_stats.intervals(card)
+    avg = card["averages"]
+    avg["n"] = sum(e["n"] for e in card["results"].values())
+    avg["interval_method"] = found["clean"].method
+    avg["clean_interval"] = _bounds(found["clean"])
+    avg["robust_interval"] = {t: _bounds(found[t]) for t in avg["robust_acc"]}
+    if "robust_acc_unaware" in avg:
+        avg["robust_unaware_interval"] = {t: _bounds(found[card_stats.UNAWARE + t]) for t in avg["robust_acc_unaware"]}
+
+
+def _bounds(interval: card_stats.Interval) -> list[float]:
+    return [round(interval.low, 6), round(interval.high, 6)]
 
 
 def published_beside(spec: ModelSpec, protocol: Protocol, averages: dict) -> dict | None:

@@ -5,6 +5,7 @@ goes into the comparison's zip as a PNG (plotly writes images only through an ex
 """
 from __future__ import annotations
 
+import html
 from typing import Sequence
 
 import plotly.graph_objects as go
@@ -167,29 +168,98 @@ def _colour(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
 
+DEFENSE_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star", "x", "hexagon")
+_MPL_MARKERS = {"circle": "o", "diamond": "D", "square": "s", "triangle-up": "^", "cross": "P", "star": "*", "x": "X",
+                "hexagon": "h"}
+
+
+def _styles(rows: Sequence[dict]) -> tuple[dict[str, str], dict[str, str]]:
+    """A colour per method and a marker per defense (no defense: a circle), in order of appearance."""
+    methods = list(dict.fromkeys(r["method"] or "-" for r in rows))
+    defenses = list(dict.fromkeys(["none", *(r["defense"] for r in rows)]))
+    return ({m: _colour(i) for i, m in enumerate(methods)},
+            {d: DEFENSE_SYMBOLS[i % len(DEFENSE_SYMBOLS)] for i, d in enumerate(defenses)})
+
+
+def _percent(rows: Sequence[dict], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Estimates and the distances to each interval's ends, in percent (error bars)."""
+    est = [100 * r[key].estimate for r in rows]
+    return est, [100 * r[key].high - e for r, e in zip(rows, est)], [e - 100 * r[key].low for r, e in zip(rows, est)]
+
+
 def leaderboard_scatter(rows: Sequence[dict]) -> go.Figure:
-    """Average clean against average robust accuracy (%), one point per card and threat (board.rows)."""
+    """Average clean against average robust accuracy (%), one point per card at one threat (board.rows),
+    with both 95% intervals as error bars: colour by method, marker by defense, the name on hover."""
+    colours, symbols = _styles(rows)
     fig = go.Figure()
-    for i, threat in enumerate(dict.fromkeys(r["threat"] for r in rows)):
-        sel = [r for r in rows if r["threat"] == threat]
+    for method, colour in colours.items():
+        sel = [r for r in rows if (r["method"] or "-") == method]
+        x, x_up, x_down = _percent(sel, "clean")
+        y, y_up, y_down = _percent(sel, "robust")
         fig.add_trace(go.Scatter(
-            x=[r["clean"] for r in sel], y=[r["robust"] for r in sel], mode="markers+text", name=threat,
-            text=[r["model"] for r in sel], textposition=_label_sides([{"x": r["clean"], "y": r["robust"]} for r in sel]),
-            marker=dict(size=10, color=_colour(i), symbol=["circle" if r["converged"] else "x" for r in sel]),
-            hovertemplate="%{text}<br>clean %{x:.1f}%<br>robust %{y:.1f}%"))
-    fig.update_layout(title="Clean against robust accuracy (%, average over datasets; x: not converged)",
-                      xaxis_title="clean accuracy (%)", yaxis_title="robust accuracy (%)", **_LAYOUT)
+            x=x, y=y, mode="markers", name=method, legendgroup="method", legendgrouptitle_text="method",
+            error_x=dict(type="data", symmetric=False, array=x_up, arrayminus=x_down, thickness=1, width=0,
+                         color=colour),
+            error_y=dict(type="data", symmetric=False, array=y_up, arrayminus=y_down, thickness=1, width=0,
+                         color=colour),
+            marker=dict(size=11, color=colour, symbol=[symbols[r["defense"]] for r in sel],
+                        line=dict(width=1, color="white")),
+            customdata=[[r["model"], r["defense"], r["clean"].text(), r["robust"].text(), r["band"]] for r in sel],
+            hovertemplate="<b>%{customdata[0]}</b><br>defense %{customdata[1]}<br>clean %{customdata[2]}<br>"
+                          "robust %{customdata[3]}<br>band %{customdata[4]}<extra></extra>"))
+    for defense, symbol in symbols.items():
+        if any(r["defense"] == defense for r in rows):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=defense, legendgroup="defense",
+                                     legendgrouptitle_text="defense", hoverinfo="skip",
+                                     marker=dict(size=10, color="#6b7280", symbol=symbol)))
+    fig.update_layout(template="plotly_white", height=560, margin=dict(l=55, r=15, t=15, b=50),
+                      xaxis_title="clean accuracy (%, 95% interval)", yaxis_title="robust accuracy (%, 95% interval)",
+                      legend=dict(groupclick="toggleitem", orientation="h", yanchor="top", y=-0.18, x=0),
+                      xaxis=dict(range=[-2, 102]), yaxis=dict(range=[-2, 102]))
     return fig
 
 
-def leaderboard_heatmap(cards: Sequence[dict], threat: str) -> go.Figure:
-    """Robust accuracy (%) per model (rows) and dataset (columns) at one threat model and eps."""
-    datasets = list(dict.fromkeys(d for c in cards for d in c["results"]))
-    z = [[100 * c["results"][d]["robust"][threat]["robust_acc"] if d in c["results"] and threat in c["results"][d]["robust"]
-          else None for d in datasets] for c in cards]
-    fig = go.Figure(go.Heatmap(z=z, x=datasets, y=[c["name"] for c in cards], colorscale="Viridis", zmin=0, zmax=100,
-                               texttemplate="%{z:.0f}", hovertemplate="%{y}<br>%{x}<br>robust %{z:.1f}%<extra></extra>",
-                               colorbar=dict(title="robust %")))
-    fig.update_layout(title=f"Robust accuracy per dataset, {threat}", template="plotly_white",
-                      height=max(300, 60 + 28 * len(cards)), margin=dict(l=200, r=20, t=50, b=90))
-    return fig
+def leaderboard_scatter_svg(rows: Sequence[dict]) -> str:
+    """The same scatter as inline SVG for board.html (no script): each point's name, defense and intervals
+    in a <title> the browser shows on hover."""
+    import io
+
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    colours, symbols = _styles(rows)
+    fig = Figure(figsize=(8, 5), dpi=72)
+    ax = fig.add_subplot()
+    for i, r in enumerate(rows):
+        (x,), (x_up,), (x_down,) = _percent([r], "clean")
+        (y,), (y_up,), (y_down,) = _percent([r], "robust")
+        colour = colours[r["method"] or "-"]
+        bars = ax.errorbar([x], [y], xerr=[[x_down], [x_up]], yerr=[[y_down], [y_up]],
+                           fmt=_MPL_MARKERS[symbols[r["defense"]]], color=colour, ecolor=colour, elinewidth=0.8,
+                           markersize=8, markeredgecolor="white", alpha=0.9)
+        bars[0].set_gid(f"pmg-point-{i}")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("clean accuracy (%, 95% interval)")
+    ax.set_ylabel("robust accuracy (%, 95% interval)")
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    used = {r["defense"] for r in rows}
+    method_legend = ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in colours.items()],
+                              title="method", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.add_artist(method_legend)
+    ax.legend(handles=[Line2D([], [], marker=_MPL_MARKERS[s], ls="", color="#6b7280", label=d)
+                       for d, s in symbols.items() if d in used],
+              title="defense", loc="lower left", bbox_to_anchor=(1.01, 0), frameon=False)
+    buf = io.StringIO()
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "pmg-board"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    for i, r in enumerate(rows):
+        title = (f"{r['model']} (defense {r['defense']}): clean {r['clean'].text()}, robust {r['robust'].text()}, "
+                 f"band {r['band']}")
+        group = f'<g id="pmg-point-{i}">'
+        svg = svg.replace(group, f"{group}<title>{html.escape(title)}</title>", 1)
+    return svg

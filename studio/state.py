@@ -205,7 +205,8 @@ class Studio:
         """What the committed mini benchmark says about the embedded fine-tunes, when they are loaded."""
         if EMBEDDED_PMG_AFT not in self.models:
             return ""
-        found = [findings.pmg_aft_vs_tecoa(), findings.ttc_verdict()]
+        found = [findings.pmg_aft_vs_tecoa(), findings.pmg_aft_vs_tecoa_cards(), findings.ttc_verdict(),
+                 findings.clipure_verdict()]
         if EMBEDDED_TGA_ZSR in self.models:
             found.insert(1, findings.tga_zsr_vs_tecoa())
         return "\n\n".join(text for text in found if text)
@@ -249,7 +250,7 @@ def robustness_cards(names) -> str:
         return ""
     return ("### Robustness cards\nFrom the committed cards (the Leaderboard tab puts them side by side).\n\n"
             + "\n".join(f"<details><summary>{html.escape(card['model'])}: {card['protocol']['name']} "
-                        f"v{card['protocol']['version']} card</summary>\n\n{board.card_markdown(card)}\n</details>"
+                        f"v{card['protocol']['version']} card</summary>\n\n{board.card_html(card)}\n</details>"
                         for card in found) + "\n\n")
 
 
