@@ -67,7 +67,8 @@ def test_apgd_attacks_a_sample_that_one_draw_gets_wrong_but_the_judge_gets_right
     the wrong class, and the sample is not robust to it."""
     model = ScriptedLine(lambda e: (e - 1.5 * STEP) * 1000)
     x, y = grey()
-    defended = DefendedClassifier(model, scripted_defense([0.0, 0.0, 0.05]))  # judge draws 0, 1; APGD's first: 2
+    # Draws 0 and 1 judge the clean image, APGD's first is draw 2; the draws after it are unshifted.
+    defended = DefendedClassifier(model, scripted_defense([0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0]))
     cfg = EvalConfig(eps=4 * STEP, steps=4, step_size=STEP, defense="ttc", adaptive=["apgd-ce"], eot=3, judge_draws=2)
     clean, robust, by_attack = evaluate_defended_batch(defended, x, y, torch.arange(len(y)), cfg, PAPER)
     assert clean.all() and not by_attack["apgd-ce"].any() and not robust.any()
