@@ -283,7 +283,7 @@ def test_a_changed_protocol_definition_needs_a_new_version():
     mini = next(p for p in builtin if p.name == "mini")
     assert mini.version == 2 and len(mini.dataset_names()) == 10 and mini.samples * 10 >= 150
     for change in ({"samples": 17}, {"menu": ("bpda-eot",)}, {"defended": {"eot": 4, "judge_draws": 5}},
-                   {"datasets": ("synth-shape",)}, {"apgd_targets": 2}):
+                   {"datasets": ("synth-shape",)}, {"apgd_targets": 3}):
         assert replace(mini, **change).definition_sha256() != mini.definition_sha256(), change
     assert replace(mini, title="another title", note="").definition_sha256() == mini.definition_sha256()
 
