@@ -1,8 +1,9 @@
 """`python -m pmg_core cards run|board|protocols`: robustness cards on the command line.
 
-- ``run --protocol NAME --models a,b,... --out DIR [--limit N] [--data-root D]``: one cell per
-  (model, dataset, eps), each written to DIR as it finishes; run again to resume; under torchrun
-  the cells are shared among the processes (pmg_core/cards.py).
+- ``run --protocol NAME --models a,b,... --out DIR [--limit N] [--data-root D] [--allow-dirty]``: one
+  cell per (model, dataset, eps), each written to DIR as it finishes; run again to resume; under
+  torchrun the cells are shared among the processes; refused from a source tree with uncommitted
+  changes unless --allow-dirty (pmg_core/cards.py).
 - ``board DIR``: board.md, board.csv and board.html from the cards in DIR (pmg_core/board.py).
 - ``protocols``: the registered protocols (pmg_core/protocols.py); ``manifests NAME``: each
   dataset's manifest hash under one (computed from the data; the embedded world's are pinned).
@@ -28,6 +29,9 @@ def add_parser(sub) -> None:
                                                              "(a different manifest: not comparable with full runs)")
     run.add_argument("--data-root", default=None, help="where the paper's datasets are (docs/REPRODUCE.md)")
     run.add_argument("--device", default=None)
+    run.add_argument("--allow-dirty", action="store_true",
+                     help="run from a source tree with uncommitted changes (a local run: its cards say so; cards for "
+                          "the repository come from a commit)")
     run.set_defaults(func=_run)
     board = csub.add_parser("board", help="write board.md, board.csv and board.html from a folder of cards")
     board.add_argument("folder")
@@ -48,7 +52,8 @@ def _run(args) -> int:
     models = parse_models(args.models)
     ctx = distributed.init(args.device)
     try:
-        written = run_cards(protocol, models, args.out, args.limit, args.data_root, ctx=ctx, progress=True)
+        written = run_cards(protocol, models, args.out, args.limit, args.data_root, ctx=ctx, progress=True,
+                            allow_dirty=args.allow_dirty)
     finally:
         distributed.cleanup()
     if ctx.is_main or written:
@@ -72,8 +77,9 @@ def _protocols(args) -> int:
         threats = "; ".join(f"{t.attack}-{t.steps} {t.norm} eps {','.join(f'{e:g}' for e in t.eps_255)}/255"
                             for t in p.threats)
         print(f"{p.name} v{p.version}: {p.title}\n  {len(p.dataset_names())} datasets, "
-              f"{p.samples or 'all'} samples each; {threats}; prompts {p.prompts}; "
-              f"defended: {json.dumps(p.defended)}", file=sys.stdout)
+              f"{p.samples or 'all'} samples each; {threats}; menu for every model: {', '.join(p.menu)} "
+              f"(restarts {p.restarts}); prompts {p.prompts}; randomised defense: {json.dumps(p.defended)}; "
+              f"definition sha256 {p.definition_sha256()[:12]}", file=sys.stdout)
     return 0
 
 

@@ -215,9 +215,9 @@ def _hub_file(repo: str, name: str) -> str:
 
 OPENAI_VIT_L14 = "ViT-L-14-quickgelu:openai"
 TGA_PROTOCOL = Protocol(
-    "TGA-ZSR repo (PMG-AFT protocol, 16 datasets)", PAPER_16, "pgd", 100, "public-code", None,
-    "their README's table averages 16 datasets (TinyImageNet among them, which this project does not evaluate) "
-    "at eps 1/255; its PGD has the code's default 100 steps of 1/255")
+    "TGA-ZSR repo (PMG-AFT protocol, 16 datasets)", ("tinyimagenet", *PAPER_16), "pgd", 100, "public-code", None,
+    "their README's table averages 16 datasets, TinyImageNet and the 15 zero-shot sets, at eps 1/255; its PGD has "
+    "the code's default 100 steps of 1/255")
 # TGA-ZSR.py / Comp-TGA.py call utils.save_checkpoint once per epoch without is_best, so checkpoint.pth.tar holds the
 # last epoch, the model their validate() scores; an older run's model_best.pth.tar may sit beside it in the folder.
 TGA_EVALUATED = "checkpoint.pth.tar"
