@@ -53,19 +53,35 @@ def test_on_the_first_example_the_original_clip_is_fooled_and_robust_fine_tunes_
     assert "fooled: <b>clip-tiny</b> (the original CLIP)" in html
 
 
-def test_the_summary_counts_the_models_still_right_and_names_who_fell(tiny):
-    *_, html, _, details = one_image.attack(tiny, EXAMPLE, LABELS, "circle", "Linf", 8, 3, 2, "cross-entropy", "",
-                                            EACH, tiny.names)
+def _verdict(model, clean_right, adversarial_right):
+    import torch
+    from pmg_core.explore import ModelVerdict, Prediction
+
+    def pred(right):
+        return Prediction(["circle", "star"] if right else ["star", "circle"], [0.6, 0.4], 0.6 if right else 0.4, right)
+
+    return ModelVerdict(model, pred(clean_right), pred(adversarial_right), model, torch.zeros(3, 4, 4))
+
+
+def test_the_summary_counts_the_models_still_right_and_names_who_fell_and_who_was_wrong_before():
+    from pmg_core.explore import AttackSettings, Comparison, Radius
+    from studio.html import verdict_html
+
+    comp = Comparison(None, ["circle", "star"], "circle", [
+        _verdict("clip", True, False), _verdict("tecoa", True, True), _verdict("fare", False, True),
+        _verdict("pmg-aft", True, True), _verdict("odd", False, False)])
+    radii = [Radius("clip", 3.0, 16, 1, 10, 5), Radius("tecoa", None, 16, 1, 10, 1)]
+    html = verdict_html(comp, AttackSettings(eps=8 / 255), radii, originals=["clip"])
     summary = re.search(r"<p class='pmg-summary' data-held='(\d+)' data-models='(\d+)'>(.*?)</p>", html)
-    held = [v["model"] for v in details["verdicts"] if v["clean"]["correct"] and v["adversarial"]["correct"]]
-    fell = [v["model"] for v in details["verdicts"] if v["clean"]["correct"] and not v["adversarial"]["correct"]]
-    assert summary and (int(summary[1]), int(summary[2])) == (len(held), 3)
-    assert summary[3].startswith(f"<b>{len(held)} of 3 models still right after the attack</b>")
-    assert all(f"<b>{name}</b>" in summary[3].split("fooled:")[1] for name in fell)
-    assert html.index("pmg-summary") < html.index("<table")  # above the table
+    assert (summary[1], summary[2]) == ("2", "5") and html.index("pmg-summary") < html.index("<table")
+    assert summary[3] == ("<b>2 of 5 models still right after the attack</b>; fooled: <b>clip</b> (the original "
+                          "CLIP) at 3/255; wrong before it: <b>fare</b>, <b>odd</b>.")
+
+
+def test_no_count_shows_while_the_verdicts_still_arrive(tiny):
     streamed = list(one_image.attack_stream(tiny, EXAMPLE, LABELS, "circle", "Linf", 8, 3, 2, "cross-entropy", "",
                                             EACH, tiny.names))
-    assert all("pmg-summary" not in out[2] for out in streamed[:-1])  # no count while verdicts still arrive
+    assert all("pmg-summary" not in out[2] for out in streamed[:-1]) and "pmg-summary" in streamed[-1][2]
 
 
 def test_a_targeted_summary_counts_the_models_pushed_to_the_target(tiny):
@@ -81,9 +97,11 @@ def test_the_maps_are_one_grid_with_headers_once_and_a_row_per_model(tiny):
                      result=result)
     grid, chart, *_ = list(one_image.extras(tiny, result, True, False))[-1]
     assert chart is None
-    head = grid.split("<thead>")[1].split("</thead>")[0].replace("&shy;", "")
-    assert head.count("clean image") == head.count("adversarial image") == 1
-    assert head.count("true class") == head.count("predicted class") == head.count("saliency") == 2
+    table = grid.split("<table>")[1].split("</table>")[0].replace("&shy;", "")
+    heads = " | ".join(re.findall(r"<th[^>]*>(.*?)</th>", table))  # every header cell, rows' model names included
+    assert heads.count("clean image") == heads.count("adversarial image") == 1  # headers once, not per row
+    assert heads.count("true class") == heads.count("predicted class") == heads.count("saliency") == 2
+    assert table.rindex("saliency</th>") < table.index("<tbody>")
     rows = re.findall(r"<tr data-model='([^']+)'>(.*?)</tr>", grid)
     assert [name for name, _ in rows] == tiny.names
     for name, cells in rows:
@@ -149,6 +167,9 @@ def test_evaluate_ends_with_a_per_model_summary_with_n_and_an_interval(tiny):
         value, low, high = map(float, re.match(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", robust).groups())
         assert n == row[2] == 16 and value == pytest.approx(row[4], abs=0.05) and low <= value <= high
     assert [trace.name for trace in fig.data if trace.showlegend is not False] == tiny.names  # one series per model
+    two = [dict(model="m", dataset="a", n=10, clean_acc=0.9, robust_acc=0.5),
+           dict(model="m", dataset="b", n=30, clean_acc=0.5, robust_acc=0.2)]
+    assert evaluation.summary(two).splitlines()[-1] == "| m | 2 | 40 | 60.0 (44.6-73.7) | 27.5 (16.1-42.8) |"
 
 
 def test_a_one_step_training_run_draws_its_point_and_keeps_the_legend_off_the_loss_chart():
