@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .cli import DEVICE_HELP
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("cards", help="robustness cards under a named protocol: run, board, protocols",
@@ -28,18 +30,18 @@ def add_parser(sub) -> None:
     run.add_argument("--limit", type=int, default=None, help="samples per dataset, a prefix of the protocol's draw "
                                                              "(a different manifest: not comparable with full runs)")
     run.add_argument("--data-root", default=None, help="where the paper's datasets are (docs/REPRODUCE.md)")
-    run.add_argument("--device", default=None)
+    run.add_argument("--device", default=None, help=DEVICE_HELP)
     run.add_argument("--allow-dirty", action="store_true",
                      help="run from a source tree with uncommitted changes (a local run: its cards say so; cards for "
                           "the repository come from a commit)")
     run.set_defaults(func=_run)
     board = csub.add_parser("board", help="write board.md, board.csv and board.html from a folder of cards")
-    board.add_argument("folder")
+    board.add_argument("folder", help="a folder of cards (what `cards run --out` wrote)")
     board.set_defaults(func=_board)
     csub.add_parser("protocols", help="the registered protocols").set_defaults(func=_protocols)
     manifests = csub.add_parser("manifests", help="each dataset's manifest sha256 under a protocol (what it pins)")
-    manifests.add_argument("protocol")
-    manifests.add_argument("--data-root", default=None)
+    manifests.add_argument("protocol", help="a protocol name (`python -m pmg_core cards protocols`)")
+    manifests.add_argument("--data-root", default=None, help="where the paper's datasets are (docs/REPRODUCE.md)")
     manifests.set_defaults(func=_manifests)
 
 
@@ -50,6 +52,7 @@ def _run(args) -> int:
 
     protocol = get_protocol(args.protocol)
     models = parse_models(args.models)
+    _check_known(models)
     ctx = distributed.init(args.device)
     try:
         written = run_cards(protocol, models, args.out, args.limit, args.data_root, ctx=ctx, progress=True,
@@ -60,6 +63,20 @@ def _run(args) -> int:
         for path in written:
             print(path)
     return 0
+
+
+def _check_known(specs) -> None:
+    """Every model named must exist before any cell runs: a misspelt last one would stop the run after the others'
+    cells (minutes to hours) instead of at once. Only names are resolved here; nothing is loaded."""
+    from .errors import check
+    from .models import ALIASES, checkpoint_path, list_architectures
+    from .zoo import ZOO
+
+    for spec in specs:
+        name = ALIASES.get(spec.model, spec.model)
+        check(name in ZOO or checkpoint_path(name) is not None or ":" in name or name in list_architectures(),
+              f"Unknown model '{spec.model}' in --models: use a zoo id (`python -m pmg_core zoo list`), a checkpoint "
+              "(`python -m pmg_core models`), a .safetensors path, hf-hub:ORG/REPO, ARCH:TAG or an architecture name.")
 
 
 def _board(args) -> int:

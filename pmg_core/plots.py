@@ -106,41 +106,58 @@ def _label_sides(points: Sequence[dict]) -> list[str]:
 
 
 def eval_figure(results: Sequence[dict]) -> go.Figure:
-    """Clean and robust accuracy (%) per model, grouped by dataset."""
+    """One series per model: its robust accuracy (%) per dataset as bars with their 95% interval
+    (`robust_interval`, when given), its clean accuracy as a tick on the same bar."""
     fig = go.Figure()
     models = list(dict.fromkeys(r["model"] for r in results))
     for i, model in enumerate(models):
         rs = [r for r in results if r["model"] == model]
         x = [r["dataset"] for r in rs]
-        fig.add_trace(go.Bar(x=x, y=[100 * r["clean_acc"] for r in rs], name=f"{model} clean",
-                             marker=dict(color=_colour(i), opacity=0.45), offsetgroup=f"{model}c"))
-        fig.add_trace(go.Bar(x=x, y=[100 * r["robust_acc"] for r in rs], name=f"{model} robust",
-                             marker=dict(color=_colour(i)), offsetgroup=f"{model}r"))
-    fig.update_layout(title="Zero-shot accuracy: clean (light) and robust (solid)", yaxis_title="accuracy (%)",
-                      yaxis_range=[0, 100], barmode="group", **_LAYOUT)
+        bounds = [r.get("robust_interval") for r in rs]
+        error = dict(type="data", symmetric=False, array=[100 * (b[1] - r["robust_acc"]) for r, b in zip(rs, bounds)],
+                     arrayminus=[100 * (r["robust_acc"] - b[0]) for r, b in zip(rs, bounds)],
+                     thickness=1, width=3) if all(bounds) else None
+        fig.add_trace(go.Bar(x=x, y=[100 * r["robust_acc"] for r in rs], name=model, legendgroup=model,
+                             marker=dict(color=_colour(i)), offsetgroup=model, error_y=error,
+                             customdata=[[r["n"], 100 * r["clean_acc"]] for r in rs],
+                             hovertemplate=f"{model}<br>%{{x}}: robust %{{y:.1f}}%, clean %{{customdata[1]:.1f}}%"
+                                           f" (n = %{{customdata[0]}})<extra></extra>"))
+        fig.add_trace(go.Scatter(x=x, y=[100 * r["clean_acc"] for r in rs], mode="markers", name=f"{model} clean",
+                                 legendgroup=model, showlegend=False, offsetgroup=model, hoverinfo="skip",
+                                 marker=dict(symbol="line-ew", size=14, line=dict(width=3, color=_colour(i)))))
+    fig.update_layout(title="Robust accuracy (bars, 95% interval) and clean accuracy (ticks), per model",
+                      yaxis_title="accuracy (%)", yaxis_range=[0, 105], barmode="group", scattermode="group",
+                      **_LAYOUT)
     return fig
 
 
 def train_figure(history: Sequence[dict]) -> go.Figure:
-    """Loss and (adversarial) training accuracy per optimizer step."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "training accuracy"))
+    """Loss and (adversarial) training accuracy per optimizer step; each step a point, so that a
+    one-step run shows one; the accuracies' legend under their own chart."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "training accuracy"), horizontal_spacing=0.12)
     steps = [h["step"] for h in history]
-    fig.add_trace(go.Scatter(x=steps, y=[h["loss"] for h in history], mode="lines", name="loss"), row=1, col=1)
-    acc_keys = [k for k in ("adv_acc", "acc", "clean_acc") if history and k in history[-1]]
+    fig.add_trace(go.Scatter(x=steps, y=[h["loss"] for h in history], mode="lines+markers", name="loss",
+                             showlegend=False), row=1, col=1)
+    acc_keys = [k for k in _ACCURACIES if history and k in history[-1]]
     for i, key in enumerate(acc_keys):
-        fig.add_trace(go.Scatter(x=steps, y=[h.get(key) for h in history], mode="lines", name=key,
+        fig.add_trace(go.Scatter(x=steps, y=[h.get(key) for h in history], mode="lines+markers", name=_ACCURACIES[key],
                                  line=dict(color=_colour(i + 1))), row=1, col=2)
-    fig.update_layout(title="Fine-tuning", **_LAYOUT)
-    fig.update_xaxes(title_text="step")
+    fig.update_layout(title="Fine-tuning", **{**_LAYOUT, "legend": dict(orientation="h", x=0.56, xanchor="left", y=-0.22)})
+    fig.update_xaxes(title_text="step", rangemode="tozero")
     return fig
+
+
+_ACCURACIES = {"adv_acc": "on adversarial images", "acc": "on clean images", "clean_acc": "on clean images"}
 
 
 def radius_chart(radii: Sequence[dict]):
     """Each model's robustness radius (explore.Radius as a dict) as a horizontal bar; a model still
-    right at the bisection's upper bound gets a hatched bar to that bound, marked "holds beyond"."""
+    right at the bisection's upper bound gets a hatched bar to that bound, marked "holds beyond".
+    Drawn 4.2 inches wide with 10-point text, so that a phone, which shows it about 350 px wide,
+    keeps the text readable."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 0.6 + 0.45 * max(1, len(radii))), dpi=100, layout="constrained")
+    fig = Figure(figsize=(4.2, 1.3 + 0.4 * max(1, len(radii))), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     names = [r["model"] for r in radii][::-1]
     for row, r in enumerate(radii[::-1]):
@@ -149,14 +166,15 @@ def radius_chart(radii: Sequence[dict]):
         ax.barh(row, value, color=_colour(len(radii) - 1 - row), hatch="//" if held else None, alpha=0.5 if held else 1)
         text = f"holds beyond {r['high_255']:g}/255" if held else (
             "wrong on the clean image" if value == 0 else f"fooled at {value:g}/255")
-        ax.text(value, row, f" {text}", va="center", fontsize=9)
+        ax.text(value, row, f" {text}", va="center", fontsize=10)
     high = max((r["high_255"] for r in radii), default=1)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlim(0, high * 1.45)
+    ax.set_yticks(range(len(names)), names, fontsize=10)
+    ax.set_xlim(0, high * 1.9)
+    ax.set_xticks([t for t in (0, 4, 8, 12, 16) if t <= high])
     first = radii[0] if radii else {"steps": 0, "tolerance_255": 1}
-    ax.set_xlabel(f"smallest eps (/255) that changes the answer (PGD-{first['steps']}, bisection to "
-                  f"{first['tolerance_255']:g}/255)")
-    ax.set_title("How much it takes: robustness radius on this image", fontsize=11)
+    ax.set_xlabel(f"smallest eps (/255) that changes the answer\n(PGD-{first['steps']}, bisection to "
+                  f"{first['tolerance_255']:g}/255)", fontsize=10)
+    ax.set_title("How much it takes: robustness radius", fontsize=11)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 

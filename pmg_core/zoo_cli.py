@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 
 from . import zoo
+from .cli import DEVICE_HELP
 from .errors import UserError
 from .hub_models import EXTRA, missing_packages
 from .integrity import LOCK_ENV, lock_in_force, write_lock
@@ -30,10 +31,10 @@ def add_parser(sub) -> None:
     zsub = p.add_subparsers(dest="zoo_command", required=True)
     zsub.add_parser("list", help="every entry, cached or not").set_defaults(func=_run_list)
     show = zsub.add_parser("show", help="the model card of one entry")
-    show.add_argument("id")
+    show.add_argument("id", help="an entry's id (`python -m pmg_core zoo list`)")
     show.set_defaults(func=_run_show)
     fetch = zsub.add_parser("fetch", help="download, check and convert entries")
-    fetch.add_argument("ids", nargs="*", metavar="ID")
+    fetch.add_argument("ids", nargs="*", metavar="ID", help="entries' ids (`python -m pmg_core zoo list`)")
     fetch.add_argument("--default", action="store_true", help=f"the app's default set: {', '.join(zoo.DEFAULT_ZOO)}")
     fetch.add_argument("--require-hashes", action="store_true",
                        help="hash-checking mode: every entry must have a line in the lock file, and every file its sha256")
@@ -44,13 +45,13 @@ def add_parser(sub) -> None:
     pin.add_argument("--out", default="zoo.lock", help="the lock file to write (default: zoo.lock)")
     pin.set_defaults(func=_run_pin)
     verify = zsub.add_parser("verify", help="evaluate an entry with the recipe of its published numbers")
-    verify.add_argument("id")
+    verify.add_argument("id", help="an entry's id (`python -m pmg_core zoo list`)")
     verify.add_argument("--data-root", required=True, help="where the datasets are (see docs/REPRODUCE.md)")
     verify.add_argument("--eps", default=None, help="eps values (/255) to check, comma-separated (default: "
                                                      "every published one)")
     verify.add_argument("--limit", type=int, default=None, help="samples per dataset (default: the recipe's)")
-    verify.add_argument("--batch-size", type=int, default=100)
-    verify.add_argument("--device", default=None)
+    verify.add_argument("--batch-size", type=int, default=100, help="images per forward pass (default 100)")
+    verify.add_argument("--device", default=None, help=DEVICE_HELP)
     verify.set_defaults(func=_run_verify)
 
 

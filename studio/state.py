@@ -22,7 +22,7 @@ import torch
 from pmg_core import board, env, findings, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError, check
-from pmg_core.explore import label_presets
+from pmg_core.explore import StartingAttack, is_real_clip, label_presets, starting_attack
 from pmg_core.models import ClipModel, list_checkpoints
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
@@ -173,10 +173,18 @@ class Studio:
                            if p.stem not in self.models and p.stem not in self.reserved}
         return added
 
+    @property
+    def real_clip(self) -> bool:
+        """A real-size CLIP is loaded or on its way (published models are loading)."""
+        return self.loader is not None or is_real_clip(list(self.models.values()))
+
     def presets(self) -> dict[str, list[str]]:
-        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet when a real-size CLIP is loaded
-        or on its way (published models are loading)."""
-        return label_presets(real_clip=self.loader is not None or any(m.image_size >= 128 for m in self.models.values()))
+        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet with a real CLIP."""
+        return label_presets(real_clip=self.real_clip)
+
+    def starting_attack(self) -> StartingAttack:
+        """The threat model every tab starts from (explore.starting_attack)."""
+        return starting_attack(self.real_clip)
 
     def dataset_choices(self) -> list[str]:
         return list(list_groups()) + [d.name for d in list_datasets()]

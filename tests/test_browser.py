@@ -136,7 +136,7 @@ def test_the_attack_tab_s_first_screen_at_a_desk_and_on_a_phone(tmp_path):
                     assert page.locator(".toast-body").count() == 0
                     page.locator("#pmg-with-radius input").check()  # maps are on by default
                     page.evaluate("window.scrollTo(0, 0)")  # ticking it scrolled down to the box
-                page.locator("#pmg-examples .thumbnail-item").nth(1).click()  # the purple star
+                page.locator("#pmg-examples .thumbnail-item").nth(2).click()  # the purple star
                 page.locator("#pmg-preview img").first.wait_for(timeout=30_000)
                 assert page.locator("#pmg-hint").inner_text().strip() == ""
                 before = page.evaluate("window.scrollY")
@@ -153,10 +153,8 @@ def test_the_attack_tab_s_first_screen_at_a_desk_and_on_a_phone(tmp_path):
                 assert _in_view(page, ".pmg-model"), (width, page.locator(".pmg-model").first.bounding_box())
                 if not phone:
                     page.locator("#pmg-zip a").first.wait_for(timeout=180_000)  # the extras' last update
-                    maps = page.locator("#pmg-maps .thumbnail-item")
-                    captions = [maps.nth(i).inner_text() for i in range(maps.count())]
-                    for model in ("clip", "tecoa", "pmg-aft"):
-                        assert sum(c.startswith(model + " ·") for c in captions) == 6  # 3 maps x clean, adversarial
+                    for model in ("clip", "tecoa", "pmg-aft"):  # 3 maps x clean, adversarial
+                        assert page.locator(f"#pmg-maps tr[data-model='{model}'] img").count() == 6
                     assert page.locator("#pmg-radius img").count() == 1
                     details = page.locator("#pmg-details")
                     page.get_by_text("Details (JSON)").click()
@@ -322,3 +320,71 @@ def test_board_html_opened_offline_shows_the_table_and_a_clicked_row_opens_its_c
         assert _shown_in_view(page, page.locator(".pmg-card").nth(12), 800)
         assert page.locator("svg title").count() == len(names) and page.locator("table.pmg-heat td").count() > 0
         browser.close()
+
+
+def _verdicts(page) -> list:
+    """Each model's row of the verdict table: its name and its right/wrong marks (clean, adversarial)."""
+    return page.eval_on_selector_all(".pmg-model", "rows => rows.map(r => [r.dataset.model, "
+                                                   "[...r.querySelectorAll('.pmg-ok, .pmg-bad')].map(m => m.innerText)])")
+
+
+def test_results_explain_themselves_and_a_shared_link_reopens_the_same_comparison(tmp_path):
+    """At a desk and on a phone: no empty radius box before an attack (ticked or not); on a phone the
+    settings come right under the button; after Attack, a summary over the verdicts and the maps as a
+    grid with its headers; Share gives a link that, opened in a fresh browser, shows the same image's
+    verdicts again (an upload at the desk, an example on the phone)."""
+    from PIL import Image
+
+    upload = tmp_path / "upload.png"
+    Image.effect_noise((40, 48), 60).convert("RGB").save(upload)  # not one of the examples: kept for the link
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path / "ckpt")
+    port = _launch(demo)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            for width, height, phone in ((1280, 800, False), (390, 844, True)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+                page.locator("#pmg-attack").wait_for(timeout=60_000)
+                assert not page.locator("#pmg-radius").is_visible()
+                page.locator("#pmg-with-radius input").check()
+                assert not page.locator("#pmg-radius").is_visible()  # ticked: still nothing before an attack
+                page.locator("#pmg-with-radius input").uncheck()
+                for empty in ("#pmg-maps", "#pmg-zip", "#pmg-files", "#pmg-share"):
+                    assert not page.locator(empty).is_visible(), empty
+                if phone:  # the settings right under the image and the button, the results after them
+                    button, settings = (page.locator(s).bounding_box() for s in ("#pmg-attack", "#pmg-settings"))
+                    assert 0 <= settings["y"] - (button["y"] + button["height"]) < 120, (button, settings)
+                    page.locator("#pmg-examples .thumbnail-item").first.click()
+                else:
+                    page.locator("#pmg-image input[type=file]").set_input_files(str(upload))
+                page.locator("#pmg-preview img").first.wait_for(timeout=30_000)
+                page.locator("#pmg-attack").click()
+                page.locator("#pmg-verdicts .pmg-summary").wait_for(timeout=120_000)
+                heads = page.locator("#pmg-maps thead")
+                heads.wait_for(timeout=120_000)
+                words = heads.inner_text().replace("\u00ad", "")
+                assert all(words.count(w) == n for w, n in (("clean image", 1), ("adversarial image", 1),
+                                                             ("true class", 2), ("predicted class", 2),
+                                                             ("saliency", 2))), words
+                assert page.locator("#pmg-maps tbody tr").count() == 3  # a row per model
+                summary, verdicts = page.locator(".pmg-summary").inner_text(), _verdicts(page)
+                assert "of 3 models still right after the attack" in summary
+                page.screenshot(path=str(ARTIFACTS / f"results-{width}.png"), full_page=True)
+                page.locator("#pmg-share-button").click()
+                link = page.locator("#pmg-link :is(textarea, input)")
+                page.wait_for_function("() => document.querySelector('#pmg-link :is(textarea, input)')?.value"
+                                       ".startsWith('http')", timeout=60_000)
+                assert ("image=" if not phone else "example=blue-triangle.png") in link.input_value()
+                fresh = browser.new_context(viewport={"width": width, "height": height}).new_page()
+                fresh.goto(link.input_value(), timeout=60_000)
+                fresh.locator("#pmg-verdicts .pmg-summary").wait_for(timeout=120_000)
+                assert fresh.locator(".pmg-summary").inner_text() == summary
+                assert _verdicts(fresh) == verdicts
+                fresh.locator("#pmg-maps thead").wait_for(timeout=120_000)  # the link keeps the extras too
+                fresh.context.close()
+                page.close()
+            browser.close()
+    finally:
+        demo.close()
