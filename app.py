@@ -53,7 +53,7 @@ def build_app(models: Sequence[ClipModel] | None = None, checkpoint_dir: str | P
         gr.Markdown("# PMG-AFT Studio\nAttack CLIP live and see how the original model and its robust "
                     "fine-tunes (TeCoA, PMG-AFT, FARE, yours) answer.")
         mode = gr.Markdown(studio.mode)
-        attack = tab_attack.build(studio)
+        attack = tab_attack.build(studio, demo)
         distances = tab_distances.build(studio, attack)
         evaluate = tab_evaluate.build(studio)
         train = tab_train.build(studio)

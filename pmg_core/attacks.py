@@ -1,10 +1,18 @@
-"""Attacks on images in [0,1]: PGD (Linf / L2, CE or CW-margin loss), a feature-space attack for
-FARE, and AutoAttack through torchattacks.
+"""Attacks on images in [0,1]: PGD (Linf / L2, CE or CW-margin loss), APGD (CE, DLR and targeted
+DLR, this project's own), a feature-space attack for FARE, and AutoAttack through torchattacks.
 
 All attacks follow torchattacks' call convention, ``attack(images, labels) -> adv_images``, and
-PGD also has ``run()`` returning per-sample results. eps and step sizes are in pixel units of the
-image given (1/255 is one 8-bit level). Gradients are taken with torch.autograd.grad w.r.t. the
-input only, so an attack never touches the model's .grad.
+PGD and APGD also have ``run()`` returning per-sample results. eps and step sizes are in pixel
+units of the image given (1/255 is one 8-bit level). Gradients are taken with torch.autograd.grad
+w.r.t. the input only, so an attack never touches the model's .grad.
+
+What an attack returns is the image it hands a judge, so it is its strongest one and never the
+clean image by default: PGD (select "best") and APGD return, per sample, their highest-loss iterate
+(on a randomised model, the loss averaged over the draws that iterate's gradient took), and say in
+`fooled` whether any iterate was misclassified ("ever fooled", the verdict for a deterministic
+model). On a randomised model (a defended classifier, pmg_core/defenses.py) the draws of one
+iterate are taken in one stacked forward (`logits_over_draws`), so what does not depend on the
+draw is computed once.
 """
 from __future__ import annotations
 
@@ -88,6 +96,58 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, targeted: bool
     return -loss if targeted else loss
 
 
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Untargeted DLR per sample (Croce & Hein 2020): (best other logit - true logit) / (z_1 - z_3) over
+    sorted logits; scale-free, > 0 iff misclassified; needs 3 classes."""
+    logits = logits.float()
+    top = logits.sort(1, descending=True).values
+    return margin_loss(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR per sample (APGD-T): (target logit - true logit) / (z_1 - (z_3 + z_4) / 2); needs 4 classes."""
+    logits = logits.float()
+    top = logits.sort(1, descending=True).values
+    gap = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def logits_over_draws(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, draws: int) -> torch.Tensor:
+    """[draws, batch, classes]: the model's logits on x over `draws` draws of its randomness. A
+    defended classifier takes them in one stacked forward (forward_draws), sharing what does not
+    depend on the draw; any other model is called `draws` times."""
+    stacked = getattr(model, "forward_draws", None)
+    if stacked is not None:
+        return stacked(x, draws)
+    return torch.stack([model(x) for _ in range(draws)])
+
+
+STACKED_IMAGES = 512  # images one stacked forward of several draws holds at most (bounds its memory)
+
+
+def over_draws(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, draws: int,
+               loss_of: Callable[[torch.Tensor, int], torch.Tensor], gradient: bool = True):
+    """(input gradient of the mean loss, or None; mean loss; mean logits) over `draws` draws of the
+    model's randomness, in stacked forwards of at most STACKED_IMAGES images, each backward taken
+    before the next forward. `loss_of(logits, c)`: the per-sample losses of c draws' logits
+    flattened draw after draw ([c * batch, classes] -> [c * batch])."""
+    per = max(1, STACKED_IMAGES // max(x.shape[0], 1))
+    grad = loss = logits = None
+    for done in range(0, draws, per):
+        c = min(per, draws - done)
+        z = x.detach().requires_grad_(gradient)
+        with torch.set_grad_enabled(gradient):
+            chunk = logits_over_draws(model, z, c)
+            chunk_loss = loss_of(chunk.flatten(0, 1), c).view(c, -1)
+            if gradient:
+                (g,) = torch.autograd.grad(chunk_loss.sum(), z)
+                grad = g if grad is None else grad + g
+        part_loss, part_logits = chunk_loss.detach().sum(0), chunk.detach().float().sum(0)
+        loss = part_loss if loss is None else loss + part_loss
+        logits = part_logits if logits is None else logits + part_logits
+    return (grad / draws if gradient else None), loss / draws, logits / draws
+
+
 def _lp_norm(d: torch.Tensor) -> torch.Tensor:
     return d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
 
@@ -152,7 +212,9 @@ class PGD:
     - loss: "ce" (cross-entropy) or "margin" (CW margin); targeted=True steers to `target`.
     - random_start, restarts: restart r > 0 always starts at a random point.
     - select: "best" returns, per sample, the iterate with the highest attack loss (so more steps
-      never lower it); "last" returns the final iterate (as adversarial training uses).
+      never lower it), the random start included and the clean image never (a sample not attacked,
+      under early stop fooled already on the clean image, keeps it); "last" returns the final
+      iterate (as adversarial training uses).
     - early_stop: stop iterating on samples already fooled (their result is final); results do
       not change, only time does.
     - dtype: e.g. torch.float16 to run passes under autocast (the public code's numerics).
@@ -265,11 +327,13 @@ class PGD:
         gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
         if clean_logits is None:
-            best_loss, best_pred = self._eval(x0, y, targeted)
+            clean_loss, best_pred = self._eval(x0, y, targeted)
         else:
             check(clean_logits.shape[0] == x0.shape[0], "clean_logits must have one row per image.")
-            best_loss, best_pred = attack_loss(clean_logits, y, self.loss, targeted), clean_logits.argmax(1)
+            clean_loss, best_pred = attack_loss(clean_logits, y, self.loss, targeted), clean_logits.argmax(1)
+        # The clean image counts for "ever fooled" but is no candidate for the image returned.
         best_adv, fooled = x0.clone(), self._success(best_pred, y, targeted)
+        best_loss = torch.full_like(clean_loss, float("-inf"))
         everyone = torch.arange(x0.shape[0], device=x0.device)
         for r in range(self.restarts):
             # Restarts after the first only retry samples not fooled yet.
@@ -300,6 +364,8 @@ class PGD:
                 best_adv[started] = x[started]
         if self.select == "last":
             best_loss, best_pred = self._eval(best_adv, y, targeted)
+        unattacked = best_loss == float("-inf")
+        best_loss[unattacked] = clean_loss[unattacked]
         return AttackResult(best_adv, fooled, best_pred, best_loss)
 
     def fooled_stream(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -376,22 +442,32 @@ class PGD:
 class EOTPGD(PGD):
     """PGD on a randomised model (a test-time defense with a random start): each step follows the
     mean of `eot` input gradients, each through a fresh draw of the model's randomness
-    (Expectation over Transformation, Athalye, Carlini, Wagner, ICML 2018).
+    (Expectation over Transformation, Athalye, Carlini, Wagner, ICML 2018), the draws taken in one
+    stacked forward (logits_over_draws).
 
-    "Ever fooled" and the best iterate are judged on one draw per iterate, which flatters the attack
-    on a randomised model: callers judge the returned images afresh (evaluation does).
+    An iterate's loss is the mean of its draws' losses and its prediction that of their mean
+    logits, so select "best" returns the iterate with the highest loss averaged over draws (the
+    final iterate's draws too), never one picked on a single noisy draw; "ever fooled" still
+    flatters the attack on a randomised model, so callers judge the returned images afresh
+    (adaptive.py does).
     """
 
     def __init__(self, *args, eot: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
         self.eot = check_eot(eot)
 
+    def _draws(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, gradient: bool):
+        return over_draws(self.model, x, self.eot, lambda logits, c: attack_loss(logits, y.repeat(c), self.loss, targeted),
+                          gradient)
+
     def _grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
-        total = None
-        for _ in range(self.eot):
-            grad, loss, logits = super()._grad(x, y, targeted)
-            total = grad if total is None else total + grad
-        return total / self.eot, loss, logits
+        with _autocast(x, self.dtype):  # the backward too (see PGD._grad)
+            return self._draws(x, y, targeted, gradient=True)
+
+    def _eval(self, x: torch.Tensor, y: torch.Tensor, targeted: bool):
+        with _autocast(x, None if self.judge_fp32 else self.dtype):
+            _, loss, logits = self._draws(x, y, targeted, gradient=False)
+        return loss, logits.argmax(1)
 
 
 class FeatureAttack:
@@ -548,38 +624,164 @@ def _autoattack_standard(model, eps, steps, alpha, norm, seed, eot=1):
     return AutoAttackAdapter(model, eps, norm, "standard", seed=seed or 0, steps=steps, eot=eot)
 
 
-class APGDAttack:
-    """torchattacks' APGD (Croce & Hein, ICML 2020) alone, with the cross-entropy ("ce") or the
-    untargeted DLR loss ("dlr": (z_y - max_other) / (z_1 - z_3) over sorted logits, scale-free, so
-    it needs at least 3 classes). `eot`: gradients averaged per step over draws of a randomised
-    model (torchattacks' eot_iter). It returns, per sample, the first image that fooled the model
-    at some iterate, or its last."""
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+APGD_TARGETS = 9  # APGD-T's target classes in AutoAttack: the likeliest wrong ones
 
-    def __init__(self, model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce", steps: int = 100,
-                 seed: int = 0, eot: int = 1):
-        import torchattacks as ta
 
+class APGD:
+    """APGD (Croce & Hein, ICML 2020), this project's own: torchattacks' schedule and update
+    (checked against it on undefended models, tests/test_attacks.py), with what a judge needs.
+
+    Each step moves by `step` (2 eps at first) along the gradient's sign (Linf) or direction (L2),
+    blends the move with the last one (momentum 0.75 after the first step) and projects to the
+    eps-ball and [0,1]; at checkpoints (after 22% of the steps, then ever closer, at least 6% apart)
+    a sample whose loss rose in at most `rho` of the steps since the last one, or whose best loss
+    did not improve since then, halves its step and restarts from its best iterate. Losses:
+    "ce", "dlr" (untargeted DLR, 3 classes or more) and "dlr-targeted" (APGD-T's, toward `target`,
+    4 classes or more). `eot` > 1 (a randomised model): each step follows the mean gradient of
+    `eot` draws, and an iterate's loss is their mean loss (logits_over_draws).
+
+    run() returns, per sample, its highest-loss iterate (the random start included, the clean
+    image never) and in `fooled` whether any iterate was misclassified (targeted: misclassified at
+    all, as AutoAttack counts APGD-T). Unlike torchattacks' `perturb`, which starts from the clean
+    images, overwrites only those its one draw fooled and skips those its own one-draw clean check
+    got wrong, every sample given is attacked and handed back at its strongest. `early_stop` stops
+    attacking a sample once it is fooled (its verdict is final on a deterministic model).
+    """
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], eps: float, steps: int = 100,
+                 norm: str = "Linf", loss: str = "ce", eot: int = 1, rho: float = 0.75, early_stop: bool = False,
+                 dtype: torch.dtype | str | None = None):
         check_number("eps", eps, low=0)
         check_number("steps", steps, low=1, integer=True)
-        check_number("EOT samples", eot, low=1, integer=True)
-        check(loss in ("ce", "dlr"), f"APGD's loss must be ce or dlr; got {loss!r}.")
-        check(loss == "ce" or model.num_classes >= 3, "APGD-DLR needs at least 3 classes.")
-        self.attack = ta.APGD(model, norm=check_norm(norm), eps=eps, steps=steps, n_restarts=1, seed=seed,
-                              loss=loss, eot_iter=int(eot))
+        check(loss in APGD_LOSSES, f"APGD's loss must be one of {', '.join(APGD_LOSSES)}; got {loss!r}.")
+        self.model, self.eps, self.steps, self.norm = model, float(eps), int(steps), check_norm(norm)
+        self.loss, self.eot, self.rho, self.early_stop, self.dtype = loss, check_eot(eot), rho, early_stop, dtype
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _keeping_rng(self.attack, images, labels)
+        return self.run(images, labels).adv
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        if self.loss == "ce":
+            return F.cross_entropy(logits.float(), y, reduction="none")
+        return dlr_loss(logits, y) if self.loss == "dlr" else dlr_targeted_loss(logits, y, target)
+
+    def _objective(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None):
+        """(input gradient, loss, mean logits) at x, each averaged over `eot` draws."""
+        def loss_of(logits: torch.Tensor, c: int) -> torch.Tensor:
+            return self._loss(logits, y.repeat(c), None if target is None else target.repeat(c))
+
+        with _autocast(x, self.dtype):  # the backward too (see PGD._grad)
+            return over_draws(self.model, x, self.eot, loss_of)
+
+    def _step(self, x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        direction = grad.sign() if self.norm == "Linf" else grad / _lp_norm(grad)
+        return (x0 + project(x + step * direction - x0, self.eps, self.norm)).clamp(0, 1)
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor, init: torch.Tensor | None = None,
+            target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> AttackResult:
+        """Attack a batch from `init` (each sample's starting perturbation; default a random point of
+        the eps-ball from `generator`). `target`: the classes "dlr-targeted" aims at."""
+        check(images.dim() == 4, f"images must be NCHW; got shape {tuple(images.shape)}.")
+        check(images.shape[0] == labels.shape[0], "images and labels must have the same batch size.")
+        check((target is not None) == (self.loss == "dlr-targeted"), "APGD's targeted loss takes a target, the others none.")
+        x0 = images.detach().clamp(0, 1)
+        y = labels.to(x0.device)
+        target = None if target is None else target.to(x0.device)
+        start = init.to(x0) if init is not None else random_start(x0, self.eps, self.norm, generator)
+        x = (x0 + project(start, self.eps, self.norm)).clamp(0, 1)
+        n = x0.shape[0]
+        first_check = max(int(0.22 * self.steps), 1)
+        shortest, shrink = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
+
+        grad, loss, logits = self._objective(x, y, target)
+        fooled = logits.argmax(1) != y
+        best_x, best_loss, best_grad, best_pred = x.clone(), loss.clone(), grad.clone(), logits.argmax(1)
+        losses = [loss.clone()]  # per iterate: each sample's loss (the oscillation check reads the last ones)
+        step = torch.full((n, *([1] * (x0.dim() - 1))), 2 * self.eps, device=x0.device)
+        previous = x.clone()
+        checkpoint, since, best_at_check = first_check, 0, best_loss.clone()
+        reduced_at_check = torch.ones(n, dtype=torch.bool, device=x0.device)
+        active = torch.ones(n, dtype=torch.bool, device=x0.device)
+        for i in range(self.steps):
+            if self.early_stop:
+                active &= ~fooled
+                if not active.any():
+                    break
+            momentum = 0.75 if i > 0 else 1.0
+            moved = x - previous
+            previous = x.clone()
+            ahead = self._step(x, x0, grad, step)
+            blended = x + momentum * (ahead - x) + (1 - momentum) * moved
+            x = torch.where(active.view(-1, *([1] * (x0.dim() - 1))),
+                            (x0 + project(blended - x0, self.eps, self.norm)).clamp(0, 1), x)
+            on = active.nonzero().squeeze(1)
+            g, loss_on, logits_on = self._objective(x[on], y[on], None if target is None else target[on])
+            grad[on] = g
+            loss = loss.clone()
+            loss[on] = loss_on
+            fooled[on] |= logits_on.argmax(1) != y[on]
+            losses.append(loss.clone())
+            better = torch.zeros(n, dtype=torch.bool, device=x0.device)
+            better[on] = loss_on > best_loss[on]
+            best_x[better], best_loss[better], best_grad[better] = x[better], loss[better], grad[better]
+            best_pred[on[better[on]]] = logits_on.argmax(1)[better[on]]
+            since += 1
+            if since == checkpoint:
+                rises = sum((losses[-1 - j] > losses[-2 - j]).float() for j in range(checkpoint))
+                stalled = (rises <= checkpoint * self.rho) | (~reduced_at_check & (best_at_check >= best_loss))
+                reduced_at_check, best_at_check = stalled.clone(), best_loss.clone()
+                step[stalled] /= 2
+                x[stalled], grad[stalled] = best_x[stalled], best_grad[stalled]
+                since, checkpoint = 0, max(checkpoint - shrink, shortest)
+        return AttackResult(best_x, fooled, best_pred, best_loss)
 
 
-@register_attack("apgd-ce", "APGD on the cross-entropy (torchattacks)", standard_steps=100, eot=True)
-def _apgd_ce(model, eps, steps, alpha, norm, seed, eot=1):
-    return APGDAttack(model, eps, norm, "ce", steps, seed or 0, eot)
+def likeliest_wrong(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """[k, batch]: each sample's k likeliest wrong classes, likeliest first (APGD-T's targets)."""
+    ranked = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).argsort(1, descending=True)
+    return ranked[:, :k].T
 
 
-@register_attack("apgd-dlr", "APGD on the DLR loss, untargeted (torchattacks; 3 classes or more)", standard_steps=100,
-                 eot=True)
-def _apgd_dlr(model, eps, steps, alpha, norm, seed, eot=1):
-    return APGDAttack(model, eps, norm, "dlr", steps, seed or 0, eot)
+def check_apgd_classes(loss: str, classes: int) -> None:
+    need = {"ce": 2, "dlr": 3, "dlr-targeted": 4}[loss]
+    check(classes >= need, f"APGD with the {loss} loss needs at least {need} classes; this task has {classes}.")
+
+
+def _apgd_attack(loss: str):
+    """A registry build: APGD from a seeded random start; APGD-T runs once per target class (the
+    min(9, classes - 1) likeliest wrong ones on the clean images), each sample keeping the first
+    image that fooled it, else its last target's."""
+    def build(model, eps, steps, alpha, norm, seed, eot=1):
+        check_apgd_classes(loss, model.num_classes)
+        attack = APGD(model, eps, steps, norm, loss, eot)
+
+        def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(seed or 0)
+            start = random_start(images, eps, norm, gen)
+            if loss != "dlr-targeted":
+                return attack.run(images, labels, init=start).adv
+            with torch.no_grad():
+                targets = likeliest_wrong(logits_over_draws(model, images, 1)[0], labels.to(images.device),
+                                          min(APGD_TARGETS, model.num_classes - 1))
+            adv, done = images.detach().clone(), torch.zeros(len(labels), dtype=torch.bool, device=images.device)
+            for target in targets:
+                res = attack.run(images, labels, init=start, target=target)
+                take = ~done
+                adv[take], done = res.adv[take], done | res.fooled
+            return adv
+
+        return run
+
+    return build
+
+
+register_attack("apgd-ce", "APGD on the cross-entropy (this project's own)", standard_steps=100, eot=True)(
+    _apgd_attack("ce"))
+register_attack("apgd-dlr", "APGD on the DLR loss, untargeted (3 classes or more)", standard_steps=100, eot=True)(
+    _apgd_attack("dlr"))
+register_attack("apgd-t", "APGD-T: APGD on the targeted DLR loss toward each of the 9 likeliest wrong classes "
+                          "(4 classes or more)", standard_steps=100, eot=True)(_apgd_attack("dlr-targeted"))
 
 
 class PublicCodePGD:

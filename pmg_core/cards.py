@@ -9,13 +9,31 @@ that model's last cell of its share, and at the end), so one process
 and many give the same files. Every process computes a cell the same way (a cell's random starts
 depend only on its samples), which is why the cards agree.
 
+A cell holds, per image of its manifest (aligned by position): `samples` (the manifest's test
+indices), `clean_right` (right on the clean image; behind a randomised defense, as judged: on every
+judge draw), `robust_right` (still right after the whole menu, best-of, by the protocol's rule) and
+`robust_right_by_attack` (one list per attack of the menu); `convergence`, the doubled-budget check
+run on every image still robust (at most max(convergence_samples, 20) of them): `checked`,
+`samples`, `robust_right`, `robust_right_doubled`, `informative` (images still robust before the
+doubled run), `flipped` and `change_points`, or `checked: false` and `why` when no image was still
+robust; `settings`, the evaluation config that ran (after validation: EOT and judge draws as run,
+the menu a task's classes allowed) and `defense_settings`, the defense's own (defenses.describe);
+its counts and accuracies; the code version, device and time.
+
 A card (``DIR/<model>.json``) holds the weights' sha256 (of the checkpoint file, or of the state
 dict for a model open_clip loads), base, method, trainer and paper (from the zoo or the
-checkpoint's metadata), the protocol's name, version, settings and manifest hashes, the code
-version and device, per-dataset clean and robust accuracy at each eps, a convergence check
-(twice the steps and EOT draws, on the protocol's `convergence_samples`: robust accuracy must move
-by at most 0.5 points, else the card says it did not converge), the time, and the authors'
-published numbers beside ours with the difference and what differs in protocol.
+checkpoint's metadata), the protocol's name, version, definition hash, settings and manifest
+hashes, one code version (a folder of cells from another code version is refused) and the
+device, per-dataset clean and robust accuracy at each eps with n, each one's 95% interval and the
+per-image results that paired tests read (pmg_core/card_stats.py), the convergence check (the menu
+again at twice the steps and EOT draws on every image still robust: robust accuracy must move by
+at most 0.5 points, else the card says it did not converge; "not checked" when no image could
+move), the time, and the authors' published numbers beside ours with the difference and what
+differs in protocol.
+
+Provenance: cards come from a commit. A run from a source tree with uncommitted changes (code,
+configs or checkpoints) is refused unless `allow_dirty` (`--allow-dirty`, for local runs), and
+then its cells and card say `allowed_dirty` and carry the `-dirty` code version.
 
 Models are written as people type them: a zoo id, a checkpoint name or file, `MODEL+ttc` (behind
 test-time counterattacks at their published threshold), `MODEL+ttc@calibrated` (the threshold
@@ -31,14 +49,14 @@ import re
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 from torch.utils.data import Subset
 
-from . import __version__
+from . import __version__, card_stats
 from .data import ZeroShotDataset, get_dataset
 from .defenses import list_defenses
 from .distributed import Dist
@@ -48,8 +66,9 @@ from .models import ClipModel, checkpoint_path
 from .protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
 from .zoo import ZOO, load_entry, load_sharing_bases
 
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: per-image lists in every cell, convergence on the still-robust images, one code version
 CONVERGED_POINTS = 0.5  # the most robust accuracy may move when the attack's budget doubles
+MIN_CHECKED = 20  # the convergence check runs on every still-robust image of a cell, or at least this many
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -144,16 +163,22 @@ def _run_id(protocol: Protocol, limit: int | None) -> dict:
     return {"protocol": protocol.name, "version": protocol.version, "limit": limit}
 
 
-def finished(cell: Cell, out: Path, run_id: dict) -> bool:
-    """Whether a cell is on disk from a run of the same protocol, version and limit (else refuse to mix)."""
+def finished(cell: Cell, out: Path, run_id: dict, version: str | None = None) -> bool:
+    """Whether a cell is on disk from a run of the same protocol, version and limit, made by the
+    code version `version` when one is given (else refuse to mix: one card, one code version)."""
     path = cell.path(out)
     if not path.is_file():
         return False
     try:
-        found = json.loads(path.read_text())["run"]
+        doc = json.loads(path.read_text())
+        found = doc["run"]
     except (OSError, ValueError, KeyError):
         return False  # unreadable: computed again
     check(found == run_id, f"{out} holds results of another run ({found}); give a new folder for {run_id}.")
+    made_by = doc.get("code_version")
+    check(version is None or made_by == version,
+          f"{out} holds cells made by code version {made_by}, and this is {version}: a card holds one code version, so "
+          "give a new folder (or resume with the code that made them).")
     return True
 
 
@@ -172,37 +197,81 @@ def _subset(data: ZeroShotDataset, indices: Sequence[int]) -> ZeroShotDataset:
 
 
 def compute_cell(model: ClipModel, data: ZeroShotDataset, cell: Cell, protocol: Protocol) -> dict:
-    """One cell's numbers: clean and robust accuracy, and the same at twice the attack budget."""
+    """One cell: per image and in counts, clean and robust after the menu, each attack's verdict,
+    the doubled-budget check on every image still robust, and the settings that ran (module docstring)."""
     spec = cell.spec
-    base = eval_settings(protocol, cell.threat, cell.eps_255, spec.defense, spec.threshold)
-    row = evaluate_model(model, data, eval_config(base, cell))
-    k = protocol.convergence_samples
-    sample = data if k is None or k >= len(data) else _subset(data, range(k))
-    before = row if sample is data else evaluate_model(model, sample, eval_config(base, cell))
-    doubled = evaluate_model(model, sample, eval_config(
-        eval_settings(protocol, cell.threat, cell.eps_255, spec.defense, spec.threshold, doubled=True), cell))
-    change = 100 * (doubled["robust_acc"] - before["robust_acc"])
+    cfg = eval_config(eval_settings(protocol, cell.threat, cell.eps_255, spec.defense, spec.threshold), cell)
+    row = evaluate_model(model, data, cfg, per_sample=True)
+    per = row.pop("per_sample")
+    samples = list(data.data.indices)  # the manifest's test indices (run_cards hands a Subset of them)
     keep = ("n", "clean_correct", "robust_correct", "clean_acc", "robust_acc", "robust_acc_unaware",
-            "robust_acc_by_attack", "tau_threshold", "gate_open", "preset", "defense", "seconds")
+            "robust_acc_by_attack", "tau_threshold", "gate_open", "preset", "defense", "seconds", "defense_settings")
     return {**{k: row[k] for k in keep if k in row},
-            "convergence": {"n": before["n"], "robust_acc": before["robust_acc"],
-                            "robust_acc_doubled": doubled["robust_acc"], "change_points": round(change, 4),
-                            "converged": abs(change) <= CONVERGED_POINTS,
-                            "seconds": round(before["seconds"] * (sample is not data) + doubled["seconds"], 3)}}
+            "samples": samples, "clean_right": per["clean_right"], "robust_right": per["robust_right"],
+            "robust_right_by_attack": per["robust_right_by_attack"],
+            "convergence": convergence_check(model, data, cell, protocol, row, per, samples),
+            "settings": effective_settings(cfg, per["robust_right_by_attack"])}
+
+
+# What an EvalConfig says about the machine or the run's bookkeeping, not about the numbers.
+_MACHINE = ("models", "datasets", "device", "data_root", "download", "num_workers")
+
+
+def effective_settings(cfg: EvalConfig, ran: dict) -> dict:
+    """The evaluation config as it ran (validated), less where it ran; `adaptive`: the attacks that
+    ran (`ran`: by name), those a task lacks the classes for left out."""
+    out = {k: v for k, v in asdict(cfg).items() if k not in _MACHINE}
+    out["adaptive"] = [n for n in ran if n != "unaware"]
+    return out
+
+
+def convergence_check(model: ClipModel, data: ZeroShotDataset, cell: Cell, protocol: Protocol, row: dict, per: dict,
+                      samples: list[int]) -> dict:
+    """The menu again at twice the steps and EOT draws on the images still robust (at most
+    max(convergence_samples, MIN_CHECKED) of them), the tau threshold the cell used held fixed."""
+    still = [i for i, right in enumerate(per["robust_right"]) if right]
+    cap = protocol.convergence_samples
+    chosen = still if cap is None else still[:max(cap, MIN_CHECKED)]
+    if not chosen:
+        return {"checked": False, "why": "no image was still robust after the attack menu, so none could fall "
+                                         "to a bigger attack", "informative": 0, "seconds": 0.0}
+    spec = cell.spec
+    threshold = row.get("tau_threshold", spec.threshold)  # a calibrated threshold stays the cell's
+    cfg = eval_config(eval_settings(protocol, cell.threat, cell.eps_255, spec.defense, threshold, doubled=True), cell)
+    doubled = evaluate_model(model, _subset(data, chosen), cfg, per_sample=True)
+    after = doubled["per_sample"]["robust_right"]
+    flipped = len(after) - sum(after)
+    return {"checked": True, "samples": [samples[i] for i in chosen], "robust_right": [1] * len(chosen),
+            "robust_right_doubled": after, "informative": len(chosen), "flipped": flipped,
+            "change_points": round(-100 * flipped / max(row["n"], 1), 4), "steps": cfg.steps, "eot": cfg.eot,
+            "seconds": doubled["seconds"]}
 
 
 # --- provenance ----------------------------------------------------------------------------------
 
-def code_version() -> str:
-    """`git describe` of the source tree when it is a checkout, else the package version."""
+# What a card's numbers depend on in the checkout: uncommitted changes there make a dirty tree.
+SOURCE_PATHS = ("pmg_core", "checkpoints", "configs", "pyproject.toml", "requirements.txt")
+
+
+def source_state() -> tuple[str, bool]:
+    """(code version, dirty): `git describe` of the checkout, "-dirty" when code, configs or checkpoints
+    have uncommitted changes (untracked files there included); the package version outside a checkout."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"{__version__}+git.{out.stdout.strip()}"
+        described = subprocess.run(["git", "describe", "--always", "--tags"], cwd=ROOT, capture_output=True,
+                                   text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PATHS],
+                                cwd=ROOT, capture_output=True, text=True, timeout=30)
+        if described.returncode == 0 and described.stdout.strip() and status.returncode == 0:
+            dirty = bool(status.stdout.strip())
+            return f"{__version__}+git.{described.stdout.strip()}{'-dirty' if dirty else ''}", dirty
     except (OSError, subprocess.SubprocessError):
         pass
-    return __version__
+    return __version__, False
+
+
+def code_version() -> str:
+    """The source tree's version (source_state)."""
+    return source_state()[0]
 
 
 def device_name(device: torch.device) -> str:
@@ -271,18 +340,23 @@ class _Loaded:
 
 def run_cards(protocol: Protocol, models: Sequence[ModelSpec], out: str | Path, limit: int | None = None,
               data_root: str | None = None, device: str | None = None, ctx: Dist | None = None,
-              progress: bool = False) -> list[Path]:
+              progress: bool = False, allow_dirty: bool = False) -> list[Path]:
     """Compute this process's unfinished cells, then write the card of every model whose cells are
-    all on disk; returns the cards written (module docstring)."""
+    all on disk; returns the cards written (module docstring). A dirty source tree is refused
+    unless `allow_dirty`."""
     from .env import default_device
 
     ctx = ctx or Dist(device=torch.device(device or default_device()))
     if limit is not None:
         check(limit >= 1, f"limit must be a positive number of samples; got {limit}.")
+    version, dirty = source_state()
+    check(not dirty or allow_dirty,
+          f"The source tree has uncommitted changes ({version}): cards must come from a commit, so commit first, "
+          "or pass --allow-dirty for a local run (its cards then say so).")
     out = Path(out)
     run_id = _run_id(protocol, limit)
     cells = cells_of(protocol, models)
-    mine = [c for i, c in enumerate(cells) if i % ctx.world == ctx.rank and not finished(c, out, run_id)]
+    mine = [c for i, c in enumerate(cells) if i % ctx.world == ctx.rank and not finished(c, out, run_id, version)]
     loaded = _Loaded(protocol, out, limit, data_root, ctx.device)
     bar = None
     if progress and ctx.is_main and mine:
@@ -296,7 +370,8 @@ def run_cards(protocol: Protocol, models: Sequence[ModelSpec], out: str | Path, 
         write_json(cell.path(out), {"run": run_id, "model": cell.spec.text, "dataset": cell.dataset,
                                     "threat": cell.key, "norm": cell.threat.norm, "eps_255": cell.eps_255,
                                     "manifest_sha256": manifest.sha256, "provenance": loaded.origin[cell.spec.text],
-                                    "device": device_name(ctx.device), "code_version": code_version(), **result})
+                                    "device": device_name(ctx.device), "code_version": version,
+                                    "allowed_dirty": dirty, **result})
         theirs = [c for c in cells if c.spec == cell.spec]
         if cell == next(c for c in reversed(mine) if c.spec == cell.spec) and all(finished(c, out, run_id) for c in theirs):
             write_card(protocol, cell.spec, theirs, out, limit)  # a model's card as soon as its last cell is done
@@ -321,43 +396,79 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def write_card(protocol: Protocol, spec: ModelSpec, cells: Sequence[Cell], out: Path, limit: int | None) -> Path:
-    """Assemble one model's card from its cells on disk (the same whichever process computed them)."""
+    """Assemble one model's card from its cells on disk (the same whichever process computed them): the
+    numbers, each with n and its 95% interval, the per-image results that paired tests read, and what
+    the convergence check found (pmg_core/card_stats.py)."""
     done = [json.loads(c.path(out).read_text()) for c in cells]
     datasets = list(dict.fromkeys(d["dataset"] for d in done))
     threats = list(dict.fromkeys(d["threat"] for d in done))
     results: dict[str, dict] = {}
     for d in done:
         entry = results.setdefault(d["dataset"], {"n": d["n"], "clean_acc": d["clean_acc"], "robust": {}})
+        entry.update({k: d[k] for k in ("samples", "clean_right") if k in d})
         entry["robust"][d["threat"]] = {k: d[k] for k in ("robust_acc", "robust_acc_unaware", "robust_acc_by_attack",
-                                                          "tau_threshold", "gate_open") if k in d}
+                                                          "robust_right", "tau_threshold", "gate_open") if k in d}
     averages = {"clean_acc": _mean(results[ds]["clean_acc"] for ds in datasets),
                 "robust_acc": {t: _mean(results[ds]["robust"][t]["robust_acc"] for ds in datasets) for t in threats}}
     if any("robust_acc_unaware" in d for d in done):
         averages["robust_acc_unaware"] = {t: _mean(results[ds]["robust"][t]["robust_acc_unaware"] for ds in datasets)
                                           for t in threats}
-    changes = [(d["dataset"], d["threat"], d["convergence"]["change_points"]) for d in done]
-    unsettled = [f"{ds} at {t}: {c:+.2f} points" for ds, t, c in changes if abs(c) > CONVERGED_POINTS]
-    convergence = {
-        "rule": (f"twice the attack steps and EOT draws move robust accuracy by at most {CONVERGED_POINTS} points in "
-                 f"every cell ({'all samples' if protocol.convergence_samples is None else f'the first {protocol.convergence_samples} samples'} of each)"),
-        "converged": not unsettled, "max_change_points": max((abs(c) for *_, c in changes), default=0.0),
-        "not_converged": unsettled}
     card = {
         "card_version": CARD_VERSION, "model": spec.text, "name": spec.slug,
-        "defense": None if spec.defense == "none" else {"name": spec.defense, "threshold": "published" if spec.threshold is None else spec.threshold},
+        "defense": None if spec.defense == "none" else _defense_block(spec, done),
         **done[0]["provenance"], "preset": done[0].get("preset"),
         "protocol": {"name": protocol.name, "version": protocol.version, "title": protocol.title, "limit": limit,
+                     "definition_sha256": protocol.definition_sha256(),
                      "manifests": {d: json.loads((out / "manifests" / f"{d}.json").read_text())["sha256"]
                                    for d in datasets},
                      "settings": protocol.describe()},
-        "code_version": sorted({d["code_version"] for d in done}), "device": sorted({d["device"] for d in done}),
-        "results": results, "averages": averages, "convergence": convergence,
-        "seconds": round(sum(d["seconds"] + d["convergence"]["seconds"] for d in done), 1),
+        "code_version": sorted({d["code_version"] for d in done}), "allowed_dirty": any(d.get("allowed_dirty") for d in done),
+        "device": sorted({d["device"] for d in done}),
+        "results": results, "averages": averages,
+        "convergence": card_stats.convergence(done, CONVERGED_POINTS, (
+            f"the menu again at twice the attack steps and EOT draws on every image still robust in a cell "
+            f"({'all of them' if protocol.convergence_samples is None else f'at most {max(protocol.convergence_samples, MIN_CHECKED)}'}) "
+            f"moves its robust accuracy by at most {CONVERGED_POINTS} points; a cell with none is not checked")),
+        "seconds": round(sum(d["seconds"] + d["convergence"].get("seconds", 0.0) for d in done), 1),
         "published": published_beside(spec, protocol, averages),
     }
+    _add_intervals(card)
     path = out / f"{spec.slug}.json"
     write_json(path, card)
     return path
+
+
+def _add_intervals(card: dict) -> None:
+    """Each accuracy's 95% interval beside it ([low, high] in [0, 1]), and n, for people reading the file."""
+    for entry in card["results"].values():
+        entry["clean_interval"] = _bounds(card_stats.dataset_interval(entry, "clean"))
+        for threat, robust in entry["robust"].items():
+            robust["robust_interval"] = _bounds(card_stats.dataset_interval(entry, threat))
+            if "robust_acc_unaware" in robust:
+                unaware = card_stats.dataset_interval(entry, card_stats.UNAWARE + threat)
+                robust["robust_unaware_interval"] = _bounds(unaware)
+    found = card_stats.intervals(card)
+    avg = card["averages"]
+    avg["n"] = sum(e["n"] for e in card["results"].values())
+    avg["interval_method"] = found["clean"].method
+    avg["clean_interval"] = _bounds(found["clean"])
+    avg["robust_interval"] = {t: _bounds(found[t]) for t in avg["robust_acc"]}
+    if "robust_acc_unaware" in avg:
+        avg["robust_unaware_interval"] = {t: _bounds(found[card_stats.UNAWARE + t]) for t in avg["robust_acc_unaware"]}
+
+
+def _bounds(interval: card_stats.Interval) -> list[float]:
+    return [round(interval.low, 6), round(interval.high, 6)]
+
+
+def _defense_block(spec: ModelSpec, done: Sequence[dict]) -> dict:
+    """The defense a card's model ran behind, with the settings its cells ran (a threshold only where
+    there is a gate: the one asked for; each cell's, calibrated or not, is in its results)."""
+    ran = {k: v for k, v in done[0]["defense_settings"].items() if k != "tau_threshold"}
+    out = {"name": spec.defense, "title": ran.pop("title"), "settings": ran}
+    if ran.get("gated"):
+        out["threshold"] = "published" if spec.threshold is None else spec.threshold
+    return out
 
 
 def published_beside(spec: ModelSpec, protocol: Protocol, averages: dict) -> dict | None:

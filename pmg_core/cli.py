@@ -1,6 +1,7 @@
-"""`python -m pmg_core <command>`: train, eval, attack, models, datasets (and pretrain, bench, import
-where those modules provide them). eps and step sizes are given in /255 units on the command
-line and converted to pixel units for the library."""
+"""`python -m pmg_core <command>`: train, eval and attack; cards (robustness cards under a named
+protocol) and zoo (published robust models); import a published checkpoint; pretrain the embedded
+tiny CLIP; bench the steps' speed; list models and datasets. eps and step sizes are given in /255
+units on the command line (checked in that unit) and converted to pixel units for the library."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,10 @@ import os
 import sys
 from typing import Callable
 
-from .errors import UserError, check
-from .units import from_255
+from .errors import UserError, check, check_number
+from .units import from_255, to_255
+
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is one, else cpu)"
 
 
 def _e(v: str) -> float:
@@ -20,6 +23,14 @@ def _e(v: str) -> float:
         return from_255(float(v))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of 1/255 steps, got {v!r}") from None
+
+
+def _check_255(flag: str, value: float | None, high_255: float | None = 255) -> None:
+    """A radius or step typed in /255, checked in the unit typed before the library sees it in pixel
+    units (whose own check would answer a typed 300 with "got 1.1764705882352942")."""
+    if value is not None:
+        typed = to_255(value)
+        check_number(f"{flag} (in /255)", int(typed) if typed.is_integer() else typed, low=0, high=high_255)
 
 
 def _csv(v: str) -> list[str]:
@@ -97,7 +108,7 @@ def _add_train(sub) -> None:
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (with resume state)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--keep-state", action="store_true", help="keep the .state resume file after the run")
-    p.add_argument("--device")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     p.add_argument("--attack-amp", action="store_true",
                    help="run the training attack under bf16 autocast: that of the step on a GPU, its own on a CPU "
@@ -116,6 +127,8 @@ def _run_train(args) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(**_settings(args, TrainConfig, "train"))
+    _check_255("--eps", cfg.eps)
+    _check_255("--step-size", cfg.step_size)
     if cfg.out:
         _check_writable(cfg.out, "checkpoint")
 
@@ -177,7 +190,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--attack", help=f"{' | '.join(ATTACKS)} (default {d.attack}; pgd-public-code reproduces the "
                                     "public code's weaker fp16 batch-mean PGD: docs/METHOD.md)")
     p.add_argument("--norm", help=f"Linf | L2 (default {d.norm})")
-    p.add_argument("--no-random-start", dest="random_start", action="store_false")
+    p.add_argument("--no-random-start", dest="random_start", action="store_false",
+                   help="start PGD at the clean image instead of a random point of the eps-ball")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="attack every sample for all steps (same result, slower)")
     p.add_argument("--robust-rule", choices=["ever", "final"],
@@ -205,7 +219,7 @@ def _add_eval(sub) -> None:
                    help="PGD's passes under bf16 autocast on a GPU or a CPU with bf16 instructions (fp32 on other "
                         "CPUs); its verdicts stay fp32; faster, robust accuracy within 0.5 points (docs/PERFORMANCE.md)")
     p.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d.num_workers})")
-    p.add_argument("--device")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--out", default=None, help="FILE.json (CSV and Markdown written beside it)")
     p.set_defaults(func=_run_eval)
 
@@ -214,6 +228,8 @@ def _run_eval(args) -> int:
     from .evaluate import EvalConfig, evaluate, to_markdown, write_report
 
     cfg = EvalConfig(**_settings(args, EvalConfig, "eval"))
+    _check_255("--eps", cfg.eps, 255 if cfg.norm == "Linf" else None)
+    _check_255("--step-size", cfg.step_size, None)
     if args.out:
         _check_writable(args.out, "report")
 
@@ -236,10 +252,12 @@ def _add_attack(sub) -> None:
     p.add_argument("--labels", required=True, help="comma-separated class names (the app's rules: none empty or twice)")
     p.add_argument("--true", default=None, help="the true label (one of --labels)")
     p.add_argument("--target", default=None, help="target label for a targeted attack")
-    p.add_argument("--eps", type=_e, default=4 / 255, help="radius in /255 units, for L2 too (default 4)")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--eps", type=_e, default=None,
+                   help="radius in /255 units, for L2 too (default: the benchmark's for the models: 8 for the embedded "
+                        "32 px world, the paper's 1 for a real CLIP; pmg_core.explore.starting_attack)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     p.add_argument("--step-size", type=_e, default=None, help="in /255 (default 2.5*eps/steps)")
-    p.add_argument("--norm", default="Linf")
+    p.add_argument("--norm", default="Linf", help="Linf | L2 (default Linf)")
     p.add_argument("--loss", default="ce", help="ce | margin")
     p.add_argument("--source", default=None, help="attack this model only and transfer the image to all")
     p.add_argument("--defense", default="none", help="also judge each model behind a test-time defense: none | ttc | clipure "
@@ -254,14 +272,14 @@ def _add_attack(sub) -> None:
     p.add_argument("--radius", action="store_true",
                    help="also find each model's robustness radius: the smallest eps that changes its answer "
                         "(bisection over PGD with --steps steps, 0 to 16/255, to within 1/255)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.set_defaults(func=_run_attack)
 
 
 def _run_attack(args) -> int:
     from pathlib import Path
 
-    from .explore import AttackSettings, compare, cpu_lanes, robustness_radius
+    from .explore import AttackSettings, compare, cpu_lanes, is_real_clip, robustness_radius, starting_attack
     from .images import load_image, save_png
     from .maps import comparison_maps, save_maps
     from .inputs import parse_labels
@@ -275,13 +293,16 @@ def _run_attack(args) -> int:
     if args.json:
         _check_writable(args.json, "comparison JSON")
     check(not args.radius or args.true is not None, "--radius needs the true label (--true).")
+    _check_255("--eps", args.eps, 255 if args.norm == "Linf" else 100 * 255)
+    _check_255("--step-size", args.step_size)
     check_device(args.device)
     models = load_models(args.models, args.device or default_device())
+    eps = args.eps if args.eps is not None else from_255(starting_attack(is_real_clip(models)).eps_255)
     source = None
     if args.source:
         source = next((m.name for m in models if args.source in (m.name, m.spec)), args.source)
     # As the app does: on a CPU several models are attacked at once, the same attacks sooner.
-    settings = AttackSettings(args.eps, args.steps, args.step_size, args.norm, args.loss, args.target, source,
+    settings = AttackSettings(eps, args.steps, args.step_size, args.norm, args.loss, args.target, source,
                               defense=args.defense, eot=args.eot, lanes=cpu_lanes(models))
     res = compare(models, image, labels, args.true, settings)
     radii = [robustness_radius(m, image, labels, args.true, settings) for m in models] if args.radius else []
@@ -369,8 +390,9 @@ def _add_import(sub) -> None:
     p.add_argument("--eval", default=None, help="then evaluate on these datasets/groups (comma-separated)")
     p.add_argument("--eval-config", default=None, help="then evaluate with this eval recipe (its models replaced)")
     p.add_argument("--limit", type=int, default=None, help="samples per dataset for --eval")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--data-root", default=None, help="where on-disk datasets live, for --eval (default "
+                                                       "$PMG_DATA_ROOT, else ./data)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.set_defaults(func=_run_import)
 
 

@@ -4,6 +4,7 @@
     defense = get_defense("ttc")
     defended = defense.wrap(classifier, reference)   # an nn.Module: images in [0,1] -> logits
     defended.purify(x)                               # the images the classifier then sees
+    defended.forward_draws(x, k)                     # [k, batch, classes]: k draws of its randomness at once
 
 `classifier` is a ZeroShotClassifier; `reference` an optional second one whose encoder a defense may
 consult (TTC measures tau with the original CLIP's encoder when it defends a fine-tune, as its code
@@ -30,7 +31,10 @@ code/test_time_counterattack.py), as its code does it:
   otherwise it is x + delta_0, the random start itself (not the unchanged image).
 Deviations: noise is drawn from this defense's own seeded generator (on the CPU, so a seed gives
 the same images on every device) instead of the global RNG; the passes run in fp32 (its code runs
-under fp16 autocast).
+under fp16 autocast). Several draws of one image (an attack's EOT, a judge's fresh draws) run as
+one stacked batch: the embeddings that do not depend on the draw (the counterattack's anchor, the
+reference encoder's embedding of the given image) are computed once for all of them, and the
+noise is drawn in the order separate draws would draw it, so the images are the same.
 
 Latent-space defenses (``Defense.latent``) change the image *embedding*, not the image: the
 defended classifier encodes the image, hands the embedding to ``purify_embedding`` and classifies
@@ -43,9 +47,12 @@ being deterministic, needs no EOT (one draw is the expectation).
 CLIPure-Cos (Zhang, Bi, Chen, Guo, Cheng, ICLR 2025, "CLIPure: Purification in Latent Space via
 CLIP for Adversarially Robust Zero-Shot Classification", arXiv 2502.18176; code
 TMLResearchGroup-CAS/CLIPure, CLIP_eval/CLIPure_Cos.py): the likelihood of an image embedding z is
-modelled by its cosine similarity to the embedding t of a blank prompt, "a photo of a ." (a class
-template with no class), and z is purified by gradient ascent on that likelihood in polar
-coordinates, moving its direction and keeping its length:
+modelled by its cosine similarity to the embedding t of a blank prompt, and z is purified by
+gradient ascent on that likelihood in polar coordinates, moving its direction and keeping its
+length. The blank prompt's embedding t is, as the authors' code computes it, the mean of the
+normalised text embeddings of the 80 ImageNet templates with an empty class name ("a bad photo of
+a .", ...; `null_prompt` BLANK_TEMPLATES, the default); any other `null_prompt` is one prompt
+(e.g. "a photo of a ."):
 
     r = ||z||,  u_0 = z / r
     g_k = grad_u cos(r u, t) at u_k = t_hat - (u_k . t_hat) u_k      (t_hat = t / ||t||: the part of t_hat
@@ -61,7 +68,14 @@ tensor, so a sample's step there depends on the batch size and on the other samp
 defaults are not theirs (10 steps of 30, with that batch-wide norm at their batch size of 2): per
 sample, a step of 30 rotates u by 88 degrees, past t_hat and back, so an even number of such steps
 returns u_0 unchanged. Here ``latent_steps`` (10) steps of ``latent_step_size`` (0.02, about 1.1
-degrees each) move u a bounded angle towards the blank prompt; both are settings.
+degrees each) move u a bounded angle towards the blank prompt; both are settings. This step is this
+project's variant, not the authors' CLIPure, and its rows say so (Defense.title). The authors also
+run the image encoder in fp16, where the input gradient through their purification underflows
+(docs/METHOD.md): here every pass is fp32.
+
+`describe()` gives the settings a defense actually uses (a card records them per cell): TTC's
+eps, steps, step size, tau threshold, beta and seed; CLIPure's steps, step size and blank prompt,
+and no threshold, no gate and no randomness.
 """
 from __future__ import annotations
 
@@ -74,7 +88,11 @@ from torch import nn
 from .attacks import ascend, random_start
 from .errors import check, check_number
 from .models import ClipModel, ZeroShotClassifier
+from .paper_prompts import openai_imagenet_templates
 from .registry import Registry
+
+# CLIPure's blank prompt as its authors compute it: the mean over the 80 ImageNet templates, class name empty.
+BLANK_TEMPLATES = "imagenet-templates"
 
 
 @dataclass
@@ -87,7 +105,7 @@ class DefenseSettings:
     seed: int = 0  # the random starts' generator
     latent_steps: int = 10  # CLIPure: gradient steps on the embedding's direction
     latent_step_size: float = 0.02  # CLIPure: eta, in units of the unit direction vector
-    null_prompt: str = "a photo of a ."  # CLIPure: the blank prompt whose embedding the purification approaches
+    null_prompt: str = BLANK_TEMPLATES  # CLIPure: the blank prompt approached (BLANK_TEMPLATES, or one prompt)
 
     def validate(self) -> None:
         check_number("defense eps", self.eps, low=0, high=1)
@@ -119,12 +137,19 @@ def get_defense(name: str, settings: DefenseSettings | None = None, **kwargs) ->
 
 class Defense:
     name = "base"
+    title = ""  # what runs, for people: whose method, and in which variant
     latent = False  # True: purify_embedding changes the image embedding, the images stay as they are
     gated = False  # True: an input-dependent gate decides whether it acts (TTC's tau), which an attack may aim at
     randomised = True  # False: equal inputs give equal outputs, so an attack through it needs one draw (EOT 1)
+    uses: tuple[str, ...] = ()  # the DefenseSettings it reads (describe())
 
     def __init__(self, settings: DefenseSettings):
         self.settings = settings
+
+    def describe(self) -> dict:
+        """The settings this defense runs with, and only those (what a card records)."""
+        return {"name": self.name, "title": self.title, "randomised": self.randomised, "gated": self.gated,
+                **{k: getattr(self.settings, k) for k in self.uses}}
 
     def anchor(self, model: ClipModel) -> torch.Tensor | None:
         """The text embedding a latent defense purifies towards, from `model`'s text encoder (None: needs none)."""
@@ -139,6 +164,12 @@ class Defense:
         """The images `classifier` sees in place of x (detached; x in [0,1], NCHW)."""
         raise NotImplementedError
 
+    def purify_draws(self, classifier: ZeroShotClassifier, x: torch.Tensor, reference: ZeroShotClassifier | None,
+                     generator: torch.Generator, draws: int) -> torch.Tensor:
+        """`draws` draws of purify(x), draw after draw along the batch ([draws * batch, ...]); a
+        defense that can share work between draws overrides it."""
+        return torch.cat([self.purify(classifier, x, reference, generator) for _ in range(draws)])
+
     def wrap(self, classifier: ZeroShotClassifier, reference: ZeroShotClassifier | None = None,
              anchor: torch.Tensor | None = None) -> "DefendedClassifier":
         return DefendedClassifier(classifier, self, reference, anchor)
@@ -148,6 +179,8 @@ class Defense:
 class NoDefense(Defense):
     """The classifier as it is."""
 
+    title, randomised = "no defense", False
+
     def purify(self, classifier, x, reference, generator):
         return x.detach()
 
@@ -156,7 +189,9 @@ class NoDefense(Defense):
 class TestTimeCounterattack(Defense):
     """TTC: counterattack an image whose embedding barely moves under random noise (module docstring)."""
 
+    title = "TTC, test-time counterattacks (Xing, Zhao, Sebe, CVPR 2025), as its code does it, in fp32"
     gated = True  # tau against its threshold
+    uses = ("eps", "steps", "step_size", "tau_threshold", "beta", "seed")
 
     @staticmethod
     def tau_encoder(classifier: ZeroShotClassifier, reference: ZeroShotClassifier | None) -> ZeroShotClassifier:
@@ -181,27 +216,43 @@ class TestTimeCounterattack(Defense):
         return (x + random_start(x, self.settings.eps, "Linf", generator)).clamp(0, 1)
 
     def purify(self, classifier, x, reference, generator):
+        return self.purify_draws(classifier, x, reference, generator, 1)
+
+    def purify_draws(self, classifier, x, reference, generator, draws):
         s = self.settings
         x = x.detach()
-        start = self.start(x, generator)
+        given = x.repeat(draws, *([1] * (x.dim() - 1)))
+        start = self.start(given, generator)
         if s.steps == 0 or s.eps == 0:
             return start
-        with torch.no_grad():
-            anchor = classifier.encode(x, normalize=False).float()
-        tau = self.tau(reference, x, start) if reference is not None else None
+        with torch.no_grad():  # the given image's embeddings: one pass for every draw
+            anchor = classifier.encode(x, normalize=False).float().repeat(draws, 1)
+            tau = None
+            if reference is not None:
+                clean = reference.encode(x, normalize=False).float().repeat(draws, 1)
+                tau = (reference.encode(start, normalize=False).float() - clean).norm(dim=-1) / clean.norm(dim=-1)
+        # Only images under the threshold are counterattacked; the others get their random start, so
+        # their counterattack is skipped once tau is known (before it, or after its first pass).
+        rows = torch.arange(len(start)) if tau is None else (tau < s.tau_threshold).nonzero().squeeze(1).cpu()
         iterates, current = [start], start
         with torch.enable_grad():  # callers judge under no_grad; the counterattack needs its gradients
             for k in range(s.steps):
-                current = current.detach().requires_grad_(True)
-                feats = classifier.encode(current, normalize=False).float()
+                if len(rows) == 0:
+                    break
+                moving = current[rows].detach().requires_grad_(True)
+                feats = classifier.encode(moving, normalize=False).float()
                 if tau is None:  # from the model's own first pass, at the random start
                     tau = (feats.detach() - anchor).norm(dim=-1) / anchor.norm(dim=-1)
-                (grad,) = torch.autograd.grad((feats - anchor).pow(2).sum(), current)
-                current = ascend(current.detach(), x, grad, s.step_size, s.eps, "Linf")
+                (grad,) = torch.autograd.grad((feats - anchor[rows]).pow(2).sum(), moving)
+                current = current.clone()
+                current[rows] = ascend(moving.detach(), given[rows], grad, s.step_size, s.eps, "Linf")
                 iterates.append(current)
+                rows = rows[(tau[rows] < s.tau_threshold).cpu()]
+        counter = (tau < s.tau_threshold).view(-1, 1, 1, 1)
+        if len(iterates) < s.steps + 1:  # nothing was counterattacked
+            return start.detach()
         weights = torch.softmax(s.beta * torch.arange(s.steps + 1, dtype=torch.float32), 0).to(x)
         averaged = torch.einsum("k,kbchw->bchw", weights, torch.stack(iterates))
-        counter = (tau < s.tau_threshold).view(-1, 1, 1, 1)
         return torch.where(counter, averaged, start).detach()
 
 
@@ -209,12 +260,21 @@ class TestTimeCounterattack(Defense):
 class CLIPureCos(Defense):
     """CLIPure-Cos: the image embedding's direction climbs its cosine to a blank prompt's (module docstring)."""
 
+    title = ("CLIPure-Cos, this project's variant (a per-sample step of latent_step_size, fp32), not the authors' "
+             "settings")
     latent, randomised = True, False
+    uses = ("latent_steps", "latent_step_size", "null_prompt")
+
+    def blank_prompts(self) -> list[str]:
+        """The prompts whose mean embedding is the blank prompt's (module docstring)."""
+        if self.settings.null_prompt == BLANK_TEMPLATES:
+            return [t.format("") for t in openai_imagenet_templates()]
+        return [self.settings.null_prompt]
 
     def anchor(self, model: ClipModel) -> torch.Tensor:
         with torch.no_grad():
-            tokens = model.tokenizer([self.settings.null_prompt]).to(model.device)
-            return F.normalize(model.clip.encode_text(tokens).float(), dim=-1)[0]
+            tokens = model.tokenizer(self.blank_prompts()).to(model.device)
+            return F.normalize(model.clip.encode_text(tokens).float(), dim=-1).mean(0)
 
     def purify_embedding(self, feats, anchor):
         check(anchor is not None, "CLIPure needs the blank prompt's text embedding; build it with "
@@ -269,6 +329,15 @@ class DefendedClassifier(nn.Module):
             return self.classifier.logits_from_features(self.purified_features(x))
         # BPDA (module docstring): the defended forward, the defense's change held constant backward.
         return self.classifier(x + (self.purify(x) - x).detach())
+
+    def forward_draws(self, x: torch.Tensor, draws: int) -> torch.Tensor:
+        """[draws, batch, classes]: the logits of `draws` fresh draws of the defense, in one stacked
+        forward (a gradient through it is the mean of the draws' when the loss is their mean)."""
+        if not self.defense.randomised:  # every draw is the same
+            return self.forward(x).unsqueeze(0).expand(draws, -1, -1)
+        given = x.repeat(draws, *([1] * (x.dim() - 1)))
+        seen = self.defense.purify_draws(self.classifier, x, self.reference, self.generator, draws)
+        return self.classifier(given + (seen - given).detach()).view(draws, x.shape[0], -1)
 
 
 def original_reference(model: ClipModel, classifier: ZeroShotClassifier) -> ZeroShotClassifier | None:

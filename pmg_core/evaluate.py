@@ -7,16 +7,19 @@ count as robust. Attacks that are not our PGD (AutoAttack, pgd-public-code) are 
 images they return. Every report names its protocol in one line (`protocol`), the robust rule
 included, and says when an attack ran fewer iterations than its name promises.
 
-Behind a test-time defense (`defense`, pmg_core/defenses.py) a model is attacked by the suite of
-pmg_core/adaptive.py, and its row carries `robust_acc_unaware`, the usual attack on the undefended
-model with its adversarial image then shown to the defended one, `robust_acc_by_attack` (each
-attack of the suite on its own, over its restarts), and `robust_acc`, the adaptive attacker's: a
-sample counts as robust only if no image of any attack, the unaware one included, fools the
-defended model (best-of). A defended model is randomised, so its verdicts are taken on the
-attacks' returned images, each judged on `judge_draws` fresh draws and right on all of them (not
-"ever fooled" over draws; adaptive.py says why); a sample counts as robust only if its defended
-clean prediction is right too. Its random starts come from one seeded stream per batch, so
-defended rows, unlike the others, depend on the batch size. Behind TTC the row also gives the tau
+Behind a test-time defense (`defense`, pmg_core/defenses.py), and for every model when `menu` is
+set (the protocols' one menu for every row), a model is attacked by the menu of
+pmg_core/adaptive.py (`adaptive`), and its row carries `robust_acc_by_attack` (each attack on its
+own, over its restarts) and `robust_acc`, best-of: a sample counts as robust only if no attack
+fools the model. Behind a defense the row also carries `robust_acc_unaware`, the usual attack on
+the undefended model with its adversarial image then shown to the defended one, which counts in
+the best-of too. A deterministic model (undefended, or behind CLIPure) is judged "ever fooled"
+like PGD on a plain model; a randomised one (TTC) on the attacks' returned images, each judged on
+`judge_draws` fresh draws and right on all of them (adaptive.py says why), and its clean images by
+the same rule: only samples right when judged are attacked. A randomised defense's random starts
+come from one seeded stream per batch, so its rows, unlike the others, depend on the batch size.
+`per_sample=True` adds each sample's flags to the row (`per_sample`: positions in the dataset,
+clean_right, robust_right, robust_right_by_attack), what a robustness card's cell keeps. Behind TTC the row also gives the tau
 threshold used (`defense_threshold`: the published 0.2, a number, or "calibrated", the median tau
 of the clean images evaluated) and `gate_open`, the share of clean images whose tau reaches it,
 which TTC passes on without a counterattack. Samples misclassified clean are not attacked, and under "ever"
@@ -38,8 +41,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, run_suite
-from .attacks import ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
+from .adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, judge_clean, menu_for, run_suite
+from .attacks import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
 from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
@@ -84,6 +87,8 @@ class EvalConfig:
     judge_draws: int = 1  # behind a defense: fresh draws each attack's image is judged on (right on all = robust)
     defense_threshold: float | str | None = None  # TTC's tau threshold: None the published, a number, or "calibrated"
     attack_amp: bool = False  # PGD's passes in bf16 autocast where the device runs bf16 (verdicts stay fp32)
+    menu: bool = False  # an undefended model faces `adaptive` too (best-of), as a defended one does (protocols)
+    apgd_targets: int = APGD_TARGETS  # apgd-t's target classes: the likeliest wrong ones
 
     def __post_init__(self) -> None:
         if self.steps is None and self.attack in ATTACKS:
@@ -115,8 +120,9 @@ class EvalConfig:
         check_eot(self.eot)
         if not defense.randomised:  # equal inputs, equal outputs: one draw is the expectation and the verdict
             self.eot, self.judge_draws = 1, 1
-        # Without a defense the suite is not run (a protocol may name one for every model alike).
-        self.adaptive = list(check_suite(self.adaptive, self.defense == "none" or defense.gated))
+        # Without a defense and without `menu` the suite is not run, so any list passes.
+        self.adaptive = list(check_suite(self.adaptive, defense.gated or (self.defense == "none" and not self.menu)))
+        check_number("APGD-T targets", self.apgd_targets, low=1, integer=True)
         check_number("restarts", self.restarts, low=1, integer=True)
         check_number("judge draws", self.judge_draws, low=1, integer=True)
         if isinstance(self.defense_threshold, str) and self.defense_threshold != "calibrated":
@@ -186,7 +192,12 @@ def _streams(cfg: EvalConfig) -> bool:
     """PGD with early stop attacks a whole dataset as one stream (PGD.fooled_stream), so its passes
     stay full while fooled samples leave; other attacks go batch by batch (evaluate_batch)."""
     return (get_attack(cfg.attack).pgd_loss is not None and cfg.early_stop and cfg.robust_rule == "ever"
-            and cfg.eps > 0 and cfg.steps > 0 and cfg.defense == "none" and cfg.restarts == 1)
+            and cfg.eps > 0 and cfg.steps > 0 and not _suite(cfg) and cfg.restarts == 1)
+
+
+def _suite(cfg: EvalConfig) -> bool:
+    """Whether models face the menu of adaptive.py: behind a defense, or every model with `menu`."""
+    return cfg.defense != "none" or cfg.menu
 
 
 def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -214,24 +225,24 @@ def evaluate_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, id
 
 def suite_settings(cfg: EvalConfig, preset: Preset) -> SuiteSettings:
     return SuiteSettings(cfg.attack, cfg.eps, cfg.steps, cfg.step_size, cfg.norm, cfg.eot, cfg.restarts,
-                         cfg.judge_draws, preset.attack_dtype)
+                         cfg.judge_draws, preset.attack_dtype, cfg.apgd_targets)
 
 
 def evaluate_defended_batch(defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
                             cfg: EvalConfig, preset: Preset) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-sample flags for one batch behind a defense: defended clean-correct, robust to every attack
-    (best-of), and robust to each attack of the suite, `unaware` first (module docstring)."""
+    """Per-sample flags for one batch facing the menu (behind a defense, or any model with `menu`):
+    clean-correct as judged, robust to every attack (best-of), and robust to each attack of the
+    menu, `unaware` first behind a defense (module docstring)."""
     defended.reseed(cfg.seed * 1_000_003 + int(idx[0]))
-    with torch.no_grad():
-        clean = defended(x).argmax(1) == y
-    by_attack = {n: clean.clone() for n in ("unaware", *cfg.adaptive)}
+    clean, clean_logits = judge_clean(defended, x, y, cfg.judge_draws)
+    by_attack = {n: clean.clone() for n in menu_for(defended, cfg.adaptive)}
     todo = clean.nonzero().squeeze(1)
     loss = get_attack(cfg.attack).pgd_loss
     if todo.numel() == 0 or cfg.eps == 0 or cfg.steps == 0 and loss is not None:
         return clean, clean.clone(), by_attack
     xs, ys, todo_idx = x[todo], y[todo], idx[todo.cpu()]
-    verdicts = run_suite(defended, xs, ys, cfg.adaptive, suite_settings(cfg, preset),
-                         lambda r: _starts(todo_idx, xs, cfg, r), seed=cfg.seed)
+    verdicts = run_suite(defended, xs, ys, list(by_attack), suite_settings(cfg, preset),
+                         lambda r: _starts(todo_idx, xs, cfg, r), seed=cfg.seed, clean_logits=clean_logits[todo])
     for n, right in verdicts.items():
         by_attack[n][todo] = right
     robust = torch.stack(list(by_attack.values())).all(0)  # best-of: no attack's image may fool it
@@ -270,11 +281,12 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig,
-                        ctx: Dist | None = None) -> Iterator[dict]:
+                        ctx: Dist | None = None, per_sample: bool = False) -> Iterator[dict]:
     """Events for one model on one dataset: progress after each batch, then the result row.
 
     Under torchrun (`ctx` of several ranks) each rank takes every world-th sample, a disjoint
     shard with no padding, and the result row holds the exact counts summed over all ranks.
+    `per_sample`: the row also holds every sample's flags (module docstring), gathered from all ranks.
     """
     ctx = ctx or Dist()
     start = time.time()
@@ -284,9 +296,12 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
     shard = Subset(_Indexed(data.data), range(ctx.rank, len(data), ctx.world)) if ctx.enabled else _Indexed(data.data)
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     counts = [0, 0, 0, 0]  # samples, clean-correct, robust-correct (adaptive behind a defense), unaware so far
-    by_attack = dict.fromkeys(("unaware", *cfg.adaptive), 0)  # robust-correct per attack behind a defense
-    defended = defend(model, clf, cfg.defense, DefenseSettings(seed=cfg.seed)) if cfg.defense != "none" else None
-    name = model.name if defended is None else f"{model.name}+{cfg.defense}"
+    defended = (defend(model, clf, cfg.defense, DefenseSettings(seed=cfg.seed)) if _suite(cfg) else None)
+    menu = menu_for(defended, cfg.adaptive) if defended is not None else ()
+    by_attack = dict.fromkeys(menu, 0)  # robust-correct per attack of the menu
+    name = model.name if cfg.defense == "none" else f"{model.name}+{cfg.defense}"
+    # Per sample (positions in `data`), filled where this rank evaluated them: clean, robust, then one per attack.
+    flags = torch.zeros(2 + len(menu), len(data), dtype=torch.long)
     gate = None
     if defended is not None and has_gate(defended):
         gate = defense_threshold(defended, data, cfg)
@@ -296,16 +311,21 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
         return {"event": "progress", "model": name, "dataset": data.name, "done": counts[0], "total": len(shard)}
 
     if _streams(cfg):
+        attacked = []  # positions of the samples handed to the attack, in stream order
+
         def clean_correct():  # the clean pass, batch by batch; what it gets right goes on to the attack
             for x, y, idx in loader:
                 x, y = x.to(model.device), y.to(model.device)
                 todo = (_clean_logits(clf, x).argmax(1) == y).nonzero().squeeze(1)
                 counts[0], counts[1], counts[2] = counts[0] + len(y), counts[1] + len(todo), counts[2] + len(todo)
+                attacked.append(idx[todo.cpu()])
+                flags[0:2, attacked[-1]] = 1
                 yield x[todo], y[todo], _starts(idx[todo.cpu()], x[todo], cfg)
 
         shown = 0
-        for _, fooled in _pgd(clf, cfg, preset).fooled_stream(clean_correct(), pool=cfg.batch_size):
+        for positions, fooled in _pgd(clf, cfg, preset).fooled_stream(clean_correct(), pool=cfg.batch_size):
             counts[2] -= int(fooled.sum())
+            flags[1, torch.cat(attacked)[positions[fooled]]] = 0
             if counts[0] > shown:
                 shown = counts[0]
                 yield progress()
@@ -317,29 +337,39 @@ def iter_evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig
                 unaware = robust
             else:
                 clean, robust, verdicts = evaluate_defended_batch(defended, x, y, idx, cfg, preset)
-                unaware = verdicts["unaware"]
+                unaware = verdicts.get("unaware", robust)
                 by_attack = {k: by_attack[k] + int(v.sum()) for k, v in verdicts.items()}
+                flags[2:, idx] = torch.stack([verdicts[k].long().cpu() for k in menu])
+            flags[0, idx], flags[1, idx] = clean.long().cpu(), robust.long().cpu()
             counts = [c + v for c, v in zip(counts, (len(y), int(clean.sum()), int(robust.sum()), int(unaware.sum())))]
             yield progress()
     if ctx.enabled:
         summed = [int(v) for v in all_reduce_sum(torch.tensor(counts + list(by_attack.values())), ctx)]
         counts, by_attack = summed[:4], dict(zip(by_attack, summed[4:]))
+        if per_sample:
+            flags = all_reduce_sum(flags, ctx)
     n, clean_n, robust_n, unaware_n = counts
     row = {"event": "result", "model": name, "dataset": data.name, "n": n, "clean_correct": clean_n,
            "robust_correct": robust_n, "clean_acc": clean_n / max(n, 1), "robust_acc": robust_n / max(n, 1),
            "preset": preset.name, "attack_precision": precision_name(attack_dtype(cfg, preset, model.device)),
            "seconds": round(time.time() - start, 3)}
     if defended is not None:
-        row.update(defense=cfg.defense, robust_correct_unaware=unaware_n, robust_acc_unaware=unaware_n / max(n, 1),
-                   robust_correct_by_attack=by_attack, robust_acc_by_attack={k: v / max(n, 1) for k, v in by_attack.items()})
+        row.update(robust_correct_by_attack=by_attack, robust_acc_by_attack={k: v / max(n, 1) for k, v in by_attack.items()},
+                   defense_settings=defended.defense.describe())
+    if cfg.defense != "none":
+        row.update(defense=cfg.defense, robust_correct_unaware=unaware_n, robust_acc_unaware=unaware_n / max(n, 1))
         if gate is not None:
             row.update(tau_threshold=gate[0], gate_open=gate[1])
+    if per_sample:
+        row["per_sample"] = {"samples": list(range(len(data))), "clean_right": flags[0].tolist(),
+                             "robust_right": flags[1].tolist(),
+                             "robust_right_by_attack": {k: flags[2 + i].tolist() for i, k in enumerate(menu)}}
     yield row
 
 
-def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig) -> dict:
+def evaluate_model(model: ClipModel, data: ZeroShotDataset, cfg: EvalConfig, per_sample: bool = False) -> dict:
     """Clean and robust accuracy of one model on one dataset (one result row)."""
-    *_, row = iter_evaluate_model(model, data, cfg)
+    *_, row = iter_evaluate_model(model, data, cfg, per_sample=per_sample)
     return {k: v for k, v in row.items() if k != "event"}
 
 
@@ -393,10 +423,12 @@ def describe_protocol(cfg: EvalConfig) -> str:
     step = f", step {cfg.step_size * 255:g}/255" if cfg.step_size is not None and entry.pgd_loss else ""
     rule = (f"robust = {'never fooled at any iterate' if cfg.robust_rule == 'ever' else 'right at the final iterate'} "
             f"(--robust-rule {cfg.robust_rule})" if entry.pgd_loss else "robust = right on the returned image")
-    if cfg.defense != "none":  # a randomised model: judged on each attack's returned image (adaptive.py)
+    if _suite(cfg) and not get_defense(cfg.defense).randomised:  # deterministic: "ever fooled" (adaptive.py)
+        rule = "robust = never fooled at any iterate of any attack of the menu (the unaware one: its returned image)"
+    elif cfg.defense != "none":  # a randomised model: judged on each attack's returned image (adaptive.py)
         rule = ("robust = right on each attack's returned image (a fresh draw of the defense)" if cfg.judge_draws == 1
-                else f"robust = right on each attack's returned image on all of {cfg.judge_draws} fresh draws "
-                     "of the defense")
+                else f"robust = right on the clean image and each attack's returned image on all of {cfg.judge_draws} "
+                     "fresh draws of the defense")
     line = (f"{cfg.attack}, {cfg.steps} iterations, {cfg.norm} eps {cfg.eps * 255:g}/255{step}; {rule}; "
             f"prompts {cfg.prompts}.")
     if cfg.attack_amp and entry.pgd_loss:
@@ -408,6 +440,9 @@ def describe_protocol(cfg: EvalConfig) -> str:
                  f"attack unaware of the defense; adaptive (best-of): also on those of "
                  f"{', '.join(_adaptive_words(n, cfg) for n in cfg.adaptive)}")
         line += f"; best of {cfg.restarts} restarts each." if cfg.restarts > 1 else "."
+    elif cfg.menu:
+        line += (f" Menu (best-of): {', '.join(_adaptive_words(n, cfg) for n in cfg.adaptive)}"
+                 + (f"; best of {cfg.restarts} restarts each." if cfg.restarts > 1 else "."))
     elif cfg.restarts > 1 and entry.pgd_loss:
         line += f" Best of {cfg.restarts} restarts."
     return line
@@ -415,13 +450,17 @@ def describe_protocol(cfg: EvalConfig) -> str:
 
 def _adaptive_words(name: str, cfg: EvalConfig) -> str:
     entry = get_attack(cfg.attack)
+    if cfg.defense == "none":
+        return (cfg.attack if name == "bpda-eot" else
+                f"APGD-T toward the {cfg.apgd_targets} likeliest wrong classes" if name == "apgd-t" else name.upper())
     if name == "bpda-eot":
         through = (f"EOT-{cfg.eot} {cfg.attack} through it ({_gradient_words(cfg)})" if entry.pgd_loss or entry.eot
                    else f"{cfg.attack} through it ({_gradient_words(cfg)})")
         return through + (", EOT in its gradient attacks (APGD)" if entry.eot and not entry.pgd_loss else "")
     if name == "gate":
         return f"EOT-{cfg.eot} gate-aware PGD through it (its loss plus tau pushed past the threshold)"
-    return f"EOT-{cfg.eot} {name.upper()} through it ({_gradient_words(cfg)})"
+    what = f"APGD-T toward the {cfg.apgd_targets} likeliest wrong classes" if name == "apgd-t" else name.upper()
+    return f"EOT-{cfg.eot} {what} through it ({_gradient_words(cfg)})"
 
 
 def _gradient_words(cfg: EvalConfig) -> str:

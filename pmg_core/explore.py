@@ -588,6 +588,44 @@ def _wrong(setup: _Setup, job: _Attacked, adv: torch.Tensor) -> bool:
         return int(job.clf(adv[None].to(job.clean_logits.device)).argmax(1)) != setup.true_idx
 
 
+# Where an attack starts when nobody typed one (the app's tabs, the `attack` command): the benchmark
+# protocol's threat model for the models at hand. eps is in pixel units of the image at its own size,
+# so one number cannot fit every image: the paper's 1/255 (PGD-10, step 1/255: protocol tecoa16-pgd)
+# is for CLIP ViT-B/32 on 224 px photos; on the embedded world's 32 px images it barely moves the
+# original tiny CLIP, so its fine-tunes were trained, and are benchmarked, at 8/255 (PGD-10, step
+# 2/255: protocol mini; docs/BENCHMARK.md, "Choosing eps for 32x32 images"). Read from the protocols
+# themselves, so that a default and the benchmark never disagree.
+EMBEDDED_PROTOCOL = "mini"
+REAL_CLIP_PROTOCOL = "tecoa16-pgd"
+
+
+@dataclass(frozen=True)
+class StartingAttack:
+    protocol: str
+    eps_255: float
+    steps: int
+    step_255: float
+
+    @property
+    def why(self) -> str:
+        """A note for an eps field: where its first value comes from."""
+        return f"starts at {self.eps_255:g}: the `{self.protocol}` benchmark's eps for these models"
+
+
+def is_real_clip(models: Sequence[ClipModel]) -> bool:
+    """Models that see photos at a real CLIP's size (not the embedded world's 32 px)."""
+    return any(m.image_size >= 128 for m in models)
+
+
+def starting_attack(real_clip: bool) -> StartingAttack:
+    """The first threat model of the protocol that fits the models (see the comment above)."""
+    from .protocols import get_protocol
+
+    name = REAL_CLIP_PROTOCOL if real_clip else EMBEDDED_PROTOCOL
+    threat = get_protocol(name).threats[0]
+    return StartingAttack(name, threat.eps_255[0], threat.steps, threat.step_size_255)
+
+
 def label_presets(real_clip: bool) -> dict[str, list[str]]:
     """Label presets for one image: the embedded world's tasks, plus common sets for a real CLIP."""
     from . import synthetic

@@ -19,7 +19,6 @@ OpenAI CLIP its tensor shapes match.
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -27,7 +26,8 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_text_into, load_visual_into, save_finetune, save_finetune_with_text
-from .errors import UserError, check, first_line
+from .errors import UserError, check
+from .integrity import check_torch_zip, sha256_file
 from .transformers_layout import is_transformers_clip, to_open_clip
 
 # (width, patch size, layers, positional tokens) of OpenAI's ViT image encoders -> base model spec.
@@ -89,7 +89,10 @@ def _numpy_scalar_globals() -> list:
 
 
 def load_torch_file(path: Path) -> dict:
-    """torch.load with weights_only=True: tensors, plain containers and numpy numbers, never arbitrary objects."""
+    """torch.load with weights_only=True: tensors, plain containers and numpy numbers, never arbitrary objects.
+    A zip archive (torch.save's format) must first pass the CRC-32 check of every member
+    (pmg_core.integrity), which torch.load itself skips."""
+    check_torch_zip(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -103,25 +106,10 @@ def load_torch_file(path: Path) -> dict:
 
 
 def unreadable_torch_file(path: Path) -> str:
-    """Why torch.load could not read `path`, for people: a zip archive cut short, or not a checkpoint at all.
-    torch's own messages ("PytorchStreamReader failed ... internal miniz error", "[Errno 22] Invalid
-    argument") name its internals, not the file's problem."""
-    if is_cut_zip(path):
-        return (f"'{path.name}' is incomplete: the file ends before the end of its zip archive (cut short while "
-                "downloading or copying?); fetch it again.")
+    """Why torch.load could not read `path`, for people. torch's own messages ("PytorchStreamReader
+    failed ... internal miniz error", "[Errno 22] Invalid argument") name its internals, not the file's problem."""
     return (f"'{path.name}' is not a PyTorch checkpoint that can be read safely (damaged, or another kind of file); "
             "refused.")
-
-
-def is_cut_zip(path: Path) -> bool:
-    """A file that starts as a zip archive (torch.save's format) but lacks the record every zip ends with."""
-    end_record, longest_comment = b"PK\x05\x06", 65_535 + 22
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            return False
-        size = f.seek(0, 2)
-        f.seek(max(0, size - longest_comment))
-        return end_record not in f.read()
 
 
 def read_source(source: str):
@@ -153,15 +141,6 @@ def read_source(source: str):
         fmt = "torch checkpoint" + (" (public PMG-AFT/TeCoA code layout)" if state is not obj else " (plain state dict)")
     return (visual_state(state, f"'{path.name}'"), {"source": path.name, "source_format": fmt, "source_sha256": digest},
             None)
-
-
-def sha256_file(path: Path) -> str:
-    # Chunked: hashlib.file_digest needs Python 3.11 and the project supports 3.10.
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def guess_base(state: dict[str, torch.Tensor]) -> str:

@@ -325,18 +325,11 @@ def _cached_hub_file(hub: str) -> str | None:
 
 
 def _load_hf_hub(spec: str, device) -> ClipModel:
-    oc = _open_clip()
-    if env.is_offline():
-        env.go_offline()
-        if not _cached_hub_file(spec[len("hf-hub:"):] + "/open_clip_config.json"):
-            raise UserError(f"'{spec}' is not in the local Hugging Face cache and this machine is offline; "
-                            "connect once to download it, or use the embedded default 'clip-tiny'.")
-    try:
-        model = oc.create_model(spec, device=device)
-        tokenizer = oc.get_tokenizer(spec)  # a hub model's own tokenizer may need another package (transformers)
-    except Exception as e:  # noqa: BLE001 - hub errors come in many types
-        raise UserError(f"Could not load '{spec}' from the Hugging Face hub ({first_line(e)}); check the id "
-                        "and the network connection.") from None
+    """A hub model through pmg_core.hub_models: its files checked and its config normalised before open_clip builds it."""
+    from .hub_models import load
+
+    _open_clip()
+    model, tokenizer = load(spec, device)  # every failure, offline and uncached included, is one UserError sentence
     return _wrap(spec, model, tokenizer, spec, spec)
 
 

@@ -3,13 +3,21 @@
 The registry (``ZOO``) is data, like open_clip's pretrained table: each ``Entry`` says what a
 published checkpoint is (base ``ARCH:TAG``, where its file lives and in which format), who
 trained it and how (paper, data, eps, method), which numerics judge it (``preset``), its licence,
-the numbers its authors published and the recipe behind them, and a pinned sha256 where one is
-known. None is pinned yet: nobody here could reach the sources, so ``fetch`` prints each file's
-hash for a maintainer to pin; a pinned hash that does not match refuses the file.
+the numbers its authors published and the recipe behind them (pmg_core.reported arranges them for
+the Leaderboard), the optional packages it needs (``needs``), and a pinned sha256 where one is
+known. None is pinned in the registry: nobody here could reach the sources, so ``fetch`` prints
+each file's hash, and ``cached_pins`` (``zoo pin``) writes what a cache holds into a lock file.
+
+Integrity with no hash pinned: every torch zip archive passes the CRC-32 check of all its members
+before it is unpickled (pmg_core.integrity). With a lock file in force (``fetch(lock=...)``, or
+``$PMG_ZOO_LOCK`` for the app and every command), hash-checking is all or nothing, as pip's: an
+entry without a line is refused; a download, a hub weights file or a mirrored checkpoint whose
+sha256 differs is refused; a cached checkpoint must record the pinned source sha256.
 
 ``fetch(id)`` turns an entry into something ``load_model`` reads:
-- ``open_clip`` / ``hf-hub`` entries are open_clip models; huggingface_hub downloads and caches
-  them (resume and progress are its own), so fetching is loading them once;
+- ``open_clip`` / ``hf-hub`` entries are open_clip models whose files huggingface_hub downloads
+  into its cache (resume and progress are its own); fetching downloads and checks them
+  (pmg_core.hub_models: CRC, a hub config normalised for the installed open_clip), loading builds;
 - ``pth.tar`` / ``state-dict`` entries are downloaded (pmg_core.downloads: progress, resume,
   bounded waits, no HTML, atomic landing), unpickled safely and converted by pmg_core.importers
   (every key and shape must fit the base, every value finite) into a fine-tune checkpoint in the
@@ -48,10 +56,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import env
+from . import env, hub_models
 from .env import cache_dir
 from .checkpoints import read_metadata
 from .errors import UserError, check, first_line
+from .integrity import Lock, Pin, check_torch_zip, lock_in_force, sha256_file
 from .models import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
 
 log = logging.getLogger(__name__)
@@ -106,6 +115,7 @@ class Entry:
     gpu: bool = False  # too big to be pleasant on a CPU
     note: str = ""
     text_tower: bool = False  # hf-transformers: its text encoder is fine-tuned too and replaces the base's
+    needs: tuple[str, ...] = ()  # optional packages (requirements-extra.txt) it cannot load without
 
     @property
     def converted(self) -> bool:
@@ -163,6 +173,38 @@ def _published(clean, r1, r2, r4, where="RobustVLM README, Additional Models (Vi
     return Published(clean, {1: r1, 2: r2, 4: r4}, ROBUSTVLM_ZERO_SHOT, where)
 
 
+LAION_B16 = "ViT-B-16:laion2b_s34b_b88k"
+LAION_CONVNEXT = "convnext_base_w:laion2b_s13b_b82k_augreg"
+# (method, id tag, title, hub name after "chs20/<method>4-", RobustVLM README's clean / eps 1 / 2 / 4 averages)
+LAION_B = (("TeCoA", "b16", "ViT-B/16", "ViT-B-16-laion2B-s34B-b88K", (51.5, 45.0, 38.4, 26.4)),
+           ("FARE", "b16", "ViT-B/16", "ViT-B-16-laion2B-s34B-b88K", (56.6, 47.7, 39.2, 23.5)),
+           ("TeCoA", "convnext", "ConvNeXt-B", "convnext_base_w-laion2B-s13B-b82K-augreg", (56.2, 50.4, 44.1, 31.8)),
+           ("FARE", "convnext", "ConvNeXt-B", "convnext_base_w-laion2B-s13B-b82K-augreg", (60.2, 52.3, 44.1, 28.4)))
+# perceptual-metrics README (962995f), List of pre-trained models: the Nextcloud shares of vit-b-16-tecoa, vit-b-16-fare,
+# convnext_base_w-tecoa, convnext_base_w-fare; the file names are utils_perceptual_models.py's ckptpath.
+RCLIP_SHARES = ("ZBkmbMrAwgfeeSa", "fg7JHQzASiNnxCg", "zHKCC9aS7rf4qCt", "GCPXBDEE5PoCngy")
+RCLIP_FILES = ("vit-b-16-tecoa-eps4.pt", "vit-b-16-fare-eps4.pt", "convnext_base_w-tecoa-eps4.pt",
+               "convnext_base_w-fare-eps4.pt")
+def _laion_where(title: str) -> str:
+    """Where the LAION models' numbers come from: the hub models and R-CLIP's files are one set of fine-tunes."""
+    return (f"RobustVLM README, Additional Models ({title} LAION 2B; the README says these models come from the "
+            "perceptual-metrics project)")
+
+
+RCLIP = dict(trainer="Croce, Schlarmann, Singh, Hein (perceptual-metrics repository)",
+             paper="Croce, Schlarmann, Singh, Hein, Adversarially Robust CLIP Models Can Induce Better (Robust) "
+                   "Perceptual Metrics (SaTML 2025): R-CLIP_F (FARE) and R-CLIP_T (TeCoA)",
+             paper_url="https://arxiv.org/abs/2502.11725",
+             source_page="https://github.com/fra31/perceptual-metrics (README, List of pre-trained models; "
+                         "utils_perceptual_models.py)",
+             data="ImageNet (adversarial fine-tuning at Linf eps 4/255, RobustVLM's training code)",
+             licence="none stated by the repository", preset="paper", eps_255=4,
+             note="torch.save of the open_clip image encoder's state dict (their loader calls "
+                  "model.visual.load_state_dict(ckpt, strict=True)) of a LAION-2B CLIP, whose text encoder is kept; "
+                  "CLIP's normalisation; the ConvNeXt-B was pretrained at 256 px (their perceptual evaluation crops "
+                  "224)")
+
+
 def _drive_folder(folder_id: str) -> str:
     return f"https://drive.google.com/embeddedfolderview?id={folder_id}"
 
@@ -173,9 +215,12 @@ def _hub_file(repo: str, name: str) -> str:
 
 OPENAI_VIT_L14 = "ViT-L-14-quickgelu:openai"
 TGA_PROTOCOL = Protocol(
-    "TGA-ZSR repo (PMG-AFT protocol, 16 datasets)", PAPER_16, "pgd", 100, "public-code", None,
-    "their README's table averages 16 datasets (TinyImageNet among them, which this project does not evaluate) "
-    "at eps 1/255; its PGD has the code's default 100 steps of 1/255")
+    "TGA-ZSR repo (PMG-AFT protocol, 16 datasets)", ("tinyimagenet", *PAPER_16), "pgd", 100, "public-code", None,
+    "their README's table averages 16 datasets, TinyImageNet and the 15 zero-shot sets, at eps 1/255; its PGD has "
+    "the code's default 100 steps of 1/255")
+# TGA-ZSR.py / Comp-TGA.py call utils.save_checkpoint once per epoch without is_best, so checkpoint.pth.tar holds the
+# last epoch, the model their validate() scores; an older run's model_best.pth.tar may sit beside it in the folder.
+TGA_EVALUATED = "checkpoint.pth.tar"
 TGA = dict(trainer="Yu, Zhang, Xu (TGA-ZSR repository)", source_page="https://github.com/zhyblue424/TGA-ZSR (README, "
            "Checkpoints)", data="TinyImageNet", licence="none stated by the repository", preset="paper",
            format="drive-folder", eps_255=1,
@@ -192,9 +237,11 @@ DELTA = dict(trainer="Wang et al. (zw123 on the Hugging Face hub, Delta-CLIP col
                    "Vision-Language Model Robustness (2025)", paper_url="https://arxiv.org/abs/2501.09446",
              data="DataComp-1B / Recap-DataComp-1B (adversarial pre-training from scratch)",
              licence="CC BY 4.0 (hub card)", preset="paper", format="hf-hub", method="delta-clip", gpu=True,
+             needs=("transformers",),
              note="an open_clip model on the hub (its own config, tokenizer and text encoder; the weights are a "
                   "pickled open_clip_pytorch_model.bin of plain tensors; its tokenizer files are a Hugging Face "
-                  "tokenizer's, which open_clip loads through the transformers package)")
+                  "tokenizer's, which open_clip loads through the transformers package, the optional extra in "
+                  "requirements-extra.txt; a text_cfg key open_clip 3.3 rejects, vocab_path, is dropped on loading)")
 
 
 ENTRIES = (
@@ -202,6 +249,11 @@ ENTRIES = (
           paper="Radford et al., Learning Transferable Visual Models From Natural Language Supervision (ICML 2021)",
           paper_url="https://arxiv.org/abs/2103.00020", source_page="https://github.com/openai/CLIP",
           data="OpenAI's 400M image-text pairs", licence="MIT (openai/CLIP)", size="605 MB (open_clip's hub copy)"),
+    *(Entry(f"clip-{tag}-laion", f"LAION-2B CLIP {title} (OpenCLIP)", base, "open_clip", trainer="LAION (OpenCLIP)",
+            paper="Cherti et al., Reproducible Scaling Laws for Contrastive Language-Image Learning (CVPR 2023)",
+            paper_url="https://arxiv.org/abs/2212.07143", source_page="https://github.com/mlfoundations/open_clip",
+            data="LAION-2B", licence="MIT (open_clip)", note="the base of the R-CLIP fine-tunes")
+      for tag, title, base in (("b16", "ViT-B/16", LAION_B16), ("convnext", "ConvNeXt-B (256 px)", LAION_CONVNEXT))),
     Entry("pmg-aft-b32", "PMG-AFT ViT-B/32 (test-time counterattacks repo)", OPENAI_VIT_B32,
           urls=(_drive("1JMXdMheNaYWiwqcWI0tvRrp6MBweQagn"),), filename="PMG_AFT.pth.tar", method="pmg-aft", **TTC),
     Entry("tecoa-b32", "TeCoA ViT-B/32 (test-time counterattacks repo)", OPENAI_VIT_B32,
@@ -230,7 +282,22 @@ ENTRIES = (
           **RVLM_HUB),
     *(Entry(f"{m}{e}-l14", f"{'TeCoA' if m == 'tecoa' else 'FARE'} eps {e} ViT-L/14 (RobustVLM)",
             f"hf-hub:chs20/{m}{e}-clip", method=m, eps_255=e, gpu=True, size="about 1.1 GB (image encoder)",
-            **{**RVLM_HUB, "data": "ImageNet, 2 epochs"}) for m in ("tecoa", "fare") for e in (2, 4)),
+            published=Published(clean, {2: r2, 4: r4}, ROBUSTVLM_ZERO_SHOT,
+                                "RobustVLM README, Summary of results (ViT-L/14, CLIP-only avg. zero-shot)"),
+            **{**RVLM_HUB, "data": "ImageNet, 2 epochs"})
+      for m, e, clean, r2, r4 in (("tecoa", 2, 60.0, 43.6, 27.0), ("tecoa", 4, 54.2, 42.3, 31.9),
+                                  ("fare", 2, 67.0, 43.1, 20.5), ("fare", 4, 61.1, 45.9, 32.4))),
+    # LAION-2B ViT-B/16 and ConvNeXt-B (RobustVLM's README: these come from the perceptual-metrics project)
+    *(Entry(f"{m.lower()}4-{tag}-laion", f"{m} eps 4 {title} LAION-2B (RobustVLM follow-up)",
+            f"hf-hub:chs20/{m}4-{hub}", method=m.lower(), eps_255=4,
+            published=_published(*numbers, _laion_where(title)), **RVLM_HUB)
+      for m, tag, title, hub, numbers in LAION_B),
+    *(Entry(f"rclip-{m.lower()}4-{tag}", f"R-CLIP ({m} eps 4) {title} LAION-2B (perceptual-metrics)",
+            base, "state-dict", urls=(_tuebingen(share, name),), filename=name, method=m.lower(),
+            published=_published(*numbers, _laion_where(title)), **RCLIP)
+      for (m, tag, title, hub, numbers), base, share, name in zip(LAION_B, (LAION_B16, LAION_B16, LAION_CONVNEXT,
+                                                                              LAION_CONVNEXT), RCLIP_SHARES,
+                                                                    RCLIP_FILES)),
     # --- after PMG-AFT (2024-2026) ---
     *(Entry(f"advflyp{tag}-b32", f"AdvFLYP{title} ViT-B/32", OPENAI_VIT_B32, "pth.tar", urls=(_drive(fid),),
             filename=f"AdvFLYP_{name}_checkpoint.pth.tar", method="advflyp", eps_255=1,
@@ -247,12 +314,12 @@ ENTRIES = (
                                     ("-noreg", " without regularisation", "NonReg",
                                      "1DQ509vJpwjwlxLKrGVgvwum8-vW1zy0K"))),
     Entry("tga-zsr-b32", "TGA-ZSR ViT-B/32 (its authors' weights)", OPENAI_VIT_B32,
-          urls=(_drive_folder("1T7APhNq3tRW81vC1Lx8JSbHxWuP7euSx"),), method="tga-zsr",
+          urls=(_drive_folder("1T7APhNq3tRW81vC1Lx8JSbHxWuP7euSx"),), filename=TGA_EVALUATED, method="tga-zsr",
           paper="Yu, Zhang, Xu, Text-Guided Attention is All You Need for Zero-Shot Robustness in Vision-Language "
                 "Models (NeurIPS 2024)", paper_url="https://arxiv.org/abs/2410.21802",
           published=Published(56.44, {1: 42.09}, TGA_PROTOCOL, "TGA-ZSR README, benchmark table"), **TGA),
     Entry("comp-tga-b32", "Comp-TGA ViT-B/32 (its authors' weights)", OPENAI_VIT_B32,
-          urls=(_drive_folder("1cvqDha1useGdCgTjGatZMuBj1W71nMyk"),), method="comp-tga",
+          urls=(_drive_folder("1cvqDha1useGdCgTjGatZMuBj1W71nMyk"),), filename=TGA_EVALUATED, method="comp-tga",
           paper="Yu, Zhang, Xu, Complementary Text-Guided Attention for Zero-Shot Adversarial Robustness (TPAMI 2026)",
           published=Published(55.44, {1: 44.46}, TGA_PROTOCOL, "TGA-ZSR README, benchmark table"), **TGA),
     Entry("saft-b32", "SAFT-L ViT-B/32 (its authors' weights)", OPENAI_VIT_B32, "drive-folder",
@@ -386,21 +453,32 @@ def spec(entry: Entry) -> str:
 Report = Callable[[str], None]
 
 
-def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say: Report = log.info) -> str:
+def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say: Report = log.info,
+          lock: Lock | None = None) -> str:
     """Make `entry_id` loadable here (download, check, convert); returns its spec for load_model.
 
     `progress(done_bytes, total_bytes_or_None)` sees the download; `say` gets one line per stage
-    (the file's sha256 among them); `base_model`: the loaded base, shared by the conversion.
+    (the file's sha256 among them); `base_model`: the loaded base, shared by the conversion; `lock`:
+    hash-checking mode (default: the lock file $PMG_ZOO_LOCK names, if any; pmg_core.integrity).
     """
     entry = get(entry_id)
     check(entry.format != "unpublished", f"Nothing to fetch: the zoo's card '{entry.id}' stands for a method without "
                                          f"published weights ({entry.note or 'see its card'}).")
+    missing = hub_models.missing_packages(entry.needs)
+    if missing:
+        raise UserError(hub_models.extra_refusal(f"'{entry.id}'", missing))
+    lock = lock if lock is not None else lock_in_force()
+    pin = lock.pin(entry.id) if lock is not None else None
+    source_hash = _source_hash(entry, pin)
     if not entry.converted:
-        if base_model is None or base_model.spec != entry.base:
-            load_model(entry.base)  # open_clip / huggingface_hub download it into their cache
+        weights = publisher_weights(entry)  # downloaded into the hub cache; a torch zip's CRC checked
+        if source_hash:
+            _check_hash(entry, weights, source_hash, "its weights file")
         return entry.base
     out = converted_path(entry)
     if out.is_file():
+        if pin is not None:
+            _check_cached(entry, out, pin)
         return str(out)
     from .downloads import download
 
@@ -408,9 +486,10 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
     mirrored_at = mirror_url(entry)
     try:
         if mirrored_at:
-            got = download(mirrored_at, folder / out.name, progress=progress, label=f"{entry.id} (mirror)")
+            got = download(mirrored_at, folder / out.name, sha256=pin.converted if pin else "", progress=progress,
+                           label=f"{entry.id} (mirror)")
             say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes, from the mirror)")
-            _check_mirrored(entry, got.path, base_model)
+            _check_mirrored(entry, got.path, base_model, source_hash)
             out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(got.path, out)
             return str(out)
@@ -420,17 +499,84 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
                 name = entry.filename
                 if entry.format == "drive-folder":
                     url, name = _drive_folder_file(entry, url)
-                got = download(url, folder / name, sha256=entry.sha256, progress=progress, label=entry.id)
+                got = download(url, folder / name, sha256=source_hash, progress=progress, label=entry.id)
                 break
             except UserError as e:
                 errors.append(e)
         else:
             raise errors[-1] if errors else UserError(f"The zoo entry '{entry.id}' names no file to download.")
-        say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes){'' if entry.sha256 else ' - not pinned in the registry yet'}")
+        say(f"{entry.id}: sha256 {got.sha256} ({got.size:,} bytes){'' if source_hash else ' - not pinned yet'}")
         _convert(entry, got.path, got.sha256, url, base_model)
         return str(out)
     finally:
         _tidy(folder)
+
+
+def _source_hash(entry: Entry, pin: Pin | None) -> str:
+    """The sha256 the publisher's file must have: the lock's, the registry's, or '' (none pinned)."""
+    if pin is not None and entry.sha256:
+        check(pin.source == entry.sha256.lower(), f"{entry.id}: the lock file and the registry pin different sha256 "
+                                                  "for its file; refused.")
+    return pin.source if pin is not None else entry.sha256.lower()
+
+
+def cached_pins(ids: Sequence[str] = ()) -> dict[str, Pin]:
+    """The lock lines of what is in the cache (`zoo pin`): `ids`, each of which must be cached, or every
+    cached entry. A converted entry pins the source sha256 its checkpoint records and the checkpoint's
+    own sha256; an open_clip / hub entry pins its weights file in the hub cache."""
+    entries = [get(i) for i in ids] if ids else [e for e in ZOO.values() if e.format != "unpublished"]
+    pins: dict[str, Pin] = {}
+    for e in entries:
+        check(e.format != "unpublished", f"'{e.id}' stands for a method without published weights: nothing to pin.")
+        if e.converted:
+            path = converted_path(e)
+            if path.is_file():
+                source = read_metadata(path).get("source_sha256", "")
+                check(bool(source), f"The cached checkpoint of '{e.id}' records no source sha256; fetch it again.")
+                pins[e.id] = Pin(source, sha256_file(path))
+        else:
+            weights = publisher_weights(e, local_only=True)
+            if weights is not None:
+                pins[e.id] = Pin(sha256_file(weights))
+        check(e.id in pins or not ids, f"'{e.id}' is not in the cache, so there is nothing to pin; "
+                                       f"`python -m pmg_core zoo fetch {e.id}` first.")
+    return pins
+
+
+def _check_hash(entry: Entry, path: Path, expected: str, what: str) -> None:
+    digest = sha256_file(path)
+    check(digest == expected, f"{entry.id}: {what} ({path.name}) does not match its pinned sha256 (got "
+                              f"{digest[:12]}..., expected {expected[:12]}...); refused.")
+
+
+def _check_cached(entry: Entry, path: Path, pin: Pin) -> None:
+    """A converted file in the cache was converted here from the pinned source (its recorded source sha256;
+    read from the header, so loading stays cheap). Converted files from elsewhere come through the
+    mirror, whose download is checked against the lock's --converted hash."""
+    recorded = read_metadata(path).get("source_sha256", "")
+    check(recorded == pin.source, f"{entry.id}: the cached checkpoint was converted from a file whose sha256 "
+                                  f"({recorded[:12] or 'none recorded'}...) is not the lock file's "
+                                  f"({pin.source[:12]}...); refused (delete it to fetch the pinned file).")
+
+
+def publisher_weights(entry: Entry, local_only: bool = False) -> Path | None:
+    """The weights file of an open_clip / hub entry in the hub cache (downloaded first unless `local_only`, or
+    offline); a torch zip's CRC-32 checked. None when `local_only` and not cached."""
+    if entry.format == "hf-hub":
+        if local_only:
+            return hub_models.weights_file(hub_models.repo_of(entry.base), local_only=True)
+        return hub_models.fetch(entry.base).weights  # config normalised, weights checked
+    from .models import _open_clip
+
+    arch, tag = entry.base.split(":", 1)
+    repo = ((_open_clip().get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or "").strip("/")
+    check(bool(repo), f"{entry.id}: open_clip names no hub repo for {entry.base}.")
+    weights = hub_models.weights_file(repo, local_only=local_only)
+    check(weights is not None or local_only, f"{entry.id}: the weights of {entry.base} are not in the local cache and "
+                                             "this machine is offline; connect once to download them.")
+    if weights is not None and not local_only:
+        check_torch_zip(weights, f"The weights of {entry.base} ({weights.name})")
+    return weights
 
 
 def _convert(entry: Entry, raw: Path, digest: str, url: str, base_model: ClipModel | None) -> None:
@@ -481,13 +627,13 @@ def _drive_folder_file(entry: Entry, listing_url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}/uc?export=download&id={found[0].id}", found[0].name
 
 
-def _check_mirrored(entry: Entry, path: Path, base_model: ClipModel | None) -> None:
+def _check_mirrored(entry: Entry, path: Path, base_model: ClipModel | None, source_hash: str) -> None:
     """A mirrored file is a converted checkpoint of this very entry that fits its base (read as data)."""
     try:
         meta = read_metadata(path)
         check(meta.get("zoo_id") == entry.id and meta.get("base") == entry.base,
               f"the mirror's {path.name} is not a converted '{entry.id}' (fine-tune of {entry.base})")
-        check(not entry.sha256 or meta.get("source_sha256") == entry.sha256,
+        check(not source_hash or meta.get("source_sha256") == source_hash,
               f"the mirror's {path.name} was converted from a file that does not match the pinned sha256")
         model = load_checkpoint_model(path, base=base_model if base_model is not None and base_model.spec == entry.base
                                       else None)
@@ -520,6 +666,8 @@ def load_entry(entry_id: str, device="cpu", base: ClipModel | None = None, progr
     shared = base if base is not None and base.spec == entry.base else None
     if entry.converted or entry.format == "unpublished":  # fetch says why an unpublished one cannot load
         return load_model(fetch(entry_id, progress, shared, say), device=device, base=shared)
+    if entry.needs or lock_in_force() is not None:  # the extras it needs, and its weights' pinned hash, checked first
+        fetch(entry_id, progress, shared, say)
     if shared is not None:
         return shared
     model = load_model(entry.base, device=device)
@@ -578,8 +726,7 @@ def _default_models(directory: Path, wait_for_download: bool = True) -> tuple[li
         return models, REAL_CLIP_PENDING[0] + mode
     if online:
         try:
-            base = load_model(OPENAI_VIT_B32, device=device)
-            base.metadata = {**(base.metadata or {}), **ZOO[REAL_CLIP].card()}
+            base = load_entry(REAL_CLIP, device=device)  # its card joins its metadata; a lock in force is checked
             return [base] + finetunes_of(base, directory), (
                 "**Real CLIP**: OpenAI CLIP ViT-B/32 and the robust checkpoints for it found in checkpoints/.")
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; the embedded default always works

@@ -13,7 +13,7 @@ CSS = (ASSETS / "studio.css").read_text(encoding="utf-8")
 METHOD_IN_PLAIN_WORDS = (ASSETS / "about.md").read_text(encoding="utf-8")
 
 # (file, task whose labels it goes with, true label): drawn by assets/make_examples.py
-EXAMPLES = (("example.png", "synth-shape", "circle"), ("purple-star.png", "synth-shape", "star"),
+EXAMPLES = (("blue-triangle.png", "synth-shape", "triangle"), ("example.png", "synth-shape", "circle"), ("purple-star.png", "synth-shape", "star"),
             ("striped-diamond.png", "synth-pattern", "striped shape"), ("digit-seven.png", "synth-digit", "digit 7"))
 
 

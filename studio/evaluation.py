@@ -1,7 +1,9 @@
 """Handler of the Evaluate tab: zero-shot clean/robust accuracy, streamed one model x dataset at a time.
 
 The run is `pmg_core.evaluate.iter_evaluate`'s event stream; it runs in the handler's own thread,
-so Cancel (studio/jobs.py) only sets a flag that the stream reads between events.
+so Cancel (studio/jobs.py) only sets a flag that the stream reads between events. The status line
+ends with a per-model summary over every image evaluated so far (accuracy, n and a 95% Wilson
+interval), above the per-dataset table.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Iterator
 
 import gradio as gr
 
-from pmg_core import inputs, plots
+from pmg_core import inputs, plots, stats
 from pmg_core.data import expand_names
 from pmg_core.evaluate import EvalConfig, iter_evaluate
 from pmg_core.units import from_255
@@ -51,22 +53,50 @@ def _stream(cfg: EvalConfig, models, datasets, job: Job, progress, gate=None) ->
     try:
         for ev in in_turns(events, gate):  # each batch in its visitor's turn on a public server
             if job.stop.is_set():
-                job.final = f"**Cancelled** after {len(results)} of {total} model x dataset runs."
+                job.final = f"**Cancelled** after {len(results)} of {total} model x dataset runs." + summary(results)
                 yield job.final, _table(results), plots.eval_figure(results) if results else None
                 return
             if ev["event"] == "progress":
                 progress((len(results) + ev["done"] / max(ev["total"], 1)) / total,
                          desc=f"{ev['model']} on {ev['dataset']}")
             else:
-                results.append(ev)
-                yield f"{len(results)} of {total} done", _table(results), plots.eval_figure(results)
+                results.append({**ev, "robust_interval": _wilson(round(ev["robust_acc"] * ev["n"]), ev["n"])})
+                yield f"{len(results)} of {total} done" + summary(results), _table(results), plots.eval_figure(results)
     finally:
         events.close()
     step = "auto step" if cfg.step_size is None else f"step {cfg.step_size * 255:g}/255"
-    job.final = f"**Done**: {total} model x dataset runs, eps {cfg.eps * 255:g}/255, PGD-{cfg.steps} ({step})."
+    job.final = (f"**Done**: {total} model x dataset runs, eps {cfg.eps * 255:g}/255, PGD-{cfg.steps} ({step})."
+                 + summary(results))
     yield job.final, _table(results), plots.eval_figure(results)
 
 
 def _table(results: list[dict]) -> list[list]:
     return [[r["model"], r["dataset"], r["n"], round(100 * r["clean_acc"], 2), round(100 * r["robust_acc"], 2),
              r["seconds"]] for r in results]
+
+
+def _wilson(right: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of right out of n images, as a pair (pmg_core.stats computes it)."""
+    if n == 0:
+        return 0.0, 1.0
+    found = stats.wilson(right, n)
+    return found.low, found.high
+
+
+def summary(results: list[dict]) -> str:
+    """Per model, over every image of every dataset it was evaluated on: clean and robust accuracy
+    with n and their 95% Wilson intervals (a Markdown table under the status line)."""
+    if not results:
+        return ""
+    rows = ["", "", "| model | datasets | images (n) | clean % (95% interval) | robust % (95% interval) |",
+            "|---|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(r["model"] for r in results):
+        rs = [r for r in results if r["model"] == model]
+        n = sum(r["n"] for r in rs)
+        cells = []
+        for key in ("clean_acc", "robust_acc"):
+            right = sum(round(r[key] * r["n"]) for r in rs)
+            low, high = _wilson(right, n)
+            cells.append(f"{100 * right / max(n, 1):.1f} ({100 * low:.1f}-{100 * high:.1f})")
+        rows.append(f"| {model} | {len(rs)} | {n} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows)

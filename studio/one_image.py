@@ -26,13 +26,13 @@ from pmg_core.defenses import get_defense
 from pmg_core.errors import check
 from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
                               robustness_radius)
-from pmg_core.maps import MAP_PASSES, comparison_maps, overlay, save_maps
+from pmg_core.maps import MAP_PASSES, comparison_maps, save_maps
 from pmg_core.images import load_image, new_output_folder, save_png, slug, to_uint8
 from pmg_core.models import ClipModel
 from pmg_core.units import from_255, to_255
 
 from . import policy, sessions
-from .html import progress_html, verdict_html
+from .html import maps_html, progress_html, verdict_html
 from .state import Studio
 
 EACH_MODEL = "each model attacks itself"
@@ -131,6 +131,7 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
     settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]
+    originals = [m.name for m in models if m.spec == m.base]  # the summary names the original CLIP as such
     shown = Comparison(prepare_image(x, settings.max_side), classes, true_label)
     redrawn = -math.inf
     for event in iter_compare(models, x, classes, true_label, settings):
@@ -140,16 +141,17 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
             elif time.monotonic() - redrawn < REDRAW_S:
                 continue
             redrawn = time.monotonic()
-            yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings),) + (UNCHANGED,) * 2
+            yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings, summary=False),) + (UNCHANGED,) * 2
             continue
         shown = event["comparison"]
         advs = _distinct_adversarials(shown)
-        files = [str(save_png(adv, folder / f"adversarial-{slug(name)}.png")) for name, adv in advs]
+        # Named by the model whose gradients made it, first, so a list that cuts long names still tells them apart.
+        files = [str(save_png(adv, folder / sessions.adversarial_file(name))) for name, adv in advs]
         if result is not None:  # what the extras (maps, radius, zip) start from: the session keeps no tensors
-            result.update(sessions.keep(shown, settings, order, folder))
-        gallery = [(to_uint8(adv), f"via {name}") for name, adv in advs]
-        perturb = [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), f"via {name}") for name, adv in advs]
-        yield gallery, perturb, verdict_html(shown, settings), files, shown.to_dict(settings)
+            result.update(sessions.keep(shown, settings, order, folder, originals))
+        gallery = [(to_uint8(adv), name) for name, adv in advs]
+        perturb = [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), name) for name, adv in advs]
+        yield gallery, perturb, verdict_html(shown, settings, originals=originals), files, shown.to_dict(settings)
 
 
 def no_image_hint(image) -> str:
@@ -161,13 +163,14 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
            request: gr.Request | None = None):
     """After a comparison: where each model looks, each model's robustness radius, one zip of it all.
 
-    -> a stream of (maps gallery, radius chart, zip file, details, verdict HTML): the verdicts keep a
-    progress line while the radius is searched. Each part is checked against the public policy before
+    -> a stream of (maps grid HTML, radius chart, zip file, details, verdict HTML): the verdicts keep a
+    progress line while the radius is searched, and their summary gains each model's radius. Each part is checked against the public policy before
     any work, as an attack is (the radius's bisection counted like a sweep's radii)."""
     if not result:
         return
     comp, settings, names, folder = sessions.restore(result)
     settings = dataclasses.replace(settings, gate=studio.gate(request))  # each pass in its visitor's turn
+    originals = result.get("originals", ())
     models = studio.pick(names)
     rounds = radius_attacks() if with_radius else 0
     if with_radius:
@@ -175,26 +178,23 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     passes = policy.check_attack_extras(studio.limits, len(models), settings.steps, rounds,
                                         MAP_PASSES if with_maps else 0)
     charge(studio, request, passes, models, comp.classes)
-    gallery, files, radii, chart = [], [], [], None
+    grid, files, radii, chart = "", [], [], None
     if with_maps:
         maps = comparison_maps(models, comp, gate=settings.gate)
         files += save_maps(maps, comp, folder / "maps")
-        gallery = [(to_uint8(overlay(comp.image if image == "clean" else v.adv_image, heat)),
-                    f"{one.model} · {image} · {kind.removeprefix('attention to ')}")
-                   for one, v in zip(maps, comp.verdicts) for image, kinds in one.maps.items()
-                   for kind, heat in kinds.items()]
-    table = verdict_html(comp, settings)
+        grid = maps_html(maps, comp)
     if with_radius:
         for i, m in enumerate(models):
             line = (f"<p class='pmg-progress'>Robustness radius: {i} of {len(models)} models done; bisecting "
                     f"<b>{html.escape(m.name)}</b>&hellip;</p>")
-            yield gallery, UNCHANGED, UNCHANGED, UNCHANGED, line + table
+            yield grid, UNCHANGED, UNCHANGED, UNCHANGED, line + verdict_html(comp, settings, radii, originals)
             radii.append(robustness_radius(m, comp.image, comp.classes, comp.true_label, settings))
         chart = plots.radius_chart([dataclasses.asdict(r) for r in radii])
         chart.savefig(folder / "radius.png")
         files.append(folder / "radius.png")
     details = comp.to_dict(settings, radii)
-    yield gallery, chart, str(_comparison_zip(comp, details, files, folder)), details, table
+    yield grid, chart, str(_comparison_zip(comp, details, files, folder)), details, verdict_html(comp, settings, radii,
+                                                                                                originals)
 
 
 def _comparison_zip(comp: Comparison, details: dict, files: list[Path], folder: Path) -> Path:

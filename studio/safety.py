@@ -48,10 +48,11 @@ PUBLIC_INTERACTIVE_AT_ONCE = 16
 PREVIEWS_AT_ONCE = 2
 # Handlers that may run outside the queue (by function name): each is bounded by its request's size and
 # does no model pass and no decode of a visitor's file. Label presets and lists, an example (the app's own
-# small files), the hint beside Attack, Cancel (sets a flag), the model lists, the Leaderboard's views of
-# the committed cards.
-LIGHT = frozenset({"on_preset", "on_labels", "on_example", "no_image_hint", "cancel", "poll", "refresh",
-                   "show_protocol", "show_heatmap", "open_card"})
+# small files), the hint beside Attack, the result boxes shown after an attack, a page opened from a share
+# link (its settings, and a copy of a kept image of at most 224 px), Cancel (sets a flag), the model
+# lists, the Leaderboard's views of the committed cards.
+LIGHT = frozenset({"on_preset", "on_labels", "on_example", "no_image_hint", "show_results", "open_link", "cancel",
+                   "poll", "refresh", "show_protocol", "show_threat"})
 LIGHT_THREADS = 5  # handler threads the queue's lanes always leave to the handlers in LIGHT
 
 

@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Sequence
 
 from pmg_core.errors import check
 from pmg_core.explore import AttackSettings, Comparison
@@ -37,12 +38,15 @@ EXPIRED = "This comparison's images are gone (kept for an hour at most); press A
 
 
 def adversarial_file(model: str) -> str:
-    """The name of the PNG of the adversarial image a model's gradients made, in the comparison's folder."""
-    return f"adversarial-{slug(model)}.png"
+    """The name of the PNG of the adversarial image a model's gradients made, in the comparison's folder:
+    the model first, so a list that cuts long names still tells them apart."""
+    return f"{slug(model)}-adversarial.png"
 
 
-def keep(comparison: Comparison, settings: AttackSettings, models: list[str], folder: Path) -> dict:
-    """What a session keeps of a finished comparison: no tensors (its images are written to `folder`)."""
+def keep(comparison: Comparison, settings: AttackSettings, models: list[str], folder: Path,
+         originals: Sequence[str] = ()) -> dict:
+    """What a session keeps of a finished comparison: no tensors (its images are written to `folder`).
+    `originals`: the models the verdicts' summary names as the original CLIP."""
     folder = Path(folder)
     save_png(comparison.image, folder / CLEAN)
     verdicts = []
@@ -53,7 +57,8 @@ def keep(comparison: Comparison, settings: AttackSettings, models: list[str], fo
         defended = dataclasses.replace(v.defended, adaptive_image=None) if v.defended else None
         verdicts.append(dataclasses.replace(v, adv_image=None, defended=defended))
     return {"comparison": dataclasses.replace(comparison, image=None, verdicts=verdicts),
-            "settings": dataclasses.replace(settings, gate=None), "models": list(models), "folder": str(folder)}
+            "settings": dataclasses.replace(settings, gate=None), "models": list(models), "folder": str(folder),
+            "originals": list(originals)}
 
 
 def restore(kept: dict) -> tuple[Comparison, AttackSettings, list[str], Path]:

@@ -20,7 +20,7 @@ from gradio.utils import get_upload_folder
 from pmg_core import board, env, findings, inputs
 from pmg_core.data import list_datasets, list_groups
 from pmg_core.errors import UserError, check
-from pmg_core.explore import label_presets
+from pmg_core.explore import StartingAttack, is_real_clip, label_presets, starting_attack
 from pmg_core.models import ClipModel, list_checkpoints
 from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
 
@@ -181,10 +181,18 @@ class Studio:
                            if p.stem not in self.models and p.stem not in self.reserved}
         return added
 
+    @property
+    def real_clip(self) -> bool:
+        """A real-size CLIP is loaded or on its way (published models are loading)."""
+        return self.loader is not None or is_real_clip(list(self.models.values()))
+
     def presets(self) -> dict[str, list[str]]:
-        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet when a real-size CLIP is loaded
-        or on its way (published models are loading)."""
-        return label_presets(real_clip=self.loader is not None or any(m.image_size >= 128 for m in self.models.values()))
+        """Label presets: the embedded world's tasks, plus CIFAR-10 and ImageNet with a real CLIP."""
+        return label_presets(real_clip=self.real_clip)
+
+    def starting_attack(self) -> StartingAttack:
+        """The threat model every tab starts from (explore.starting_attack)."""
+        return starting_attack(self.real_clip)
 
     def dataset_choices(self) -> list[str]:
         return list(list_groups()) + [d.name for d in list_datasets()]
@@ -213,7 +221,8 @@ class Studio:
         """What the committed mini benchmark says about the embedded fine-tunes, when they are loaded."""
         if EMBEDDED_PMG_AFT not in self.models:
             return ""
-        found = [findings.pmg_aft_vs_tecoa(), findings.ttc_verdict()]
+        found = [findings.pmg_aft_vs_tecoa(), findings.pmg_aft_vs_tecoa_cards(), findings.ttc_verdict(),
+                 findings.clipure_verdict()]
         if EMBEDDED_TGA_ZSR in self.models:
             found.insert(1, findings.tga_zsr_vs_tecoa())
         return "\n\n".join(text for text in found if text)
@@ -250,7 +259,7 @@ def robustness_cards(names) -> str:
         return ""
     return ("### Robustness cards\nFrom the committed cards (the Leaderboard tab puts them side by side).\n\n"
             + "\n".join(f"<details><summary>{html.escape(card['model'])}: {card['protocol']['name']} "
-                        f"v{card['protocol']['version']} card</summary>\n\n{board.card_markdown(card)}\n</details>"
+                        f"v{card['protocol']['version']} card</summary>\n\n{board.card_html(card)}\n</details>"
                         for card in found) + "\n\n")
 
 

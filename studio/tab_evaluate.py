@@ -17,7 +17,7 @@ class EvaluateTab:
 
 
 def build(studio: Studio) -> EvaluateTab:
-    limits, datasets = studio.limits, studio.dataset_choices()
+    limits, datasets, start = studio.limits, studio.dataset_choices(), studio.starting_attack()
     with gr.Tab("Evaluate"):
         with gr.Row():
             models = ModelChecklist(studio.names, value=studio.names, label="Models")
@@ -26,9 +26,9 @@ def build(studio: Studio) -> EvaluateTab:
             folder = gr.Textbox("", label="...or an ImageFolder path on this machine", visible=studio.allow_folders,
                                 placeholder="/data/my_images (one folder per class)")
         with gr.Row():
-            eps = gr.Number(1, label="eps (/255)", minimum=0)
-            steps = gr.Number(10, label="PGD steps", precision=0, minimum=0)
-            step_size = gr.Number(1, label="Step size (/255, 0 = auto)", minimum=0)
+            eps = gr.Number(start.eps_255, label="eps (/255)", minimum=0, info=start.why)
+            steps = gr.Number(start.steps, label="PGD steps", precision=0, minimum=0)
+            step_size = gr.Number(start.step_255, label="Step size (/255, 0 = auto)", minimum=0)
             limit = gr.Number(100, label="samples per dataset", precision=0, minimum=1,
                               info=f"at most {limits.eval_samples:,}{limits.where}")
         with gr.Row():
@@ -36,15 +36,15 @@ def build(studio: Studio) -> EvaluateTab:
             cancel_btn = gr.Button("Cancel", variant="stop")
         status = gr.Markdown()
         table = gr.Dataframe(headers=["model", "dataset", "n", "clean %", "robust %", "seconds"],
-                             label="Results", interactive=False)
-        plot = gr.Plot(label="Accuracy")
+                             label="Per dataset", interactive=False)
+        plot = gr.Plot(label="Accuracy per dataset")
 
     def cancel(request: gr.Request) -> str:
         return studio.jobs.cancel("evaluate", request)
 
     run = run_btn.click(gpu(JOB_GPU_S)(safe(evaluation.evaluate, studio)),
                         [models, dataset, folder, eps, steps, step_size, limit], [status, table, plot],
-                        api_name="evaluate", **JOBS)
+                        api_name="evaluate", show_progress_on=[status], **JOBS)
     # Cancel takes a waiting run off the queue (cancels=) and stops a running one after its step (the flag).
     cancel_btn.click(safe(cancel), None, status, api_name="cancel_evaluate", queue=False, cancels=[run])
     return EvaluateTab(models)

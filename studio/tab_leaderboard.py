@@ -1,8 +1,13 @@
 """The Leaderboard tab: the committed robustness cards (benchmarks/cards/<protocol>/) side by side.
 
-A sortable table (one row per card and eps), the clean-vs-robust scatter and a per-dataset
-heatmap; selecting a row opens that card (Markdown and its JSON). Everything is read from the
-card files by pmg_core.board, nothing typed here.
+The table in bands of overlapping intervals (every accuracy with its n and 95% interval; a click on a
+row opens its card right under the row and scrolls the two into view, all in the browser), what the
+cards show in paired tests (pmg_core/findings.py), the clean-against-robust scatter with both
+intervals as error bars, and the per-dataset heatmap with each cell's n. Everything comes from the
+card files through pmg_core.board, which writes board.html from the same table and heatmaps.
+
+`build` adds the tab's sections in order; another self-contained section (e.g. numbers reported
+elsewhere) is one more call inside its `with gr.Tab(...)` block.
 """
 from __future__ import annotations
 
@@ -10,71 +15,77 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pmg_core import board
-from pmg_core.plots import leaderboard_heatmap, leaderboard_scatter
+from pmg_core import board, findings
+from pmg_core.plots import leaderboard_scatter
 
+from .reported_view import build_reported
 from .safety import safe
-
-HEADERS = ["model", "threat", "clean %", "robust %", "robust % (attack unaware of the defense)", "converged",
-           "max change (points)", "published difference (points)"]
-KEYS = ("model", "threat", "clean", "robust", "robust_unaware", "converged", "max_change_points", "published_difference")
 
 
 @dataclass
 class LeaderboardTab:
-    table: gr.Dataframe
-
-
-def table_rows(cards: list[dict]) -> list[list]:
-    return [[("yes" if r[k] else "no") if k == "converged" else ("-" if r[k] is None else r[k]) for k in KEYS]
-            for r in board.rows(cards)]
+    table: gr.HTML
 
 
 def build() -> LeaderboardTab:
     found = board.committed()
+    with gr.Tab("Leaderboard") as tab:
+        table = _measured_here(tab, found)
+        build_reported(found)
+    return LeaderboardTab(table)
+
+
+def _measured_here(tab: gr.Tab, found: dict[str, list[dict]]) -> gr.HTML:
+    """The committed cards: protocol choice, summary, table, paired findings, scatter and heatmap."""
     names = list(found)
     first = found[names[0]] if names else []
     threats = board.threats(first)
-    with gr.Tab("Leaderboard") as tab:
-        if not names:
-            gr.Markdown("No committed robustness cards (`python -m pmg_core cards run --out benchmarks/cards/NAME`).")
-        with gr.Row():
-            protocol = gr.Dropdown(names, value=names[0] if names else None, label="Protocol (committed cards)")
-            threat = gr.Dropdown(threats, value=threats[-1] if threats else None, label="Heatmap at")
-        summary = gr.Markdown(_summary(first), elem_id="pmg-board-summary")
-        table = gr.Dataframe(table_rows(first), headers=HEADERS, interactive=False, elem_id="pmg-leaderboard",
-                             label="Cards (click a header to sort, a row to open its card)")
-        with gr.Row():
-            # Drawn when the tab opens: plotly sizes a figure to its container, which a hidden tab has not got.
-            scatter = gr.Plot(label="Clean against robust", elem_id="pmg-board-scatter")
-            heatmap = gr.Plot(label="Per dataset", elem_id="pmg-board-heatmap")
-        card_md = gr.Markdown("Select a row to open its card.", elem_id="pmg-card")
-        card_json = gr.JSON(label="The card file", visible=False)
+    if not names:
+        gr.Markdown("No committed robustness cards (`python -m pmg_core cards run --out benchmarks/cards/NAME`).")
+    with gr.Row():
+        protocol = gr.Dropdown(names, value=names[0] if names else None, label="Protocol (committed cards)")
+        threat = gr.Dropdown(threats, value=threats[-1] if threats else None, label="Scatter and heatmap at")
+    summary = gr.Markdown(_summary(first), elem_id="pmg-board-summary")
+    table = gr.HTML(board.table_html(first, with_files=True), css_template=board.BOARD_CSS,
+                    js_on_load=board.OPEN_CARD_JS, elem_id="pmg-leaderboard")
+    shown = gr.Markdown(_findings(first), elem_id="pmg-board-findings")
+    with gr.Row():
+        # Drawn when the tab opens: plotly sizes a figure to its container, which a hidden tab has not got.
+        # At least a phone's width each, so on a phone they stack instead of squeezing side by side.
+        scatter = gr.Plot(label="Clean against robust accuracy", elem_id="pmg-board-scatter", min_width=360)
+        heatmap = gr.HTML(_heatmap(first, threats[-1] if threats else None), css_template=board.BOARD_CSS,
+                          js_on_load=None, elem_id="pmg-board-heatmap", min_width=360)
 
     def show_protocol(name: str):
         cards = found.get(name, [])
         options = board.threats(cards)
-        return (_summary(cards), table_rows(cards), leaderboard_scatter(board.rows(cards)),
-                gr.update(choices=options, value=options[-1] if options else None),
-                leaderboard_heatmap(cards, options[-1]) if options else None)
+        at = options[-1] if options else None
+        return (_summary(cards), board.table_html(cards, with_files=True), _findings(cards), _scatter(cards, at),
+                gr.update(choices=options, value=at), _heatmap(cards, at))
 
-    def show_heatmap(name: str, at: str):
+    def show_threat(name: str, at: str):
         cards = found.get(name, [])
-        return leaderboard_heatmap(cards, at) if cards and at else None
+        return _scatter(cards, at), _heatmap(cards, at)
 
-    def open_card(name: str, evt: gr.SelectData):
-        model = (evt.row_value or [None])[0]
-        card = next((c for c in found.get(name, []) if c["name"] == model), None)
-        if card is None:
-            return "Select a row to open its card.", gr.update(visible=False)
-        return board.card_markdown(card), gr.update(value=card, visible=True)
-
-    views = [summary, table, scatter, threat, heatmap]
+    views = [summary, table, shown, scatter, threat, heatmap]
     protocol.change(safe(show_protocol), protocol, views, queue=False)
-    tab.select(safe(show_protocol), protocol, views, queue=False)
-    threat.change(safe(show_heatmap), [protocol, threat], heatmap, queue=False)
-    table.select(safe(open_card), protocol, [card_md, card_json], queue=False)
-    return LeaderboardTab(table)
+    tab.select(safe(show_threat), [protocol, threat], [scatter, heatmap], queue=False)
+    threat.change(safe(show_threat), [protocol, threat], [scatter, heatmap], queue=False)
+    return table
+
+
+def _scatter(cards: list[dict], at: str | None):
+    return leaderboard_scatter([r for r in board.rows(cards) if r["threat"] == at]) if cards and at else None
+
+
+def _heatmap(cards: list[dict], at: str | None) -> str:
+    return board.heatmap_html(cards, at) if cards and at else ""
+
+
+def _findings(cards: list[dict]) -> str:
+    found = findings.board_findings(cards)
+    return ("#### What the cards show, from paired tests on the same images\n\n" + "\n".join(f"- {s}" for s in found)
+            if found else "")
 
 
 def _summary(cards: list[dict]) -> str:
@@ -84,4 +95,4 @@ def _summary(cards: list[dict]) -> str:
     return (f"**{p['name']} v{p['version']}**: {p['title']}. {len(cards)} cards; robust accuracy of a model behind a "
             "test-time defense is the adaptive attacker's (best of every attack per image). Each card names its "
             "weights' sha256, the manifest hashes, the code version and device; `python -m pmg_core cards board` "
-            "writes the same table.")
+            "writes the same table to board.md, board.csv and board.html.")

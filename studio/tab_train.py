@@ -22,15 +22,15 @@ class TrainTab:
 
 
 def build(studio: Studio) -> TrainTab:
-    limits, datasets = studio.limits, [d.name for d in list_datasets()]
+    limits, datasets, start = studio.limits, [d.name for d in list_datasets()], studio.starting_attack()
     with gr.Tab("Train"):
         with gr.Row():
             base = model_dropdown(studio.names, studio.names[0], "Start from")
             method = gr.Dropdown(list_methods(), value="pmg-aft", label="Method")
             dataset = gr.Dropdown(datasets, value=pick_default(datasets, "synth-finetune"), label="Training set")
-            name = gr.Textbox("my-pmg-aft", label="Checkpoint name (saved in checkpoints/)")
+            name = gr.Textbox("my-pmg-aft", label=f"Checkpoint name (saved in {studio.checkpoint_dir.name}/)")
         with gr.Row():
-            eps = gr.Number(1, label="eps (/255)", minimum=0)
+            eps = gr.Number(start.eps_255, label="eps (/255)", minimum=0, info=start.why)
             attack_steps = gr.Number(2, label="PGD steps", precision=0, minimum=0)
             lr = gr.Number(0.01, label="learning rate")
             steps = gr.Number(50, label="training steps", precision=0, minimum=1,

@@ -142,4 +142,4 @@ def _final_status(ending: str, steps: int, skipped: int, out: Path, reason: str 
     bad = f" {reason}" if reason else (f" {skipped} step(s) were skipped (non-finite loss)." if skipped else "")
     saved = (f" Checkpoint **{out.stem}** saved to {out.parent.name}/ and added to the model lists."
              if out.is_file() else " No checkpoint was saved: no training step finished.")
-    return f"**{ending}** after {steps} steps.{bad}{saved}"
+    return f"**{ending}** after {steps} step{'s' if steps != 1 else ''}.{bad}{saved}"

@@ -202,3 +202,54 @@ def drive_folder_listing(entries) -> str:
         "</a></div></div>" for i, name, folder in entries)
     return ("<!DOCTYPE html><html><head><title>shared folder</title></head><body>"
             f"<div class=\"flip-entries\">{blocks}</div></body></html>")
+
+
+def flip_tensor_bytes(body: bytes, count: int = 16) -> bytes:
+    """A torch zip archive with `count` bytes of its largest tensor's data inverted, its CRC-32 records
+    untouched: what a bad disk, a bad copy or a tampering host leaves behind. torch.load reads it without
+    complaint (it does not check the CRC)."""
+    import io
+
+    with zipfile.ZipFile(io.BytesIO(body)) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size >= 2 * count
+    name_len, extra_len = struct.unpack("<HH", body[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    return body[:start] + bytes(b ^ 0xFF for b in body[start:start + count]) + body[start + count:]
+
+
+# --- hub repos in the local Hugging Face cache (open_clip models: Delta-CLIP, RobustVLM's LAION models) ------------
+
+def hub_repo(cache: Path, repo: str, files: dict[str, bytes], commit: str = "0" * 40) -> Path:
+    """Lay `files` out as huggingface_hub's cache holds a downloaded repo (refs/main -> snapshots/<commit>/...)."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return snapshot
+
+
+def open_clip_config(model_cfg: dict, **text_extra) -> bytes:
+    """An open_clip_config.json as open_clip's hub export writes it, with extra text_cfg keys."""
+    import json
+
+    cfg = json.loads(json.dumps(model_cfg))
+    cfg["text_cfg"].update(text_extra)
+    return json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}).encode()
+
+
+def word_tokenizer_files(words) -> dict[str, bytes]:
+    """A Hugging Face fast tokenizer (tokenizer.json + tokenizer_config.json) over `words`: a repo's own tokenizer."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]", "unk_token": "[UNK]",
+              "bos_token": "[BOS]", "eos_token": "[EOS]", "model_max_length": 512}
+    return {"tokenizer.json": tok.to_str().encode(), "tokenizer_config.json": json.dumps(config).encode()}

@@ -91,7 +91,7 @@ def test_an_image_only_the_unaware_attack_found_still_counts_against_the_defense
 def test_a_sample_fooled_by_any_restart_is_not_robust():
     """One restart starts past the wrong-class line, the other at the image itself, from which the
     gradient leads away: whichever comes first, every restart's image is judged."""
-    from pmg_core.adaptive import run_suite
+    from pmg_core.adaptive import menu_for, run_suite
 
     model = ScriptedLine(_wrong_past(1.5), slope=lambda d: torch.where(d > 0, 1.0, -1.0))
     x, y = grey()
@@ -99,9 +99,10 @@ def test_a_sample_fooled_by_any_restart_is_not_robust():
     settings = lambda restarts: SuiteSettings(eps=4 * STEP, steps=4, step_size=STEP, restarts=restarts)  # noqa: E731
     for fooling in (0, 1):
         starts = lambda r: torch.full_like(x, 4 * STEP if r == fooling else 0.0)  # noqa: E731
-        verdicts = run_suite(defended, x, y, ["bpda-eot"], settings(2), starts)
+        verdicts = run_suite(defended, x, y, menu_for(defended, ["bpda-eot"]), settings(2), starts)
         assert not verdicts["bpda-eot"].any() and not verdicts["unaware"].any()
-    verdicts = run_suite(defended, x, y, ["bpda-eot"], settings(1), lambda r: torch.full_like(x, 4 * STEP * r))
+    verdicts = run_suite(defended, x, y, menu_for(defended, ["bpda-eot"]), settings(1),
+                         lambda r: torch.full_like(x, 4 * STEP * r))
     assert verdicts["bpda-eot"].all()  # from the image itself the attack never gets there
 
 
@@ -189,7 +190,8 @@ def test_the_gate_attack_raises_tau_past_the_threshold_where_the_plain_attack_do
     defended = get_defense("ttc", tau_threshold=1.0).wrap(clf)
     assert (clean_tau(defended, x, noise) < 1.0).all()
     settings = SuiteSettings(eps=8 / 255, steps=8, step_size=1 / 255, eot=2)
-    taus = {name: clean_tau(defended, ADAPTIVE[name].build(defended, settings)(x, y, torch.zeros_like(x), 0), noise)
+    taus = {name: clean_tau(defended, ADAPTIVE[name].build(defended, settings)(x, y, torch.zeros_like(x), 0)[0].adv,
+                            noise)
             for name in ("bpda-eot", "gate")}
     assert (taus["gate"] >= 1.0).all() and (taus["bpda-eot"] < 1.0).all()
 

@@ -27,7 +27,8 @@ def _register_test_protocol():
     if "test-toy" not in {p.name for p in list_protocols()}:
         register_protocol(Protocol("test-toy", 1, "tests: the toy colours, PGD-3 at 2 and 4/255", ("toy-colours",),
                                    samples=10, threats=(ThreatModel("Linf", (2, 4), "pgd", 3, 1),),
-                                   defended={"eot": 2, "adaptive": ["bpda-eot", "gate"], "judge_draws": 2}, convergence_samples=6, seed=0, batch_size=8))
+                                   menu=("bpda-eot", "apgd-ce"), defended={"eot": 2, "judge_draws": 2},
+                                   convergence_samples=None, seed=0, batch_size=8))
     return get_protocol("test-toy")
 
 
@@ -94,12 +95,12 @@ def test_a_killed_run_resumes_and_recomputes_no_finished_cell(tmp_path, checkpoi
 
     monkeypatch.setattr(cards, "compute_cell", counted)
     with pytest.raises(KeyboardInterrupt):
-        run_cards(protocol, models, tmp_path)
+        run_cards(protocol, models, tmp_path, allow_dirty=True)
     assert len(list((tmp_path / "cells").rglob("*.json"))) == 3
     # The first model's cells were all done, so its card was written; the second's was not.
     assert [p.name for p in tmp_path.glob("*.json")] == ["toy-clip.json"]
     monkeypatch.setattr(cards, "compute_cell", lambda *a: (computed.append(a[2]), real(*a))[1])
-    written = run_cards(protocol, models, tmp_path)
+    written = run_cards(protocol, models, tmp_path, allow_dirty=True)
     assert len(computed) == total  # the three finished cells were not computed again
     assert len(set(map(str, computed))) == total
     assert sorted(p.name for p in written) == ["toy-clip+ttc.json", "toy-clip.json"]
@@ -118,7 +119,7 @@ def test_a_card_holds_provenance_protocol_results_convergence_and_the_published_
         "toy-zoo", "a zoo model on the tiny base", "pmg-test", "open_clip", method="tecoa", trainer="Someone",
         paper="A paper", published=zoo.Published(50.0, {4: 33.0}, theirs, "Table 9")))
     torch.manual_seed(0)
-    [card_path, zoo_path] = run_cards(protocol, parse_models([checkpoint, "toy-zoo"]), tmp_path)
+    [card_path, zoo_path] = run_cards(protocol, parse_models([checkpoint, "toy-zoo"]), tmp_path, allow_dirty=True)
     card = json.loads(card_path.read_text())
     assert card["weights_sha256"] == sha256_file(Path(checkpoint)) and card["base"] == checkpoint
     assert card["protocol"]["name"] == "test-toy" and card["protocol"]["version"] == 1
@@ -131,7 +132,9 @@ def test_a_card_holds_provenance_protocol_results_convergence_and_the_published_
     assert 0 <= result["robust"]["Linf 4/255"]["robust_acc"] <= result["robust"]["Linf 2/255"]["robust_acc"] <= result["clean_acc"]
     conv = card["convergence"]
     assert isinstance(conv["converged"], bool) and "twice the attack steps" in conv["rule"]
-    assert conv["converged"] == (conv["max_change_points"] <= 0.5) and conv["converged"] == (not conv["not_converged"])
+    assert conv["status"] in ("converged", "not converged", "not checked")
+    assert conv["converged"] == (conv["status"] == "converged") and (conv["status"] == "not converged") == bool(conv["not_converged"])
+    assert card["protocol"]["definition_sha256"] == protocol.definition_sha256()
     assert card["published"] is None  # our own checkpoint: no authors' numbers
     other = json.loads(zoo_path.read_text())
     assert other["trainer"] == "Someone" and other["paper"] == "A paper" and other["method"] == "tecoa"
@@ -150,14 +153,158 @@ def test_the_convergence_check_says_so_when_doubling_the_budget_moves_robust_acc
     protocol = _register_test_protocol()
     real = cards.evaluate_model
 
-    def weaker_when_doubled(model, data, cfg):  # an attack that finds 1% more at twice its steps
-        row = real(model, data, cfg)
-        return {**row, "robust_acc": row["robust_acc"] - 0.01} if cfg.steps == 6 else row
+    def weaker_when_doubled(model, data, cfg, per_sample=False):  # an attack that finds one more image at twice its steps
+        row = real(model, data, cfg, per_sample)
+        if cfg.steps == 6:
+            row["per_sample"]["robust_right"][0] = 0
+        return row
 
     monkeypatch.setattr(cards, "evaluate_model", weaker_when_doubled)
-    [path] = run_cards(protocol, parse_models([checkpoint]), tmp_path)
+    [path] = run_cards(protocol, parse_models([checkpoint]), tmp_path, allow_dirty=True)
     card = json.loads(path.read_text())
     assert not card["convergence"]["converged"] and card["convergence"]["not_converged"]
+
+
+def _cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").rglob("*.json"))]
+
+
+def test_every_cell_holds_its_images_verdicts_in_the_order_of_its_manifest(tmp_path, checkpoint):
+    from pmg_core.cards import parse_models, run_cards
+
+    protocol = _register_test_protocol()
+    run_cards(protocol, parse_models([checkpoint, f"{checkpoint}+ttc", f"{checkpoint}+clipure"]), tmp_path,
+              allow_dirty=True)
+    manifest = json.loads((tmp_path / "manifests" / "toy-colours.json").read_text())["indices"]
+    menus = {}
+    for cell in _cells(tmp_path):
+        n = cell["n"]
+        assert cell["samples"] == manifest and len(cell["clean_right"]) == len(cell["robust_right"]) == n
+        assert sum(cell["clean_right"]) == cell["clean_correct"] and sum(cell["robust_right"]) == cell["robust_correct"]
+        by = cell["robust_right_by_attack"]
+        # Best-of per image: robust exactly where every attack of the menu left it right, and only if right clean.
+        assert cell["robust_right"] == [int(all(v[i] for v in by.values())) for i in range(n)]
+        assert all(r <= c for r, c in zip(cell["robust_right"], cell["clean_right"]))
+        assert {k: sum(v) / n for k, v in by.items()} == cell["robust_acc_by_attack"]
+        menus[cell["model"].rpartition("+")[2] if "+" in cell["model"] else "none"] = set(by)
+    # One menu for every row: a defended one adds the attack unaware of it, and a gate attack where there is a gate.
+    assert menus == {"none": {"bpda-eot", "apgd-ce"}, "clipure": {"unaware", "bpda-eot", "apgd-ce"},
+                     "ttc": {"unaware", "bpda-eot", "apgd-ce", "gate"}}
+
+
+def test_the_convergence_check_runs_on_every_image_still_robust_or_says_it_could_not(tmp_path, checkpoint,
+                                                                                   monkeypatch):
+    from pmg_core import cards
+    from pmg_core.cards import parse_models, run_cards
+
+    protocol = _register_test_protocol()
+    run_cards(protocol, parse_models([checkpoint]), tmp_path, allow_dirty=True)
+    for cell in _cells(tmp_path):
+        conv, still = cell["convergence"], [s for s, r in zip(cell["samples"], cell["robust_right"]) if r]
+        assert still, "the toy model keeps some images at these radii"
+        assert conv["checked"] and conv["samples"] == still and conv["informative"] == len(still)
+        assert len(conv["robust_right_doubled"]) == len(still) and conv["robust_right"] == [1] * len(still)
+        assert conv["flipped"] == len(still) - sum(conv["robust_right_doubled"]) and conv["eot"] == 1
+    # A cell where no image survived the menu has nothing that could fall: it is not checked, and says why.
+    real = cards.evaluate_model
+
+    def nothing_survives(model, data, cfg, per_sample=False):
+        row = real(model, data, cfg, per_sample)
+        row["per_sample"]["robust_right"] = [0] * row["n"]
+        return row
+
+    monkeypatch.setattr(cards, "evaluate_model", nothing_survives)
+    run_cards(protocol, parse_models([checkpoint]), tmp_path / "none", allow_dirty=True)
+    for cell in _cells(tmp_path / "none"):
+        assert cell["convergence"]["checked"] is False and "no image was still robust" in cell["convergence"]["why"]
+    card = json.loads((tmp_path / "none" / "toy-clip.json").read_text())
+    assert card["convergence"]["informative"] == 0 and len(card["convergence"]["not_checked"]) == 2
+
+
+def test_each_cell_records_the_settings_that_ran_and_the_defense_its_own(tmp_path, checkpoint):
+    from pmg_core.cards import parse_models, run_cards
+    from pmg_core.defenses import BLANK_TEMPLATES
+
+    protocol = _register_test_protocol()
+    run_cards(protocol, parse_models([f"{checkpoint}+ttc@calibrated", f"{checkpoint}+clipure"]), tmp_path,
+              allow_dirty=True)
+    cells = {(c["model"].rpartition("+")[2], c["eps_255"]): c for c in _cells(tmp_path)}
+    ttc, clipure = cells["ttc@calibrated", 4], cells["clipure", 4]
+    # TTC: the protocol's EOT and judge draws, the gate attack, the threshold the cell calibrated.
+    assert (ttc["settings"]["eot"], ttc["settings"]["judge_draws"]) == (2, 2) and "gate" in ttc["settings"]["adaptive"]
+    assert ttc["defense_settings"]["tau_threshold"] == ttc["tau_threshold"] != 0.2
+    assert {"eps", "steps", "step_size", "beta", "seed"} <= set(ttc["defense_settings"])
+    assert ttc["settings"]["defense_threshold"] == "calibrated"
+    # CLIPure: one draw each way, no gate, no threshold, its own steps and blank prompt.
+    assert (clipure["settings"]["eot"], clipure["settings"]["judge_draws"]) == (1, 1)
+    assert "gate" not in clipure["settings"]["adaptive"] and "tau_threshold" not in clipure
+    assert clipure["defense_settings"] == {"name": "clipure", "title": clipure["defense_settings"]["title"],
+                                           "randomised": False, "gated": False, "latent_steps": 10,
+                                           "latent_step_size": 0.02, "null_prompt": BLANK_TEMPLATES}
+    assert "variant" in clipure["defense_settings"]["title"]
+    card = json.loads((tmp_path / "toy-clip+clipure.json").read_text())
+    assert "threshold" not in card["defense"] and card["defense"]["settings"]["latent_steps"] == 10
+
+
+def test_cards_are_refused_from_a_dirty_tree_unless_allowed_and_hold_one_code_version(tmp_path, checkpoint,
+                                                                                    monkeypatch):
+    from pmg_core import cards
+    from pmg_core.cards import parse_models, run_cards
+    from pmg_core.errors import UserError
+
+    protocol = _register_test_protocol()
+    models = parse_models([checkpoint])
+    monkeypatch.setattr(cards, "source_state", lambda: ("0.1.0+git.abc1234-dirty", True))
+    with pytest.raises(UserError, match="uncommitted changes .* --allow-dirty"):
+        run_cards(protocol, models, tmp_path)
+    assert not (tmp_path / "cells").exists()
+    [path] = run_cards(protocol, models, tmp_path, allow_dirty=True)
+    card = json.loads(path.read_text())
+    assert card["allowed_dirty"] is True and card["code_version"] == ["0.1.0+git.abc1234-dirty"]
+    # Resuming that folder with other code would mix two code versions in one card: refused.
+    monkeypatch.setattr(cards, "source_state", lambda: ("0.1.0+git.def5678", False))
+    with pytest.raises(UserError, match="code version 0.1.0\\+git.abc1234-dirty"):
+        run_cards(protocol, models, tmp_path)
+    clean = run_cards(protocol, models, tmp_path / "clean")
+    assert json.loads(clean[0].read_text())["allowed_dirty"] is False
+
+
+def test_a_changed_protocol_definition_needs_a_new_version():
+    """Every built-in protocol's definition hash is pinned beside its version; any change of what its
+    numbers depend on changes the hash (a title or note does not)."""
+    from dataclasses import replace
+
+    from pmg_core.protocols import DEFINITIONS, list_protocols
+
+    builtin = [p for p in list_protocols() if not p.name.startswith("test-")]
+    assert {(p.name, p.version) for p in builtin} <= set(DEFINITIONS)
+    for p in builtin:
+        assert p.definition_sha256() == DEFINITIONS[p.name, p.version], (
+            f"{p.name} v{p.version}'s definition changed: register it as v{p.version + 1} and pin its new hash")
+    mini = next(p for p in builtin if p.name == "mini")
+    assert mini.version == 2 and len(mini.dataset_names()) == 10 and mini.samples * 10 >= 150
+    for change in ({"samples": 17}, {"menu": ("bpda-eot",)}, {"defended": {"eot": 4, "judge_draws": 5}},
+                   {"datasets": ("synth-shape",)}, {"apgd_targets": 3}):
+        assert replace(mini, **change).definition_sha256() != mini.definition_sha256(), change
+    assert replace(mini, title="another title", note="").definition_sha256() == mini.definition_sha256()
+
+
+def test_the_mini_protocol_and_the_mini_dataset_group_name_the_same_ten_tasks():
+    from pmg_core.data import list_groups
+    from pmg_core.protocols import get_protocol
+
+    mini = get_protocol("mini")
+    assert mini.dataset_names() == list_groups()["mini"] and set(mini.pinned) == set(mini.dataset_names())
+
+
+def test_tga_zsr_published_numbers_are_over_the_same_sixteen_sets_as_tecoa16():
+    from pmg_core.cards import parse_model, published_beside
+    from pmg_core.protocols import get_protocol
+
+    averages = {"clean_acc": 0.5, "robust_acc": {"Linf 1/255": 0.4}}
+    for entry in ("tga-zsr-b32", "comp-tga-b32"):
+        beside = published_beside(parse_model(entry), get_protocol("tecoa16-pgd"), averages)
+        assert not any(line.startswith("datasets:") for line in beside["what_differs"]), beside["what_differs"]
 
 
 def _cli(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
@@ -179,17 +326,24 @@ def test_two_processes_under_torchrun_write_the_same_cards_as_one_and_the_board(
     models = f"{checkpoint},{checkpoint}+ttc"
     one, two = tmp_path / "one", tmp_path / "two"
     for out, nproc in ((one, 1), (two, 2)):
-        res = _cli(["cards", "run", "--protocol", "test-toy", "--models", models, "--out", str(out)], nproc)
+        res = _cli(["cards", "run", "--protocol", "test-toy", "--models", models, "--out", str(out), "--allow-dirty"],
+                   nproc)
         assert res.returncode == 0, res.stderr[-3000:]
     cards_one, cards_two = read_cards(one), read_cards(two)
     assert len(cards_one) == 2 and [_without_times(c) for c in cards_one] == [_without_times(c) for c in cards_two]
+    per_image = ("samples", "clean_right", "robust_right", "robust_right_by_attack")
+    cells_one, cells_two = _cells(one), _cells(two)
+    assert len(cells_one) == 4 and [{k: c[k] for k in per_image} for c in cells_one] == [
+        {k: c[k] for k in per_image} for c in cells_two]
+    assert [{k: v for k, v in c["convergence"].items() if k != "seconds"} for c in cells_one] == [
+        {k: v for k, v in c["convergence"].items() if k != "seconds"} for c in cells_two]
     res = _cli(["cards", "board", str(two)])
     assert res.returncode == 0, res.stderr[-2000:]
     board = (two / "board.md").read_text()
     assert "| toy-clip+ttc |" in board and "| toy-clip |" in board and "Linf 4/255" in board and "test-toy v1" in board
     assert len((two / "board.csv").read_text().splitlines()) == 1 + 2 * 2  # header, 2 cards x 2 eps
     html = (two / "board.html").read_text()
-    assert html.count("plotly-graph-div") == 3  # the scatter and a heatmap per eps
+    assert html.count("<svg") == 2 and html.count("class='pmg-heat'") == 2  # a scatter and a heatmap per eps
 
 
 def test_cards_refuse_bad_input_in_one_sentence(tmp_path):

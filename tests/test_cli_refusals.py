@@ -118,3 +118,35 @@ def test_attack_refuses_an_empty_label_as_the_app_does(capsys):
     with pytest.raises(UserError) as app_err:
         parse_labels("cat,,dog")
     assert err == f"error: {app_err.value}"
+
+
+def test_a_radius_or_step_is_refused_in_the_unit_it_was_typed_in(capsys):
+    for argv in (["attack", EXAMPLE, "--models", "pmg-test", "--labels", "a,b", "--true", "a", "--eps", "300"],
+                 ["eval", "--models", "pmg-test", "--datasets", "synth-shape", "--eps", "300"],
+                 ["train", "--model", "pmg-test", "--dataset", "synth-shape", "--eps", "300"]):
+        assert run(argv, capsys) == "error: --eps (in /255) must be a number between 0 and 255; got 300."
+    err = run(["attack", EXAMPLE, "--models", "pmg-test", "--labels", "a,b", "--true", "a", "--step-size", "-1"], capsys)
+    assert err == "error: --step-size (in /255) must be a number between 0 and 255; got -1."
+
+
+def test_cards_run_refuses_an_unknown_model_before_any_cell(tmp_path, capsys):
+    out = tmp_path / "cards"
+    err = run(["cards", "run", "--protocol", "mini", "--models", "clip-tiny,nosuch", "--limit", "1", "--out", str(out)],
+              capsys)
+    assert err.startswith("error: Unknown model 'nosuch' in --models") and not out.exists()
+
+
+def test_every_command_and_option_says_what_it_is_for():
+    import argparse
+
+    def undocumented(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield from (" ".join(path + [c.dest]) for c in action._choices_actions if not c.help)
+                for name, sub in action.choices.items():
+                    yield from undocumented(sub, path + [name])
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                yield " ".join(path + [action.option_strings[0] if action.option_strings else action.dest])
+
+    assert list(undocumented(cli.build_parser(), [])) == []
+    assert "where those modules provide them" not in cli.build_parser().description

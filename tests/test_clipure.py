@@ -25,6 +25,23 @@ def test_clipure_is_registered_and_refuses_bad_settings():
             get_defense("clipure", **bad)
 
 
+def test_the_blank_prompt_is_the_mean_over_the_80_imagenet_templates_unless_one_prompt_is_given(tiny_model):
+    """As the authors' code computes it: each of ImageNet's 80 templates with an empty class name,
+    embedded and normalised, then averaged; a single prompt is an option."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    def embedded(prompts):
+        with torch.no_grad():
+            return F.normalize(tiny_model.clip.encode_text(tiny_model.tokenizer(prompts)).float(), dim=-1)
+
+    blank = [t("") for t in OPENAI_IMAGENET_TEMPLATES]
+    assert len(blank) == 80 and blank[0] == "a bad photo of a ."
+    assert torch.allclose(get_defense("clipure").anchor(tiny_model), embedded(blank).mean(0), atol=1e-6)
+    single = get_defense("clipure", null_prompt="a photo of a .").anchor(tiny_model)
+    assert torch.allclose(single, embedded(["a photo of a ."])[0], atol=1e-6)
+    assert not torch.allclose(single, embedded(blank).mean(0), atol=1e-3)
+
+
 def test_one_step_rotates_the_direction_by_atan_eta_towards_the_blank_prompt_and_keeps_the_length():
     """By hand: z = (3, 0, 0), t = (1, 1, 0). u0 = (1, 0, 0); the part of t_hat orthogonal to u0 is
     (0, 1/sqrt2, 0), normalised (0, 1, 0); u1 = normalise((1, eta, 0)), i.e. atan(eta) towards t;

@@ -59,39 +59,87 @@ def test_tga_zsr_sentence_reads_its_seeds_and_says_when_a_gap_is_within_the_seed
     assert findings.tga_zsr_vs_tecoa(tmp_path) is None
 
 
-def _card(folder, name, clean, robust, unaware=None, threshold=None, converged=True, defense="ttc"):
-    """A robustness card with only what the TTC sentence reads (pmg_core/cards.py writes whole ones)."""
-    averages = {"clean_acc": clean, "robust_acc": {"Linf 8/255": robust}}
-    if unaware is not None:
-        averages["robust_acc_unaware"] = {"Linf 8/255": unaware}
-    card = {"card_version": 1, "name": name, "model": name, "averages": averages,
-            "defense": None if threshold is None else {"name": defense, "threshold": threshold},
-            "protocol": {"name": "mini", "version": 1, "limit": None}, "convergence": {"converged": converged}}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(card))
+def _ones(n: int, right: int) -> list[int]:
+    return [1] * right + [0] * (n - right)
 
 
-def test_ttc_sentence_compares_each_model_behind_the_defense_with_itself_undefended(tmp_path):
-    mini = tmp_path / "cards" / "mini"
-    _card(mini, "a", 0.8, 0.2)
-    _card(mini, "b", 0.8, 0.4)
-    _card(mini, "a+ttc", 0.8, 0.1, 0.2, "published")
-    _card(mini, "b+ttc", 0.8, 0.35, 0.45, "published")
-    _card(mini, "c", 0.8, 0.2)  # behind another defense only: not in TTC's sentence
-    _card(mini, "c+clipure", 0.8, 0.9, 0.9, "published", defense="clipure")
+def _flip(right: list[int], lose: int = 0, gain: int = 0) -> list[int]:
+    """The same images with the first `lose` right ones wrong and the first `gain` wrong ones right."""
+    out, lost, gained = list(right), 0, 0
+    for i, r in enumerate(right):
+        if r and lost < lose:
+            out[i], lost = 0, lost + 1
+        elif not r and gained < gain:
+            out[i], gained = 1, gained + 1
+    return out
+
+
+def _cards(folder, per_image=True):
+    """Two models, each undefended and behind TTC at its published threshold, on the same 100 images:
+    TTC costs a 8 images (and gives none back); for b it swaps one right image for another."""
+    from helpers import hand_card, write_cards
+
+    clean = {"synth-shape": _ones(100, 80)}
+    a, b = _ones(100, 60), _ones(100, 50)
+    cards = [hand_card("a", clean, {"synth-shape": a}, per_image=per_image),
+             hand_card("b", clean, {"synth-shape": b}, per_image=per_image),
+             hand_card("a+ttc", clean, {"synth-shape": _flip(a, lose=8)}, defense="ttc", per_image=per_image),
+             hand_card("b+ttc", {"synth-shape": _flip(clean["synth-shape"], lose=1, gain=1)},
+                       {"synth-shape": _flip(b, lose=1, gain=1)}, defense="ttc", per_image=per_image),
+             hand_card("c", clean, {"synth-shape": a}, per_image=per_image),  # behind another defense only
+             hand_card("c+clipure", clean, {"synth-shape": a}, defense="clipure", per_image=per_image)]
+    return write_cards(folder / "cards" / "mini", cards)
+
+
+def test_ttc_sentence_is_a_paired_test_of_each_model_against_itself_on_the_same_images(tmp_path):
+    _cards(tmp_path)
     text = findings.ttc_verdict(tmp_path)
-    assert "at its published threshold gives no model more robust accuracy" in text
-    assert "(-10.0 to -5.0 points across 2 models; +0.0 to +5.0 under the attack unaware of it; clean accuracy +0.0 to +0.0)" in text
-    assert "calibrated" not in text and "did not converge" not in text
-    _card(mini, "a+ttc@calibrated", 0.7, 0.3, 0.3, "calibrated", converged=False)
-    _card(mini, "b+ttc@calibrated", 0.6, 0.4, 0.5, "calibrated")
+    assert "paired on the same images: it adds robust accuracy detectably to 0 of 2 models, takes it detectably " \
+           "from 1, and no difference is detectable for 1" in text
+    # 8 images lost, none gained: a difference the two cards' own intervals (60.0 [50.2, 69.1] and
+    # 52.0 [42.3, 61.5]) would not show, which the pairing does.
+    assert "a: loses 8.0 points (-8.0 points [-13.5, -2.3], exact McNemar p = 0.008; of 100 images, 8 right only " \
+           "undefended, 0 only behind it)" in text
+    assert "b: no detectable difference at n = 100 (+0.0 points [-3.3, +3.3], exact McNemar p = 1.00" in text
+    assert "Clean accuracy: no detectable difference for any of the 2 models; the largest, a: no detectable " \
+           "difference at n = 100 (+0.0 points [" in text
+    assert "clipure" not in text and "did not converge" not in text and "c " not in text
+    assert findings.clipure_verdict(tmp_path).startswith("Behind CLIPure (this project's variant) (mini v2")
+
+
+def test_ttc_sentence_without_per_image_results_says_no_paired_test_and_gives_each_interval(tmp_path):
+    _cards(tmp_path, per_image=False)
     text = findings.ttc_verdict(tmp_path)
-    assert "calibrated on the clean images (their median tau) TTC gives at most +10.0 points of robust accuracy (a)" in text
-    assert "clean accuracy -20.0 to -10.0" in text
-    assert "1 of the 4 defended cards did not converge" in text
-    (mini / "a.json").write_text("{not json")
-    (mini / "b.json").unlink()
+    assert "no paired test can be made, since the cards carry no per-image results" in text
+    assert "(%, 95% interval, n = 100 images each) a 60.0 [50.2, 69.1] -> 52.0 [42.3, 61.5]" in text
+    assert "detectabl" not in text
+    (tmp_path / "cards" / "mini" / "a.json").write_text("{not json")
+    (tmp_path / "cards" / "mini" / "b.json").unlink()
     assert findings.ttc_verdict(tmp_path) is None
+
+
+def test_a_beats_b_is_a_paired_test_and_a_gap_of_a_few_images_is_no_finding(tmp_path):
+    from helpers import hand_card
+
+    clean = {"synth-shape": _ones(40, 30)}
+    a = hand_card("a", clean, {"synth-shape": _ones(40, 20)})
+    b = hand_card("b", clean, {"synth-shape": _flip(_ones(40, 20), gain=3)})
+    text = findings.versus([a, b], "a", "b")
+    assert text.startswith("b against a (mini v2, Linf 8/255), paired on the same images: robust accuracy no "
+                           "detectable difference at n = 40 (+7.5 points [")
+    assert "exact McNemar p = 0.25; of 40 images, 0 right only for a, 3 only for b" in text
+    c = hand_card("c", clean, {"synth-shape": _flip(_ones(40, 20), gain=12)})
+    assert "robust accuracy ahead by 30.0 points (" in findings.versus([a, c], "a", "c")
+    found = findings.board_findings([a, c])
+    assert found[0].startswith("c against a (mini v2, Linf 8/255), paired")
+    # The textbook's pairs (tests/test_stats.py): Newcombe's interval just excludes 0, the exact test does not
+    # reject; the sentence claims no difference and says why.
+    first = [1] * 59 + [1] * 6 + [0] * 16 + [0] * 80
+    second = [1] * 59 + [0] * 6 + [1] * 16 + [0] * 80
+    d = hand_card("d", {"synth-shape": first}, {"synth-shape": first})
+    e = hand_card("e", {"synth-shape": first}, {"synth-shape": second})
+    assert ("robust accuracy borderline at n = 161: the interval excludes 0 but the exact test does not reject "
+            "(+6.2 points [+0.5, +11.9], exact McNemar p = 0.052;") in findings.versus([d, e], "d", "e")
 
 
 def test_the_app_notes_carry_every_committed_finding():
@@ -112,4 +160,5 @@ def test_about_shows_the_committed_robustness_cards_of_a_loaded_model():
     text = robustness_cards({"tecoa-tiny": None})
     card = json.loads((findings.BENCHMARKS / "cards" / "mini" / "tecoa-tiny.json").read_text())
     assert card["weights_sha256"] in text and "tecoa-tiny+ttc@calibrated" in text and "mini v1" in text
+    assert "robust 45.0% [25.8, 65.8] (n = 20) at Linf 8/255" in text  # every number with its interval and n
     assert "fare-tiny" not in text and robustness_cards({"a-model-without-cards": None}) == ""

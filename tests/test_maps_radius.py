@@ -48,8 +48,8 @@ def test_the_cli_writes_the_same_numbers_as_the_app_s_details_and_zip(embedded, 
     for _ in one_image.attack_stream(studio, EXAMPLE, LABELS, "circle", "Linf", 4, 10, 0, "cross-entropy", "", EACH,
                                      studio.names, False, False, result=result):  # every step, as the CLI
         pass
-    *_, (gallery, chart, zipped, details, _) = one_image.extras(studio, result, True, True)
-    assert len(gallery) == 2 * 6 and chart is not None  # 3 maps x clean and adversarial, per model
+    *_, (grid, chart, zipped, details, _) = one_image.extras(studio, result, True, True)
+    assert grid.count("<img ") == 2 * 6 and chart is not None  # 3 maps x clean and adversarial, per model
     cli = subprocess.run([sys.executable, "-m", "pmg_core", "attack", EXAMPLE, "--models", "clip-tiny,fare-tiny",
                           "--labels", LABELS, "--true", "circle", "--eps", "4", "--steps", "10", "--radius",
                           "--maps", str(tmp_path / "maps"), "--json", str(tmp_path / "cli.json")],

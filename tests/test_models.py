@@ -61,7 +61,10 @@ def test_a_failed_download_is_one_sentence(monkeypatch):
 
 
 def test_a_failed_hub_load_is_one_sentence(monkeypatch):
+    import huggingface_hub
+
     _online(monkeypatch, OSError("404 Client Error.\n\nRepository Not Found for url: https://huggingface.co/x\n" * 3))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", open_clip.create_model)  # the hub fails the same way
     with pytest.raises(UserError) as e:
         load_model("hf-hub:nobody/nothing")
     msg = one_sentence(e, "hf-hub:nobody/nothing", "404 Client Error")

@@ -223,7 +223,7 @@ def test_every_registry_entry_is_complete_and_its_recipe_uses_registered_dataset
         assert (e.base.startswith("hf-hub:") or ":" in e.base), e.id
         if e.converted:  # a drive-folder entry may leave the file to the folder's only checkpoint
             assert e.urls and (e.filename or e.format == "drive-folder"), e.id
-            assert e.base in (zoo.OPENAI_VIT_B32, zoo.OPENAI_VIT_L14), e.id
+            assert e.base in (zoo.OPENAI_VIT_B32, zoo.OPENAI_VIT_L14, zoo.LAION_B16, zoo.LAION_CONVNEXT), e.id
         if e.published:
             assert set(e.published.protocol.datasets) <= datasets, e.id
             assert e.published.robust and set(e.published.robust) <= {1, 2, 4}, e.id

@@ -77,6 +77,25 @@ def test_a_checkpoint_inside_a_shared_drive_folder_is_found_fetched_converted_an
     assert [p for p, _ in server.requests][:2] == ["/embeddedfolderview?id=TOP", "/embeddedfolderview?id=RUN"]
 
 
+def test_a_tga_zsr_folder_holding_both_checkpoints_converts_the_one_its_authors_evaluate(server, cache, tiny_model,
+                                                                                         tmp_path):
+    """TGA-ZSR's save_checkpoint writes checkpoint.pth.tar each epoch and can copy a model_best.pth.tar beside it."""
+    last, best = _perturbed(tiny_model.visual.state_dict(), 21), _perturbed(tiny_model.visual.state_dict(), 22)
+    for name, weights in (("last", last), ("best", best)):
+        server.routes[f"/uc?export=download&id={name.upper()}"] = Route(
+            save_numpy1_checkpoint(public_code_checkpoint(weights), tmp_path / f"{name}.pth.tar").read_bytes())
+    server.routes["/embeddedfolderview?id=TGA"] = Route(drive_folder_listing(
+        [("BEST", "model_best.pth.tar", False), ("LAST", "checkpoint.pth.tar", False), ("LOG", "TGA-ZSR.log", False)]
+    ).encode(), content_type="text/html; charset=utf-8")
+    for entry_id in ("tga-zsr-b32", "comp-tga-b32"):  # the registry's own entries, served by the stand-in folder
+        zoo.ZOO[entry_id] = zoo.Entry(**{**vars(zoo.get(entry_id)), "base": "pmg-test",
+                                         "urls": (server.url + "/embeddedfolderview?id=TGA",)})
+        model = load_model(zoo.fetch(entry_id))
+        assert all(torch.equal(model.visual.state_dict()[k], last[k]) for k in last), entry_id
+        assert read_metadata(model.spec)["source_url"].endswith("id=LAST")
+    assert not any("id=BEST" in path for path, _ in server.requests)
+
+
 def test_a_drive_folder_without_the_file_or_with_several_is_refused_in_one_sentence(server, cache):
     server.routes["/embeddedfolderview?id=A"] = Route(
         drive_folder_listing([("X", "notes.txt", False)]).encode(), content_type="text/html")

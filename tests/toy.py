@@ -66,9 +66,35 @@ def grey(n: int = 2, size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full((n, 3, size, size), 0.5), torch.zeros(n, dtype=torch.long)
 
 
-def scripted_defense(shifts):
+class _ScriptedLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, logits_at):
+        d = x.mean((1, 2, 3)) - 0.5
+        ctx.shape = x.shape
+        return logits_at(d - SHIFT * torch.round(d / SHIFT))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.ones(ctx.shape) / ctx.shape[1:].numel(), None  # every step raises d, whatever the loss
+
+
+class ScriptedPath(torch.nn.Module):
+    """A classifier whose logits are `logits_at(e)` ([batch, classes], e as for ScriptedLine) and
+    whose gradient always points up: each PGD sign step raises e by exactly one step, so a test
+    says what the model answers at each iterate (label 0 is the true one)."""
+
+    def __init__(self, logits_at, classes: int):
+        super().__init__()
+        self.logits_at, self.num_classes = logits_at, classes
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, x):
+        return _ScriptedLogits.apply(x, self.logits_at)
+
+
+def scripted_defense(shifts, randomised: bool = True):
     """A test-time defense adding shifts[k % len] to every pixel on its k-th draw (a fixed cycle,
-    no noise), behind which `classifier` then answers."""
+    no noise), behind which `classifier` then answers; randomised=False makes it a deterministic one."""
     from pmg_core.defenses import Defense, DefenseSettings
 
     class Cycle(Defense):
@@ -80,4 +106,5 @@ def scripted_defense(shifts):
             self.draws += 1
             return (x.detach() + shift).clamp(0, 1)
 
+    Cycle.randomised = randomised
     return Cycle(DefenseSettings())

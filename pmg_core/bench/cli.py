@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time training / attack / evaluation steps against the public code's way and the floor",
                        description=DESCRIPTION)
     p.add_argument("--arch", default=d.arch, help="architecture, random init, nothing downloaded (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--method", default="all", help=f"all or one of {', '.join(METHODS)}")
     p.add_argument("--pgd-steps", type=int, default=d.pgd_steps, help="PGD steps of the training attack")
@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
                         "robust eval), study (early-stop study), app (the app's live comparison: today's path vs "
                         "streamed); default %(default)s")
     p.add_argument("--quick", action="store_true", help="one repeat, no warm-up, a small early-stop study (smoke test)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the random weights and images (default %(default)s)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--markdown", default=None, help="write the Markdown summary here")
     p.set_defaults(func=run_cli)
