@@ -22,6 +22,7 @@ import json
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -325,6 +326,24 @@ def test_the_quota_deletes_a_visitors_oldest_files_first_and_nothing_outside_its
     assert not (root / "h1").exists() and mine.exists() and quota.used("a") == 1000 + 1500
     (folder / "maps.png").write_bytes(bytes(1000))  # the request's folder grew: measured again
     assert quota.keep("a") == [str(files[3])] and quota.used("a") == 2500
+
+
+def test_a_shared_upload_counts_in_its_visitors_quota_and_the_page_gets_a_copy(public, tmp_path):
+    """A link keeps the upload as attacked (share.keep_upload) in the visitor's quota; a page opened from the
+    link is handed a copy, so Gradio's hourly sweep of the files it served never takes the kept one."""
+    from pmg_core.images import load_image
+    from studio import share
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (300, 200), (200, 30, 90)).save(photo)
+    visitor, result = Visitor("203.0.113.9"), {}
+    one_image.attack(public, str(photo), "red, blue", "red", "Linf", 4, 1, 1, "cross-entropy", "", EACH, ["clip"],
+                     result=result, request=visitor)
+    token = share.link_query(public, result, [], False, False, visitor).split("image=")[1][:16]
+    kept = public.out_dir / f"{share.PREFIX}{token}.png"
+    assert public.disk.used("203.0.113.9") == kept.stat().st_size > 0
+    page = Path(share.link_settings(public, {"image": token}, [])["image"])
+    assert page != kept and page.parent.parent == public.out_dir and load_image(page).equal(load_image(kept))
 
 
 # --- 4. sessions -----------------------------------------------------------------------------------------
