@@ -181,7 +181,8 @@ def cheap_skips(demo: gr.Blocks) -> bool:
 
     async def postprocess_data(block_fn, predictions, state):
         outputs = list(getattr(block_fn, "outputs", None) or [])
-        if not isinstance(predictions, (list, tuple)) or len(predictions) != len(outputs) or len(outputs) < 2:
+        if (getattr(block_fn, "batch", False) or not isinstance(predictions, (list, tuple))
+                or len(predictions) != len(outputs) or len(outputs) < 2):
             return await original(block_fn, predictions, state)
         skipped = {i for i, p in enumerate(predictions)
                    if isinstance(p, dict) and p == SKIP and not outputs[i].stateful}
@@ -191,7 +192,9 @@ def cheap_skips(demo: gr.Blocks) -> bool:
             return [dict(SKIP) for _ in outputs]
         rest = copy.copy(block_fn)
         rest.outputs = [o for i, o in enumerate(outputs) if i not in skipped]
-        done = iter(await original(rest, [p for i, p in enumerate(predictions) if i not in skipped], state))
+        kept = [p for i, p in enumerate(predictions) if i not in skipped]
+        # Gradio takes a one-output function's value bare, not in a list
+        done = iter(await original(rest, kept[0] if len(kept) == 1 else kept, state))
         return [dict(SKIP) if i in skipped else next(done) for i in range(len(outputs))]
 
     demo.postprocess_data = postprocess_data

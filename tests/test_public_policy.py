@@ -430,3 +430,21 @@ def test_within_a_lane_a_visitors_second_job_waits_behind_every_other_visitors_f
     # The first visitor's two runs queued before the second's one; the second's ran between them.
     assert [p.stem[:-2] if p.stem[-1].isdigit() else p.stem for p in saved if p.stem != "turn-blocker"] == [
         "turn-first", "turn-second", "turn-first"]
+
+
+def test_an_update_that_leaves_every_output_but_one_as_it_is_sets_that_one():
+    """safety.cheap_skips passes over the outputs a streamed update skips (the rest, even one, is Gradio's)."""
+    import asyncio
+
+    import gradio as gr
+
+    from studio import safety
+
+    with gr.Blocks() as demo:
+        text, image = gr.Textbox(), gr.Image()
+        gr.Button().click(lambda: None, None, [text, image])
+    assert safety.cheap_skips(demo)
+    (fn,) = [f for f in demo.fns.values() if len(f.outputs) == 2]
+    assert asyncio.run(demo.postprocess_data(fn, [gr.skip(), None], None)) == [safety.SKIP, None]
+    shown = asyncio.run(demo.postprocess_data(fn, ["hello", gr.skip()], None))
+    assert shown[0] == "hello" and shown[1] == safety.SKIP
