@@ -31,7 +31,6 @@ from .jobs import Jobs
 from .turns import Budget, Turns
 from .visitors import Proxies, visitor_of
 
-TURNS_PER_THREAD = 2  # turns at once per torch thread on a CPU (Studio.__post_init__)
 EMBEDDED_PMG_AFT = "pmg-aft-tiny"  # the shipped fine-tune the mini benchmark's findings are about
 EMBEDDED_TGA_ZSR = "tga-zsr-tiny"
 
@@ -67,12 +66,9 @@ class Studio:
             self.jobs.cancel_wait = 0
             self.proxies = Proxies.from_env()
             on_cpu = not self.models or self.device.type == "cpu"
-            # On a CPU two turns per torch thread, each on one thread: a visitor's short pass starts while
-            # another's long one (a training step, a step through TTC's draws) holds a core, which the
-            # two then share; with one turn per core it waited for the long one to end (41x, not 3x, beside
-            # three hostile addresses). A GPU's kernels are parallel already.
-            slots = TURNS_PER_THREAD * torch.get_num_threads() if on_cpu else 1
-            self.turns = Turns(slots, threads=1 if on_cpu else None)
+            # On a CPU one turn per torch thread, each on one; a GPU's kernels are parallel already. A
+            # visitor behind everyone running takes the spare turn instead of waiting (turns.py).
+            self.turns = Turns(torch.get_num_threads() if on_cpu else 1, threads=1 if on_cpu else None)
             self.budget = Budget(self.limits.work_per_minute)
             self.disk = Quota([self.out_dir.parent, get_upload_folder()])
 
