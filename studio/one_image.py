@@ -73,12 +73,13 @@ def preview(studio: Studio, image, request: gr.Request | None = None) -> np.ndar
 
 
 def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names, request=None) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
-    """The first tab's fields, checked -> (models, image, classes, true label, attack settings); on a
-    public server each model pass of the attack waits for `request`'s visitor's turn."""
+                  model_names, request=None) -> tuple[list[ClipModel], str, list[str], str | None, AttackSettings]:
+    """The first tab's fields, checked -> (models, the image's file, classes, true label, attack settings);
+    on a public server each model pass of the attack waits for `request`'s visitor's turn. The image is
+    read by `read_image`, once the request is charged."""
     limits = studio.limits
     models = studio.pick(model_names)
-    x = load_image(inputs.upload_path(image))
+    path = inputs.upload_path(image)
     classes = inputs.parse_labels(labels)
     norm = inputs.parse_choice("norm", norm, NORMS)
     loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
@@ -89,8 +90,15 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     target = inputs.parse_choice("target class", target, classes, optional=True)
     source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
     # On a CPU, several models are attacked at once (one per core): the same verdicts, sooner.
-    return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source,
-                                                          lanes=cpu_lanes(models), gate=studio.gate(request))
+    return models, path, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source,
+                                                             lanes=cpu_lanes(models), gate=studio.gate(request))
+
+
+def read_image(path: str, settings: AttackSettings) -> torch.Tensor:
+    """A visitor's image, read in their turn once their request is charged: a refused request reads
+    nothing, and a large file's decode shares the machine like a model pass."""
+    with settings.turn():
+        return load_image(path)
 
 
 def charge(studio: Studio, request, passes: int, models: list[ClipModel], classes: list[str]) -> None:
@@ -119,7 +127,7 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
     then) come with the last update.
     stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare).
     result: filled at the end with what `extras` needs (comparison, settings, model names, folder)."""
-    models, x, classes, true_label, settings = attack_inputs(
+    models, path, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names,
         request)
     settings.defense = defense_name(defend)
@@ -128,6 +136,7 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
     passes = policy.check_attack(studio.limits, len(models), settings.steps,
                                  defended_eot=settings.eot if settings.defense != "none" else 0)
     charge(studio, request, passes, models, classes)
+    x = read_image(path, settings)
     settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]
@@ -222,10 +231,10 @@ def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
               model_names, request: gr.Request | None = None):
     """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
-    models, x, classes, true_label, settings = attack_inputs(
+    models, path, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names, request)
     eps = _sweep_eps(studio, eps_list, settings, models, classes, request)
-    comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+    comps = analysis.eps_sweep(models, read_image(path, settings), classes, true_label, eps, settings)
     rows = analysis.sweep_rows(comps, eps, settings.target)
     return plots.sweep_figure(rows), rows
 
@@ -233,11 +242,11 @@ def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
 def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, model_names,
               reference, request: gr.Request | None = None):
     """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
-    models, x, classes, true_label, settings = attack_inputs(
+    models, path, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names, request)
     eps = _sweep_eps(studio, eps_list, settings, models, classes, request)
     reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
-    comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+    comps = analysis.eps_sweep(models, read_image(path, settings), classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)
     proj = analysis.projection(models, comps[-1])
     return (plots.distance_figure(rows), plots.distance_figure(rows, from_reference=True), plots.projection_figure(proj),

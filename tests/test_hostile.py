@@ -199,6 +199,16 @@ def test_previews_and_the_attack_tabs_extras_take_turns_and_are_charged(public):
     assert set(turns) == {"203.0.113.8"} and grid.count("<img ") == 6  # the maps' grid: one model, six maps
 
 
+def test_an_attack_refused_by_the_budget_reads_no_image(public, monkeypatch):
+    """The image is read once the request is charged, in the visitor's turn: a visitor whose minute is
+    spent costs the server no decode of the image they send again and again."""
+    public.budget.charge("203.0.113.10", public.budget.per_minute)
+    monkeypatch.setattr(one_image, "load_image", lambda *a, **k: pytest.fail("the image was read"))
+    with pytest.raises(UserError, match="try again in"):
+        one_image.attack(public, EXAMPLE, LABELS, "circle", "Linf", 4, 5, 0, "cross-entropy", "", EACH, ["clip"],
+                         request=Visitor("203.0.113.10"))
+
+
 # --- 2. memory -----------------------------------------------------------------------------------------
 
 def test_reading_an_image_bomb_holds_at_most_the_cap_at_any_stage(bombs, tmp_path):
