@@ -93,10 +93,15 @@ class QueueClient:
         self.session = uuid.uuid4().hex
 
     def upload(self, path) -> dict:
-        """An uploaded file as an image field's value."""
+        """An uploaded file as an image field's value. While the visitor's uploads at once are taken (429),
+        it tries again, as a client that sends several at once would."""
         name = Path(path).name
-        with open(path, "rb") as f:
-            answer = self.http.post(self.url + "gradio_api/upload", files=[("files", (name, f))])
+        for _ in range(100):
+            with open(path, "rb") as f:
+                answer = self.http.post(self.url + "gradio_api/upload", files=[("files", (name, f))])
+            if answer.status_code != 429:
+                break
+            time.sleep(0.2)
         answer.raise_for_status()
         return {"path": answer.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
 

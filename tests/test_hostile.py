@@ -518,8 +518,8 @@ def _hostile_loop(url, address, kind, stop, sessions_of):
         n += 1
         c.new_session()
         sessions_of.append(c.session)
-        if kind == "attack":  # at the cap: 5 models x 24 passes x (1 + 4 EOT) = 600, then maps and radius
-            c.call("attack", image, labels + f", fresh {n}", "thing 0", "Linf", 4, 23, 1, "cross-entropy", "", EACH, MODELS,
+        if kind == "attack":  # near the caps: 5 x 23 passes x (1 + 4 EOT) = 575, maps and radius 5 x (5 x 23 + 4) = 595
+            c.call("attack", image, labels + f", fresh {n}", "thing 0", "Linf", 4, 22, 1, "cross-entropy", "", EACH, MODELS,
                    "TTC (test-time counterattacks)", False)
             c.call("attack_extras", None, True, True)
         elif kind == "train":
