@@ -10,13 +10,16 @@ line stay quick)::
     rows = list(pmg.iter_evaluate(pmg.EvalConfig(models=["clip-tiny", "pmg-aft-tiny"], datasets=["mini"])))
     events = list(pmg.Trainer(pmg.TrainConfig(model="clip-tiny", method="pmg-aft", max_steps=10)).run())
 
-`pmg_core.evaluate` and `pmg_core.train` are the modules (their run-to-the-end functions share those
-names: ``from pmg_core.evaluate import evaluate``); a re-export under the same name would be
-replaced by the module as soon as anything imports it.
+The package's folders are its floors, each importing only those below it (the README's architecture
+map; tests/test_package.py checks it): core, data, models, attacks, training, evaluation,
+leaderboard, bench, cli. The flat module paths of before the floors (``pmg_core.evaluate``,
+``pmg_core.images``, ...) still import (pmg_core/core/layout.py).
 """
 from __future__ import annotations
 
 import importlib
+
+from .core.layout import install_moved_paths
 
 __version__ = "0.1.0"
 
@@ -30,9 +33,12 @@ _EXPORTS = {
     "get_dataset": "data", "list_datasets": "data",
     "compare": "explore", "AttackSettings": "explore",
     "save_finetune": "checkpoints", "read_metadata": "checkpoints",
-    "UserError": "errors",
+    "UserError": "core.errors",
 }
 __all__ = sorted(_EXPORTS)
+
+
+install_moved_paths()
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import check
+from .core.errors import check
 from .explore import AttackSettings, Comparison, compare
 from .models import ClipModel
 

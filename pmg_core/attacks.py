@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import check, check_number
+from .core.errors import check, check_number
 
 NORMS = ("Linf", "L2")
 LOSSES = ("ce", "margin")

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from . import card_stats
 from .cards import read_cards
-from .errors import check
+from .core.errors import check
 from .stats import Interval
 
 COLUMNS = ("model", "protocol", "threat", "band", "n", "clean", "clean_low", "clean_high", "robust", "robust_low",

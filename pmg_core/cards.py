@@ -60,7 +60,7 @@ from . import __version__, card_stats
 from .data import ZeroShotDataset, get_dataset
 from .defenses import list_defenses
 from .distributed import Dist
-from .errors import UserError, check
+from .core.errors import UserError, check
 from .evaluate import EvalConfig, evaluate_model
 from .models import ClipModel, checkpoint_path
 from .protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
@@ -344,7 +344,7 @@ def run_cards(protocol: Protocol, models: Sequence[ModelSpec], out: str | Path, 
     """Compute this process's unfinished cells, then write the card of every model whose cells are
     all on disk; returns the cards written (module docstring). A dirty source tree is refused
     unless `allow_dirty`."""
-    from .env import default_device
+    from .core.env import default_device
 
     ctx = ctx or Dist(device=torch.device(device or default_device()))
     if limit is not None:

@@ -68,7 +68,7 @@ def _run(args) -> int:
 def _check_known(specs) -> None:
     """Every model named must exist before any cell runs: a misspelt last one would stop the run after the others'
     cells (minutes to hours) instead of at once. Only names are resolved here; nothing is loaded."""
-    from .errors import check
+    from .core.errors import check
     from .models import ALIASES, checkpoint_path, list_architectures
     from .zoo import ZOO
 

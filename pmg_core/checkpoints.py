@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .errors import UserError, check
+from .core.errors import UserError, check
 
 FORMAT_VERSION = 1
 META_KEY = "pmg_core"

@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Callable
 
-from .errors import UserError, check, check_number
-from .units import from_255, to_255
+from .core.errors import UserError, check, check_number
+from .core.units import from_255, to_255
 
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is one, else cpu)"
 
@@ -283,7 +283,7 @@ def _run_attack(args) -> int:
     from .images import load_image, save_png
     from .maps import comparison_maps, save_maps
     from .inputs import parse_labels
-    from .env import check_device, default_device
+    from .core.env import check_device, default_device
     from .zoo import load_models
 
     labels = parse_labels(args.labels)  # as the app reads its labels field: "cat,,dog" is refused, not read as two
@@ -399,7 +399,7 @@ def _add_import(sub) -> None:
 def _run_import(args) -> int:
     import json
 
-    from .env import default_device
+    from .core.env import default_device
 
     device = args.device or default_device()
     from .importers import import_checkpoint
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .env import fit_threads
+    from .core.env import fit_threads
 
     fit_threads()
     try:

@@ -86,10 +86,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import ascend, random_start
-from .errors import check, check_number
+from .core.errors import check, check_number
 from .models import ClipModel, ZeroShotClassifier
 from .paper_prompts import openai_imagenet_templates
-from .registry import Registry
+from .core.registry import Registry
 
 # CLIPure's blank prompt as its authors compute it: the mean over the 80 ImageNet templates, class name empty.
 BLANK_TEMPLATES = "imagenet-templates"

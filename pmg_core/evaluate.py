@@ -46,14 +46,14 @@ from .attacks import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_atta
 from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
-from .errors import check, check_number
-from .env import check_device, default_device
+from .core.errors import check, check_number
+from .core.env import check_device, default_device
 from .models import ClipModel, ZeroShotClassifier
 from .paper_prompts import check_prompts
-from .precision import amp_attack_dtype
+from .core.precision import amp_attack_dtype
 from .presets import Preset, get_preset
 from .zoo import load_models
-from .units import to_255
+from .core.units import to_255
 
 
 ROBUST_RULES = ("ever", "final")

@@ -20,14 +20,14 @@ import torch
 from .attacks import EOTPGD, PGD, margin_loss
 from .defenses import defend, get_defense
 from .data import list_groups
-from .errors import check, check_number
+from .core.errors import check, check_number
 from .images import center_square, quantize
 from .models import ClipModel
 from .presets import DEFAULT_TEMPLATES
 from .paper_datasets import imagenet_names
-from .threads import own_threads
-from .precision import CHOICES as PRECISIONS, AttackPrecision, attack_precision
-from .units import to_255
+from .core.threads import own_threads
+from .core.precision import CHOICES as PRECISIONS, AttackPrecision, attack_precision
+from .core.units import to_255
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -437,7 +437,7 @@ def _in_lanes(streams: list[Iterator[dict]], lanes: int) -> Iterator[dict]:
     so the last ones finish together rather than one after another on a single lane.
 
     Each worker runs torch on its share of this thread's CPU threads, set for that worker alone
-    (pmg_core.threads): the process-wide count, which threads starting torch work meanwhile copy,
+    (pmg_core.core.threads): the process-wide count, which threads starting torch work meanwhile copy,
     never changes. A stream's events keep their order. Closing the stream stops the workers after
     their current pass; a worker's error is raised here.
     """

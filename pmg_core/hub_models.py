@@ -31,8 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import env
-from .errors import UserError, check, first_line
+from .core import env
+from .core.errors import UserError, check, first_line
 from .integrity import check_torch_zip
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_text_into, load_visual_into, save_finetune, save_finetune_with_text
-from .errors import UserError, check
+from .core.errors import UserError, check
 from .integrity import check_torch_zip, sha256_file
 from .transformers_layout import is_transformers_clip, to_open_clip
 
@@ -159,7 +159,7 @@ def guess_method(source: str) -> str:
 
 
 def default_out(source: str) -> Path:
-    from .env import checkpoint_dir
+    from .core.env import checkpoint_dir
 
     name = source.split("/")[-1] if source.startswith("hf-hub:") else Path(source).name
     name = re.sub(r"(\.pth\.tar|\.pth|\.pt|\.tar|\.bin|\.safetensors)$", "", name) or "imported"

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
-from .errors import check, check_number
+from .core.errors import check, check_number
 from .models import ZeroShotClassifier
-from .precision import amp_attack_dtype
+from .core.precision import amp_attack_dtype
 from .presets import KL_DIRECTIONS, Preset, get_preset
-from .registry import Registry
+from .core.registry import Registry
 from .text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import env
+from .core import env
 from .checkpoints import load_tensors, load_text_into, load_visual_into, read_metadata
-from .errors import UserError, check, first_line
+from .core.errors import UserError, check, first_line
 from .presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"

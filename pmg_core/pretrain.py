@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import check, check_number
+from .core.errors import check, check_number
 from .train import cosine_with_warmup
 
 CHECK_LIMIT = 100  # images per mini task of the quick reproduction check stored in the metadata
-DEFAULT_NAME = "clip-tiny.safetensors"  # in the checkpoint folder (pmg_core.env.checkpoint_dir())
+DEFAULT_NAME = "clip-tiny.safetensors"  # in the checkpoint folder (pmg_core.core.env.checkpoint_dir())
 
 
 @dataclass
@@ -211,7 +211,7 @@ def run(args) -> int:
     names = {f for f in PretrainConfig.__dataclass_fields__}
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     model, meta = pretrain(cfg, progress=True)
-    from .env import checkpoint_dir
+    from .core.env import checkpoint_dir
 
     path = save_base(cfg.out or checkpoint_dir() / DEFAULT_NAME, model, meta)
     print(f"saved {path}")

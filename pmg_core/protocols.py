@@ -36,9 +36,9 @@ from .adaptive import MENU
 from .attacks import APGD_TARGETS
 from .data import ZeroShotDataset, expand_names
 from .defenses import get_defense
-from .errors import UserError, check
-from .registry import Registry
-from .units import from_255
+from .core.errors import UserError, check
+from .core.registry import Registry
+from .core.units import from_255
 from .zoo import PAPER_16, ROBUSTVLM_ZERO_SHOT
 
 

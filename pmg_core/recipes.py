@@ -7,7 +7,7 @@ Optional keys: ``kind`` (train | eval: refuses the wrong command) and ``extends`
 relative to this file, whose settings this one starts from).
 
 A train recipe's ``out`` that is a bare file name (``out: pmg-aft-vitb32.safetensors``) is written
-to the checkpoint folder (pmg_core.env.checkpoint_dir(): checkpoints/ beside the package, or
+to the checkpoint folder (pmg_core.core.env.checkpoint_dir(): checkpoints/ beside the package, or
 $PMG_CHECKPOINT_DIR), where ``eval --models pmg-aft-vitb32`` finds it by name from any working
 directory. Any other relative path is relative to the working directory, as ``--out`` always is.
 """
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, check, first_line, shorten
-from .units import from_255, to_255
+from .core.errors import UserError, check, first_line, shorten
+from .core.units import from_255, to_255
 
 KINDS = ("train", "eval")
 PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
@@ -147,7 +147,7 @@ def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
 
 def checkpoint_out(out: str) -> str:
     """A bare file name -> that file in the checkpoint folder; any path with a folder is kept as given."""
-    from .env import checkpoint_dir
+    from .core.env import checkpoint_dir
 
     return str(checkpoint_dir() / out) if out and Path(out).name == out else out
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .data import ZeroShotDataset, register_dataset, register_group
-from .errors import check, check_number
+from .core.errors import check, check_number
 
 IMAGE_SIZE = 32
 

@@ -56,10 +56,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import env, hub_models
-from .env import cache_dir
+from .core import env
+from . import hub_models
+from .core.env import cache_dir
 from .checkpoints import read_metadata
-from .errors import UserError, check, first_line
+from .core.errors import UserError, check, first_line
 from .integrity import Lock, Pin, check_torch_zip, lock_in_force, sha256_file
 from .models import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
 

@@ -17,10 +17,10 @@ import datetime
 
 from . import zoo
 from .cli import DEVICE_HELP
-from .errors import UserError
+from .core.errors import UserError
 from .hub_models import EXTRA, missing_packages
 from .integrity import LOCK_ENV, lock_in_force, write_lock
-from .units import from_255
+from .core.units import from_255
 
 
 def add_parser(sub) -> None:
@@ -174,7 +174,7 @@ def _run_pin(args) -> int:
 def _run_verify(args) -> int:
     from .data import get_dataset
     from .evaluate import EvalConfig, evaluate
-    from .env import default_device
+    from .core.env import default_device
 
     e = zoo.get(args.id)
     if e.published is None:

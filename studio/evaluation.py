@@ -14,7 +14,7 @@ import gradio as gr
 from pmg_core import inputs, plots, stats
 from pmg_core.data import expand_names
 from pmg_core.evaluate import EvalConfig, iter_evaluate
-from pmg_core.units import from_255
+from pmg_core.core.units import from_255
 
 from . import policy
 from .jobs import Job

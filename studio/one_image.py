@@ -22,13 +22,13 @@ import torch
 from pmg_core import analysis, inputs, plots
 from pmg_core.attacks import NORMS
 from pmg_core.defenses import get_defense
-from pmg_core.errors import check
+from pmg_core.core.errors import check
 from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
                               robustness_radius)
 from pmg_core.maps import MAP_PASSES, comparison_maps, save_maps
 from pmg_core.images import load_image, new_output_folder, save_png, slug, to_uint8
 from pmg_core.models import ClipModel
-from pmg_core.units import from_255, to_255
+from pmg_core.core.units import from_255, to_255
 
 from . import policy
 from .html import maps_html, progress_html, verdict_html

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from pmg_core.checkpoints import read_metadata
-from pmg_core.errors import UserError, check
+from pmg_core.core.errors import UserError, check
 from pmg_core.inputs import Limits
 from pmg_core.models import ClipModel
 

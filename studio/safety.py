@@ -16,7 +16,7 @@ from typing import Callable
 
 import gradio as gr
 
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 
 log = logging.getLogger("pmg_studio")
 GENERIC_ERROR = "Something went wrong on the server while doing that; the details are in the server log."

@@ -15,7 +15,7 @@ import threading
 from typing import Sequence
 
 from pmg_core import zoo
-from pmg_core.errors import UserError, first_line
+from pmg_core.core.errors import UserError, first_line
 
 log = logging.getLogger("pmg_studio")
 

@@ -8,7 +8,7 @@ import torch
 from pmg_core.adaptive import ADAPTIVE, GATE_CAP, GateAwarePGD, SuiteSettings, clean_tau, right_on_every_draw
 from pmg_core.attacks import EOTPGD, random_start
 from pmg_core.defenses import DefendedClassifier, get_defense
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
 from pmg_core.models import ZeroShotClassifier
 from pmg_core.presets import get_preset

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import app
-from pmg_core import env, plots
-from pmg_core.errors import UserError
+from pmg_core.core import env
+from pmg_core import plots
+from pmg_core.core.errors import UserError
 from pmg_core.images import load_image
 from pmg_core.zoo import load_default_models
 from studio import assets, evaluation, one_image, share

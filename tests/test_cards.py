@@ -52,7 +52,7 @@ def _without_times(card: dict) -> dict:
 
 def test_a_manifest_is_drawn_once_by_its_seed_and_its_hash_pins_the_images():
     from pmg_core.data import ZeroShotDataset, get_dataset
-    from pmg_core.errors import UserError
+    from pmg_core.core.errors import UserError
     from pmg_core.protocols import Manifest, check_manifest, get_protocol, manifest_for
     from torch.utils.data import TensorDataset
 
@@ -250,7 +250,7 @@ def test_cards_are_refused_from_a_dirty_tree_unless_allowed_and_hold_one_code_ve
                                                                                     monkeypatch):
     from pmg_core import cards
     from pmg_core.cards import parse_models, run_cards
-    from pmg_core.errors import UserError
+    from pmg_core.core.errors import UserError
 
     protocol = _register_test_protocol()
     models = parse_models([checkpoint])

@@ -6,7 +6,7 @@ import torch
 
 from pmg_core import cli
 from pmg_core.checkpoints import save_finetune
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.models import load_model
 from pmg_core.train import Trainer, TrainConfig
 

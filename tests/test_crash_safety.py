@@ -13,7 +13,7 @@ import torch
 
 from pmg_core import checkpoints
 from pmg_core.checkpoints import load_tensors, read_metadata, save_base, save_finetune
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.methods import StepOutput
 from pmg_core.models import load_model
 from pmg_core.train import TrainConfig, Trainer, state_path, train

@@ -8,7 +8,7 @@ import torch
 from pmg_core.attacks import random_start
 from pmg_core.data import get_dataset
 from pmg_core.defenses import defend, get_defense, list_defenses, original_reference
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models import load_model
 from toy import make_toy

@@ -9,7 +9,7 @@ import torch
 from pmg_core import cli
 from pmg_core.attacks import PGD
 from pmg_core.data import get_dataset
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, sample_noise, to_csv, to_markdown
 from pmg_core.models import ZeroShotClassifier, load_model
 from toy import make_toy

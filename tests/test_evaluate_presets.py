@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pmg_core.data import get_dataset
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models import checkpoint_path, load_model
 from pmg_core.presets import IMAGENET_MEAN

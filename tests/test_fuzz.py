@@ -22,7 +22,7 @@ from PIL import Image
 
 
 from pmg_core import cli, inputs  # noqa: E402
-from pmg_core.errors import UserError  # noqa: E402
+from pmg_core.core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image  # noqa: E402
 from pmg_core.images import MAX_PIXELS, load_image  # noqa: E402
 from studio import evaluation, one_image, training  # noqa: E402

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from pmg_core.env import checkpoint_dir
-from pmg_core.errors import UserError
+from pmg_core.core.env import checkpoint_dir
+from pmg_core.core.errors import UserError
 from pmg_core.explore import AttackSettings, label_presets, robustness_radius
 from pmg_core.images import load_image
 from pmg_core.models import load_model

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pmg_core.attacks import OUTER_AUTOCAST
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
 from pmg_core.models import frozen_copy
 from toy import make_toy
@@ -261,7 +261,7 @@ def test_attack_dtype_follows_preset_and_attack_amp(model, monkeypatch):
     assert get_method("pmg-aft", preset="public-code").attack_dtype == torch.float16
     assert get_method("fare", preset="public-code", attack_amp=True).attack_dtype == torch.float16
     # On a CPU the step has no autocast: attack_amp is the attack's own bf16 where the CPU has it.
-    monkeypatch.setattr("pmg_core.env.cpu_bf16", lambda: "avx512_bf16")
+    monkeypatch.setattr("pmg_core.core.env.cpu_bf16", lambda: "avx512_bf16")
     assert get_method("fare", attack_amp=True).pgd(model.classifier(["a", "b"])).dtype == torch.bfloat16
     with pytest.raises(UserError, match="attack_amp"):
         get_method("tecoa", attack_amp="yes")

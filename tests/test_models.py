@@ -7,8 +7,9 @@ import open_clip
 import pytest
 import torch
 
-from pmg_core import env, models
-from pmg_core.errors import UserError
+from pmg_core.core import env
+from pmg_core import models
+from pmg_core.core.errors import UserError
 from pmg_core.models import load_model
 
 CLASSES = ["red", "green", "blue", "grey"]

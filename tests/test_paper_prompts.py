@@ -7,7 +7,7 @@ No dataset files are needed: the mapping from the names a dataset's files give t
 import pytest
 from torchvision.datasets import Flowers102
 
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig
 from pmg_core.paper_datasets import imagenet_names
 from pmg_core.paper_prompts import class_prompts, first_synonyms

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 import app
-from pmg_core import env, inputs, paper_datasets
-from pmg_core.errors import UserError
+from pmg_core.core import env
+from pmg_core import inputs, paper_datasets
+from pmg_core.core.errors import UserError
 from studio import evaluation, policy, training, visitors
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, behind_loopback_proxy, first_step_shown, free_port, tiny_models, wait_for

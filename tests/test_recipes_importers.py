@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from pmg_core.checkpoints import load_tensors, read_metadata
 from pmg_core.cli import main
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.importers import guess_base, import_checkpoint, load_torch_file
 from pmg_core.models import load_model
@@ -59,7 +59,7 @@ def test_shipped_recipes_hold_the_papers_settings():
     assert public == {**pmg, "preset": "public-code", "out": public["out"]} and public["out"] != pmg["out"]
     methods = {n: load_recipe(CONFIGS / f"{n}_vitb32.yaml", "train")["method"] for n in ("tecoa", "fare")}
     assert methods == {"tecoa": "tecoa", "fare": "fare"}
-    from pmg_core.env import checkpoint_dir  # where eval_paper.yaml's models are looked up by name
+    from pmg_core.core.env import checkpoint_dir  # where eval_paper.yaml's models are looked up by name
 
     assert Path(pmg["out"]) == checkpoint_dir() / "pmg-aft-vitb32.safetensors"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pmg_core import stats
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 
 
 @pytest.mark.parametrize("k, n, low, high", [  # Newcombe (1998), Statistics in Medicine 17:857, Table I (Wilson)

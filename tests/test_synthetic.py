@@ -180,7 +180,7 @@ def test_real_digits_are_scikit_learn_images():
 
 def _expected_accuracies():
     from pmg_core.checkpoints import read_metadata
-    from pmg_core.env import checkpoint_dir
+    from pmg_core.core.env import checkpoint_dir
 
     path = checkpoint_dir() / "clip-tiny.safetensors"
     assert path.is_file(), "checkpoints/clip-tiny.safetensors is shipped with the repository"

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from pmg_core import env
+from pmg_core.core import env
 from pmg_core.checkpoints import load_tensors, read_metadata
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models import load_model
 from pmg_core.train import Trainer, TrainConfig, state_path, train

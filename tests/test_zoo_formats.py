@@ -9,7 +9,7 @@ from safetensors.torch import save
 
 from pmg_core import downloads, zoo
 from pmg_core.checkpoints import read_metadata
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 from pmg_core.models import load_model
 from published_files import (FileServer, Route, drive_folder_listing, public_code_checkpoint,
                              save_numpy1_checkpoint, transformers_clip_state)

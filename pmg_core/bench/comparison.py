@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from ..units import to_255
+from ..core.units import to_255
 from .config import BenchConfig, class_names
 from .instruments import sync
 

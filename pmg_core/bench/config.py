@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import check, check_number
+from ..core.errors import check, check_number
 
 METHODS = ("clean", "tecoa", "pmg-aft", "fare")
 PARTS = ("steps", "attack", "study", "app")  # training steps; PGD alone + robust eval; early-stop study; the live comparison
@@ -108,7 +108,7 @@ def attack_autocast(trainer, cfg: BenchConfig) -> Callable:
     if not cfg.attack_amp:
         return contextlib.nullcontext
     if trainer.device.type == "cpu":
-        from ..precision import amp_attack_dtype
+        from ..core.precision import amp_attack_dtype
 
         dtype = amp_attack_dtype(trainer.device)
         return (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..units import to_255
+from ..core.units import to_255
 from .config import BenchConfig
 from .instruments import best_seconds, count_passes, sync
 
