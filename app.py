@@ -17,7 +17,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from pmg_core.core import env
-from pmg_core import inputs
+from pmg_core.data import inputs
 from pmg_core.core.errors import UserError
 from pmg_core.models import ClipModel
 from pmg_core.zoo import parse_model_specs, parse_zoo_ids

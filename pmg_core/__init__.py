@@ -30,7 +30,7 @@ _EXPORTS = {
     "get_method": "methods", "list_methods": "methods",
     "Trainer": "train", "TrainConfig": "train",
     "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",
-    "get_dataset": "data", "list_datasets": "data",
+    "get_dataset": "data.datasets", "list_datasets": "data.datasets",
     "compare": "explore", "AttackSettings": "explore",
     "save_finetune": "checkpoints", "read_metadata": "checkpoints",
     "UserError": "core.errors",

@@ -57,7 +57,7 @@ import torch
 from torch.utils.data import Subset
 
 from . import __version__, card_stats
-from .data import ZeroShotDataset, get_dataset
+from .data.datasets import ZeroShotDataset, get_dataset
 from .defenses import list_defenses
 from .distributed import Dist
 from .core.errors import UserError, check

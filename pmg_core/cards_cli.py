@@ -101,7 +101,7 @@ def _protocols(args) -> int:
 
 
 def _manifests(args) -> int:
-    from .data import get_dataset
+    from .data.datasets import get_dataset
     from .protocols import get_protocol, manifest_for
 
     protocol = get_protocol(args.protocol)

@@ -280,9 +280,9 @@ def _run_attack(args) -> int:
     from pathlib import Path
 
     from .explore import AttackSettings, compare, cpu_lanes, is_real_clip, robustness_radius, starting_attack
-    from .images import load_image, save_png
+    from .data.images import load_image, save_png
     from .maps import comparison_maps, save_maps
-    from .inputs import parse_labels
+    from .data.inputs import parse_labels
     from .core.env import check_device, default_device
     from .zoo import load_models
 
@@ -365,7 +365,7 @@ def _add_datasets(sub) -> None:
 
 
 def _run_datasets(args) -> int:
-    from .data import list_datasets, list_groups
+    from .data.datasets import list_datasets, list_groups
 
     for e in list_datasets():
         print(f"  {e.name:<24} {e.group:<10} {e.description}")

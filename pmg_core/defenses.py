@@ -88,7 +88,7 @@ from torch import nn
 from .attacks import ascend, random_start
 from .core.errors import check, check_number
 from .models import ClipModel, ZeroShotClassifier
-from .paper_prompts import openai_imagenet_templates
+from .data.paper_prompts import openai_imagenet_templates
 from .core.registry import Registry
 
 # CLIPure's blank prompt as its authors compute it: the mean over the 80 ImageNet templates, class name empty.

@@ -44,14 +44,14 @@ from torch.utils.data import DataLoader, Subset
 from .adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, judge_clean, menu_for, run_suite
 from .attacks import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
 from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
-from .data import ZeroShotDataset, expand_names, get_dataset
+from .data.datasets import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .core.errors import check, check_number
 from .core.env import check_device, default_device
 from .models import ClipModel, ZeroShotClassifier
-from .paper_prompts import check_prompts
+from .data.paper_prompts import check_prompts
 from .core.precision import amp_attack_dtype
-from .presets import Preset, get_preset
+from .data.presets import Preset, get_preset
 from .zoo import load_models
 from .core.units import to_255
 

@@ -19,12 +19,12 @@ import torch
 
 from .attacks import EOTPGD, PGD, margin_loss
 from .defenses import defend, get_defense
-from .data import list_groups
+from .data.datasets import list_groups
 from .core.errors import check, check_number
-from .images import center_square, quantize
+from .data.images import center_square, quantize
 from .models import ClipModel
-from .presets import DEFAULT_TEMPLATES
-from .paper_datasets import imagenet_names
+from .data.presets import DEFAULT_TEMPLATES
+from .data.paper_datasets import imagenet_names
 from .core.threads import own_threads
 from .core.precision import CHOICES as PRECISIONS, AttackPrecision, attack_precision
 from .core.units import to_255
@@ -626,7 +626,7 @@ def starting_attack(real_clip: bool) -> StartingAttack:
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:
     """Label presets for one image: the embedded world's tasks, plus common sets for a real CLIP."""
-    from . import synthetic
+    from .data import synthetic
 
     out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
            if name in synthetic.TASKS}

@@ -177,7 +177,7 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
     source address and the licence); `base_model`: the loaded base `base` names, to share.
     """
     from .models import load_model
-    from .presets import get_preset
+    from .data.presets import get_preset
 
     if preset is not None:
         get_preset(preset)  # one sentence for an unknown name, before any loading

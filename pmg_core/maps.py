@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from .explore import Comparison
-from .images import save_png, slug
+from .data.images import save_png, slug
 from .models import ClipModel
-from .presets import DEFAULT_TEMPLATES
+from .data.presets import DEFAULT_TEMPLATES
 from .text_attention import image_tokens, text_guided_attention
 
 KINDS = ("attention to true class", "attention to predicted class", "saliency")

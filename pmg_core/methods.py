@@ -21,7 +21,7 @@ from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
 from .core.errors import check, check_number
 from .models import ZeroShotClassifier
 from .core.precision import amp_attack_dtype
-from .presets import KL_DIRECTIONS, Preset, get_preset
+from .data.presets import KL_DIRECTIONS, Preset, get_preset
 from .core.registry import Registry
 from .text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 

@@ -29,7 +29,7 @@ from torch import nn
 from .core import env
 from .checkpoints import load_tensors, load_text_into, load_visual_into, read_metadata
 from .core.errors import UserError, check, first_line
-from .presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
+from .data.presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_VIT_B32 = "ViT-B-32-quickgelu:openai"

@@ -94,7 +94,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 @torch.no_grad()
 def zero_shot_accuracies(model, names=None, limit: int | None = None, batch_size: int = 250) -> dict[str, float]:
     """Clean zero-shot top-1 accuracy (%) of a ClipModel on registered datasets (default: mini)."""
-    from .data import expand_names, get_dataset
+    from .data.datasets import expand_names, get_dataset
 
     names = expand_names(names or "mini")
     out = {}
@@ -116,7 +116,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, log_every: int = 100):
     """Train and return (ClipModel, metadata). Does not save: see `run`."""
     from tqdm.auto import tqdm
 
-    from . import synthetic
+    from .data import synthetic
     from .models import create_architecture
 
     cfg.validate()

@@ -34,7 +34,7 @@ import torch
 
 from .adaptive import MENU
 from .attacks import APGD_TARGETS
-from .data import ZeroShotDataset, expand_names
+from .data.datasets import ZeroShotDataset, expand_names
 from .defenses import get_defense
 from .core.errors import UserError, check
 from .core.registry import Registry

@@ -172,7 +172,7 @@ def _run_pin(args) -> int:
 
 
 def _run_verify(args) -> int:
-    from .data import get_dataset
+    from .data.datasets import get_dataset
     from .evaluate import EvalConfig, evaluate
     from .core.env import default_device
 

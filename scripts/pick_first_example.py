@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "assets"))
 
 from make_examples import scene  # noqa: E402
 from pmg_core.core import env  # noqa: E402
-from pmg_core import synthetic as S  # noqa: E402
+from pmg_core.data import synthetic as S  # noqa: E402
 from pmg_core.explore import AttackSettings, compare, starting_attack  # noqa: E402
 from pmg_core.core.units import from_255  # noqa: E402
 from pmg_core.zoo import load_default_models  # noqa: E402

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pmg_core import adaptive, cards, evaluate  # noqa: E402
 from pmg_core.cards import Cell, _subset, parse_models  # noqa: E402
-from pmg_core.data import get_dataset  # noqa: E402
+from pmg_core.data.datasets import get_dataset  # noqa: E402
 from pmg_core.protocols import get_protocol, manifest_for  # noqa: E402
 from pmg_core.zoo import ZOO, load_entry, load_sharing_bases  # noqa: E402
 

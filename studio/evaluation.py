@@ -11,8 +11,9 @@ from typing import Iterator
 
 import gradio as gr
 
-from pmg_core import inputs, plots, stats
-from pmg_core.data import expand_names
+from pmg_core.data import inputs
+from pmg_core import plots, stats
+from pmg_core.data.datasets import expand_names
 from pmg_core.evaluate import EvalConfig, iter_evaluate
 from pmg_core.core.units import from_255
 

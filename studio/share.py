@@ -25,7 +25,7 @@ import torch
 
 from pmg_core.core.errors import UserError, check
 from pmg_core.explore import prepare_image
-from pmg_core.images import load_image, save_png
+from pmg_core.data.images import load_image, save_png
 from pmg_core.core.units import to_255
 
 from . import one_image

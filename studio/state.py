@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from pmg_core import board, findings, inputs
+from pmg_core import board, findings
+from pmg_core.data import inputs
 from pmg_core.core import env
-from pmg_core.data import list_datasets, list_groups
+from pmg_core.data.datasets import list_datasets, list_groups
 from pmg_core.core.errors import UserError, check
 from pmg_core.explore import StartingAttack, is_real_clip, label_presets, starting_attack
 from pmg_core.models import ClipModel, list_checkpoints

@@ -15,8 +15,9 @@ from typing import Iterator
 
 import gradio as gr
 
-from pmg_core import inputs, plots
-from pmg_core.data import list_datasets
+from pmg_core.data import inputs
+from pmg_core import plots
+from pmg_core.data.datasets import list_datasets
 from pmg_core.core.errors import UserError
 from pmg_core.methods import list_methods
 from pmg_core.train import Trainer, TrainConfig, state_path

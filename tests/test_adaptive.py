@@ -11,7 +11,7 @@ from pmg_core.defenses import DefendedClassifier, get_defense
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
 from pmg_core.models import ZeroShotClassifier
-from pmg_core.presets import get_preset
+from pmg_core.data.presets import get_preset
 from toy import SHIFT, ScriptedLine, grey, scripted_defense
 
 STEP = 2 / 255

@@ -9,7 +9,7 @@ from pmg_core.adaptive import ADAPTIVE, SuiteSettings, menu_for, run_suite
 from pmg_core.attacks import APGD, EOTPGD
 from pmg_core.defenses import DefendedClassifier
 from pmg_core.evaluate import EvalConfig, evaluate_defended_batch
-from pmg_core.presets import get_preset
+from pmg_core.data.presets import get_preset
 from toy import ScriptedLine, ScriptedPath, grey, scripted_defense
 
 STEP = 2 / 255
@@ -124,7 +124,7 @@ def test_our_apgd_agrees_with_torchattacks_on_undefended_models_within_half_a_po
     the embedded world: the robust accuracy under APGD-CE and APGD-DLR agrees within 0.5 points."""
     import torchattacks as ta
 
-    from pmg_core.data import get_dataset
+    from pmg_core.data.datasets import get_dataset
     from pmg_core.models import load_model
 
     tecoa = load_model("tecoa-tiny", base=load_model("clip-tiny"))

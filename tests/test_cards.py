@@ -51,7 +51,7 @@ def _without_times(card: dict) -> dict:
 
 
 def test_a_manifest_is_drawn_once_by_its_seed_and_its_hash_pins_the_images():
-    from pmg_core.data import ZeroShotDataset, get_dataset
+    from pmg_core.data.datasets import ZeroShotDataset, get_dataset
     from pmg_core.core.errors import UserError
     from pmg_core.protocols import Manifest, check_manifest, get_protocol, manifest_for
     from torch.utils.data import TensorDataset
@@ -290,7 +290,7 @@ def test_a_changed_protocol_definition_needs_a_new_version():
 
 
 def test_the_mini_protocol_and_the_mini_dataset_group_name_the_same_ten_tasks():
-    from pmg_core.data import list_groups
+    from pmg_core.data.datasets import list_groups
     from pmg_core.protocols import get_protocol
 
     mini = get_protocol("mini")

@@ -111,7 +111,7 @@ def test_eval_and_attack_share_one_cap_on_eot_draws(capsys):
 
 
 def test_attack_refuses_an_empty_label_as_the_app_does(capsys):
-    from pmg_core.inputs import parse_labels
+    from pmg_core.data.inputs import parse_labels
 
     err = run(["attack", EXAMPLE, "--models", "pmg-test", "--labels", "cat,,dog",
                "--true", "cat"], capsys)

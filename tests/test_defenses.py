@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pmg_core.attacks import random_start
-from pmg_core.data import get_dataset
+from pmg_core.data.datasets import get_dataset
 from pmg_core.defenses import defend, get_defense, list_defenses, original_reference
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate

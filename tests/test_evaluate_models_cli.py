@@ -8,7 +8,7 @@ import torch
 
 from pmg_core import cli
 from pmg_core.attacks import PGD
-from pmg_core.data import get_dataset
+from pmg_core.data.datasets import get_dataset
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, sample_noise, to_csv, to_markdown
 from pmg_core.models import ZeroShotClassifier, load_model
@@ -141,7 +141,7 @@ def test_cli_eval_writes_the_documented_json(model, tmp_path, capsys):
 
 def test_cli_train_and_attack(model, tmp_path, capsys):
     from pmg_core.checkpoints import read_metadata, save_base
-    from pmg_core.images import save_png
+    from pmg_core.data.images import save_png
 
     base = save_base(tmp_path / "base.safetensors", model, {"arch": "pmg-test"})
     ft = tmp_path / "ft.safetensors"

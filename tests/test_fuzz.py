@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 
-from pmg_core import cli, inputs  # noqa: E402
+from pmg_core import cli  # noqa: E402
+from pmg_core.data import inputs  # noqa: E402
 from pmg_core.core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image  # noqa: E402
-from pmg_core.images import MAX_PIXELS, load_image  # noqa: E402
+from pmg_core.data.images import MAX_PIXELS, load_image  # noqa: E402
 from studio import evaluation, one_image, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
 from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402

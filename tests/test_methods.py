@@ -134,7 +134,7 @@ def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(
 
 
 def test_public_code_kl_runs_in_the_papers_direction_unless_the_first_commit_is_asked_for():
-    from pmg_core.presets import get_preset
+    from pmg_core.data.presets import get_preset
 
     assert get_preset("public-code").kl_direction == get_preset("paper").kl_direction == "ref||adv"
     old = get_preset("public-code-4baf55d")

@@ -9,8 +9,8 @@ from torchvision.datasets import Flowers102
 
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig
-from pmg_core.paper_datasets import imagenet_names
-from pmg_core.paper_prompts import class_prompts, first_synonyms
+from pmg_core.data.paper_datasets import imagenet_names
+from pmg_core.data.paper_prompts import class_prompts, first_synonyms
 from pmg_core.train import TrainConfig
 
 
@@ -103,7 +103,7 @@ def test_clip_curated_names_go_by_position_in_the_datasets_class_order():
 
 
 def test_clip_imagenet_names_and_templates_are_openais():
-    from pmg_core.paper_datasets import imagenet_words
+    from pmg_core.data.paper_datasets import imagenet_words
 
     wnids = list(imagenet_names())
     names = imagenet_words(wnids, directory=None, prompts="clip")

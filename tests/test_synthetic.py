@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pmg_core import synthetic as S
-from pmg_core.data import expand_names, get_dataset, list_groups
+from pmg_core.data import synthetic as S
+from pmg_core.data.datasets import expand_names, get_dataset, list_groups
 
 EVAL_TASKS = [n for n, t in S.TASKS.items() if t.group == "mini"]
 

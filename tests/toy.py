@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import TensorDataset
 
-from pmg_core.data import ZeroShotDataset, register_dataset
+from pmg_core.data.datasets import ZeroShotDataset, register_dataset
 
 # Close colours: learnable at a glance, but an eps of a few /255 can push one toward another.
 COLOURS = {"red": (0.62, 0.45, 0.45), "green": (0.45, 0.62, 0.45), "blue": (0.45, 0.45, 0.62), "grey": (0.5, 0.5, 0.5)}

@@ -82,7 +82,7 @@ def class_names(n: int) -> list[str]:
 
 def random_data(classes: int, image_size: int, n: int):
     """`n` random images of the model's size with labels among `classes` prompts: all timing needs."""
-    from ..data import ZeroShotDataset
+    from ..data.datasets import ZeroShotDataset
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, image_size, image_size, generator=g)

@@ -21,7 +21,7 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
 
     The datasets are built once before timing (rendering them is the same for every variant and no
     part of the attack); each timed run is the evaluation proper: text features, batches, attack."""
-    from ..data import expand_names, get_dataset
+    from ..data.datasets import expand_names, get_dataset
     from ..evaluate import EvalConfig, evaluate_model
     from ..models import checkpoint_path, load_model
 

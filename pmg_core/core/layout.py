@@ -20,7 +20,9 @@ from typing import Callable
 # flat module name (pmg_core.<name>, before the floors) -> its path now, below pmg_core
 MOVED = {
     "errors": "core.errors", "env": "core.env", "registry": "core.registry", "units": "core.units",
-    "threads": "core.threads", "precision": "core.precision",
+    "threads": "core.threads", "precision": "core.precision", "synthetic": "data.synthetic",
+    "paper_datasets": "data.paper_datasets", "paper_prompts": "data.paper_prompts", "images": "data.images",
+    "inputs": "data.inputs", "presets": "data.presets",
 }
 
 

@@ -25,9 +25,9 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from .data import ZeroShotDataset, register_dataset, register_group
-from .core.env import data_root
-from .core.errors import UserError, check, first_line
+from .datasets import ZeroShotDataset, register_dataset, register_group
+from ..core.env import data_root
+from ..core.errors import UserError, check, first_line
 from .paper_prompts import check_prompts, class_prompts, first_synonyms, openai_imagenet_names
 
 IMAGENET_NAMES_FILE = Path(__file__).parent / "class_names" / "imagenet.txt"
@@ -249,7 +249,7 @@ def _should_download(spec: PaperDataset, download: bool | None) -> bool:
     if not spec.downloadable:
         return False
     if download is None:
-        from .core import env
+        from ..core import env
 
         return not env.is_offline()
     return bool(download)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .core.errors import UserError, check
+from ..core.errors import UserError, check
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 # What one decode may hold (pixels x PIL's bytes per pixel in the file's mode), read from the header:

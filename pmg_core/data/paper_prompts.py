@@ -32,7 +32,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .core.errors import UserError, check
+from ..core.errors import UserError, check
 
 PROMPTS = ("public-code", "clip")
 PUBLIC_CODE_TEMPLATE = "This is a photo of a {}"  # for the sets whose file the public code did not replace

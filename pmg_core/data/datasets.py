@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .core.errors import UserError, check
+from ..core.errors import UserError, check
 from .presets import DEFAULT_TEMPLATES
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 DEFAULT_TEMPLATES = ("This is a photo of a {}",)  # the paper's single prompt template
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

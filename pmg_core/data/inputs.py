@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .core.errors import check, check_number
-from .core.units import from_255
+from ..core.errors import check, check_number
+from ..core.units import from_255
 
 MAX_LABELS = 1000
 MAX_LABEL_CHARS = 200

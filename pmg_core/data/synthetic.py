@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import ZeroShotDataset, register_dataset, register_group
-from .core.errors import check, check_number
+from .datasets import ZeroShotDataset, register_dataset, register_group
+from ..core.errors import check, check_number
 
 IMAGE_SIZE = 32
 
