@@ -25,14 +25,14 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_model": "models", "ClipModel": "models", "ZeroShotClassifier": "models",
+    "load_model": "models.clip", "ClipModel": "models.clip", "ZeroShotClassifier": "models.clip",
     "PGD": "attacks", "FeatureAttack": "attacks", "make_attack": "attacks", "list_attacks": "attacks",
     "get_method": "methods", "list_methods": "methods",
     "Trainer": "train", "TrainConfig": "train",
     "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",
     "get_dataset": "data.datasets", "list_datasets": "data.datasets",
     "compare": "explore", "AttackSettings": "explore",
-    "save_finetune": "checkpoints", "read_metadata": "checkpoints",
+    "save_finetune": "models.checkpoints", "read_metadata": "models.checkpoints",
     "UserError": "core.errors",
 }
 __all__ = sorted(_EXPORTS)

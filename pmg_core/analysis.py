@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .core.errors import check
 from .explore import AttackSettings, Comparison, compare
-from .models import ClipModel
+from .models.clip import ClipModel
 
 
 def amplify_perturbation(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:

@@ -62,9 +62,9 @@ from .defenses import list_defenses
 from .distributed import Dist
 from .core.errors import UserError, check
 from .evaluate import EvalConfig, evaluate_model
-from .models import ClipModel, checkpoint_path
+from .models.clip import ClipModel, checkpoint_path
 from .protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
-from .zoo import ZOO, load_entry, load_sharing_bases
+from .models.zoo import ZOO, load_entry, load_sharing_bases
 
 CARD_VERSION = 2  # 2: per-image lists in every cell, convergence on the still-robust images, one code version
 CONVERGED_POINTS = 0.5  # the most robust accuracy may move when the attack's budget doubles

@@ -69,8 +69,8 @@ def _check_known(specs) -> None:
     """Every model named must exist before any cell runs: a misspelt last one would stop the run after the others'
     cells (minutes to hours) instead of at once. Only names are resolved here; nothing is loaded."""
     from .core.errors import check
-    from .models import ALIASES, checkpoint_path, list_architectures
-    from .zoo import ZOO
+    from .models.clip import ALIASES, checkpoint_path, list_architectures
+    from .models.zoo import ZOO
 
     for spec in specs:
         name = ALIASES.get(spec.model, spec.model)

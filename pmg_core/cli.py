@@ -284,7 +284,7 @@ def _run_attack(args) -> int:
     from .maps import comparison_maps, save_maps
     from .data.inputs import parse_labels
     from .core.env import check_device, default_device
-    from .zoo import load_models
+    from .models.zoo import load_models
 
     labels = parse_labels(args.labels)  # as the app reads its labels field: "cat,,dog" is refused, not read as two
     image = load_image(args.image)
@@ -341,8 +341,8 @@ def _add_models(sub) -> None:
 
 
 def _run_models(args) -> int:
-    from .checkpoints import read_metadata
-    from .models import OPENAI_VIT_B32, list_architectures, list_checkpoints
+    from .models.checkpoints import read_metadata
+    from .models.clip import OPENAI_VIT_B32, list_architectures, list_checkpoints
 
     print("checkpoints:")
     for path in list_checkpoints():
@@ -402,7 +402,7 @@ def _run_import(args) -> int:
     from .core.env import default_device
 
     device = args.device or default_device()
-    from .importers import import_checkpoint
+    from .models.importers import import_checkpoint
 
     path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)
     print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")

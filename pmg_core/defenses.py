@@ -87,7 +87,7 @@ from torch import nn
 
 from .attacks import ascend, random_start
 from .core.errors import check, check_number
-from .models import ClipModel, ZeroShotClassifier
+from .models.clip import ClipModel, ZeroShotClassifier
 from .data.paper_prompts import openai_imagenet_templates
 from .core.registry import Registry
 

@@ -48,11 +48,11 @@ from .data.datasets import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .core.errors import check, check_number
 from .core.env import check_device, default_device
-from .models import ClipModel, ZeroShotClassifier
+from .models.clip import ClipModel, ZeroShotClassifier
 from .data.paper_prompts import check_prompts
 from .core.precision import amp_attack_dtype
 from .data.presets import Preset, get_preset
-from .zoo import load_models
+from .models.zoo import load_models
 from .core.units import to_255
 
 

@@ -22,7 +22,7 @@ from .defenses import defend, get_defense
 from .data.datasets import list_groups
 from .core.errors import check, check_number
 from .data.images import center_square, quantize
-from .models import ClipModel
+from .models.clip import ClipModel
 from .data.presets import DEFAULT_TEMPLATES
 from .data.paper_datasets import imagenet_names
 from .core.threads import own_threads
@@ -626,7 +626,7 @@ def starting_attack(real_clip: bool) -> StartingAttack:
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:
     """Label presets for one image: the embedded world's tasks, plus common sets for a real CLIP."""
-    from .data import synthetic
+    from .data.datasets import synthetic
 
     out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
            if name in synthetic.TASKS}

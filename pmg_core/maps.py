@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .explore import Comparison
 from .data.images import save_png, slug
-from .models import ClipModel
+from .models.clip import ClipModel
 from .data.presets import DEFAULT_TEMPLATES
 from .text_attention import image_tokens, text_guided_attention
 

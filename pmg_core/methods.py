@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
 from .core.errors import check, check_number
-from .models import ZeroShotClassifier
+from .models.clip import ZeroShotClassifier
 from .core.precision import amp_attack_dtype
 from .data.presets import KL_DIRECTIONS, Preset, get_preset
 from .core.registry import Registry

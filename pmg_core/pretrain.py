@@ -116,8 +116,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, log_every: int = 100):
     """Train and return (ClipModel, metadata). Does not save: see `run`."""
     from tqdm.auto import tqdm
 
-    from .data import synthetic
-    from .models import create_architecture
+    from .data.datasets import synthetic
+    from .models.clip import create_architecture
 
     cfg.validate()
     if cfg.threads:
@@ -206,7 +206,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from .checkpoints import save_base
+    from .models.checkpoints import save_base
 
     names = {f for f in PretrainConfig.__dataclass_fields__}
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -39,7 +39,7 @@ from .defenses import get_defense
 from .core.errors import UserError, check
 from .core.registry import Registry
 from .core.units import from_255
-from .zoo import PAPER_16, ROBUSTVLM_ZERO_SHOT
+from .models.zoo import PAPER_16, ROBUSTVLM_ZERO_SHOT
 
 
 @dataclass(frozen=True)

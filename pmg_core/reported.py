@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from .protocols import get_protocol
-from .zoo import ROBUSTVLM_ZERO_SHOT, TGA_PROTOCOL, ZOO, Entry, Protocol
+from .models.zoo import ROBUSTVLM_ZERO_SHOT, TGA_PROTOCOL, ZOO, Entry, Protocol
 
 MARK = "reported by the authors, not measured here"
 NO_INTERVAL = "no interval reported (a single figure each)"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import datetime
 
-from . import zoo
+from .models import zoo
 from .cli import DEVICE_HELP
 from .core.errors import UserError
-from .hub_models import EXTRA, missing_packages
-from .integrity import LOCK_ENV, lock_in_force, write_lock
+from .models.hub_models import EXTRA, missing_packages
+from .models.integrity import LOCK_ENV, lock_in_force, write_lock
 from .core.units import from_255
 
 
@@ -142,7 +142,7 @@ def _run_fetch(args) -> int:
 
         try:
             if e.converted and e.base not in bases and not zoo.is_cached(e):
-                from .models import load_model
+                from .models.clip import load_model
 
                 bases[e.base] = load_model(e.base)  # shared by every conversion onto it
             where = zoo.fetch(e.id, progress, bases.get(e.base), say=print, lock=lock)

@@ -29,7 +29,7 @@ from pmg_core.core import env  # noqa: E402
 from pmg_core.data import synthetic as S  # noqa: E402
 from pmg_core.explore import AttackSettings, compare, starting_attack  # noqa: E402
 from pmg_core.core.units import from_255  # noqa: E402
-from pmg_core.zoo import load_default_models  # noqa: E402
+from pmg_core.models.zoo import load_default_models  # noqa: E402
 from studio.one_image import STOP_MARGIN  # noqa: E402
 
 FIRST_SEED = 2000

@@ -28,7 +28,7 @@ from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compar
                               robustness_radius)
 from pmg_core.maps import MAP_PASSES, comparison_maps, save_maps
 from pmg_core.data.images import load_image, new_output_folder, save_png, slug, to_uint8
-from pmg_core.models import ClipModel
+from pmg_core.models.clip import ClipModel
 from pmg_core.core.units import from_255, to_255
 
 from . import policy

@@ -24,10 +24,10 @@ from typing import Sequence
 
 import torch
 
-from pmg_core.checkpoints import read_metadata
+from pmg_core.models.checkpoints import read_metadata
 from pmg_core.core.errors import UserError, check
 from pmg_core.data.inputs import Limits
-from pmg_core.models import ClipModel
+from pmg_core.models.clip import ClipModel
 
 log = logging.getLogger("pmg_studio")
 # Bytes of activations one training image keeps per (token x width x layer) of the image tower: the

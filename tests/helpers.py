@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from studio.one_image import EACH_MODEL as EACH  # noqa: F401 - re-exported: "each model attacks itself"
 from studio.visitors import TRUSTED_PROXIES_ENV
 

@@ -10,7 +10,7 @@ from pmg_core.attacks import EOTPGD, random_start
 from pmg_core.defenses import DefendedClassifier, get_defense
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
-from pmg_core.models import ZeroShotClassifier
+from pmg_core.models.clip import ZeroShotClassifier
 from pmg_core.data.presets import get_preset
 from toy import SHIFT, ScriptedLine, grey, scripted_defense
 
@@ -199,7 +199,7 @@ def test_the_gate_attack_raises_tau_past_the_threshold_where_the_plain_attack_do
 def test_a_defended_row_reports_every_attack_the_threshold_and_the_open_gate():
     """The full suite on the tiny fine-tune behind TTC, with the threshold calibrated on the images
     evaluated: half of them reach it, and the adaptive number is the best-of over every attack."""
-    from pmg_core.models import load_model
+    from pmg_core.models.clip import load_model
 
     tecoa = load_model("tecoa-tiny", base=load_model("clip-tiny"))
     cfg = EvalConfig(models=["tecoa-tiny"], datasets=["synth-colour"], eps=8 / 255, steps=2, step_size=2 / 255,

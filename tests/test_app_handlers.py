@@ -13,7 +13,8 @@ from PIL import Image
 
 
 import gradio as gr  # noqa: E402
-from pmg_core import analysis, zoo  # noqa: E402
+from pmg_core import analysis  # noqa: E402
+from pmg_core.models import zoo  # noqa: E402
 from pmg_core.data import inputs  # noqa: E402
 from pmg_core.core.errors import UserError  # noqa: E402
 from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
@@ -326,7 +327,7 @@ def test_rescan_skips_an_unreadable_checkpoint_with_a_log_line(tmp_path, caplog)
     studio = Studio.create(tiny_models()[:1], tmp_path)
     (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
     (tmp_path / "folder.safetensors").mkdir()
-    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
+    with caplog.at_level("WARNING", logger="pmg_core.models.zoo"):
         assert studio.rescan() == []
     assert "skipping checkpoint broken.safetensors" in caplog.text
     assert "skipping checkpoint folder.safetensors" in caplog.text
@@ -467,7 +468,7 @@ def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkey
 
     monkeypatch.setattr(env, "is_offline", lambda: False)
     monkeypatch.setattr(zoo, "load_model", load_model)
-    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
+    with caplog.at_level("WARNING", logger="pmg_core.models.zoo"):
         models, mode = zoo.load_default_models(checkpoint_dir())
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert "Real CLIP could not be loaded (download interrupted)" in caplog.text

@@ -125,7 +125,7 @@ def test_our_apgd_agrees_with_torchattacks_on_undefended_models_within_half_a_po
     import torchattacks as ta
 
     from pmg_core.data.datasets import get_dataset
-    from pmg_core.models import load_model
+    from pmg_core.models.clip import load_model
 
     tecoa = load_model("tecoa-tiny", base=load_model("clip-tiny"))
     for task in ("synth-colour", "synth-shape"):

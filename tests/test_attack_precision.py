@@ -13,7 +13,7 @@ from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.explore import AttackSettings, compare, prediction
 from pmg_core.data.images import load_image
 from pmg_core.methods import get_method
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from studio.html import verdict_html
 
 from helpers import EXAMPLE, LABELS

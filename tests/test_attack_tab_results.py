@@ -13,7 +13,7 @@ from pmg_core.core import env
 from pmg_core import plots
 from pmg_core.core.errors import UserError
 from pmg_core.data.images import load_image
-from pmg_core.zoo import load_default_models
+from pmg_core.models.zoo import load_default_models
 from studio import assets, evaluation, one_image, share
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, tiny_models

@@ -14,7 +14,7 @@ CLASSES = ["red", "green", "blue", "grey"]
 @pytest.fixture(scope="module")
 def trained():
     """A pmg-test model briefly trained on the toy task, so attacks have real work to do."""
-    from pmg_core.models import load_model
+    from pmg_core.models.clip import load_model
     from pmg_core.train import TrainConfig, train
 
     torch.manual_seed(0)

@@ -35,8 +35,8 @@ def _register_test_protocol():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     """A random pmg-test CLIP saved as a base checkpoint: the same weights in every process that loads it."""
-    from pmg_core.checkpoints import save_base
-    from pmg_core.models import load_model
+    from pmg_core.models.checkpoints import save_base
+    from pmg_core.models.clip import load_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "toy-clip.safetensors"
@@ -108,10 +108,10 @@ def test_a_killed_run_resumes_and_recomputes_no_finished_cell(tmp_path, checkpoi
 
 def test_a_card_holds_provenance_protocol_results_convergence_and_the_published_numbers(tmp_path, checkpoint,
                                                                                        monkeypatch):
-    from pmg_core import zoo
+    from pmg_core.models import zoo
     from pmg_core.cards import parse_models, run_cards
-    from pmg_core.checkpoints import read_metadata
-    from pmg_core.importers import sha256_file
+    from pmg_core.models.checkpoints import read_metadata
+    from pmg_core.models.importers import sha256_file
 
     protocol = _register_test_protocol()
     theirs = zoo.Protocol("theirs", ("toy-colours", "cifar10"), "autoattack", 100, "clip", 1000, "their note")

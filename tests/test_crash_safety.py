@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import checkpoints
-from pmg_core.checkpoints import load_tensors, read_metadata, save_base, save_finetune
+from pmg_core.models import checkpoints
+from pmg_core.models.checkpoints import load_tensors, read_metadata, save_base, save_finetune
 from pmg_core.core.errors import UserError
 from pmg_core.methods import StepOutput
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from pmg_core.train import TrainConfig, Trainer, state_path, train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from pmg_core.data.datasets import get_dataset
 from pmg_core.defenses import defend, get_defense, list_defenses, original_reference
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]

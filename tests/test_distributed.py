@@ -50,14 +50,14 @@ def _run(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _same(a: Path, b: Path) -> bool:
-    from pmg_core.checkpoints import load_tensors
+    from pmg_core.models.checkpoints import load_tensors
 
     x, y = load_tensors(a), load_tensors(b)
     return x.keys() == y.keys() and all(torch.allclose(x[k], y[k], rtol=1e-4, atol=1e-6) for k in x)
 
 
 def test_two_processes_train_to_the_same_weights_as_one_and_resume_on_any_world_size(tmp_path):
-    from pmg_core.checkpoints import read_metadata
+    from pmg_core.models.checkpoints import read_metadata
 
     # pmg-aft at eps 8/255 (random start drawn for the global batch, PGD through the DDP encoder,
     # frozen original, both KL terms, two-branch forward): 2 processes must match 1 process.

@@ -8,7 +8,7 @@ import torch
 from pmg_core.attacks import PGD
 from pmg_core.explore import AttackSettings, compare, iter_compare, predict, prepare_image, quantize_in_ball
 from pmg_core.data.images import load_image
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "example.png"
 LABELS = ["circle", "square", "triangle", "diamond", "cross", "star"]

@@ -429,7 +429,7 @@ def checks_only(monkeypatch):
     """CLI eval/train stop after every input check (a huge valid --steps or --max-steps would run for hours)."""
     import pmg_core.evaluate as evaluate
     import pmg_core.train as train
-    from pmg_core.zoo import load_models
+    from pmg_core.models.zoo import load_models
 
     def evaluate_checked(cfg, **_):
         cfg.validate()

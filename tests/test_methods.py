@@ -7,7 +7,7 @@ import torch
 from pmg_core.attacks import OUTER_AUTOCAST
 from pmg_core.core.errors import UserError
 from pmg_core.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
-from pmg_core.models import frozen_copy
+from pmg_core.models.clip import frozen_copy
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]

@@ -298,7 +298,7 @@ def test_pil_opens_only_the_formats_the_app_accepts(tmp_path):
 
 
 def test_a_broken_checkpoint_is_read_once_until_it_changes(public, monkeypatch):
-    from pmg_core import zoo
+    from pmg_core.models import zoo
 
     broken = public.checkpoint_dir / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")

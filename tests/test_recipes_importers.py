@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pmg_core.checkpoints import load_tensors, read_metadata
+from pmg_core.models.checkpoints import load_tensors, read_metadata
 from pmg_core.cli import main
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.importers import guess_base, import_checkpoint, load_torch_file
-from pmg_core.models import load_model
+from pmg_core.models.importers import guess_base, import_checkpoint, load_torch_file
+from pmg_core.models.clip import load_model
 from pmg_core.recipes import load_recipe, save_recipe
 from pmg_core.train import TrainConfig
 from published_files import NUMPY1_SCALAR, pickle_globals, public_code_checkpoint, save_numpy1_checkpoint
@@ -283,7 +283,7 @@ def test_base_guessed_from_openai_vit_shapes():
 
 def _fake_hub_model(hub: Path, repo: str, visual: dict) -> None:
     """An open_clip model in a Hugging Face cache laid out as hf_hub_download leaves it."""
-    from pmg_core.models import CONFIG_DIR, _open_clip
+    from pmg_core.models.clip import CONFIG_DIR, _open_clip
 
     torch.manual_seed(3)
     clip = _open_clip().create_model("pmg-test")

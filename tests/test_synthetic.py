@@ -179,7 +179,7 @@ def test_real_digits_are_scikit_learn_images():
 
 
 def _expected_accuracies():
-    from pmg_core.checkpoints import read_metadata
+    from pmg_core.models.checkpoints import read_metadata
     from pmg_core.core.env import checkpoint_dir
 
     path = checkpoint_dir() / "clip-tiny.safetensors"
@@ -189,7 +189,7 @@ def _expected_accuracies():
 
 
 def test_shipped_clip_tiny_reproduces_its_clean_accuracies():
-    from pmg_core.models import load_model
+    from pmg_core.models.clip import load_model
     from pmg_core.pretrain import CHECK_LIMIT, zero_shot_accuracies
 
     metrics = _expected_accuracies()

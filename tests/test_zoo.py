@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import downloads, zoo
-from pmg_core.checkpoints import read_metadata
+from pmg_core.models import downloads, zoo
+from pmg_core.models.checkpoints import read_metadata
 from pmg_core.data.datasets import list_datasets
 from pmg_core.core.errors import UserError
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from published_files import (DRIVE_QUOTA_PAGE, FileServer, Route, drive_confirm_page, public_code_checkpoint,
                              save_numpy1_checkpoint)
 

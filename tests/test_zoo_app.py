@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import app
-from pmg_core import downloads, zoo
+from pmg_core.models import downloads, zoo
 from pmg_core.core import env
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from published_files import FileServer, Route
 from studio import assets, one_image, state
 

@@ -38,7 +38,7 @@ STOP_MARGIN = 1.0  # the app's default (studio's Attack tab)
 
 
 def bench_models(cfg: BenchConfig, device: torch.device) -> list:
-    from ..models import load_model
+    from ..models.clip import load_model
 
     models = []
     for i in range(cfg.app_models):

@@ -23,7 +23,7 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
     part of the attack); each timed run is the evaluation proper: text features, batches, attack."""
     from ..data.datasets import expand_names, get_dataset
     from ..evaluate import EvalConfig, evaluate_model
-    from ..models import checkpoint_path, load_model
+    from ..models.clip import checkpoint_path, load_model
 
     spec = cfg.eval_model
     note = None

@@ -17,7 +17,7 @@ from .steps import bench_attack_and_eval, bench_method
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Run every requested measurement; returns the JSON-ready report."""
     from ..core.env import default_device
-    from ..models import load_model
+    from ..models.clip import load_model
 
     cfg.validate()
     say = progress or (lambda _msg: None)

@@ -22,7 +22,10 @@ MOVED = {
     "errors": "core.errors", "env": "core.env", "registry": "core.registry", "units": "core.units",
     "threads": "core.threads", "precision": "core.precision", "synthetic": "data.synthetic",
     "paper_datasets": "data.paper_datasets", "paper_prompts": "data.paper_prompts", "images": "data.images",
-    "inputs": "data.inputs", "presets": "data.presets",
+    "inputs": "data.inputs", "presets": "data.presets", "checkpoints": "models.checkpoints",
+    "hub_models": "models.hub_models", "zoo": "models.zoo", "importers": "models.importers",
+    "downloads": "models.downloads", "transformers_layout": "models.transformers_layout",
+    "integrity": "models.integrity",
 }
 
 

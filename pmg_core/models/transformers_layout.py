@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from .core.errors import UserError, check
+from ..core.errors import UserError, check
 
 _LAYER = {
     "layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",

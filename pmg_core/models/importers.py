@@ -8,7 +8,7 @@ Sources understood:
   a file that would need arbitrary objects unpickled is refused without running anything.
 - ``.safetensors`` files of bare image-encoder weights (no pmg_core metadata), or of a whole CLIP
   in the Hugging Face transformers layout (``model.safetensors`` of ``CLIPModel``; its image tower
-  is taken, and ``import_transformers_clip`` also takes its text tower: pmg_core.transformers_layout).
+  is taken, and ``import_transformers_clip`` also takes its text tower: pmg_core.models.transformers_layout).
 - ``hf-hub:ORG/REPO`` open_clip models such as RobustVLM's ``hf-hub:chs20/tecoa4-clip`` and
   ``hf-hub:chs20/fare2-clip`` (downloaded once; offline they must already be cached).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_text_into, load_visual_into, save_finetune, save_finetune_with_text
-from .core.errors import UserError, check
+from ..core.errors import UserError, check
 from .integrity import check_torch_zip, sha256_file
 from .transformers_layout import is_transformers_clip, to_open_clip
 
@@ -91,7 +91,7 @@ def _numpy_scalar_globals() -> list:
 def load_torch_file(path: Path) -> dict:
     """torch.load with weights_only=True: tensors, plain containers and numpy numbers, never arbitrary objects.
     A zip archive (torch.save's format) must first pass the CRC-32 check of every member
-    (pmg_core.integrity), which torch.load itself skips."""
+    (pmg_core.models.integrity), which torch.load itself skips."""
     check_torch_zip(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
@@ -119,7 +119,7 @@ def read_source(source: str):
     its encoder pairs with (a LAION ViT-B/32 must not get OpenAI's text encoder from a shape guess).
     """
     if source.startswith("hf-hub:"):
-        from .models import load_model
+        from .clip import load_model
 
         model = load_model(source)  # offline and uncached: one-sentence UserError, no network wait
         return {k: v.detach().clone() for k, v in model.visual.state_dict().items()}, \
@@ -159,7 +159,7 @@ def guess_method(source: str) -> str:
 
 
 def default_out(source: str) -> Path:
-    from .core.env import checkpoint_dir
+    from ..core.env import checkpoint_dir
 
     name = source.split("/")[-1] if source.startswith("hf-hub:") else Path(source).name
     name = re.sub(r"(\.pth\.tar|\.pth|\.pt|\.tar|\.bin|\.safetensors)$", "", name) or "imported"
@@ -176,8 +176,8 @@ def import_checkpoint(source: str, out: str | Path | None = None, base: str | No
     otherwise. `extra_metadata` joins the checkpoint's metadata (the zoo records who trained it, the
     source address and the licence); `base_model`: the loaded base `base` names, to share.
     """
-    from .models import load_model
-    from .data.presets import get_preset
+    from .clip import load_model
+    from ..data.presets import get_preset
 
     if preset is not None:
         get_preset(preset)  # one sentence for an unknown name, before any loading
@@ -203,7 +203,7 @@ def import_transformers_clip(source: str | Path, out: str | Path, base: str | No
     (guessed from the image tower's shapes when not given) at `out`; `text_tower`: take its text
     encoder too (LEAF's robust one), else only the image encoder. Returns (path, the loaded ClipModel)."""
     from .checkpoints import load_tensors
-    from .models import load_model
+    from .clip import load_model
 
     path, out = Path(source), Path(out)
     label = f"'{path.name}'"

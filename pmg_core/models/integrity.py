@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.errors import UserError, check
+from ..core.errors import UserError, check
 
 ZIP_MAGIC = b"PK\x03\x04"
 CHUNK = 1 << 20

@@ -9,7 +9,7 @@ known. None is pinned in the registry: nobody here could reach the sources, so `
 each file's hash, and ``cached_pins`` (``zoo pin``) writes what a cache holds into a lock file.
 
 Integrity with no hash pinned: every torch zip archive passes the CRC-32 check of all its members
-before it is unpickled (pmg_core.integrity). With a lock file in force (``fetch(lock=...)``, or
+before it is unpickled (pmg_core.models.integrity). With a lock file in force (``fetch(lock=...)``, or
 ``$PMG_ZOO_LOCK`` for the app and every command), hash-checking is all or nothing, as pip's: an
 entry without a line is refused; a download, a hub weights file or a mirrored checkpoint whose
 sha256 differs is refused; a cached checkpoint must record the pinned source sha256.
@@ -17,9 +17,9 @@ sha256 differs is refused; a cached checkpoint must record the pinned source sha
 ``fetch(id)`` turns an entry into something ``load_model`` reads:
 - ``open_clip`` / ``hf-hub`` entries are open_clip models whose files huggingface_hub downloads
   into its cache (resume and progress are its own); fetching downloads and checks them
-  (pmg_core.hub_models: CRC, a hub config normalised for the installed open_clip), loading builds;
-- ``pth.tar`` / ``state-dict`` entries are downloaded (pmg_core.downloads: progress, resume,
-  bounded waits, no HTML, atomic landing), unpickled safely and converted by pmg_core.importers
+  (pmg_core.models.hub_models: CRC, a hub config normalised for the installed open_clip), loading builds;
+- ``pth.tar`` / ``state-dict`` entries are downloaded (pmg_core.models.downloads: progress, resume,
+  bounded waits, no HTML, atomic landing), unpickled safely and converted by pmg_core.models.importers
   (every key and shape must fit the base, every value finite) into a fine-tune checkpoint in the
   cache, ``<cache>/models/<id>.safetensors``, whose metadata keeps the trainer, source address,
   licence and sha256; the downloaded file is deleted once converted;
@@ -27,7 +27,7 @@ sha256 differs is refused; a cached checkpoint must record the pinned source sha
   and the file in it (``filename``; empty: the folder's only checkpoint file, searched one level of
   sub-folders deep); the file is then fetched and converted as a ``pth.tar`` one;
 - ``hf-transformers`` entries are a whole CLIP saved by transformers (``model.safetensors``, read
-  as data), converted by pmg_core.transformers_layout; ``text_tower`` entries (LEAF) replace the
+  as data), converted by pmg_core.models.transformers_layout; ``text_tower`` entries (LEAF) replace the
   base's text encoder too, so their converted file holds both towers;
 - ``unpublished`` entries are cards only (the method has no public weights): fetching one says so.
 The cache is ``$PMG_CACHE_DIR`` (default: ``pmg-aft-studio`` in the user's cache folder).
@@ -56,13 +56,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .core import env
+from ..core import env
 from . import hub_models
-from .core.env import cache_dir
+from ..core.env import cache_dir
 from .checkpoints import read_metadata
-from .core.errors import UserError, check, first_line
+from ..core.errors import UserError, check, first_line
 from .integrity import Lock, Pin, check_torch_zip, lock_in_force, sha256_file
-from .models import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
+from .clip import OPENAI_VIT_B32, ClipModel, checkpoint_path, list_checkpoints, load_checkpoint_model, load_model
 
 log = logging.getLogger(__name__)
 KNOWN_ORDER = ("clip", "tecoa", "pmg-aft", "fare")  # how checkpoints are listed: original first
@@ -437,7 +437,7 @@ def is_cached(entry: Entry) -> bool:
         return False
     if entry.converted:
         return converted_path(entry).is_file()
-    from .models import _cached_hub_file, _open_clip
+    from .clip import _cached_hub_file, _open_clip
 
     if entry.format == "hf-hub":
         return _cached_hub_file(entry.base[len("hf-hub:"):] + "/open_clip_config.json") is not None
@@ -460,7 +460,7 @@ def fetch(entry_id: str, progress=None, base_model: ClipModel | None = None, say
 
     `progress(done_bytes, total_bytes_or_None)` sees the download; `say` gets one line per stage
     (the file's sha256 among them); `base_model`: the loaded base, shared by the conversion; `lock`:
-    hash-checking mode (default: the lock file $PMG_ZOO_LOCK names, if any; pmg_core.integrity).
+    hash-checking mode (default: the lock file $PMG_ZOO_LOCK names, if any; pmg_core.models.integrity).
     """
     entry = get(entry_id)
     check(entry.format != "unpublished", f"Nothing to fetch: the zoo's card '{entry.id}' stands for a method without "
@@ -567,7 +567,7 @@ def publisher_weights(entry: Entry, local_only: bool = False) -> Path | None:
         if local_only:
             return hub_models.weights_file(hub_models.repo_of(entry.base), local_only=True)
         return hub_models.fetch(entry.base).weights  # config normalised, weights checked
-    from .models import _open_clip
+    from .clip import _open_clip
 
     arch, tag = entry.base.split(":", 1)
     repo = ((_open_clip().get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or "").strip("/")

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import env
+from ..core import env
 from .checkpoints import load_tensors, load_text_into, load_visual_into, read_metadata
-from .core.errors import UserError, check, first_line
-from .data.presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
+from ..core.errors import UserError, check, first_line
+from ..data.presets import DEFAULT_TEMPLATES, IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_VIT_B32 = "ViT-B-32-quickgelu:openai"
@@ -325,7 +325,7 @@ def _cached_hub_file(hub: str) -> str | None:
 
 
 def _load_hf_hub(spec: str, device) -> ClipModel:
-    """A hub model through pmg_core.hub_models: its files checked and its config normalised before open_clip builds it."""
+    """A hub model through pmg_core.models.hub_models: its files checked and its config normalised before open_clip builds it."""
     from .hub_models import load
 
     _open_clip()

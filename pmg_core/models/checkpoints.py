@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .core.errors import UserError, check
+from .. import __version__
+from ..core.errors import UserError, check
 
 FORMAT_VERSION = 1
 META_KEY = "pmg_core"

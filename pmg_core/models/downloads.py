@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .core.errors import UserError, first_line
+from ..core.errors import UserError, first_line
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0  # connect, and each read: a server that sends nothing for this long has failed

@@ -6,7 +6,7 @@ checks come between the download and the build:
   read): ``open_clip_config.json``, the weights file open_clip would pick (safetensors first), and,
   for a model whose tokenizer is a Hugging Face one kept in the same repo, its tokenizer files;
 - a weights file that is a torch zip archive passes the CRC-32 check of every member
-  (pmg_core.integrity) before open_clip unpickles it (weights-only);
+  (pmg_core.models.integrity) before open_clip unpickles it (weights-only);
 - the config is normalised for the installed open_clip: keys it does not accept are dropped only
   where their meaning is known to be carried elsewhere (``DROPPED``, e.g. a text tower's
   ``vocab_path``: the tokenizer is named by ``hf_tokenizer_name``, or is the repo's own tokenizer
@@ -31,8 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import env
-from .core.errors import UserError, check, first_line
+from ..core import env
+from ..core.errors import UserError, check, first_line
 from .integrity import check_torch_zip
 
 log = logging.getLogger(__name__)
