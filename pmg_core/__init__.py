@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "load_model": "models.clip", "ClipModel": "models.clip", "ZeroShotClassifier": "models.clip",
-    "PGD": "attacks", "FeatureAttack": "attacks", "make_attack": "attacks", "list_attacks": "attacks",
+    "PGD": "attacks.pgd", "FeatureAttack": "attacks.pgd", "make_attack": "attacks.pgd", "list_attacks": "attacks.pgd",
     "get_method": "methods", "list_methods": "methods",
     "Trainer": "train", "TrainConfig": "train",
     "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",

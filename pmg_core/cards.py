@@ -58,7 +58,7 @@ from torch.utils.data import Subset
 
 from . import __version__, card_stats
 from .data.datasets import ZeroShotDataset, get_dataset
-from .defenses import list_defenses
+from .attacks.defenses import list_defenses
 from .distributed import Dist
 from .core.errors import UserError, check
 from .evaluate import EvalConfig, evaluate_model

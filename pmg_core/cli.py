@@ -170,8 +170,8 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
 
 def _add_eval(sub) -> None:
-    from .adaptive import ADAPTIVE, FULL_SUITE
-    from .attacks import ATTACKS
+    from .attacks.adaptive import ADAPTIVE, FULL_SUITE
+    from .attacks.pgd import ATTACKS
     from .evaluate import EvalConfig
 
     d = EvalConfig()

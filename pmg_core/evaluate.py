@@ -7,9 +7,9 @@ count as robust. Attacks that are not our PGD (AutoAttack, pgd-public-code) are 
 images they return. Every report names its protocol in one line (`protocol`), the robust rule
 included, and says when an attack ran fewer iterations than its name promises.
 
-Behind a test-time defense (`defense`, pmg_core/defenses.py), and for every model when `menu` is
+Behind a test-time defense (`defense`, pmg_core/attacks/defenses.py), and for every model when `menu` is
 set (the protocols' one menu for every row), a model is attacked by the menu of
-pmg_core/adaptive.py (`adaptive`), and its row carries `robust_acc_by_attack` (each attack on its
+pmg_core/attacks/adaptive.py (`adaptive`), and its row carries `robust_acc_by_attack` (each attack on its
 own, over its restarts) and `robust_acc`, best-of: a sample counts as robust only if no attack
 fools the model. Behind a defense the row also carries `robust_acc_unaware`, the usual attack on
 the undefended model with its adversarial image then shown to the defended one, which counts in
@@ -41,9 +41,9 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, judge_clean, menu_for, run_suite
-from .attacks import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
-from .defenses import DefendedClassifier, DefenseSettings, defend, get_defense
+from .attacks.adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, judge_clean, menu_for, run_suite
+from .attacks.pgd import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
+from .attacks.defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data.datasets import ZeroShotDataset, expand_names, get_dataset
 from .distributed import Dist, all_reduce_sum
 from .core.errors import check, check_number
@@ -80,7 +80,7 @@ class EvalConfig:
     download: bool | None = None  # fetch a missing dataset (None: when online; the public app: never)
     device: str | None = None
     num_workers: int = 0  # data-loading processes (decoding JPEGs of the paper's sets is the bottleneck)
-    defense: str = "none"  # a test-time defense (pmg_core/defenses.py): ttc
+    defense: str = "none"  # a test-time defense (pmg_core/attacks/defenses.py): ttc
     eot: int = 4  # the adaptive attacks' gradients per step, each through a fresh draw of the defense
     adaptive: list[str] = field(default_factory=lambda: list(DEFAULT_SUITE))  # attacks through a defense (adaptive.ADAPTIVE), best-of with the unaware one
     restarts: int = 1  # runs of PGD / CW and of every attack behind a defense from fresh starts, best-of

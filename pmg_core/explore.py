@@ -17,8 +17,8 @@ from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 
-from .attacks import EOTPGD, PGD, margin_loss
-from .defenses import defend, get_defense
+from .attacks.pgd import EOTPGD, PGD, margin_loss
+from .attacks.defenses import defend, get_defense
 from .data.datasets import list_groups
 from .core.errors import check, check_number
 from .data.images import center_square, quantize
@@ -91,7 +91,7 @@ class AttackSettings:
     # Stop attacking a model once an iterate fools it by this many logits (the wrong class, or the
     # target, ahead by it) and its 8-bit image still fools it; None: every model gets every step.
     stop_margin: float | None = None
-    defense: str = "none"  # also judge each model behind this test-time defense (pmg_core.defenses)
+    defense: str = "none"  # also judge each model behind this test-time defense (pmg_core.attacks.defenses)
     eot: int = 4  # the attack through the defense: gradients per step, each through a fresh draw
     # Models attacked at once, each lane on its share of torch's CPU threads (cpu_lanes picks it);
     # 1: one after the other. The same attacks and verdicts either way, only sooner.

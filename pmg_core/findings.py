@@ -147,7 +147,7 @@ def versus(cards: list[dict], a: str, b: str, threat: str | None = None) -> str 
 
 
 def _threshold_words(card: dict) -> str:
-    from .defenses import get_defense
+    from .attacks.defenses import get_defense
 
     threshold = card["defense"]["threshold"]
     if not get_defense(card["defense"]["name"]).gated:

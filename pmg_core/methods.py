@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attacks import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
+from .attacks.pgd import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
 from .core.errors import check, check_number
 from .models.clip import ZeroShotClassifier
 from .core.precision import amp_attack_dtype
 from .data.presets import KL_DIRECTIONS, Preset, get_preset
 from .core.registry import Registry
-from .text_attention import image_tokens, text_guided_attention, tga_zsr_loss
+from .attacks.text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 
 
 @dataclass
@@ -205,7 +205,7 @@ class PMGAFT(Method):
 
 @register_method("tga-zsr")
 class TGAZSR(Method):
-    """TGA-ZSR: TeCoA's CE plus text-guided attention terms (pmg_core/text_attention.py).
+    """TGA-ZSR: TeCoA's CE plus text-guided attention terms (pmg_core/attacks/text_attention.py).
 
     Follows its public code (zhyblue424/TGA-ZSR, TGA-ZSR.py): x_adv from PGD on the CE (random
     start, last iterate); the target model's map on x_adv and on x both pulled toward the frozen

@@ -2,7 +2,7 @@
 
 A `Protocol` holds the datasets, how many samples of each (drawn once by a fixed seed: the sample
 manifest), the threat models (norm, eps list, attack and its step count), the attack menu every
-model faces (`menu`, pmg_core/adaptive.py: one menu for every row, defended or not, best-of per
+model faces (`menu`, pmg_core/attacks/adaptive.py: one menu for every row, defended or not, best-of per
 image; behind a defense also the attack unaware of it and, where the defense has a gate, the gate
 attack), the prompts, which numerics preset judges each model, and the draws a randomised defense
 is attacked and judged with (`defended`: EOT and judge draws). Changing any of these makes a new
@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .adaptive import MENU
-from .attacks import APGD_TARGETS
+from .attacks.adaptive import MENU
+from .attacks.pgd import APGD_TARGETS
 from .data.datasets import ZeroShotDataset, expand_names
-from .defenses import get_defense
+from .attacks.defenses import get_defense
 from .core.errors import UserError, check
 from .core.registry import Registry
 from .core.units import from_255

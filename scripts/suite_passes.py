@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pmg_core import adaptive, cards, evaluate  # noqa: E402
+from pmg_core.attacks import adaptive  # noqa: E402
+from pmg_core import cards, evaluate  # noqa: E402
 from pmg_core.cards import Cell, _subset, parse_models  # noqa: E402
 from pmg_core.data.datasets import get_dataset  # noqa: E402
 from pmg_core.protocols import get_protocol, manifest_for  # noqa: E402

@@ -21,8 +21,8 @@ import torch
 
 from pmg_core import analysis, plots
 from pmg_core.data import inputs
-from pmg_core.attacks import NORMS
-from pmg_core.defenses import get_defense
+from pmg_core.attacks.pgd import NORMS
+from pmg_core.attacks.defenses import get_defense
 from pmg_core.core.errors import check
 from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
                               robustness_radius)
@@ -43,13 +43,13 @@ ATTACK_SIDE = AttackSettings().max_side
 STOP_MARGIN = 1.0
 REDRAW_S = 0.1  # the progress line is redrawn at most this often (a verdict always shows at once)
 UNCHANGED = object()  # an output a streamed update leaves as it is (the tab turns it into gr.skip())
-# The Attack tab's "defend at test time" choice: what people read -> pmg_core.defenses' name.
+# The Attack tab's "defend at test time" choice: what people read -> pmg_core.attacks.defenses' name.
 DEFENSES = {"no": "none", "TTC (test-time counterattacks)": "ttc", "CLIPure (latent purification)": "clipure"}
 
 
 def defense_name(defend) -> str:
     """The Attack tab's defense choice (a label of DEFENSES or a defense's name; True: TTC, as the
-    tab's first toggle had it) -> the name pmg_core.defenses knows."""
+    tab's first toggle had it) -> the name pmg_core.attacks.defenses knows."""
     if defend is True:
         return "ttc"
     if defend in (False, None, ""):

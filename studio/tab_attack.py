@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pmg_core.data import inputs
-from pmg_core.attacks import NORMS
+from pmg_core.attacks.pgd import NORMS
 from pmg_core.core.errors import UserError
 from pmg_core.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, radius_attacks
 

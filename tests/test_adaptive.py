@@ -5,9 +5,9 @@ TTC measures tau with."""
 import pytest
 import torch
 
-from pmg_core.adaptive import ADAPTIVE, GATE_CAP, GateAwarePGD, SuiteSettings, clean_tau, right_on_every_draw
-from pmg_core.attacks import EOTPGD, random_start
-from pmg_core.defenses import DefendedClassifier, get_defense
+from pmg_core.attacks.adaptive import ADAPTIVE, GATE_CAP, GateAwarePGD, SuiteSettings, clean_tau, right_on_every_draw
+from pmg_core.attacks.pgd import EOTPGD, random_start
+from pmg_core.attacks.defenses import DefendedClassifier, get_defense
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
 from pmg_core.models.clip import ZeroShotClassifier
@@ -91,7 +91,7 @@ def test_an_image_only_the_unaware_attack_found_still_counts_against_the_defense
 def test_a_sample_fooled_by_any_restart_is_not_robust():
     """One restart starts past the wrong-class line, the other at the image itself, from which the
     gradient leads away: whichever comes first, every restart's image is judged."""
-    from pmg_core.adaptive import menu_for, run_suite
+    from pmg_core.attacks.adaptive import menu_for, run_suite
 
     model = ScriptedLine(_wrong_past(1.5), slope=lambda d: torch.where(d > 0, 1.0, -1.0))
     x, y = grey()

@@ -5,9 +5,9 @@ project's APGD agrees with torchattacks' on undefended models."""
 import pytest
 import torch
 
-from pmg_core.adaptive import ADAPTIVE, SuiteSettings, menu_for, run_suite
-from pmg_core.attacks import APGD, EOTPGD
-from pmg_core.defenses import DefendedClassifier
+from pmg_core.attacks.adaptive import ADAPTIVE, SuiteSettings, menu_for, run_suite
+from pmg_core.attacks.pgd import APGD, EOTPGD
+from pmg_core.attacks.defenses import DefendedClassifier
 from pmg_core.evaluate import EvalConfig, evaluate_defended_batch
 from pmg_core.data.presets import get_preset
 from toy import ScriptedLine, ScriptedPath, grey, scripted_defense
@@ -88,7 +88,7 @@ def _passes_through_the_wrong_class(e):
 def test_a_deterministic_defense_is_judged_ever_fooled_like_a_plain_model():
     """Its highest-loss iterate is classified right, an earlier one was not: a plain model counts the
     sample as fooled, and so must a deterministic defense (judging its returned image would not)."""
-    from pmg_core.defenses import get_defense
+    from pmg_core.attacks.defenses import get_defense
 
     model = ScriptedPath(_passes_through_the_wrong_class, classes=3)
     x, y = grey()
@@ -100,7 +100,7 @@ def test_a_deterministic_defense_is_judged_ever_fooled_like_a_plain_model():
 
 def test_every_row_faces_the_same_menu_and_a_defended_one_adds_the_unaware_and_gate_attacks():
     from pmg_core.protocols import eval_settings, get_protocol
-    from pmg_core.defenses import get_defense
+    from pmg_core.attacks.defenses import get_defense
 
     mini = get_protocol("mini")
     threat = mini.threats[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pmg_core.core import env, precision
-from pmg_core.attacks import OUTER_AUTOCAST, PGD
+from pmg_core.attacks.pgd import OUTER_AUTOCAST, PGD
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.explore import AttackSettings, compare, prediction

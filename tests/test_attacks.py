@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pmg_core.attacks import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
+from pmg_core.attacks.pgd import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from numerics import MatmulDtypes

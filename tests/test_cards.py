@@ -223,7 +223,7 @@ def test_the_convergence_check_runs_on_every_image_still_robust_or_says_it_could
 
 def test_each_cell_records_the_settings_that_ran_and_the_defense_its_own(tmp_path, checkpoint):
     from pmg_core.cards import parse_models, run_cards
-    from pmg_core.defenses import BLANK_TEMPLATES
+    from pmg_core.attacks.defenses import BLANK_TEMPLATES
 
     protocol = _register_test_protocol()
     run_cards(protocol, parse_models([f"{checkpoint}+ttc@calibrated", f"{checkpoint}+clipure"]), tmp_path,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pmg_core.attacks import PGD, PublicCodePGD, get_attack, make_attack
+from pmg_core.attacks.pgd import PGD, PublicCodePGD, get_attack, make_attack
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, describe_protocol, evaluate, sample_noise, write_report
 from toy import make_toy

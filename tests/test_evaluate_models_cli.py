@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pmg_core import cli
-from pmg_core.attacks import PGD
+from pmg_core.attacks.pgd import PGD
 from pmg_core.data.datasets import get_dataset
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate, sample_noise, to_csv, to_markdown

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core.attacks import PGD
+from pmg_core.attacks.pgd import PGD
 from pmg_core.explore import AttackSettings, compare, iter_compare, predict, prepare_image, quantize_in_ball
 from pmg_core.data.images import load_image
 from pmg_core.models.clip import load_model

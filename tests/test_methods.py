@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pmg_core.attacks import OUTER_AUTOCAST
+from pmg_core.attacks.pgd import OUTER_AUTOCAST
 from pmg_core.core.errors import UserError
 from pmg_core.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
 from pmg_core.models.clip import frozen_copy

@@ -78,7 +78,7 @@ def test_file_formats_and_environment_facts_import_nothing_above_them():
 def test_the_names_a_user_starts_with_are_at_the_top_of_the_package():
     for name in pmg_core.__all__:
         assert getattr(pmg_core, name) is not None, name
-    assert pmg_core.PGD.__module__ == "pmg_core.attacks" and pmg_core.load_model.__module__ == "pmg_core.models.clip"
+    assert pmg_core.PGD.__module__ == "pmg_core.attacks.pgd" and pmg_core.load_model.__module__ == "pmg_core.models.clip"
 
 
 def test_the_readme_python_example_runs(capsys):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pmg_core.attacks import AutoAttackAdapter, make_attack
+from pmg_core.attacks.pgd import AutoAttackAdapter, make_attack
 from pmg_core.data.datasets import expand_names, get_dataset
 from pmg_core.core.errors import UserError
 from pmg_core.data.paper_datasets import IMAGENET_NAMES_FILE, SPECS

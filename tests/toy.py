@@ -95,7 +95,7 @@ class ScriptedPath(torch.nn.Module):
 def scripted_defense(shifts, randomised: bool = True):
     """A test-time defense adding shifts[k % len] to every pixel on its k-th draw (a fixed cycle,
     no noise), behind which `classifier` then answers; randomised=False makes it a deterministic one."""
-    from pmg_core.defenses import Defense, DefenseSettings
+    from pmg_core.attacks.defenses import Defense, DefenseSettings
 
     class Cycle(Defense):
         name = "scripted-cycle"

@@ -53,7 +53,7 @@ def bench_models(cfg: BenchConfig, device: torch.device) -> list:
 
 def todays_path(models, image: torch.Tensor, classes: list[str], true_label: str, settings) -> list:
     """The comparison as it ran before streaming: -> [(model, clean Prediction, adversarial Prediction, image)]."""
-    from ..attacks import PGD
+    from ..attacks.pgd import PGD
     from ..explore import predict, prepare_image, quantize_in_ball
 
     x = prepare_image(image, settings.max_side)
@@ -172,7 +172,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
 def pass_seconds(model, image: torch.Tensor, classes: list[str], repeats: int) -> dict[str, float]:
     """The median time of one gradient pass (forward and backward, one 224 px image) of `model`'s
     classifier in fp32 and under bf16 autocast, the two taken in turn."""
-    from ..attacks import PGD
+    from ..attacks.pgd import PGD
 
     clf = model.classifier(classes).eval()
     x, y = image[None].to(model.device), torch.zeros(1, dtype=torch.long, device=model.device)

@@ -108,7 +108,7 @@ def attack_everything(model, cfg, datasets) -> list[dict]:
     per-sample random starts as evaluate(); robust = correct at every iterate."""
     from torch.utils.data import DataLoader
 
-    from ..attacks import PGD
+    from ..attacks.pgd import PGD
     from ..evaluate import model_preset, sample_noise
 
     rows = []

@@ -25,7 +25,8 @@ MOVED = {
     "inputs": "data.inputs", "presets": "data.presets", "checkpoints": "models.checkpoints",
     "hub_models": "models.hub_models", "zoo": "models.zoo", "importers": "models.importers",
     "downloads": "models.downloads", "transformers_layout": "models.transformers_layout",
-    "integrity": "models.integrity",
+    "integrity": "models.integrity", "adaptive": "attacks.adaptive", "defenses": "attacks.defenses",
+    "text_attention": "attacks.text_attention",
 }
 
 

@@ -51,10 +51,10 @@ from typing import Callable
 
 import torch
 
-from .attacks import (APGD, APGD_TARGETS, EOTPGD, PGD, STACKED_IMAGES, _autocast, get_attack, likeliest_wrong,
+from .pgd import (APGD, APGD_TARGETS, EOTPGD, PGD, STACKED_IMAGES, _autocast, get_attack, likeliest_wrong,
                       logits_over_draws, make_attack)
 from .defenses import DefendedClassifier
-from .core.errors import check
+from ..core.errors import check
 
 # The gate term's weight beside the per-sample cross-entropy, and how far past the threshold it
 # pushes tau (a margin, so that tau also clears it on the judge's fresh draws).

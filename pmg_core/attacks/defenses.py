@@ -85,11 +85,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import ascend, random_start
-from .core.errors import check, check_number
-from .models.clip import ClipModel, ZeroShotClassifier
-from .data.paper_prompts import openai_imagenet_templates
-from .core.registry import Registry
+from .pgd import ascend, random_start
+from ..core.errors import check, check_number
+from ..models.clip import ClipModel, ZeroShotClassifier
+from ..data.paper_prompts import openai_imagenet_templates
+from ..core.registry import Registry
 
 # CLIPure's blank prompt as its authors compute it: the mean over the 80 ImageNet templates, class name empty.
 BLANK_TEMPLATES = "imagenet-templates"

@@ -10,7 +10,7 @@ What an attack returns is the image it hands a judge, so it is its strongest one
 clean image by default: PGD (select "best") and APGD return, per sample, their highest-loss iterate
 (on a randomised model, the loss averaged over the draws that iterate's gradient took), and say in
 `fooled` whether any iterate was misclassified ("ever fooled", the verdict for a deterministic
-model). On a randomised model (a defended classifier, pmg_core/defenses.py) the draws of one
+model). On a randomised model (a defended classifier, pmg_core/attacks/defenses.py) the draws of one
 iterate are taken in one stacked forward (`logits_over_draws`), so what does not depend on the
 draw is computed once.
 """
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.errors import check, check_number
+from ..core.errors import check, check_number
 
 NORMS = ("Linf", "L2")
 LOSSES = ("ce", "margin")
