@@ -27,8 +27,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "models.clip", "ClipModel": "models.clip", "ZeroShotClassifier": "models.clip",
     "PGD": "attacks.pgd", "FeatureAttack": "attacks.pgd", "make_attack": "attacks.pgd", "list_attacks": "attacks.pgd",
-    "get_method": "methods", "list_methods": "methods",
-    "Trainer": "train", "TrainConfig": "train",
+    "get_method": "training.methods", "list_methods": "training.methods",
+    "Trainer": "training.loop", "TrainConfig": "training.loop",
     "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",
     "get_dataset": "data.datasets", "list_datasets": "data.datasets",
     "compare": "explore", "AttackSettings": "explore",

@@ -59,7 +59,7 @@ from torch.utils.data import Subset
 from . import __version__, card_stats
 from .data.datasets import ZeroShotDataset, get_dataset
 from .attacks.defenses import list_defenses
-from .distributed import Dist
+from .training.distributed import Dist
 from .core.errors import UserError, check
 from .evaluate import EvalConfig, evaluate_model
 from .models.clip import ClipModel, checkpoint_path

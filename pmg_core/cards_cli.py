@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 
 
 def _run(args) -> int:
-    from . import distributed
+    from .training import distributed
     from .cards import parse_models, run_cards
     from .protocols import get_protocol
 

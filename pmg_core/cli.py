@@ -72,7 +72,7 @@ def _check_writable(path: str, what: str) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train import TrainConfig
+    from .training.loop import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, TGA-ZSR, FARE, clean)",
@@ -123,8 +123,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .distributed import barrier
-    from .train import TrainConfig, train
+    from .training.distributed import barrier
+    from .training.loop import TrainConfig, train
 
     cfg = TrainConfig(**_settings(args, TrainConfig, "train"))
     _check_255("--eps", cfg.eps)
@@ -149,7 +149,7 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
     A collective that fails because another rank died becomes one sentence, not a traceback.
     """
-    from .distributed import cleanup, describe_failure, init, is_distributed_failure
+    from .training.distributed import cleanup, describe_failure, init, is_distributed_failure
 
     ctx = init(device)
     if ctx.enabled:
@@ -425,7 +425,7 @@ def _run_import(args) -> int:
     return 0
 
 
-OPTIONAL = ("pretrain", "bench", "zoo_cli", "cards_cli")  # modules that add their own sub-command
+OPTIONAL = ("training.pretrain", "bench", "zoo_cli", "cards_cli")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:

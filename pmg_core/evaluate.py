@@ -45,7 +45,7 @@ from .attacks.adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_t
 from .attacks.pgd import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
 from .attacks.defenses import DefendedClassifier, DefenseSettings, defend, get_defense
 from .data.datasets import ZeroShotDataset, expand_names, get_dataset
-from .distributed import Dist, all_reduce_sum
+from .training.distributed import Dist, all_reduce_sum
 from .core.errors import check, check_number
 from .core.env import check_device, default_device
 from .models.clip import ClipModel, ZeroShotClassifier

@@ -626,7 +626,7 @@ def starting_attack(real_clip: bool) -> StartingAttack:
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:
     """Label presets for one image: the embedded world's tasks, plus common sets for a real CLIP."""
-    from .data.datasets import synthetic
+    from .data import synthetic
 
     out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
            if name in synthetic.TASKS}

@@ -32,7 +32,7 @@ LIST_FIELDS = ("models", "datasets", "adaptive")  # EvalConfig lists; a comma-se
 def config_class(kind: str):
     check(kind in KINDS, f"Recipe kind must be 'train' or 'eval'; got {kind!r}.")
     if kind == "train":
-        from .train import TrainConfig
+        from .training.loop import TrainConfig
 
         return TrainConfig
     from .evaluate import EvalConfig

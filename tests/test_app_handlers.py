@@ -489,7 +489,7 @@ def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_re
 @EMBEDDED
 def test_an_extra_fine_tune_shares_an_extra_base(tmp_path, monkeypatch):
     """`--models pmg-test,ft.safetensors`: the fine-tune reuses the pmg-test the app loaded just before."""
-    from pmg_core.train import TrainConfig, train
+    from pmg_core.training.loop import TrainConfig, train
 
     monkeypatch.setenv("PMG_OFFLINE", "1")
     ft = tmp_path / "ft.safetensors"

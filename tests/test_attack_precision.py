@@ -12,7 +12,7 @@ from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.explore import AttackSettings, compare, prediction
 from pmg_core.data.images import load_image
-from pmg_core.methods import get_method
+from pmg_core.training.methods import get_method
 from pmg_core.models.clip import load_model
 from studio.html import verdict_html
 

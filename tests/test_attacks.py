@@ -15,7 +15,7 @@ CLASSES = ["red", "green", "blue", "grey"]
 def trained():
     """A pmg-test model briefly trained on the toy task, so attacks have real work to do."""
     from pmg_core.models.clip import load_model
-    from pmg_core.train import TrainConfig, train
+    from pmg_core.training.loop import TrainConfig, train
 
     torch.manual_seed(0)
     m = load_model("pmg-test")

@@ -8,7 +8,7 @@ from pmg_core import cli
 from pmg_core.models.checkpoints import save_finetune
 from pmg_core.core.errors import UserError
 from pmg_core.models.clip import load_model
-from pmg_core.train import Trainer, TrainConfig
+from pmg_core.training.loop import Trainer, TrainConfig
 
 EXAMPLE = str(Path(__file__).parents[1] / "assets" / "examples" / "example.png")
 

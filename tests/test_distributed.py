@@ -88,7 +88,7 @@ def test_only_the_image_encoder_is_wrapped_in_ddp(model, tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from pmg_core.train import Trainer, TrainConfig
+    from pmg_core.training.loop import Trainer, TrainConfig
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:

@@ -162,7 +162,7 @@ def test_cli_train_and_attack(model, tmp_path, capsys):
 
 def test_train_compile_and_tf32_flags_reach_the_run_settings():
     """`train --compile` / `--attack-tf32` set their TrainConfig fields (`bench --compile` checks the compiled step)."""
-    from pmg_core.train import TrainConfig
+    from pmg_core.training.loop import TrainConfig
 
     def settings(*flags):
         return TrainConfig(**cli._settings(cli.build_parser().parse_args(["train", *flags]), TrainConfig, "train"))

@@ -428,7 +428,7 @@ CLI_COMMANDS = {
 def checks_only(monkeypatch):
     """CLI eval/train stop after every input check (a huge valid --steps or --max-steps would run for hours)."""
     import pmg_core.evaluate as evaluate
-    import pmg_core.train as train
+    import pmg_core.training.loop as train
     from pmg_core.models.zoo import load_models
 
     def evaluate_checked(cfg, **_):

@@ -14,7 +14,7 @@ from pmg_core.models.checkpoints import (META_KEY, read_metadata, save_base, sav
                                   save_training_state)
 from pmg_core.core.errors import UserError
 from pmg_core.models.clip import load_checkpoint_model, load_model
-from pmg_core.train import TrainConfig, Trainer, state_path
+from pmg_core.training.loop import TrainConfig, Trainer, state_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

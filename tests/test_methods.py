@@ -6,7 +6,7 @@ import torch
 
 from pmg_core.attacks.pgd import OUTER_AUTOCAST
 from pmg_core.core.errors import UserError
-from pmg_core.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
+from pmg_core.training.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
 from pmg_core.models.clip import frozen_copy
 from toy import make_toy
 
@@ -110,7 +110,7 @@ def test_pmg_aft_method_matches_formula_and_tecoa(model, preset):
 
 def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(model):
     """The seed study's ablation: same loss, gradient of CE + alpha KL_gen + beta KL(f_t(x).detach() || f_t(x_adv))."""
-    from pmg_core.methods import PMGAFT
+    from pmg_core.training.methods import PMGAFT
 
     x, y = make_toy(8, seed=3).tensors
     x_adv = (x + 2 / 255).clamp(0, 1)

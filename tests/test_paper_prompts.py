@@ -11,7 +11,7 @@ from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig
 from pmg_core.data.paper_datasets import imagenet_names
 from pmg_core.data.paper_prompts import class_prompts, first_synonyms
-from pmg_core.train import TrainConfig
+from pmg_core.training.loop import TrainConfig
 
 
 def prompts(dataset: str, raw: list[str], protocol: str = "public-code") -> list[str]:

@@ -17,7 +17,7 @@ from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models.importers import guess_base, import_checkpoint, load_torch_file
 from pmg_core.models.clip import load_model
 from pmg_core.recipes import load_recipe, save_recipe
-from pmg_core.train import TrainConfig
+from pmg_core.training.loop import TrainConfig
 from published_files import NUMPY1_SCALAR, pickle_globals, public_code_checkpoint, save_numpy1_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -190,7 +190,7 @@ def _expected_accuracies():
 
 def test_shipped_clip_tiny_reproduces_its_clean_accuracies():
     from pmg_core.models.clip import load_model
-    from pmg_core.pretrain import CHECK_LIMIT, zero_shot_accuracies
+    from pmg_core.training.pretrain import CHECK_LIMIT, zero_shot_accuracies
 
     metrics = _expected_accuracies()
     expected = metrics["check_accuracy"]

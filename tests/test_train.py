@@ -10,7 +10,7 @@ from pmg_core.models.checkpoints import load_tensors, read_metadata
 from pmg_core.core.errors import UserError
 from pmg_core.evaluate import EvalConfig, evaluate
 from pmg_core.models.clip import load_model
-from pmg_core.train import Trainer, TrainConfig, state_path, train
+from pmg_core.training.loop import Trainer, TrainConfig, state_path, train
 
 
 def cfg(**kw):

@@ -92,7 +92,7 @@ def random_data(classes: int, image_size: int, n: int):
 
 def make_trainer(model, method: str, cfg: BenchConfig, device: torch.device):
     """The real training setup (Trainer) for `method` on random data with `cfg.classes` classes."""
-    from ..train import TrainConfig, Trainer
+    from ..training.loop import TrainConfig, Trainer
 
     data = random_data(cfg.classes, model.image_size, cfg.batch_size)
     tcfg = TrainConfig(model=model.spec, method=method, dataset=data.name, eps=cfg.eps, attack_steps=cfg.pgd_steps,

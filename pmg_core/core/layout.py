@@ -26,7 +26,8 @@ MOVED = {
     "hub_models": "models.hub_models", "zoo": "models.zoo", "importers": "models.importers",
     "downloads": "models.downloads", "transformers_layout": "models.transformers_layout",
     "integrity": "models.integrity", "adaptive": "attacks.adaptive", "defenses": "attacks.defenses",
-    "text_attention": "attacks.text_attention",
+    "text_attention": "attacks.text_attention", "methods": "training.methods", "train": "training.loop",
+    "pretrain": "training.pretrain", "distributed": "training.distributed",
 }
 
 

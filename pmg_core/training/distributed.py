@@ -19,8 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .core.errors import UserError, check
-from .core.env import check_device, default_device
+from ..core.errors import UserError, check
+from ..core.env import check_device, default_device
 
 TIMEOUT_ENV = "PMG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0

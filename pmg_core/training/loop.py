@@ -20,15 +20,15 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .models.checkpoints import (load_tensors, load_training_state, load_visual_into, read_metadata, save_finetune,
+from ..models.checkpoints import (load_tensors, load_training_state, load_visual_into, read_metadata, save_finetune,
                           save_training_state, visual_state)
-from .data.datasets import ZeroShotDataset, get_dataset
-from .core.errors import UserError, check, check_number, shorten
-from .core.env import check_device, default_device
+from ..data.datasets import ZeroShotDataset, get_dataset
+from ..core.errors import UserError, check, check_number, shorten
+from ..core.env import check_device, default_device
 from .methods import MethodSettings, get_method
-from .data.paper_prompts import check_prompts
-from .models.clip import ClipModel, ZeroShotClassifier, frozen_copy, load_model
-from .core.units import to_255
+from ..data.paper_prompts import check_prompts
+from ..models.clip import ClipModel, ZeroShotClassifier, frozen_copy, load_model
+from ..core.units import to_255
 
 
 @dataclass

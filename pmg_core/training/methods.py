@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attacks.pgd import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
-from .core.errors import check, check_number
-from .models.clip import ZeroShotClassifier
-from .core.precision import amp_attack_dtype
-from .data.presets import KL_DIRECTIONS, Preset, get_preset
-from .core.registry import Registry
-from .attacks.text_attention import image_tokens, text_guided_attention, tga_zsr_loss
+from ..attacks.pgd import OUTER_AUTOCAST, PGD, TF32, FeatureAttack
+from ..core.errors import check, check_number
+from ..models.clip import ZeroShotClassifier
+from ..core.precision import amp_attack_dtype
+from ..data.presets import KL_DIRECTIONS, Preset, get_preset
+from ..core.registry import Registry
+from ..attacks.text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .core.errors import check, check_number
-from .train import cosine_with_warmup
+from ..core.errors import check, check_number
+from .loop import cosine_with_warmup
 
 CHECK_LIMIT = 100  # images per mini task of the quick reproduction check stored in the metadata
 DEFAULT_NAME = "clip-tiny.safetensors"  # in the checkpoint folder (pmg_core.core.env.checkpoint_dir())
@@ -94,7 +94,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 @torch.no_grad()
 def zero_shot_accuracies(model, names=None, limit: int | None = None, batch_size: int = 250) -> dict[str, float]:
     """Clean zero-shot top-1 accuracy (%) of a ClipModel on registered datasets (default: mini)."""
-    from .data.datasets import expand_names, get_dataset
+    from ..data.datasets import expand_names, get_dataset
 
     names = expand_names(names or "mini")
     out = {}
@@ -116,8 +116,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, log_every: int = 100):
     """Train and return (ClipModel, metadata). Does not save: see `run`."""
     from tqdm.auto import tqdm
 
-    from .data.datasets import synthetic
-    from .models.clip import create_architecture
+    from ..data import synthetic
+    from ..models.clip import create_architecture
 
     cfg.validate()
     if cfg.threads:
@@ -206,12 +206,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from .models.checkpoints import save_base
+    from ..models.checkpoints import save_base
 
     names = {f for f in PretrainConfig.__dataclass_fields__}
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     model, meta = pretrain(cfg, progress=True)
-    from .core.env import checkpoint_dir
+    from ..core.env import checkpoint_dir
 
     path = save_base(cfg.out or checkpoint_dir() / DEFAULT_NAME, model, meta)
     print(f"saved {path}")
