@@ -29,9 +29,9 @@ _EXPORTS = {
     "PGD": "attacks.pgd", "FeatureAttack": "attacks.pgd", "make_attack": "attacks.pgd", "list_attacks": "attacks.pgd",
     "get_method": "training.methods", "list_methods": "training.methods",
     "Trainer": "training.loop", "TrainConfig": "training.loop",
-    "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",
+    "iter_evaluate": "evaluation.accuracy", "EvalConfig": "evaluation.accuracy", "to_markdown": "evaluation.accuracy",
     "get_dataset": "data.datasets", "list_datasets": "data.datasets",
-    "compare": "explore", "AttackSettings": "explore",
+    "compare": "evaluation.explore", "AttackSettings": "evaluation.explore",
     "save_finetune": "models.checkpoints", "read_metadata": "models.checkpoints",
     "UserError": "core.errors",
 }

@@ -352,7 +352,7 @@ def _compact_json(doc: dict) -> str:
 def to_html(cards: Sequence[dict]) -> str:
     """board.html: self-contained (inline style, script and SVG), readable offline and without script."""
     from .findings import board_findings
-    from .plots import leaderboard_scatter_svg
+    from .evaluation.plots import leaderboard_scatter_svg
 
     table = rows(cards)
     found = board_findings(cards)

@@ -1,4 +1,4 @@
-"""Robustness cards: one model's result under one protocol (pmg_core/protocols.py), with provenance.
+"""Robustness cards: one model's result under one protocol (pmg_core/evaluation/protocols.py), with provenance.
 
 `run_cards` evaluates cells, one per (model, dataset, threat model, eps), and writes each to
 ``DIR/cells/<model>/<dataset>__<norm>-<eps>.json`` atomically as it finishes. A run that is
@@ -61,9 +61,9 @@ from .data.datasets import ZeroShotDataset, get_dataset
 from .attacks.defenses import list_defenses
 from .training.distributed import Dist
 from .core.errors import UserError, check
-from .evaluate import EvalConfig, evaluate_model
+from .evaluation.accuracy import EvalConfig, evaluate_model
 from .models.clip import ClipModel, checkpoint_path
-from .protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
+from .evaluation.protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
 from .models.zoo import ZOO, load_entry, load_sharing_bases
 
 CARD_VERSION = 2  # 2: per-image lists in every cell, convergence on the still-robust images, one code version

@@ -5,7 +5,7 @@
   torchrun the cells are shared among the processes; refused from a source tree with uncommitted
   changes unless --allow-dirty (pmg_core/cards.py).
 - ``board DIR``: board.md, board.csv and board.html from the cards in DIR (pmg_core/board.py).
-- ``protocols``: the registered protocols (pmg_core/protocols.py); ``manifests NAME``: each
+- ``protocols``: the registered protocols (pmg_core/evaluation/protocols.py); ``manifests NAME``: each
   dataset's manifest hash under one (computed from the data; the embedded world's are pinned).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
 def _run(args) -> int:
     from .training import distributed
     from .cards import parse_models, run_cards
-    from .protocols import get_protocol
+    from .evaluation.protocols import get_protocol
 
     protocol = get_protocol(args.protocol)
     models = parse_models(args.models)
@@ -88,7 +88,7 @@ def _board(args) -> int:
 
 
 def _protocols(args) -> int:
-    from .protocols import list_protocols
+    from .evaluation.protocols import list_protocols
 
     for p in list_protocols():
         threats = "; ".join(f"{t.attack}-{t.steps} {t.norm} eps {','.join(f'{e:g}' for e in t.eps_255)}/255"
@@ -102,7 +102,7 @@ def _protocols(args) -> int:
 
 def _manifests(args) -> int:
     from .data.datasets import get_dataset
-    from .protocols import get_protocol, manifest_for
+    from .evaluation.protocols import get_protocol, manifest_for
 
     protocol = get_protocol(args.protocol)
     for name in protocol.dataset_names():

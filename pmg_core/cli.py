@@ -172,7 +172,7 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 def _add_eval(sub) -> None:
     from .attacks.adaptive import ADAPTIVE, FULL_SUITE
     from .attacks.pgd import ATTACKS
-    from .evaluate import EvalConfig
+    from .evaluation.accuracy import EvalConfig
 
     d = EvalConfig()
     p = sub.add_parser("eval", help="zero-shot clean and robust accuracy over models x datasets",
@@ -225,7 +225,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from .evaluate import EvalConfig, evaluate, to_markdown, write_report
+    from .evaluation.accuracy import EvalConfig, evaluate, to_markdown, write_report
 
     cfg = EvalConfig(**_settings(args, EvalConfig, "eval"))
     _check_255("--eps", cfg.eps, 255 if cfg.norm == "Linf" else None)
@@ -279,9 +279,9 @@ def _add_attack(sub) -> None:
 def _run_attack(args) -> int:
     from pathlib import Path
 
-    from .explore import AttackSettings, compare, cpu_lanes, is_real_clip, robustness_radius, starting_attack
+    from .evaluation.explore import AttackSettings, compare, cpu_lanes, is_real_clip, robustness_radius, starting_attack
     from .data.images import load_image, save_png
-    from .maps import comparison_maps, save_maps
+    from .evaluation.maps import comparison_maps, save_maps
     from .data.inputs import parse_labels
     from .core.env import check_device, default_device
     from .models.zoo import load_models
@@ -408,7 +408,7 @@ def _run_import(args) -> int:
     print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")
     if not (args.eval or args.eval_config):
         return 0
-    from .evaluate import EvalConfig, evaluate, to_markdown
+    from .evaluation.accuracy import EvalConfig, evaluate, to_markdown
 
     values = {}
     if args.eval_config:

@@ -35,7 +35,7 @@ def config_class(kind: str):
         from .training.loop import TrainConfig
 
         return TrainConfig
-    from .evaluate import EvalConfig
+    from .evaluation.accuracy import EvalConfig
 
     return EvalConfig
 
@@ -163,7 +163,7 @@ def recipe_values(config) -> dict[str, Any]:
 
 def save_recipe(path: str | Path, config, description: str | None = None) -> Path:
     """Write every setting of a TrainConfig / EvalConfig as a recipe that load_recipe reads back."""
-    from .evaluate import EvalConfig
+    from .evaluation.accuracy import EvalConfig
 
     path = Path(path)
     kind = "eval" if isinstance(config, EvalConfig) else "train"

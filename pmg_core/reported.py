@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
-from .protocols import get_protocol
+from .evaluation.protocols import get_protocol
 from .models.zoo import ROBUSTVLM_ZERO_SHOT, TGA_PROTOCOL, ZOO, Entry, Protocol
 
 MARK = "reported by the authors, not measured here"
 NO_INTERVAL = "no interval reported (a single figure each)"
-# The protocol defined here that replays each reported one most closely (pmg_core.protocols).
+# The protocol defined here that replays each reported one most closely (pmg_core.evaluation.protocols).
 CLOSEST = {ROBUSTVLM_ZERO_SHOT.name: "rvlm13-aa", TGA_PROTOCOL.name: "tecoa16-pgd"}
 
 

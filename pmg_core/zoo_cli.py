@@ -173,7 +173,7 @@ def _run_pin(args) -> int:
 
 def _run_verify(args) -> int:
     from .data.datasets import get_dataset
-    from .evaluate import EvalConfig, evaluate
+    from .evaluation.accuracy import EvalConfig, evaluate
     from .core.env import default_device
 
     e = zoo.get(args.id)

@@ -1,6 +1,6 @@
 """Handler of the Evaluate tab: zero-shot clean/robust accuracy, streamed one model x dataset at a time.
 
-The run is `pmg_core.evaluate.iter_evaluate`'s event stream; it runs in the handler's own thread,
+The run is `pmg_core.evaluation.accuracy.iter_evaluate`'s event stream; it runs in the handler's own thread,
 so Cancel (studio/jobs.py) only sets a flag that the stream reads between events. The status line
 ends with a per-model summary over every image evaluated so far (accuracy, n and a 95% Wilson
 interval), above the per-dataset table.
@@ -12,9 +12,10 @@ from typing import Iterator
 import gradio as gr
 
 from pmg_core.data import inputs
-from pmg_core import plots, stats
+from pmg_core.evaluation import plots
+from pmg_core import stats
 from pmg_core.data.datasets import expand_names
-from pmg_core.evaluate import EvalConfig, iter_evaluate
+from pmg_core.evaluation.accuracy import EvalConfig, iter_evaluate
 from pmg_core.core.units import from_255
 
 from . import policy

@@ -1,7 +1,7 @@
 """Handlers of the Attack & compare and Feature distances tabs: one uploaded image, attacked live.
 
 Each takes the app's state and the raw values of the tab's fields, checks them (pmg_core.data.inputs)
-and makes one call into pmg_core.explore or pmg_core.analysis; what it returns is ready for the
+and makes one call into pmg_core.evaluation.explore or pmg_core.evaluation.analysis; what it returns is ready for the
 tab's components. The comparison's JSON comes from pmg_core (Comparison.to_dict), so the app's
 details and `python -m pmg_core attack --json` are the same document.
 """
@@ -19,14 +19,14 @@ import gradio as gr
 import numpy as np
 import torch
 
-from pmg_core import analysis, plots
+from pmg_core.evaluation import analysis, plots
 from pmg_core.data import inputs
 from pmg_core.attacks.pgd import NORMS
 from pmg_core.attacks.defenses import get_defense
 from pmg_core.core.errors import check
-from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
+from pmg_core.evaluation.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
                               robustness_radius)
-from pmg_core.maps import MAP_PASSES, comparison_maps, save_maps
+from pmg_core.evaluation.maps import MAP_PASSES, comparison_maps, save_maps
 from pmg_core.data.images import load_image, new_output_folder, save_png, slug, to_uint8
 from pmg_core.models.clip import ClipModel
 from pmg_core.core.units import from_255, to_255

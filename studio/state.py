@@ -24,7 +24,7 @@ from pmg_core.data import inputs
 from pmg_core.core import env
 from pmg_core.data.datasets import list_datasets, list_groups
 from pmg_core.core.errors import UserError, check
-from pmg_core.explore import StartingAttack, is_real_clip, label_presets, starting_attack
+from pmg_core.evaluation.explore import StartingAttack, is_real_clip, label_presets, starting_attack
 from pmg_core.models.clip import ClipModel, list_checkpoints
 from pmg_core.models.zoo import finetunes_of, load_default_models, order_key, with_bases
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pmg_core import board, findings
-from pmg_core.plots import leaderboard_scatter
+from pmg_core.evaluation.plots import leaderboard_scatter
 
 from .reported_view import build_reported
 from .safety import safe

@@ -16,7 +16,7 @@ from typing import Iterator
 import gradio as gr
 
 from pmg_core.data import inputs
-from pmg_core import plots
+from pmg_core.evaluation import plots
 from pmg_core.data.datasets import list_datasets
 from pmg_core.core.errors import UserError
 from pmg_core.training.methods import list_methods

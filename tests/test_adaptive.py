@@ -9,7 +9,7 @@ from pmg_core.attacks.adaptive import ADAPTIVE, GATE_CAP, GateAwarePGD, SuiteSet
 from pmg_core.attacks.pgd import EOTPGD, random_start
 from pmg_core.attacks.defenses import DefendedClassifier, get_defense
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
 from pmg_core.models.clip import ZeroShotClassifier
 from pmg_core.data.presets import get_preset
 from toy import SHIFT, ScriptedLine, grey, scripted_defense

@@ -13,11 +13,11 @@ from PIL import Image
 
 
 import gradio as gr  # noqa: E402
-from pmg_core import analysis  # noqa: E402
+from pmg_core.evaluation import analysis  # noqa: E402
 from pmg_core.models import zoo  # noqa: E402
 from pmg_core.data import inputs  # noqa: E402
 from pmg_core.core.errors import UserError  # noqa: E402
-from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
+from pmg_core.evaluation.explore import prepare_image, quantize_in_ball  # noqa: E402
 from pmg_core.data.images import load_image  # noqa: E402
 from pmg_core.core import env  # noqa: E402
 from pmg_core.core.env import checkpoint_dir  # noqa: E402

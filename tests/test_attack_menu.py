@@ -8,7 +8,7 @@ import torch
 from pmg_core.attacks.adaptive import ADAPTIVE, SuiteSettings, menu_for, run_suite
 from pmg_core.attacks.pgd import APGD, EOTPGD
 from pmg_core.attacks.defenses import DefendedClassifier
-from pmg_core.evaluate import EvalConfig, evaluate_defended_batch
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate_defended_batch
 from pmg_core.data.presets import get_preset
 from toy import ScriptedLine, ScriptedPath, grey, scripted_defense
 
@@ -99,7 +99,7 @@ def test_a_deterministic_defense_is_judged_ever_fooled_like_a_plain_model():
 
 
 def test_every_row_faces_the_same_menu_and_a_defended_one_adds_the_unaware_and_gate_attacks():
-    from pmg_core.protocols import eval_settings, get_protocol
+    from pmg_core.evaluation.protocols import eval_settings, get_protocol
     from pmg_core.attacks.defenses import get_defense
 
     mini = get_protocol("mini")

@@ -9,8 +9,8 @@ import torch
 from pmg_core.core import env, precision
 from pmg_core.attacks.pgd import OUTER_AUTOCAST, PGD
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.explore import AttackSettings, compare, prediction
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
+from pmg_core.evaluation.explore import AttackSettings, compare, prediction
 from pmg_core.data.images import load_image
 from pmg_core.training.methods import get_method
 from pmg_core.models.clip import load_model

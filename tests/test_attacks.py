@@ -4,7 +4,7 @@ import torch
 
 from pmg_core.attacks.pgd import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
 from numerics import MatmulDtypes
 from toy import make_toy
 

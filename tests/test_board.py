@@ -104,7 +104,7 @@ def test_board_html_stands_alone_with_its_table_scatter_and_heatmap(tmp_path):
 def _cells(tmp_path, cells: dict[str, dict]):
     """Cells and manifests on disk for one model under a one-eps protocol, as a run leaves them."""
     from pmg_core.cards import Cell, ModelSpec
-    from pmg_core.protocols import Protocol, ThreatModel
+    from pmg_core.evaluation.protocols import Protocol, ThreatModel
 
     protocol = Protocol("hand", 1, "a protocol made by hand", tuple(cells), samples=10,
                         threats=(ThreatModel("Linf", (8,), "pgd", 10, 2),), convergence_samples=None)

@@ -22,7 +22,7 @@ ROOT = HERE.parent
 
 
 def _register_test_protocol():
-    from pmg_core.protocols import Protocol, ThreatModel, get_protocol, list_protocols, register_protocol
+    from pmg_core.evaluation.protocols import Protocol, ThreatModel, get_protocol, list_protocols, register_protocol
 
     if "test-toy" not in {p.name for p in list_protocols()}:
         register_protocol(Protocol("test-toy", 1, "tests: the toy colours, PGD-3 at 2 and 4/255", ("toy-colours",),
@@ -53,7 +53,7 @@ def _without_times(card: dict) -> dict:
 def test_a_manifest_is_drawn_once_by_its_seed_and_its_hash_pins_the_images():
     from pmg_core.data.datasets import ZeroShotDataset, get_dataset
     from pmg_core.core.errors import UserError
-    from pmg_core.protocols import Manifest, check_manifest, get_protocol, manifest_for
+    from pmg_core.evaluation.protocols import Manifest, check_manifest, get_protocol, manifest_for
     from torch.utils.data import TensorDataset
 
     protocol = _register_test_protocol()
@@ -274,7 +274,7 @@ def test_a_changed_protocol_definition_needs_a_new_version():
     numbers depend on changes the hash (a title or note does not)."""
     from dataclasses import replace
 
-    from pmg_core.protocols import DEFINITIONS, list_protocols
+    from pmg_core.evaluation.protocols import DEFINITIONS, list_protocols
 
     builtin = [p for p in list_protocols() if not p.name.startswith("test-")]
     assert {(p.name, p.version) for p in builtin} <= set(DEFINITIONS)
@@ -291,7 +291,7 @@ def test_a_changed_protocol_definition_needs_a_new_version():
 
 def test_the_mini_protocol_and_the_mini_dataset_group_name_the_same_ten_tasks():
     from pmg_core.data.datasets import list_groups
-    from pmg_core.protocols import get_protocol
+    from pmg_core.evaluation.protocols import get_protocol
 
     mini = get_protocol("mini")
     assert mini.dataset_names() == list_groups()["mini"] and set(mini.pinned) == set(mini.dataset_names())
@@ -299,7 +299,7 @@ def test_the_mini_protocol_and_the_mini_dataset_group_name_the_same_ten_tasks():
 
 def test_tga_zsr_published_numbers_are_over_the_same_sixteen_sets_as_tecoa16():
     from pmg_core.cards import parse_model, published_beside
-    from pmg_core.protocols import get_protocol
+    from pmg_core.evaluation.protocols import get_protocol
 
     averages = {"clean_acc": 0.5, "robust_acc": {"Linf 1/255": 0.4}}
     for entry in ("tga-zsr-b32", "comp-tga-b32"):

@@ -10,7 +10,7 @@ from pmg_core import cli
 from pmg_core.attacks.pgd import PGD
 from pmg_core.data.datasets import get_dataset
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate, sample_noise, to_csv, to_markdown
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate, sample_noise, to_csv, to_markdown
 from pmg_core.models.clip import ZeroShotClassifier, load_model
 from toy import make_toy
 

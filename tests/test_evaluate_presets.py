@@ -4,7 +4,7 @@ import torch
 
 from pmg_core.data.datasets import get_dataset
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
 from pmg_core.models.clip import checkpoint_path, load_model
 from pmg_core.data.presets import IMAGENET_MEAN
 

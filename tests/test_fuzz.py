@@ -24,7 +24,7 @@ from PIL import Image
 from pmg_core import cli  # noqa: E402
 from pmg_core.data import inputs  # noqa: E402
 from pmg_core.core.errors import UserError  # noqa: E402
-from pmg_core.explore import prepare_image  # noqa: E402
+from pmg_core.evaluation.explore import prepare_image  # noqa: E402
 from pmg_core.data.images import MAX_PIXELS, load_image  # noqa: E402
 from studio import evaluation, one_image, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
@@ -427,7 +427,7 @@ CLI_COMMANDS = {
 @pytest.fixture
 def checks_only(monkeypatch):
     """CLI eval/train stop after every input check (a huge valid --steps or --max-steps would run for hours)."""
-    import pmg_core.evaluate as evaluate
+    import pmg_core.evaluation.accuracy as evaluate
     import pmg_core.training.loop as train
     from pmg_core.models.zoo import load_models
 

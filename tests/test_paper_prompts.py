@@ -8,7 +8,7 @@ import pytest
 from torchvision.datasets import Flowers102
 
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig
+from pmg_core.evaluation.accuracy import EvalConfig
 from pmg_core.data.paper_datasets import imagenet_names
 from pmg_core.data.paper_prompts import class_prompts, first_synonyms
 from pmg_core.training.loop import TrainConfig

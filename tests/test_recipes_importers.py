@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from pmg_core.models.checkpoints import load_tensors, read_metadata
 from pmg_core.cli import main
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
 from pmg_core.models.importers import guess_base, import_checkpoint, load_torch_file
 from pmg_core.models.clip import load_model
 from pmg_core.recipes import load_recipe, save_recipe

@@ -8,7 +8,7 @@ import torch
 from pmg_core.core import env
 from pmg_core.models.checkpoints import load_tensors, read_metadata
 from pmg_core.core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
 from pmg_core.models.clip import load_model
 from pmg_core.training.loop import Trainer, TrainConfig, state_path, train
 

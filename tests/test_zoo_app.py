@@ -100,7 +100,7 @@ def test_offline_the_app_fetches_nothing(monkeypatch, tmp_path):
 
 
 def test_real_clip_mode_offers_photo_examples_with_imagenet_labels():
-    from pmg_core.explore import label_presets
+    from pmg_core.evaluation.explore import label_presets
     from pmg_core.data.paper_datasets import imagenet_names
 
     photos = [e for e in assets.examples(label_presets(real_clip=True)) if not e[0].startswith(str(assets.EXAMPLES_DIR))]

@@ -27,7 +27,9 @@ MOVED = {
     "downloads": "models.downloads", "transformers_layout": "models.transformers_layout",
     "integrity": "models.integrity", "adaptive": "attacks.adaptive", "defenses": "attacks.defenses",
     "text_attention": "attacks.text_attention", "methods": "training.methods", "train": "training.loop",
-    "pretrain": "training.pretrain", "distributed": "training.distributed",
+    "pretrain": "training.pretrain", "distributed": "training.distributed", "evaluate": "evaluation.accuracy",
+    "protocols": "evaluation.protocols", "explore": "evaluation.explore", "maps": "evaluation.maps",
+    "analysis": "evaluation.analysis", "plots": "evaluation.plots",
 }
 
 

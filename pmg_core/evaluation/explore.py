@@ -17,17 +17,17 @@ from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 
-from .attacks.pgd import EOTPGD, PGD, margin_loss
-from .attacks.defenses import defend, get_defense
-from .data.datasets import list_groups
-from .core.errors import check, check_number
-from .data.images import center_square, quantize
-from .models.clip import ClipModel
-from .data.presets import DEFAULT_TEMPLATES
-from .data.paper_datasets import imagenet_names
-from .core.threads import own_threads
-from .core.precision import CHOICES as PRECISIONS, AttackPrecision, attack_precision
-from .core.units import to_255
+from ..attacks.pgd import EOTPGD, PGD, margin_loss
+from ..attacks.defenses import defend, get_defense
+from ..data.datasets import list_groups
+from ..core.errors import check, check_number
+from ..data.images import center_square, quantize
+from ..models.clip import ClipModel
+from ..data.presets import DEFAULT_TEMPLATES
+from ..data.paper_datasets import imagenet_names
+from ..core.threads import own_threads
+from ..core.precision import CHOICES as PRECISIONS, AttackPrecision, attack_precision
+from ..core.units import to_255
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -626,7 +626,7 @@ def starting_attack(real_clip: bool) -> StartingAttack:
 
 def label_presets(real_clip: bool) -> dict[str, list[str]]:
     """Label presets for one image: the embedded world's tasks, plus common sets for a real CLIP."""
-    from .data import synthetic
+    from ..data import synthetic
 
     out = {name: list(synthetic.TASKS[name].classes) for name in list_groups().get("mini", [])
            if name in synthetic.TASKS}

@@ -32,14 +32,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .attacks.adaptive import MENU
-from .attacks.pgd import APGD_TARGETS
-from .data.datasets import ZeroShotDataset, expand_names
-from .attacks.defenses import get_defense
-from .core.errors import UserError, check
-from .core.registry import Registry
-from .core.units import from_255
-from .models.zoo import PAPER_16, ROBUSTVLM_ZERO_SHOT
+from ..attacks.adaptive import MENU
+from ..attacks.pgd import APGD_TARGETS
+from ..data.datasets import ZeroShotDataset, expand_names
+from ..attacks.defenses import get_defense
+from ..core.errors import UserError, check
+from ..core.registry import Registry
+from ..core.units import from_255
+from ..models.zoo import PAPER_16, ROBUSTVLM_ZERO_SHOT
 
 
 @dataclass(frozen=True)

@@ -41,19 +41,19 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .attacks.adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, judge_clean, menu_for, run_suite
-from .attacks.pgd import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
-from .attacks.defenses import DefendedClassifier, DefenseSettings, defend, get_defense
-from .data.datasets import ZeroShotDataset, expand_names, get_dataset
-from .training.distributed import Dist, all_reduce_sum
-from .core.errors import check, check_number
-from .core.env import check_device, default_device
-from .models.clip import ClipModel, ZeroShotClassifier
-from .data.paper_prompts import check_prompts
-from .core.precision import amp_attack_dtype
-from .data.presets import Preset, get_preset
-from .models.zoo import load_models
-from .core.units import to_255
+from ..attacks.adaptive import DEFAULT_SUITE, SuiteSettings, check_suite, clean_tau, has_gate, judge_clean, menu_for, run_suite
+from ..attacks.pgd import APGD_TARGETS, ATTACKS, PGD, check_eot, check_norm, get_attack, make_attack, random_start
+from ..attacks.defenses import DefendedClassifier, DefenseSettings, defend, get_defense
+from ..data.datasets import ZeroShotDataset, expand_names, get_dataset
+from ..training.distributed import Dist, all_reduce_sum
+from ..core.errors import check, check_number
+from ..core.env import check_device, default_device
+from ..models.clip import ClipModel, ZeroShotClassifier
+from ..data.paper_prompts import check_prompts
+from ..core.precision import amp_attack_dtype
+from ..data.presets import Preset, get_preset
+from ..models.zoo import load_models
+from ..core.units import to_255
 
 
 ROBUST_RULES = ("ever", "final")

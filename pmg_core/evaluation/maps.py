@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from .explore import Comparison
-from .data.images import save_png, slug
-from .models.clip import ClipModel
-from .data.presets import DEFAULT_TEMPLATES
-from .attacks.text_attention import image_tokens, text_guided_attention
+from ..data.images import save_png, slug
+from ..models.clip import ClipModel
+from ..data.presets import DEFAULT_TEMPLATES
+from ..attacks.text_attention import image_tokens, text_guided_attention
 
 KINDS = ("attention to true class", "attention to predicted class", "saliency")
 MAP_PASSES = 4  # per model: (a forward for the attention maps + a forward and backward for the saliency) x 2 images

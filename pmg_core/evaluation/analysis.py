@@ -11,9 +11,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .core.errors import check
+from ..core.errors import check
 from .explore import AttackSettings, Comparison, compare
-from .models.clip import ClipModel
+from ..models.clip import ClipModel
 
 
 def amplify_perturbation(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
