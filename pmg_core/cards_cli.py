@@ -3,8 +3,8 @@
 - ``run --protocol NAME --models a,b,... --out DIR [--limit N] [--data-root D] [--allow-dirty]``: one
   cell per (model, dataset, eps), each written to DIR as it finishes; run again to resume; under
   torchrun the cells are shared among the processes; refused from a source tree with uncommitted
-  changes unless --allow-dirty (pmg_core/cards.py).
-- ``board DIR``: board.md, board.csv and board.html from the cards in DIR (pmg_core/board.py).
+  changes unless --allow-dirty (pmg_core/leaderboard/cards.py).
+- ``board DIR``: board.md, board.csv and board.html from the cards in DIR (pmg_core/leaderboard/board.py).
 - ``protocols``: the registered protocols (pmg_core/evaluation/protocols.py); ``manifests NAME``: each
   dataset's manifest hash under one (computed from the data; the embedded world's are pinned).
 """
@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 
 def _run(args) -> int:
     from .training import distributed
-    from .cards import parse_models, run_cards
+    from .leaderboard.cards import parse_models, run_cards
     from .evaluation.protocols import get_protocol
 
     protocol = get_protocol(args.protocol)
@@ -80,7 +80,7 @@ def _check_known(specs) -> None:
 
 
 def _board(args) -> int:
-    from .board import write_board
+    from .leaderboard.board import write_board
 
     for path in write_board(args.folder):
         print(path)

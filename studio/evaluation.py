@@ -13,7 +13,7 @@ import gradio as gr
 
 from pmg_core.data import inputs
 from pmg_core.evaluation import plots
-from pmg_core import stats
+from pmg_core.leaderboard import stats
 from pmg_core.data.datasets import expand_names
 from pmg_core.evaluation.accuracy import EvalConfig, iter_evaluate
 from pmg_core.core.units import from_255
@@ -78,7 +78,7 @@ def _table(results: list[dict]) -> list[list]:
 
 
 def _wilson(right: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson interval of right out of n images, as a pair (pmg_core.stats computes it)."""
+    """The 95% Wilson interval of right out of n images, as a pair (pmg_core.leaderboard.stats computes it)."""
     if n == 0:
         return 0.0, 1.0
     found = stats.wilson(right, n)

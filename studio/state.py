@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from pmg_core import board, findings
+from pmg_core.leaderboard import board, findings
 from pmg_core.data import inputs
 from pmg_core.core import env
 from pmg_core.data.datasets import list_datasets, list_groups

@@ -2,7 +2,7 @@
 and not measured here, carries no invented interval, and stays when a card of the same model is measured here."""
 import re
 
-from pmg_core import reported
+from pmg_core.leaderboard import reported
 from pmg_core.models import zoo
 
 

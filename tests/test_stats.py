@@ -3,7 +3,7 @@ data with fixed seeds (a 95% interval should hold the truth about 95 times in 10
 import numpy as np
 import pytest
 
-from pmg_core import stats
+from pmg_core.leaderboard import stats
 from pmg_core.core.errors import UserError
 
 

@@ -29,7 +29,9 @@ MOVED = {
     "text_attention": "attacks.text_attention", "methods": "training.methods", "train": "training.loop",
     "pretrain": "training.pretrain", "distributed": "training.distributed", "evaluate": "evaluation.accuracy",
     "protocols": "evaluation.protocols", "explore": "evaluation.explore", "maps": "evaluation.maps",
-    "analysis": "evaluation.analysis", "plots": "evaluation.plots",
+    "analysis": "evaluation.analysis", "plots": "evaluation.plots", "cards": "leaderboard.cards",
+    "card_stats": "leaderboard.card_stats", "board": "leaderboard.board", "findings": "leaderboard.findings",
+    "reported": "leaderboard.reported", "stats": "leaderboard.stats",
 }
 
 

@@ -8,7 +8,7 @@ attack), the prompts, which numerics preset judges each model, and the draws a r
 is attacked and judged with (`defended`: EOT and judge draws). Changing any of these makes a new
 version, never a silent edit: `definition_sha256` hashes them, each registered version's hash is
 pinned in DEFINITIONS beside it (a test fails when a definition changes under the same version),
-and a card (pmg_core/cards.py) names its protocol's name, version, definition hash and manifest
+and a card (pmg_core/leaderboard/cards.py) names its protocol's name, version, definition hash and manifest
 hashes, so two numbers are comparable exactly when those agree.
 
 A manifest is the sorted list of test indices a protocol evaluates on one dataset: the first

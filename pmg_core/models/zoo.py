@@ -3,7 +3,7 @@
 The registry (``ZOO``) is data, like open_clip's pretrained table: each ``Entry`` says what a
 published checkpoint is (base ``ARCH:TAG``, where its file lives and in which format), who
 trained it and how (paper, data, eps, method), which numerics judge it (``preset``), its licence,
-the numbers its authors published and the recipe behind them (pmg_core.reported arranges them for
+the numbers its authors published and the recipe behind them (pmg_core.leaderboard.reported arranges them for
 the Leaderboard), the optional packages it needs (``needs``), and a pinned sha256 where one is
 known. None is pinned in the registry: nobody here could reach the sources, so ``fetch`` prints
 each file's hash, and ``cached_pins`` (``zoo pin``) writes what a cache holds into a lock file.

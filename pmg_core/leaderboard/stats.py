@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import binomtest, norm
 
-from .core.errors import check
+from ..core.errors import check
 
 CONFIDENCE = 0.95
 DRAWS = 10_000  # bootstrap resamples: the percentiles move by well under 0.5 points between seeds

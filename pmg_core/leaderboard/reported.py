@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
-from .evaluation.protocols import get_protocol
-from .models.zoo import ROBUSTVLM_ZERO_SHOT, TGA_PROTOCOL, ZOO, Entry, Protocol
+from ..evaluation.protocols import get_protocol
+from ..models.zoo import ROBUSTVLM_ZERO_SHOT, TGA_PROTOCOL, ZOO, Entry, Protocol
 
 MARK = "reported by the authors, not measured here"
 NO_INTERVAL = "no interval reported (a single figure each)"

@@ -1,7 +1,7 @@
 """What a robustness card's numbers can claim: each accuracy's 95% interval, paired comparisons between
-cards, and what the convergence check found (pmg_core/stats.py does the arithmetic).
+cards, and what the convergence check found (pmg_core/leaderboard/stats.py does the arithmetic).
 
-A card (pmg_core/cards.py) holds, per dataset, n and each accuracy; cards written since cells carry
+A card (pmg_core/leaderboard/cards.py) holds, per dataset, n and each accuracy; cards written since cells carry
 per-image results also hold, aligned with the manifest's `samples`, `clean_right` and, per threat,
 `robust_right` (0/1 per image). Intervals come from the counts, so older cards get them too; a
 paired comparison needs the per-image lists of both cards, on the same images (same protocol,

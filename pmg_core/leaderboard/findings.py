@@ -4,7 +4,7 @@ board.md and board.html).
 Every number is read from the JSON in benchmarks/ (the seed study and the robustness cards of
 docs/BENCHMARK.md), never typed in, so the app says what the files say; a missing file means no
 sentence rather than a stale one. A sentence built from cards compares on the same images: "B is
-ahead of A" or "a defense costs a model" is a paired test (pmg_core/stats.py, exact McNemar with its
+ahead of A" or "a defense costs a model" is a paired test (pmg_core/leaderboard/stats.py, exact McNemar with its
 interval), and reads "no detectable difference at n = ..." when the data cannot tell; cards without
 per-image results say that no paired test can be made and give each side's own interval.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from . import card_stats
 from .card_stats import Comparison
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 DEFENSE_NAMES = {"ttc": "test-time counterattacks (TTC)", "clipure": "CLIPure (this project's variant)"}
 
 
@@ -98,7 +98,7 @@ def tga_zsr_vs_tecoa(root: Path | None = None) -> str | None:
     return text
 
 
-# --- from the robustness cards: paired tests on the same images (pmg_core/card_stats.py) -------------
+# --- from the robustness cards: paired tests on the same images (pmg_core/leaderboard/card_stats.py) -------------
 
 def _effect(c: Comparison, gain: str, loss: str, a_words: str, b_words: str) -> str:
     """A paired comparison in words: '{gain|loss} X points (evidence)', 'no detectable difference at n = ...'
@@ -147,7 +147,7 @@ def versus(cards: list[dict], a: str, b: str, threat: str | None = None) -> str 
 
 
 def _threshold_words(card: dict) -> str:
-    from .attacks.defenses import get_defense
+    from ..attacks.defenses import get_defense
 
     threshold = card["defense"]["threshold"]
     if not get_defense(card["defense"]["name"]).gated:

@@ -1,7 +1,7 @@
-"""The leaderboard: robustness cards (pmg_core/cards.py) side by side, nothing typed by hand.
+"""The leaderboard: robustness cards (pmg_core/leaderboard/cards.py) side by side, nothing typed by hand.
 
 `rows(cards)` flattens the cards into one row per (card, threat model and eps): every accuracy as a
-95% interval with its n (pmg_core/card_stats.py), the convergence in words, the published difference,
+95% interval with its n (pmg_core/leaderboard/card_stats.py), the convergence in words, the published difference,
 and the row's band. Rows are ordered in bands, not by rank: band 1 is the row with the best robust
 accuracy and every row whose interval overlaps that row's; the next band starts at the first row
 whose interval lies wholly below it, and so on. Within a band the order is by name, since the
@@ -25,7 +25,7 @@ from typing import Sequence
 
 from . import card_stats
 from .cards import read_cards
-from .core.errors import check
+from ..core.errors import check
 from .stats import Interval
 
 COLUMNS = ("model", "protocol", "threat", "band", "n", "clean", "clean_low", "clean_high", "robust", "robust_low",
@@ -352,7 +352,7 @@ def _compact_json(doc: dict) -> str:
 def to_html(cards: Sequence[dict]) -> str:
     """board.html: self-contained (inline style, script and SVG), readable offline and without script."""
     from .findings import board_findings
-    from .evaluation.plots import leaderboard_scatter_svg
+    from ..evaluation.plots import leaderboard_scatter_svg
 
     table = rows(cards)
     found = board_findings(cards)

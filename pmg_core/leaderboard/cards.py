@@ -25,7 +25,7 @@ dict for a model open_clip loads), base, method, trainer and paper (from the zoo
 checkpoint's metadata), the protocol's name, version, definition hash, settings and manifest
 hashes, one code version (a folder of cells from another code version is refused) and the
 device, per-dataset clean and robust accuracy at each eps with n, each one's 95% interval and the
-per-image results that paired tests read (pmg_core/card_stats.py), the convergence check (the menu
+per-image results that paired tests read (pmg_core/leaderboard/card_stats.py), the convergence check (the menu
 again at twice the steps and EOT draws on every image still robust: robust accuracy must move by
 at most 0.5 points, else the card says it did not converge; "not checked" when no image could
 move), the time, and the authors' published numbers beside ours with the difference and what
@@ -56,20 +56,21 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import Subset
 
-from . import __version__, card_stats
-from .data.datasets import ZeroShotDataset, get_dataset
-from .attacks.defenses import list_defenses
-from .training.distributed import Dist
-from .core.errors import UserError, check
-from .evaluation.accuracy import EvalConfig, evaluate_model
-from .models.clip import ClipModel, checkpoint_path
-from .evaluation.protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
-from .models.zoo import ZOO, load_entry, load_sharing_bases
+from .. import __version__
+from . import card_stats
+from ..data.datasets import ZeroShotDataset, get_dataset
+from ..attacks.defenses import list_defenses
+from ..training.distributed import Dist
+from ..core.errors import UserError, check
+from ..evaluation.accuracy import EvalConfig, evaluate_model
+from ..models.clip import ClipModel, checkpoint_path
+from ..evaluation.protocols import Manifest, Protocol, ThreatModel, check_manifest, eval_settings, manifest_for
+from ..models.zoo import ZOO, load_entry, load_sharing_bases
 
 CARD_VERSION = 2  # 2: per-image lists in every cell, convergence on the still-robust images, one code version
 CONVERGED_POINTS = 0.5  # the most robust accuracy may move when the attack's budget doubles
 MIN_CHECKED = 20  # the convergence check runs on every still-robust image of a cell, or at least this many
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- what people type --------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def run_cards(protocol: Protocol, models: Sequence[ModelSpec], out: str | Path, 
     """Compute this process's unfinished cells, then write the card of every model whose cells are
     all on disk; returns the cards written (module docstring). A dirty source tree is refused
     unless `allow_dirty`."""
-    from .core.env import default_device
+    from ..core.env import default_device
 
     ctx = ctx or Dist(device=torch.device(device or default_device()))
     if limit is not None:
@@ -398,7 +399,7 @@ def _mean(values: Iterable[float]) -> float:
 def write_card(protocol: Protocol, spec: ModelSpec, cells: Sequence[Cell], out: Path, limit: int | None) -> Path:
     """Assemble one model's card from its cells on disk (the same whichever process computed them): the
     numbers, each with n and its 95% interval, the per-image results that paired tests read, and what
-    the convergence check found (pmg_core/card_stats.py)."""
+    the convergence check found (pmg_core/leaderboard/card_stats.py)."""
     done = [json.loads(c.path(out).read_text()) for c in cells]
     datasets = list(dict.fromkeys(d["dataset"] for d in done))
     threats = list(dict.fromkeys(d["threat"] for d in done))
