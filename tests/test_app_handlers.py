@@ -505,7 +505,7 @@ def test_the_cli_writes_the_same_comparison_json_as_the_app_shows(tmp_path, caps
     """`python -m pmg_core attack --json OUT` and the app's Details (JSON) are one document for one attack."""
     import json
 
-    from pmg_core import cli
+    from pmg_core.cli import commands as cli
 
     specs = ["clip-tiny", "tecoa-tiny"]
     out = tmp_path / "comparison.json"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pmg_core.bench import METHODS, BenchConfig, Reference, fixed_batch, make_trainer
-from pmg_core.cli import main
+from pmg_core.cli.commands import main
 
 
 def _pair(tiny_model, method: str):

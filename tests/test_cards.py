@@ -363,6 +363,6 @@ if __name__ == "__main__":
 
     register_toy()
     _register_test_protocol()
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     sys.exit(main())

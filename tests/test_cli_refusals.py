@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import cli
+from pmg_core.cli import commands as cli
 from pmg_core.models.checkpoints import save_finetune
 from pmg_core.core.errors import UserError
 from pmg_core.models.clip import load_model

@@ -21,7 +21,7 @@ from pmg_core.training.loop import TrainConfig, Trainer, state_path, train
 ROOT = Path(__file__).resolve().parent.parent
 # Runs `python -m pmg_core` with the toy dataset registered (the registry lives in the process).
 CHILD = ("import sys; sys.path[:0] = ['.', 'tests']; import torch; torch.set_num_threads(1); "
-         "from toy import register_toy; register_toy(); from pmg_core.cli import main; sys.exit(main(sys.argv[1:]))")
+         "from toy import register_toy; register_toy(); from pmg_core.cli.commands import main; sys.exit(main(sys.argv[1:]))")
 
 
 @contextlib.contextmanager

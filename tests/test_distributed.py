@@ -174,6 +174,6 @@ if __name__ == "__main__":
     register_toy()
     torch.manual_seed(0)  # the same random pmg-test weights in every process and every run
 
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     sys.exit(main())

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from pmg_core import cli
+from pmg_core.cli import commands as cli
 from pmg_core.attacks.pgd import PGD
 from pmg_core.data.datasets import get_dataset
 from pmg_core.core.errors import UserError

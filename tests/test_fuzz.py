@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 
-from pmg_core import cli  # noqa: E402
+from pmg_core.cli import commands as cli  # noqa: E402
 from pmg_core.data import inputs  # noqa: E402
 from pmg_core.core.errors import UserError  # noqa: E402
 from pmg_core.evaluation.explore import prepare_image  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pmg_core.cli import main
+from pmg_core.cli.commands import main
 from pmg_core.evaluation.accuracy import averages
 
 ROOT = Path(__file__).resolve().parents[1]

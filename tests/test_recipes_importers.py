@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 from pmg_core.models.checkpoints import load_tensors, read_metadata
-from pmg_core.cli import main
+from pmg_core.cli.commands import main
 from pmg_core.core.errors import UserError
 from pmg_core.evaluation.accuracy import EvalConfig, evaluate
 from pmg_core.models.importers import guess_base, import_checkpoint, load_torch_file
 from pmg_core.models.clip import load_model
-from pmg_core.recipes import load_recipe, save_recipe
+from pmg_core.cli.recipes import load_recipe, save_recipe
 from pmg_core.training.loop import TrainConfig
 from published_files import NUMPY1_SCALAR, pickle_globals, public_code_checkpoint, save_numpy1_checkpoint
 
@@ -105,7 +105,7 @@ def test_cli_train_uses_the_recipe_and_flags_override_it(tmp_path, capsys):
 
 
 def _cli_settings(argv, cls):
-    from pmg_core.cli import _settings, build_parser
+    from pmg_core.cli.commands import _settings, build_parser
 
     args = build_parser().parse_args(argv)
     return cls(**_settings(args, cls, argv[0]))

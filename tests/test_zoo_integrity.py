@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pmg_core.models import downloads, zoo
-from pmg_core.cli import main
+from pmg_core.cli.commands import main
 from pmg_core.core.errors import UserError
 from pmg_core.models.importers import import_checkpoint
 from pmg_core.models.integrity import read_lock

@@ -31,7 +31,8 @@ MOVED = {
     "protocols": "evaluation.protocols", "explore": "evaluation.explore", "maps": "evaluation.maps",
     "analysis": "evaluation.analysis", "plots": "evaluation.plots", "cards": "leaderboard.cards",
     "card_stats": "leaderboard.card_stats", "board": "leaderboard.board", "findings": "leaderboard.findings",
-    "reported": "leaderboard.reported", "stats": "leaderboard.stats",
+    "reported": "leaderboard.reported", "stats": "leaderboard.stats", "cards_cli": "cli.cards",
+    "zoo_cli": "cli.zoo", "recipes": "cli.recipes",
 }
 
 

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .core.errors import UserError, check, first_line, shorten
-from .core.units import from_255, to_255
+from ..core.errors import UserError, check, first_line, shorten
+from ..core.units import from_255, to_255
 
 KINDS = ("train", "eval")
 PER_255 = ("eps", "step_size")  # written in /255 units in recipe files
@@ -32,10 +32,10 @@ LIST_FIELDS = ("models", "datasets", "adaptive")  # EvalConfig lists; a comma-se
 def config_class(kind: str):
     check(kind in KINDS, f"Recipe kind must be 'train' or 'eval'; got {kind!r}.")
     if kind == "train":
-        from .training.loop import TrainConfig
+        from ..training.loop import TrainConfig
 
         return TrainConfig
-    from .evaluation.accuracy import EvalConfig
+    from ..evaluation.accuracy import EvalConfig
 
     return EvalConfig
 
@@ -147,7 +147,7 @@ def load_recipe(path: str | Path, kind: str) -> dict[str, Any]:
 
 def checkpoint_out(out: str) -> str:
     """A bare file name -> that file in the checkpoint folder; any path with a folder is kept as given."""
-    from .core.env import checkpoint_dir
+    from ..core.env import checkpoint_dir
 
     return str(checkpoint_dir() / out) if out and Path(out).name == out else out
 
@@ -163,7 +163,7 @@ def recipe_values(config) -> dict[str, Any]:
 
 def save_recipe(path: str | Path, config, description: str | None = None) -> Path:
     """Write every setting of a TrainConfig / EvalConfig as a recipe that load_recipe reads back."""
-    from .evaluation.accuracy import EvalConfig
+    from ..evaluation.accuracy import EvalConfig
 
     path = Path(path)
     kind = "eval" if isinstance(config, EvalConfig) else "train"

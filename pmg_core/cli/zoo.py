@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import datetime
 
-from .models import zoo
-from .cli import DEVICE_HELP
-from .core.errors import UserError
-from .models.hub_models import EXTRA, missing_packages
-from .models.integrity import LOCK_ENV, lock_in_force, write_lock
-from .core.units import from_255
+from ..models import zoo
+from .commands import DEVICE_HELP
+from ..core.errors import UserError
+from ..models.hub_models import EXTRA, missing_packages
+from ..models.integrity import LOCK_ENV, lock_in_force, write_lock
+from ..core.units import from_255
 
 
 def add_parser(sub) -> None:
@@ -142,7 +142,7 @@ def _run_fetch(args) -> int:
 
         try:
             if e.converted and e.base not in bases and not zoo.is_cached(e):
-                from .models.clip import load_model
+                from ..models.clip import load_model
 
                 bases[e.base] = load_model(e.base)  # shared by every conversion onto it
             where = zoo.fetch(e.id, progress, bases.get(e.base), say=print, lock=lock)
@@ -172,9 +172,9 @@ def _run_pin(args) -> int:
 
 
 def _run_verify(args) -> int:
-    from .data.datasets import get_dataset
-    from .evaluation.accuracy import EvalConfig, evaluate
-    from .core.env import default_device
+    from ..data.datasets import get_dataset
+    from ..evaluation.accuracy import EvalConfig, evaluate
+    from ..core.env import default_device
 
     e = zoo.get(args.id)
     if e.published is None:

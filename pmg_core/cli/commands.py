@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Callable
 
-from .core.errors import UserError, check, check_number
-from .core.units import from_255, to_255
+from ..core.errors import UserError, check, check_number
+from ..core.units import from_255, to_255
 
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when there is one, else cpu)"
 
@@ -72,7 +72,7 @@ def _check_writable(path: str, what: str) -> None:
 
 
 def _add_train(sub) -> None:
-    from .training.loop import TrainConfig
+    from ..training.loop import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune a CLIP image encoder (TeCoA, PMG-AFT, TGA-ZSR, FARE, clean)",
@@ -123,8 +123,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .training.distributed import barrier
-    from .training.loop import TrainConfig, train
+    from ..training.distributed import barrier
+    from ..training.loop import TrainConfig, train
 
     cfg = TrainConfig(**_settings(args, TrainConfig, "train"))
     _check_255("--eps", cfg.eps)
@@ -149,7 +149,7 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
     A collective that fails because another rank died becomes one sentence, not a traceback.
     """
-    from .training.distributed import cleanup, describe_failure, init, is_distributed_failure
+    from ..training.distributed import cleanup, describe_failure, init, is_distributed_failure
 
     ctx = init(device)
     if ctx.enabled:
@@ -170,9 +170,9 @@ def _under_torchrun(device: str | None, run: Callable) -> int:
 
 
 def _add_eval(sub) -> None:
-    from .attacks.adaptive import ADAPTIVE, FULL_SUITE
-    from .attacks.pgd import ATTACKS
-    from .evaluation.accuracy import EvalConfig
+    from ..attacks.adaptive import ADAPTIVE, FULL_SUITE
+    from ..attacks.pgd import ATTACKS
+    from ..evaluation.accuracy import EvalConfig
 
     d = EvalConfig()
     p = sub.add_parser("eval", help="zero-shot clean and robust accuracy over models x datasets",
@@ -225,7 +225,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from .evaluation.accuracy import EvalConfig, evaluate, to_markdown, write_report
+    from ..evaluation.accuracy import EvalConfig, evaluate, to_markdown, write_report
 
     cfg = EvalConfig(**_settings(args, EvalConfig, "eval"))
     _check_255("--eps", cfg.eps, 255 if cfg.norm == "Linf" else None)
@@ -279,12 +279,12 @@ def _add_attack(sub) -> None:
 def _run_attack(args) -> int:
     from pathlib import Path
 
-    from .evaluation.explore import AttackSettings, compare, cpu_lanes, is_real_clip, robustness_radius, starting_attack
-    from .data.images import load_image, save_png
-    from .evaluation.maps import comparison_maps, save_maps
-    from .data.inputs import parse_labels
-    from .core.env import check_device, default_device
-    from .models.zoo import load_models
+    from ..evaluation.explore import AttackSettings, compare, cpu_lanes, is_real_clip, robustness_radius, starting_attack
+    from ..data.images import load_image, save_png
+    from ..evaluation.maps import comparison_maps, save_maps
+    from ..data.inputs import parse_labels
+    from ..core.env import check_device, default_device
+    from ..models.zoo import load_models
 
     labels = parse_labels(args.labels)  # as the app reads its labels field: "cat,,dog" is refused, not read as two
     image = load_image(args.image)
@@ -341,8 +341,8 @@ def _add_models(sub) -> None:
 
 
 def _run_models(args) -> int:
-    from .models.checkpoints import read_metadata
-    from .models.clip import OPENAI_VIT_B32, list_architectures, list_checkpoints
+    from ..models.checkpoints import read_metadata
+    from ..models.clip import OPENAI_VIT_B32, list_architectures, list_checkpoints
 
     print("checkpoints:")
     for path in list_checkpoints():
@@ -365,7 +365,7 @@ def _add_datasets(sub) -> None:
 
 
 def _run_datasets(args) -> int:
-    from .data.datasets import list_datasets, list_groups
+    from ..data.datasets import list_datasets, list_groups
 
     for e in list_datasets():
         print(f"  {e.name:<24} {e.group:<10} {e.description}")
@@ -399,16 +399,16 @@ def _add_import(sub) -> None:
 def _run_import(args) -> int:
     import json
 
-    from .core.env import default_device
+    from ..core.env import default_device
 
     device = args.device or default_device()
-    from .models.importers import import_checkpoint
+    from ..models.importers import import_checkpoint
 
     path, model = import_checkpoint(args.source, args.out, args.base, args.method, device, args.preset)
     print(f"wrote {path} (fine-tune of {model.base}, method {model.metadata['method']})")
     if not (args.eval or args.eval_config):
         return 0
-    from .evaluation.accuracy import EvalConfig, evaluate, to_markdown
+    from ..evaluation.accuracy import EvalConfig, evaluate, to_markdown
 
     values = {}
     if args.eval_config:
@@ -425,7 +425,7 @@ def _run_import(args) -> int:
     return 0
 
 
-OPTIONAL = ("training.pretrain", "bench", "zoo_cli", "cards_cli")  # modules that add their own sub-command
+OPTIONAL = ("training.pretrain", "bench", "cli.zoo", "cli.cards")  # modules that add their own sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .core.env import fit_threads
+    from ..core.env import fit_threads
 
     fit_threads()
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .cli import DEVICE_HELP
+from .commands import DEVICE_HELP
 
 
 def add_parser(sub) -> None:
@@ -46,9 +46,9 @@ def add_parser(sub) -> None:
 
 
 def _run(args) -> int:
-    from .training import distributed
-    from .leaderboard.cards import parse_models, run_cards
-    from .evaluation.protocols import get_protocol
+    from ..training import distributed
+    from ..leaderboard.cards import parse_models, run_cards
+    from ..evaluation.protocols import get_protocol
 
     protocol = get_protocol(args.protocol)
     models = parse_models(args.models)
@@ -68,9 +68,9 @@ def _run(args) -> int:
 def _check_known(specs) -> None:
     """Every model named must exist before any cell runs: a misspelt last one would stop the run after the others'
     cells (minutes to hours) instead of at once. Only names are resolved here; nothing is loaded."""
-    from .core.errors import check
-    from .models.clip import ALIASES, checkpoint_path, list_architectures
-    from .models.zoo import ZOO
+    from ..core.errors import check
+    from ..models.clip import ALIASES, checkpoint_path, list_architectures
+    from ..models.zoo import ZOO
 
     for spec in specs:
         name = ALIASES.get(spec.model, spec.model)
@@ -80,7 +80,7 @@ def _check_known(specs) -> None:
 
 
 def _board(args) -> int:
-    from .leaderboard.board import write_board
+    from ..leaderboard.board import write_board
 
     for path in write_board(args.folder):
         print(path)
@@ -88,7 +88,7 @@ def _board(args) -> int:
 
 
 def _protocols(args) -> int:
-    from .evaluation.protocols import list_protocols
+    from ..evaluation.protocols import list_protocols
 
     for p in list_protocols():
         threats = "; ".join(f"{t.attack}-{t.steps} {t.norm} eps {','.join(f'{e:g}' for e in t.eps_255)}/255"
@@ -101,8 +101,8 @@ def _protocols(args) -> int:
 
 
 def _manifests(args) -> int:
-    from .data.datasets import get_dataset
-    from .evaluation.protocols import get_protocol, manifest_for
+    from ..data.datasets import get_dataset
+    from ..evaluation.protocols import get_protocol, manifest_for
 
     protocol = get_protocol(args.protocol)
     for name in protocol.dataset_names():
