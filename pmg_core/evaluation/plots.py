@@ -1,4 +1,4 @@
-"""Figures for the app, built from the plain data of analysis.py, evaluate.py, explore.py and train.py.
+"""Figures for the app, built from the plain data of analysis.py, accuracy.py, explore.py and training/loop.py.
 
 Plotly, except the robustness-radius chart: it is a matplotlib figure, so the same chart the page shows
 goes into the comparison's zip as a PNG (plotly writes images only through an extra package, kaleido).
