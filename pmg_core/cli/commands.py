@@ -254,7 +254,7 @@ def _add_attack(sub) -> None:
     p.add_argument("--target", default=None, help="target label for a targeted attack")
     p.add_argument("--eps", type=_e, default=None,
                    help="radius in /255 units, for L2 too (default: the benchmark's for the models: 8 for the embedded "
-                        "32 px world, the paper's 1 for a real CLIP; pmg_core.explore.starting_attack)")
+                        "32 px world, the paper's 1 for a real CLIP; pmg_core.evaluation.explore.starting_attack)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     p.add_argument("--step-size", type=_e, default=None, help="in /255 (default 2.5*eps/steps)")
     p.add_argument("--norm", default="Linf", help="Linf | L2 (default Linf)")
