@@ -16,7 +16,7 @@ from typing import Callable
 
 import gradio as gr
 
-from pmg_core.errors import UserError
+from pmg_core.core.errors import UserError
 
 log = logging.getLogger("pmg_studio")
 GENERIC_ERROR = "Something went wrong on the server while doing that; the details are in the server log."
@@ -82,7 +82,7 @@ def image_upload(**kw) -> gr.Image:
 
     gr.Image(type="filepath") opens every upload with PIL before any handler runs, so a file that
     is not an image, is cut short or is a decompression bomb fails inside Gradio with a traceback
-    instead of reaching pmg_core.images, which refuses it in one sentence. Upload, paste and the
+    instead of reaching pmg_core.data.images, which refuses it in one sentence. Upload, paste and the
     browser's preview stay gr.Image's own. (An instance override: a subclass would make Gradio
     write a .pyi stub next to the module that defines it.)
     """

@@ -3,7 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pmg_core import findings
+from pmg_core.leaderboard import findings
 
 ROOT = Path(__file__).resolve().parents[1]
 
