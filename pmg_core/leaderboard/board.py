@@ -293,13 +293,19 @@ def heatmap_html(cards: Sequence[dict], threat: str) -> str:
     return "".join(parts) + "</tbody></table></div>"
 
 
+def _setting(value) -> str:
+    """A defense setting as people read it: radii in /255, the rest as recorded."""
+    return f"{value * 255:g}/255" if isinstance(value, float) and 0 < value < 1 and (value * 255) % 1 < 1e-6 else str(value)
+
+
 def card_html(card: dict, with_file: bool = False) -> str:
     """One card for people: provenance, protocol, averages with their intervals, convergence, the authors'
     numbers, and each dataset's accuracies with n and intervals."""
     p, avg = card["protocol"], card["averages"]
     found = card_stats.intervals(card)
     defense = card.get("defense")
-    behind = f" behind {_e(defense['name'])} (threshold {_e(defense['threshold'])})" if defense else ""
+    behind = (f" behind {_e(defense['name'])}" + (f" (threshold {_e(defense['threshold'])})" if "threshold" in defense
+                                                  else "")) if defense else ""
     robust = ", ".join(
         f"{_e(found[t].text())} at {_e(t)}"
         + (f" ({_e(found[card_stats.UNAWARE + t].text())} under the attack unaware of the defense)"
@@ -313,6 +319,9 @@ def card_html(card: dict, with_file: bool = False) -> str:
         f"protocol <b>{_e(card_stats.protocol_label(card))}</b> ({_e(p['title'])}); manifests "
         + ", ".join(f"{_e(d)} <code>{_e(h[:12])}</code>" for d, h in p["manifests"].items()),
         f"code {_e(', '.join(card['code_version']))}; device {_e(', '.join(card['device']))}; {card['seconds']:.0f} s",
+        *([f"defense: {_e(defense.get('title', defense['name']))}; "
+           + ", ".join(f"{_e(k)} {_e(_setting(v))}" for k, v in defense.get("settings", {}).items() if k != "name")]
+          if defense else []),
         f"average clean {_e(found['clean'].text())}; robust {robust}",
         f"convergence: {_e(card_stats.convergence_words(card))} ({_e(card['convergence']['rule'])})"]
     pub = card.get("published")

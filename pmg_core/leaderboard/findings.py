@@ -149,9 +149,9 @@ def versus(cards: list[dict], a: str, b: str, threat: str | None = None) -> str 
 def _threshold_words(card: dict) -> str:
     from ..attacks.defenses import get_defense
 
-    threshold = card["defense"]["threshold"]
     if not get_defense(card["defense"]["name"]).gated:
-        return ""  # no threshold to speak of
+        return ""  # no threshold to speak of (its card records none)
+    threshold = card["defense"]["threshold"]
     return (" at its published threshold" if threshold == "published" else
             " at a threshold calibrated on the clean images (their median tau)" if threshold == "calibrated"
             else f" at threshold {threshold}")
