@@ -21,10 +21,11 @@ from typing import Mapping, Sequence
 import gradio as gr
 from starlette.middleware import Middleware
 
-from pmg_core import env, inputs
-from pmg_core.errors import UserError
-from pmg_core.models import ClipModel
-from pmg_core.zoo import parse_model_specs, parse_zoo_ids
+from pmg_core.core import env
+from pmg_core.data import inputs
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import ClipModel
+from pmg_core.models.zoo import parse_model_specs, parse_zoo_ids
 from studio import disk, policy, safety, sessions, visitors
 from studio import tab_about, tab_attack, tab_distances, tab_evaluate, tab_leaderboard, tab_train
 from studio.assets import CSS

@@ -1,6 +1,6 @@
 """Draw the app's example images from the embedded world (run: python assets/make_examples.py).
 
-Each image is one scene of pmg_core.synthetic, rendered at the world's native 32x32 and saved as
+Each image is one scene of pmg_core.data.synthetic, rendered at the world's native 32x32 and saved as
 PNG. Which files there are, the task whose labels each goes with and its true label are the app's
 (studio/assets.py EXAMPLES); SCENES here says how each is drawn, with its own seed, so adding an
 example never redraws the others.
@@ -14,8 +14,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pmg_core import synthetic as S  # noqa: E402
-from pmg_core.images import save_png  # noqa: E402
+from pmg_core.data import synthetic as S  # noqa: E402
+from pmg_core.data.images import save_png  # noqa: E402
 from studio.assets import EXAMPLES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "examples"

@@ -10,29 +10,35 @@ line stay quick)::
     rows = list(pmg.iter_evaluate(pmg.EvalConfig(models=["clip-tiny", "pmg-aft-tiny"], datasets=["mini"])))
     events = list(pmg.Trainer(pmg.TrainConfig(model="clip-tiny", method="pmg-aft", max_steps=10)).run())
 
-`pmg_core.evaluate` and `pmg_core.train` are the modules (their run-to-the-end functions share those
-names: ``from pmg_core.evaluate import evaluate``); a re-export under the same name would be
-replaced by the module as soon as anything imports it.
+The package's folders are its floors, each importing only those below it (the README's architecture
+map; tests/test_package.py checks it): core, data, models, attacks, training, evaluation,
+leaderboard, bench, cli. The flat module paths of before the floors (``pmg_core.evaluate``,
+``pmg_core.images``, ...) still import (pmg_core/core/layout.py).
 """
 from __future__ import annotations
 
 import importlib
 
+from .core.layout import install_moved_paths
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_model": "models", "ClipModel": "models", "ZeroShotClassifier": "models",
-    "PGD": "attacks", "FeatureAttack": "attacks", "make_attack": "attacks", "list_attacks": "attacks",
-    "get_method": "methods", "list_methods": "methods",
-    "Trainer": "train", "TrainConfig": "train",
-    "iter_evaluate": "evaluate", "EvalConfig": "evaluate", "to_markdown": "evaluate",
-    "get_dataset": "data", "list_datasets": "data",
-    "compare": "explore", "AttackSettings": "explore",
-    "save_finetune": "checkpoints", "read_metadata": "checkpoints",
-    "UserError": "errors",
+    "load_model": "models.clip", "ClipModel": "models.clip", "ZeroShotClassifier": "models.clip",
+    "PGD": "attacks.pgd", "FeatureAttack": "attacks.pgd", "make_attack": "attacks.pgd", "list_attacks": "attacks.pgd",
+    "get_method": "training.methods", "list_methods": "training.methods",
+    "Trainer": "training.loop", "TrainConfig": "training.loop",
+    "iter_evaluate": "evaluation.accuracy", "EvalConfig": "evaluation.accuracy", "to_markdown": "evaluation.accuracy",
+    "get_dataset": "data.datasets", "list_datasets": "data.datasets",
+    "compare": "evaluation.explore", "AttackSettings": "evaluation.explore",
+    "save_finetune": "models.checkpoints", "read_metadata": "models.checkpoints",
+    "UserError": "core.errors",
 }
 __all__ = sorted(_EXPORTS)
+
+
+install_moved_paths()
 
 
 def __getattr__(name: str):

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pmg_core.explore import AttackSettings, compare, label_presets, prepare_image  # noqa: E402
-from pmg_core.images import load_image  # noqa: E402
-from pmg_core.models import load_model  # noqa: E402
+from pmg_core.evaluation.explore import AttackSettings, compare, label_presets, prepare_image  # noqa: E402
+from pmg_core.data.images import load_image  # noqa: E402
+from pmg_core.models.clip import load_model  # noqa: E402
 from studio.assets import EXAMPLES, EXAMPLES_DIR, PHOTOS, photo_paths  # noqa: E402
 
 EPS_255 = (1, 4)

@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "assets"))
 
 from make_examples import scene  # noqa: E402
-from pmg_core import env, synthetic as S  # noqa: E402
-from pmg_core.explore import AttackSettings, compare, starting_attack  # noqa: E402
-from pmg_core.units import from_255  # noqa: E402
-from pmg_core.zoo import load_default_models  # noqa: E402
+from pmg_core.core import env  # noqa: E402
+from pmg_core.data import synthetic as S  # noqa: E402
+from pmg_core.evaluation.explore import AttackSettings, compare, starting_attack  # noqa: E402
+from pmg_core.core.units import from_255  # noqa: E402
+from pmg_core.models.zoo import load_default_models  # noqa: E402
 from studio.one_image import STOP_MARGIN  # noqa: E402
 
 FIRST_SEED = 2000

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pmg_core import methods  # noqa: E402
-from pmg_core.evaluate import EvalConfig, averages, evaluate  # noqa: E402
-from pmg_core.models import load_model  # noqa: E402
-from pmg_core.train import TrainConfig, train  # noqa: E402
-from pmg_core.units import from_255  # noqa: E402
+from pmg_core.training import methods  # noqa: E402
+from pmg_core.evaluation.accuracy import EvalConfig, averages, evaluate  # noqa: E402
+from pmg_core.models.clip import load_model  # noqa: E402
+from pmg_core.training.loop import TrainConfig, train  # noqa: E402
+from pmg_core.core.units import from_255  # noqa: E402
 
 
 DETACHED = "pmg-aft-detached-clean"

@@ -27,11 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pmg_core import adaptive, cards, evaluate  # noqa: E402
-from pmg_core.cards import Cell, _subset, parse_models  # noqa: E402
-from pmg_core.data import get_dataset  # noqa: E402
-from pmg_core.protocols import get_protocol, manifest_for  # noqa: E402
-from pmg_core.zoo import ZOO, load_entry, load_sharing_bases  # noqa: E402
+from pmg_core.attacks import adaptive  # noqa: E402
+from pmg_core.leaderboard import cards  # noqa: E402
+from pmg_core.evaluation import accuracy as evaluate  # noqa: E402
+from pmg_core.leaderboard.cards import Cell, _subset, parse_models  # noqa: E402
+from pmg_core.data.datasets import get_dataset  # noqa: E402
+from pmg_core.evaluation.protocols import get_protocol, manifest_for  # noqa: E402
+from pmg_core.models.zoo import ZOO, load_entry, load_sharing_bases  # noqa: E402
 
 COUNTS: dict[str, dict[str, int]] = defaultdict(lambda: {"forward": 0, "gradient": 0})
 PART: list[str] = ["other"]

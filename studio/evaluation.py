@@ -1,6 +1,6 @@
 """Handler of the Evaluate tab: zero-shot clean/robust accuracy, streamed one model x dataset at a time.
 
-The run is `pmg_core.evaluate.iter_evaluate`'s event stream; it runs in the handler's own thread,
+The run is `pmg_core.evaluation.accuracy.iter_evaluate`'s event stream; it runs in the handler's own thread,
 so Cancel (studio/jobs.py) only sets a flag that the stream reads between events. The status line
 ends with a per-model summary over every image evaluated so far (accuracy, n and a 95% Wilson
 interval), above the per-dataset table.
@@ -11,10 +11,12 @@ from typing import Iterator
 
 import gradio as gr
 
-from pmg_core import inputs, plots, stats
-from pmg_core.data import expand_names
-from pmg_core.evaluate import EvalConfig, iter_evaluate
-from pmg_core.units import from_255
+from pmg_core.data import inputs
+from pmg_core.evaluation import plots
+from pmg_core.leaderboard import stats
+from pmg_core.data.datasets import expand_names
+from pmg_core.evaluation.accuracy import EvalConfig, iter_evaluate
+from pmg_core.core.units import from_255
 
 from . import policy
 from .jobs import Job
@@ -76,7 +78,7 @@ def _table(results: list[dict]) -> list[list]:
 
 
 def _wilson(right: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson interval of right out of n images, as a pair (pmg_core.stats computes it)."""
+    """The 95% Wilson interval of right out of n images, as a pair (pmg_core.leaderboard.stats computes it)."""
     if n == 0:
         return 0.0, 1.0
     found = stats.wilson(right, n)

@@ -15,9 +15,9 @@ from typing import Sequence
 
 from PIL import Image
 
-from pmg_core.explore import AttackSettings, Comparison, Prediction, Radius
-from pmg_core.images import to_uint8
-from pmg_core.maps import KINDS, ModelMaps, overlay
+from pmg_core.evaluation.explore import AttackSettings, Comparison, Prediction, Radius
+from pmg_core.data.images import to_uint8
+from pmg_core.evaluation.maps import KINDS, ModelMaps, overlay
 
 MAP_SIDE = 112  # the grid's maps are shown at most this many pixels wide (the zip keeps them full size)
 

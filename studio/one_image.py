@@ -1,7 +1,7 @@
 """Handlers of the Attack & compare and Feature distances tabs: one uploaded image, attacked live.
 
-Each takes the app's state and the raw values of the tab's fields, checks them (pmg_core.inputs)
-and makes one call into pmg_core.explore or pmg_core.analysis; what it returns is ready for the
+Each takes the app's state and the raw values of the tab's fields, checks them (pmg_core.data.inputs)
+and makes one call into pmg_core.evaluation.explore or pmg_core.evaluation.analysis; what it returns is ready for the
 tab's components. The comparison's JSON comes from pmg_core (Comparison.to_dict), so the app's
 details and `python -m pmg_core attack --json` are the same document.
 """
@@ -20,16 +20,17 @@ import gradio as gr
 import numpy as np
 import torch
 
-from pmg_core import analysis, inputs, plots
-from pmg_core.attacks import NORMS
-from pmg_core.defenses import get_defense
-from pmg_core.errors import check
-from pmg_core.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
+from pmg_core.evaluation import analysis, plots
+from pmg_core.data import inputs
+from pmg_core.attacks.pgd import NORMS
+from pmg_core.attacks.defenses import get_defense
+from pmg_core.core.errors import check
+from pmg_core.evaluation.explore import (AttackSettings, Comparison, cpu_lanes, iter_compare, prepare_image, radius_attacks,
                               robustness_radius)
-from pmg_core.maps import MAP_PASSES, comparison_maps, save_maps
-from pmg_core.images import load_image, new_output_folder, save_png, slug, to_uint8
-from pmg_core.models import ClipModel
-from pmg_core.units import from_255, to_255
+from pmg_core.evaluation.maps import MAP_PASSES, comparison_maps, save_maps
+from pmg_core.data.images import load_image, new_output_folder, save_png, slug, to_uint8
+from pmg_core.models.clip import ClipModel
+from pmg_core.core.units import from_255, to_255
 
 from . import policy, sessions
 from .html import maps_html, progress_html, verdict_html
@@ -43,13 +44,13 @@ ATTACK_SIDE = AttackSettings().max_side
 STOP_MARGIN = 1.0
 REDRAW_S = 0.1  # the progress line is redrawn at most this often (a verdict always shows at once)
 UNCHANGED = object()  # an output a streamed update leaves as it is (the tab turns it into gr.skip())
-# The Attack tab's "defend at test time" choice: what people read -> pmg_core.defenses' name.
+# The Attack tab's "defend at test time" choice: what people read -> pmg_core.attacks.defenses' name.
 DEFENSES = {"no": "none", "TTC (test-time counterattacks)": "ttc", "CLIPure (latent purification)": "clipure"}
 
 
 def defense_name(defend) -> str:
     """The Attack tab's defense choice (a label of DEFENSES or a defense's name; True: TTC, as the
-    tab's first toggle had it) -> the name pmg_core.defenses knows."""
+    tab's first toggle had it) -> the name pmg_core.attacks.defenses knows."""
     if defend is True:
         return "ttc"
     if defend in (False, None, ""):

@@ -4,7 +4,7 @@ A public server shares one device, one disk and one queue with every visitor, so
 by construction rather than per endpoint:
 - **Cost before work.** Each handler states its request's size (images x models x steps, radii,
   the training memory its architecture and batch need) and `check_*` refuses it, in one sentence
-  naming the cap, before any model runs. The caps are `pmg_core.inputs.Limits` (PUBLIC); locally
+  naming the cap, before any model runs. The caps are `pmg_core.data.inputs.Limits` (PUBLIC); locally
   they are None, so the researcher on their own machine keeps the full range.
 - **Work counted.** `check_attack` returns a request's model-passes and `text_passes` what encoding
   its labels costs in the same unit, which a visitor's budget per minute is charged (turns.py);
@@ -25,10 +25,10 @@ from typing import Sequence
 
 import torch
 
-from pmg_core.checkpoints import read_metadata
-from pmg_core.errors import UserError, check
-from pmg_core.inputs import Limits
-from pmg_core.models import ClipModel
+from pmg_core.models.checkpoints import read_metadata
+from pmg_core.core.errors import UserError, check
+from pmg_core.data.inputs import Limits
+from pmg_core.models.clip import ClipModel
 
 log = logging.getLogger("pmg_studio")
 # Bytes of activations one training image keeps per (token x width x layer) of the image tower: the

@@ -1,7 +1,7 @@
 """The Leaderboard tab's block of the field's reported numbers, apart from the cards measured here.
 
 One builder, called by the tab's own builder in one line: a heading that says what these numbers
-are (reported by the authors, not measured here), then pmg_core.reported's groups, one per
+are (reported by the authors, not measured here), then pmg_core.leaderboard.reported's groups, one per
 protocol with its difference from ours in words and its rows with their sources. It reads the
 zoo's data and the committed cards' names only; nothing here is typed by hand.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pmg_core import reported
+from pmg_core.leaderboard import reported
 
 
 def build_reported(committed: dict[str, list[dict]]) -> gr.Markdown:

@@ -30,8 +30,8 @@ from typing import Callable
 
 import gradio as gr
 
-from pmg_core.errors import UserError
-from pmg_core.inputs import MAX_UPLOAD_BYTES
+from pmg_core.core.errors import UserError
+from pmg_core.data.inputs import MAX_UPLOAD_BYTES
 
 from .visitors import visitor_of
 
@@ -149,7 +149,7 @@ def image_upload(**kw) -> gr.Image:
 
     gr.Image(type="filepath") opens every upload with PIL before any handler runs, so a file that
     is not an image, is cut short or is a decompression bomb fails inside Gradio with a traceback
-    instead of reaching pmg_core.images, which refuses it in one sentence. Upload, paste and the
+    instead of reaching pmg_core.data.images, which refuses it in one sentence. Upload, paste and the
     browser's preview stay gr.Image's own. (An instance override: a subclass would make Gradio
     write a .pyi stub next to the module that defines it.)
     """
@@ -160,7 +160,7 @@ def image_upload(**kw) -> gr.Image:
 
 def numbers_as_sent(demo: gr.Blocks) -> None:
     """Every gr.Number hands its handler the value as sent: Gradio's own rounding would turn an API
-    client's `steps=True` into 1 and `steps=1.5` into 2, past the handler's check (pmg_core.inputs,
+    client's `steps=True` into 1 and `steps=1.5` into 2, past the handler's check (pmg_core.data.inputs,
     which refuses both in a sentence). An instance override, as image_upload's."""
     for block in demo.blocks.values():
         if isinstance(block, gr.Number):

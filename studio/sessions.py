@@ -22,9 +22,9 @@ import weakref
 from pathlib import Path
 from typing import Sequence
 
-from pmg_core.errors import check
-from pmg_core.explore import AttackSettings, Comparison
-from pmg_core.images import load_image, save_png, slug
+from pmg_core.core.errors import check
+from pmg_core.data.images import load_image, save_png, slug
+from pmg_core.evaluation.explore import AttackSettings, Comparison
 
 from . import policy
 

@@ -27,10 +27,10 @@ from urllib.parse import urlencode
 
 import torch
 
-from pmg_core.errors import UserError, check
-from pmg_core.explore import prepare_image
-from pmg_core.images import load_image, new_output_folder, save_png
-from pmg_core.units import to_255
+from pmg_core.core.errors import UserError, check
+from pmg_core.evaluation.explore import prepare_image
+from pmg_core.data.images import load_image, new_output_folder, save_png
+from pmg_core.core.units import to_255
 
 from . import one_image, sessions
 from .state import Studio

@@ -1,6 +1,6 @@
 """The app's state: the loaded models (the one global cache, shared by every session) and the jobs running.
 
-Which models exist and how they load is pmg_core.zoo's; this holds them for the app, picks them by
+Which models exist and how they load is pmg_core.models.zoo's; this holds them for the app, picks them by
 the names people chose, adds fine-tunes that appear in the checkpoint folder (after a Train run,
 or copied there), and describes them on the About tab. `public` (serving beyond this machine)
 lowers the job limits and switches off reading folders from the server's disk.
@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from gradio.utils import get_upload_folder
 
-from pmg_core import board, env, findings, inputs
-from pmg_core.data import list_datasets, list_groups
-from pmg_core.errors import UserError, check
-from pmg_core.explore import StartingAttack, is_real_clip, label_presets, starting_attack
-from pmg_core.models import ClipModel, list_checkpoints
-from pmg_core.zoo import finetunes_of, load_default_models, order_key, with_bases
+from pmg_core.leaderboard import board, findings
+from pmg_core.data import inputs
+from pmg_core.core import env
+from pmg_core.data.datasets import list_datasets, list_groups
+from pmg_core.core.errors import UserError, check
+from pmg_core.evaluation.explore import StartingAttack, is_real_clip, label_presets, starting_attack
+from pmg_core.models.clip import ClipModel, list_checkpoints
+from pmg_core.models.zoo import finetunes_of, load_default_models, order_key, with_bases
 
 from .assets import METHOD_IN_PLAIN_WORDS
 

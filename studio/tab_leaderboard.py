@@ -2,9 +2,9 @@
 
 The table in bands of overlapping intervals (every accuracy with its n and 95% interval; a click on a
 row opens its card right under the row and scrolls the two into view, all in the browser), what the
-cards show in paired tests (pmg_core/findings.py), the clean-against-robust scatter with both
+cards show in paired tests (pmg_core/leaderboard/findings.py), the clean-against-robust scatter with both
 intervals as error bars, and the per-dataset heatmap with each cell's n. Everything comes from the
-card files through pmg_core.board, which writes board.html from the same table and heatmaps.
+card files through pmg_core.leaderboard.board, which writes board.html from the same table and heatmaps.
 
 `build` adds the tab's sections in order; another self-contained section (e.g. numbers reported
 elsewhere) is one more call inside its `with gr.Tab(...)` block.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pmg_core import board, findings
-from pmg_core.plots import leaderboard_scatter
+from pmg_core.leaderboard import board, findings
+from pmg_core.evaluation.plots import leaderboard_scatter
 
 from .reported_view import build_reported
 from .safety import safe

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pmg_core.data import list_datasets
-from pmg_core.methods import list_methods
+from pmg_core.data.datasets import list_datasets
+from pmg_core.training.methods import list_methods
 
 from . import training
 from .model_choices import model_dropdown

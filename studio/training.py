@@ -16,12 +16,13 @@ from typing import Iterator
 
 import gradio as gr
 
-from pmg_core import inputs, plots
-from pmg_core.data import list_datasets
-from pmg_core.errors import UserError
-from pmg_core.methods import list_methods
-from pmg_core.train import Trainer, TrainConfig, state_path
-from pmg_core.units import from_255
+from pmg_core.data import inputs
+from pmg_core.evaluation import plots
+from pmg_core.data.datasets import list_datasets
+from pmg_core.core.errors import UserError
+from pmg_core.training.methods import list_methods
+from pmg_core.training.loop import Trainer, TrainConfig, state_path
+from pmg_core.core.units import from_255
 
 from . import policy
 from .jobs import Job

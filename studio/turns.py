@@ -2,7 +2,7 @@
 
 - **Turns.** Every job of a public server (an attack's model passes, a sweep's, a training step)
   asks `Turns.turn(visitor)` before each pass. At most `slots` turns run at once, each on
-  `threads` torch threads of its own (pmg_core.threads, so no other thread's count changes); when
+  `threads` torch threads of its own (pmg_core.core.threads, so no other thread's count changes); when
   a slot frees, it goes to the waiting visitor who has had the least turn time, ties in order of
   asking. A visitor who arrives starts about level with the least-served visitor already waiting
   or running, so idle time is no credit to spend later. While two visitors want work each gets half
@@ -32,8 +32,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from pmg_core.errors import UserError
-from pmg_core.threads import own_threads
+from pmg_core.core.errors import UserError
+from pmg_core.core.threads import own_threads
 
 SPARE = 1  # turns beyond `slots`, only for a visitor behind everyone running (module docstring)
 FORGET_S = 60.0  # a visitor's turn time is kept this long after their last turn (a pause is no credit)

@@ -1,7 +1,7 @@
 """Published models joining the running app: fetched, checked, converted and loaded in the background.
 
 The app answers at once with what it has; this thread works through the zoo ids one at a time
-(pmg_core.zoo.load_entry: download with progress, checks, conversion into the cache, loading onto
+(pmg_core.models.zoo.load_entry: download with progress, checks, conversion into the cache, loading onto
 the base already loaded) and hands each model to the Studio, where it joins the model lists as a
 Train checkpoint does. Each id has a status line for the About tab: waiting, its download
 progress, ready, or the one sentence saying why it failed; a failure never stops the app or the
@@ -14,8 +14,8 @@ import logging
 import threading
 from typing import Sequence
 
-from pmg_core import zoo
-from pmg_core.errors import UserError, first_line
+from pmg_core.models import zoo
+from pmg_core.core.errors import UserError, first_line
 
 log = logging.getLogger("pmg_studio")
 

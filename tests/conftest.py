@@ -24,7 +24,7 @@ register_toy()
 @pytest.fixture(scope="session")
 def tiny_model():
     """A randomly initialised pmg-test CLIP (fresh copy per use via .fork())."""
-    from pmg_core.models import load_model
+    from pmg_core.models.clip import load_model
 
     torch.manual_seed(0)
     return load_model("pmg-test")

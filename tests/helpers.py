@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core.models import load_model
+from pmg_core.models.clip import load_model
 from studio.one_image import EACH_MODEL as EACH  # noqa: F401 - re-exported: "each model attacks itself"
 from studio.visitors import TRUSTED_PROXIES_ENV
 from public_server import EXAMPLE, ROOT, free_port, wait_for  # noqa: F401 - light, shared with scripts/public_load.py
@@ -66,7 +66,7 @@ def hand_card(name: str, clean: dict, robust: dict, *, threat: str = "Linf 8/255
               threshold: str = "published", unaware: dict | None = None, method: str = "tecoa", version: int = 2,
               limit: int | None = None, manifests: dict | None = None, samples: int | None = None,
               per_image: bool = True, convergence: dict | None = None) -> dict:
-    """A robustness card made by hand, shaped as pmg_core/cards.py writes one. `clean`, `robust` (and
+    """A robustness card made by hand, shaped as pmg_core/leaderboard/cards.py writes one. `clean`, `robust` (and
     `unaware`): dataset -> 0/1 per image, the same images in the same order for every card of a test;
     `per_image=False` leaves out the per-image lists, as cards written before cells kept them do."""
     results = {}

@@ -5,13 +5,13 @@ TTC measures tau with."""
 import pytest
 import torch
 
-from pmg_core.adaptive import ADAPTIVE, GATE_CAP, GateAwarePGD, SuiteSettings, clean_tau, right_on_every_draw
-from pmg_core.attacks import EOTPGD, random_start
-from pmg_core.defenses import DefendedClassifier, get_defense
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
-from pmg_core.models import ZeroShotClassifier
-from pmg_core.presets import get_preset
+from pmg_core.attacks.adaptive import ADAPTIVE, GATE_CAP, GateAwarePGD, SuiteSettings, clean_tau, right_on_every_draw
+from pmg_core.attacks.pgd import EOTPGD, random_start
+from pmg_core.attacks.defenses import DefendedClassifier, get_defense
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate, evaluate_batch, evaluate_defended_batch
+from pmg_core.models.clip import ZeroShotClassifier
+from pmg_core.data.presets import get_preset
 from toy import SHIFT, ScriptedLine, grey, scripted_defense
 
 STEP = 2 / 255
@@ -91,7 +91,7 @@ def test_an_image_only_the_unaware_attack_found_still_counts_against_the_defense
 def test_a_sample_fooled_by_any_restart_is_not_robust():
     """One restart starts past the wrong-class line, the other at the image itself, from which the
     gradient leads away: whichever comes first, every restart's image is judged."""
-    from pmg_core.adaptive import menu_for, run_suite
+    from pmg_core.attacks.adaptive import menu_for, run_suite
 
     model = ScriptedLine(_wrong_past(1.5), slope=lambda d: torch.where(d > 0, 1.0, -1.0))
     x, y = grey()
@@ -199,7 +199,7 @@ def test_the_gate_attack_raises_tau_past_the_threshold_where_the_plain_attack_do
 def test_a_defended_row_reports_every_attack_the_threshold_and_the_open_gate():
     """The full suite on the tiny fine-tune behind TTC, with the threshold calibrated on the images
     evaluated: half of them reach it, and the adaptive number is the best-of over every attack."""
-    from pmg_core.models import load_model
+    from pmg_core.models.clip import load_model
 
     tecoa = load_model("tecoa-tiny", base=load_model("clip-tiny"))
     cfg = EvalConfig(models=["tecoa-tiny"], datasets=["synth-colour"], eps=8 / 255, steps=2, step_size=2 / 255,

@@ -13,12 +13,14 @@ from PIL import Image
 
 
 import gradio as gr  # noqa: E402
-from pmg_core import analysis, inputs, zoo  # noqa: E402
-from pmg_core.errors import UserError  # noqa: E402
-from pmg_core.explore import prepare_image, quantize_in_ball  # noqa: E402
-from pmg_core.images import load_image  # noqa: E402
-from pmg_core import env  # noqa: E402
-from pmg_core.env import checkpoint_dir  # noqa: E402
+from pmg_core.evaluation import analysis  # noqa: E402
+from pmg_core.models import zoo  # noqa: E402
+from pmg_core.data import inputs  # noqa: E402
+from pmg_core.core.errors import UserError  # noqa: E402
+from pmg_core.evaluation.explore import prepare_image, quantize_in_ball  # noqa: E402
+from pmg_core.data.images import load_image  # noqa: E402
+from pmg_core.core import env  # noqa: E402
+from pmg_core.core.env import checkpoint_dir  # noqa: E402
 from studio import assets, evaluation, one_image, safety, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
 from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
@@ -325,7 +327,7 @@ def test_rescan_skips_an_unreadable_checkpoint_with_a_log_line(tmp_path, caplog)
     studio = Studio.create(tiny_models()[:1], tmp_path)
     (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
     (tmp_path / "folder.safetensors").mkdir()
-    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
+    with caplog.at_level("WARNING", logger="pmg_core.models.zoo"):
         assert studio.rescan() == []
     assert "skipping checkpoint broken.safetensors" in caplog.text
     assert "skipping checkpoint folder.safetensors" in caplog.text
@@ -466,7 +468,7 @@ def test_any_failure_to_load_real_clip_falls_back_to_the_embedded_default(monkey
 
     monkeypatch.setattr(env, "is_offline", lambda: False)
     monkeypatch.setattr(zoo, "load_model", load_model)
-    with caplog.at_level("WARNING", logger="pmg_core.zoo"):
+    with caplog.at_level("WARNING", logger="pmg_core.models.zoo"):
         models, mode = zoo.load_default_models(checkpoint_dir())
     assert models[0].name == "clip-tiny" and "Embedded" in mode
     assert "Real CLIP could not be loaded (download interrupted)" in caplog.text
@@ -487,7 +489,7 @@ def test_extra_model_specs_join_the_default_and_a_bad_one_is_skipped_with_its_re
 @EMBEDDED
 def test_an_extra_fine_tune_shares_an_extra_base(tmp_path, monkeypatch):
     """`--models pmg-test,ft.safetensors`: the fine-tune reuses the pmg-test the app loaded just before."""
-    from pmg_core.train import TrainConfig, train
+    from pmg_core.training.loop import TrainConfig, train
 
     monkeypatch.setenv("PMG_OFFLINE", "1")
     ft = tmp_path / "ft.safetensors"
@@ -503,7 +505,7 @@ def test_the_cli_writes_the_same_comparison_json_as_the_app_shows(tmp_path, caps
     """`python -m pmg_core attack --json OUT` and the app's Details (JSON) are one document for one attack."""
     import json
 
-    from pmg_core import cli
+    from pmg_core.cli import commands as cli
 
     specs = ["clip-tiny", "tecoa-tiny"]
     out = tmp_path / "comparison.json"

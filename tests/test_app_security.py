@@ -7,9 +7,9 @@ import pytest
 
 
 import app  # noqa: E402
-from pmg_core import inputs  # noqa: E402
-from pmg_core.env import checkpoint_dir  # noqa: E402
-from pmg_core.errors import UserError  # noqa: E402
+from pmg_core.data import inputs  # noqa: E402
+from pmg_core.core.env import checkpoint_dir  # noqa: E402
+from pmg_core.core.errors import UserError  # noqa: E402
 from studio import one_image, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
 from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402

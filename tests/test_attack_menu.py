@@ -5,11 +5,11 @@ project's APGD agrees with torchattacks' on undefended models."""
 import pytest
 import torch
 
-from pmg_core.adaptive import ADAPTIVE, SuiteSettings, menu_for, run_suite
-from pmg_core.attacks import APGD, EOTPGD
-from pmg_core.defenses import DefendedClassifier
-from pmg_core.evaluate import EvalConfig, evaluate_defended_batch
-from pmg_core.presets import get_preset
+from pmg_core.attacks.adaptive import ADAPTIVE, SuiteSettings, menu_for, run_suite
+from pmg_core.attacks.pgd import APGD, EOTPGD
+from pmg_core.attacks.defenses import DefendedClassifier
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate_defended_batch
+from pmg_core.data.presets import get_preset
 from toy import ScriptedLine, ScriptedPath, grey, scripted_defense
 
 STEP = 2 / 255
@@ -88,7 +88,7 @@ def _passes_through_the_wrong_class(e):
 def test_a_deterministic_defense_is_judged_ever_fooled_like_a_plain_model():
     """Its highest-loss iterate is classified right, an earlier one was not: a plain model counts the
     sample as fooled, and so must a deterministic defense (judging its returned image would not)."""
-    from pmg_core.defenses import get_defense
+    from pmg_core.attacks.defenses import get_defense
 
     model = ScriptedPath(_passes_through_the_wrong_class, classes=3)
     x, y = grey()
@@ -99,8 +99,8 @@ def test_a_deterministic_defense_is_judged_ever_fooled_like_a_plain_model():
 
 
 def test_every_row_faces_the_same_menu_and_a_defended_one_adds_the_unaware_and_gate_attacks():
-    from pmg_core.protocols import eval_settings, get_protocol
-    from pmg_core.defenses import get_defense
+    from pmg_core.evaluation.protocols import eval_settings, get_protocol
+    from pmg_core.attacks.defenses import get_defense
 
     mini = get_protocol("mini")
     threat = mini.threats[0]
@@ -124,8 +124,8 @@ def test_our_apgd_agrees_with_torchattacks_on_undefended_models_within_half_a_po
     the embedded world: the robust accuracy under APGD-CE and APGD-DLR agrees within 0.5 points."""
     import torchattacks as ta
 
-    from pmg_core.data import get_dataset
-    from pmg_core.models import load_model
+    from pmg_core.data.datasets import get_dataset
+    from pmg_core.models.clip import load_model
 
     tecoa = load_model("tecoa-tiny", base=load_model("clip-tiny"))
     for task in ("synth-colour", "synth-shape"):

@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-from pmg_core import env, precision
-from pmg_core.attacks import OUTER_AUTOCAST, PGD
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.explore import AttackSettings, compare, prediction
-from pmg_core.images import load_image
-from pmg_core.methods import get_method
-from pmg_core.models import load_model
+from pmg_core.core import env, precision
+from pmg_core.attacks.pgd import OUTER_AUTOCAST, PGD
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
+from pmg_core.evaluation.explore import AttackSettings, compare, prediction
+from pmg_core.data.images import load_image
+from pmg_core.training.methods import get_method
+from pmg_core.models.clip import load_model
 from studio.html import verdict_html
 
 from helpers import EXAMPLE, LABELS
@@ -108,7 +108,7 @@ def shipped():
 
 
 def test_a_bf16_attack_stays_in_its_ball_and_lowers_accuracy(shipped):
-    from pmg_core.data import get_dataset
+    from pmg_core.data.datasets import get_dataset
 
     data = get_dataset("synth-shape", split="test").limited(32, 0)
     x, y = next(iter(torch.utils.data.DataLoader(data.data, batch_size=32)))

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 import app
-from pmg_core import env, plots
-from pmg_core.errors import UserError
-from pmg_core.images import load_image
-from pmg_core.zoo import load_default_models
+from pmg_core.core import env
+from pmg_core.evaluation import plots
+from pmg_core.core.errors import UserError
+from pmg_core.data.images import load_image
+from pmg_core.models.zoo import load_default_models
 from studio import assets, evaluation, one_image, sessions, share
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, tiny_models
@@ -55,7 +56,7 @@ def test_on_the_first_example_the_original_clip_is_fooled_and_robust_fine_tunes_
 
 def _verdict(model, clean_right, adversarial_right):
     import torch
-    from pmg_core.explore import ModelVerdict, Prediction
+    from pmg_core.evaluation.explore import ModelVerdict, Prediction
 
     def pred(right):
         return Prediction(["circle", "star"] if right else ["star", "circle"], [0.6, 0.4], 0.6 if right else 0.4, right)
@@ -64,7 +65,7 @@ def _verdict(model, clean_right, adversarial_right):
 
 
 def test_the_summary_counts_the_models_still_right_and_names_who_fell_and_who_was_wrong_before():
-    from pmg_core.explore import AttackSettings, Comparison, Radius
+    from pmg_core.evaluation.explore import AttackSettings, Comparison, Radius
     from studio.html import verdict_html
 
     comp = Comparison(None, ["circle", "star"], "circle", [

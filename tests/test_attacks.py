@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pmg_core.attacks import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
+from pmg_core.attacks.pgd import OUTER_AUTOCAST, PGD, AutoAttackAdapter, FeatureAttack, make_attack, random_start
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
 from numerics import MatmulDtypes
 from toy import make_toy
 
@@ -14,8 +14,8 @@ CLASSES = ["red", "green", "blue", "grey"]
 @pytest.fixture(scope="module")
 def trained():
     """A pmg-test model briefly trained on the toy task, so attacks have real work to do."""
-    from pmg_core.models import load_model
-    from pmg_core.train import TrainConfig, train
+    from pmg_core.models.clip import load_model
+    from pmg_core.training.loop import TrainConfig, train
 
     torch.manual_seed(0)
     m = load_model("pmg-test")

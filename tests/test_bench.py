@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pmg_core.bench import METHODS, BenchConfig, Reference, fixed_batch, make_trainer
-from pmg_core.cli import main
+from pmg_core.cli.commands import main
 
 
 def _pair(tiny_model, method: str):
@@ -40,7 +40,7 @@ def test_optimized_step_equals_reference_step(tiny_model, method):
 
 
 def test_bench_trains_on_its_own_data_without_registering_it(tiny_model):
-    from pmg_core.data import list_datasets
+    from pmg_core.data.datasets import list_datasets
 
     trainer, _ = _pair(tiny_model, "tecoa")
     assert "bench-random" not in [e.name for e in list_datasets()]  # the random images are handed to the Trainer

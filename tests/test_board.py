@@ -1,7 +1,7 @@
 """The board and the cards' summaries: every accuracy with its n and 95% interval, rows in bands of
 overlapping intervals (not a strict rank), numbers from equal manifests comparable whatever --limit
 said, board.html readable offline, and a card's convergence saying how many images could move.
-Cards and cells here are made by hand (tests/helpers.py), shaped as pmg_core/cards.py writes them."""
+Cards and cells here are made by hand (tests/helpers.py), shaped as pmg_core/leaderboard/cards.py writes them."""
 import csv
 import io
 import json
@@ -9,7 +9,7 @@ import re
 
 from helpers import hand_card, write_cards
 
-from pmg_core import board, card_stats, stats
+from pmg_core.leaderboard import board, card_stats, stats
 
 
 def _ones(n: int, right: int) -> list[int]:
@@ -103,8 +103,8 @@ def test_board_html_stands_alone_with_its_table_scatter_and_heatmap(tmp_path):
 
 def _cells(tmp_path, cells: dict[str, dict]):
     """Cells and manifests on disk for one model under a one-eps protocol, as a run leaves them."""
-    from pmg_core.cards import Cell, ModelSpec
-    from pmg_core.protocols import Protocol, ThreatModel
+    from pmg_core.leaderboard.cards import Cell, ModelSpec
+    from pmg_core.evaluation.protocols import Protocol, ThreatModel
 
     protocol = Protocol("hand", 1, "a protocol made by hand", tuple(cells), samples=10,
                         threats=(ThreatModel("Linf", (8,), "pgd", 10, 2),), convergence_samples=None)
@@ -130,7 +130,7 @@ def _cells(tmp_path, cells: dict[str, dict]):
 
 
 def test_a_card_carries_per_image_results_intervals_and_what_its_convergence_check_saw(tmp_path):
-    from pmg_core.cards import write_card
+    from pmg_core.leaderboard.cards import write_card
 
     moved = {"checked": True, "samples": list(range(6)), "robust_right": _ones(6, 4),
              "robust_right_doubled": [1, 1, 1, 0, 0, 0], "informative": 4}
@@ -158,7 +158,7 @@ def test_a_card_carries_per_image_results_intervals_and_what_its_convergence_che
 
 def test_a_check_on_images_that_could_not_move_says_not_checked(tmp_path):
     """The issue's clip-tiny cards: no image still robust, so doubling the attack could change nothing."""
-    from pmg_core.cards import write_card
+    from pmg_core.leaderboard.cards import write_card
 
     nothing = {"checked": True, "samples": [0, 1], "robust_right": [0, 0], "robust_right_doubled": [0, 0],
                "informative": 0}

@@ -205,7 +205,7 @@ def test_a_leaderboard_row_opens_its_card_in_view_and_every_number_carries_n_and
     it, in view, and its sha256 wraps instead of running off a phone's screen."""
     import re
 
-    from pmg_core import board
+    from pmg_core.leaderboard import board
 
     cards = board.committed()["mini"]
     rows_expected = board.rows(cards)
@@ -265,7 +265,7 @@ def test_a_leaderboard_row_opens_its_card_in_view_and_every_number_carries_n_and
 
 
 def test_the_leaderboard_shows_the_fields_reported_numbers_apart_from_the_measured_cards(tmp_path):
-    from pmg_core import reported
+    from pmg_core.leaderboard import reported
 
     groups = reported.groups()
     demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
@@ -300,7 +300,7 @@ def test_the_leaderboard_shows_the_fields_reported_numbers_apart_from_the_measur
 def test_board_html_opened_offline_shows_the_table_and_a_clicked_row_opens_its_card():
     """The committed board.html with every request beyond the file refused: the table is there, each number
     with its interval, and a click opens the row's card in view."""
-    from pmg_core import board
+    from pmg_core.leaderboard import board
 
     path = board.committed()  # the folder's cards, to know what the table should hold
     folder = ROOT / "benchmarks" / "cards" / "mini"

@@ -22,7 +22,7 @@ ROOT = HERE.parent
 
 
 def _register_test_protocol():
-    from pmg_core.protocols import Protocol, ThreatModel, get_protocol, list_protocols, register_protocol
+    from pmg_core.evaluation.protocols import Protocol, ThreatModel, get_protocol, list_protocols, register_protocol
 
     if "test-toy" not in {p.name for p in list_protocols()}:
         register_protocol(Protocol("test-toy", 1, "tests: the toy colours, PGD-3 at 2 and 4/255", ("toy-colours",),
@@ -35,8 +35,8 @@ def _register_test_protocol():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     """A random pmg-test CLIP saved as a base checkpoint: the same weights in every process that loads it."""
-    from pmg_core.checkpoints import save_base
-    from pmg_core.models import load_model
+    from pmg_core.models.checkpoints import save_base
+    from pmg_core.models.clip import load_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "toy-clip.safetensors"
@@ -51,9 +51,9 @@ def _without_times(card: dict) -> dict:
 
 
 def test_a_manifest_is_drawn_once_by_its_seed_and_its_hash_pins_the_images():
-    from pmg_core.data import ZeroShotDataset, get_dataset
-    from pmg_core.errors import UserError
-    from pmg_core.protocols import Manifest, check_manifest, get_protocol, manifest_for
+    from pmg_core.data.datasets import ZeroShotDataset, get_dataset
+    from pmg_core.core.errors import UserError
+    from pmg_core.evaluation.protocols import Manifest, check_manifest, get_protocol, manifest_for
     from torch.utils.data import TensorDataset
 
     protocol = _register_test_protocol()
@@ -78,8 +78,8 @@ def test_a_manifest_is_drawn_once_by_its_seed_and_its_hash_pins_the_images():
 
 
 def test_a_killed_run_resumes_and_recomputes_no_finished_cell(tmp_path, checkpoint, monkeypatch):
-    from pmg_core import cards
-    from pmg_core.cards import cells_of, parse_models, run_cards
+    from pmg_core.leaderboard import cards
+    from pmg_core.leaderboard.cards import cells_of, parse_models, run_cards
 
     protocol = _register_test_protocol()
     models = parse_models([checkpoint, f"{checkpoint}+ttc"])
@@ -108,10 +108,10 @@ def test_a_killed_run_resumes_and_recomputes_no_finished_cell(tmp_path, checkpoi
 
 def test_a_card_holds_provenance_protocol_results_convergence_and_the_published_numbers(tmp_path, checkpoint,
                                                                                        monkeypatch):
-    from pmg_core import zoo
-    from pmg_core.cards import parse_models, run_cards
-    from pmg_core.checkpoints import read_metadata
-    from pmg_core.importers import sha256_file
+    from pmg_core.models import zoo
+    from pmg_core.leaderboard.cards import parse_models, run_cards
+    from pmg_core.models.checkpoints import read_metadata
+    from pmg_core.models.importers import sha256_file
 
     protocol = _register_test_protocol()
     theirs = zoo.Protocol("theirs", ("toy-colours", "cifar10"), "autoattack", 100, "clip", 1000, "their note")
@@ -147,8 +147,8 @@ def test_a_card_holds_provenance_protocol_results_convergence_and_the_published_
 
 
 def test_the_convergence_check_says_so_when_doubling_the_budget_moves_robust_accuracy(tmp_path, checkpoint, monkeypatch):
-    from pmg_core import cards
-    from pmg_core.cards import parse_models, run_cards
+    from pmg_core.leaderboard import cards
+    from pmg_core.leaderboard.cards import parse_models, run_cards
 
     protocol = _register_test_protocol()
     real = cards.evaluate_model
@@ -170,7 +170,7 @@ def _cells(out: Path) -> list[dict]:
 
 
 def test_every_cell_holds_its_images_verdicts_in_the_order_of_its_manifest(tmp_path, checkpoint):
-    from pmg_core.cards import parse_models, run_cards
+    from pmg_core.leaderboard.cards import parse_models, run_cards
 
     protocol = _register_test_protocol()
     run_cards(protocol, parse_models([checkpoint, f"{checkpoint}+ttc", f"{checkpoint}+clipure"]), tmp_path,
@@ -194,8 +194,8 @@ def test_every_cell_holds_its_images_verdicts_in_the_order_of_its_manifest(tmp_p
 
 def test_the_convergence_check_runs_on_every_image_still_robust_or_says_it_could_not(tmp_path, checkpoint,
                                                                                    monkeypatch):
-    from pmg_core import cards
-    from pmg_core.cards import parse_models, run_cards
+    from pmg_core.leaderboard import cards
+    from pmg_core.leaderboard.cards import parse_models, run_cards
 
     protocol = _register_test_protocol()
     run_cards(protocol, parse_models([checkpoint]), tmp_path, allow_dirty=True)
@@ -222,8 +222,8 @@ def test_the_convergence_check_runs_on_every_image_still_robust_or_says_it_could
 
 
 def test_each_cell_records_the_settings_that_ran_and_the_defense_its_own(tmp_path, checkpoint):
-    from pmg_core.cards import parse_models, run_cards
-    from pmg_core.defenses import BLANK_TEMPLATES
+    from pmg_core.leaderboard.cards import parse_models, run_cards
+    from pmg_core.attacks.defenses import BLANK_TEMPLATES
 
     protocol = _register_test_protocol()
     run_cards(protocol, parse_models([f"{checkpoint}+ttc@calibrated", f"{checkpoint}+clipure"]), tmp_path,
@@ -248,9 +248,9 @@ def test_each_cell_records_the_settings_that_ran_and_the_defense_its_own(tmp_pat
 
 def test_cards_are_refused_from_a_dirty_tree_unless_allowed_and_hold_one_code_version(tmp_path, checkpoint,
                                                                                     monkeypatch):
-    from pmg_core import cards
-    from pmg_core.cards import parse_models, run_cards
-    from pmg_core.errors import UserError
+    from pmg_core.leaderboard import cards
+    from pmg_core.leaderboard.cards import parse_models, run_cards
+    from pmg_core.core.errors import UserError
 
     protocol = _register_test_protocol()
     models = parse_models([checkpoint])
@@ -274,7 +274,7 @@ def test_a_changed_protocol_definition_needs_a_new_version():
     numbers depend on changes the hash (a title or note does not)."""
     from dataclasses import replace
 
-    from pmg_core.protocols import DEFINITIONS, list_protocols
+    from pmg_core.evaluation.protocols import DEFINITIONS, list_protocols
 
     builtin = [p for p in list_protocols() if not p.name.startswith("test-")]
     assert {(p.name, p.version) for p in builtin} <= set(DEFINITIONS)
@@ -290,16 +290,16 @@ def test_a_changed_protocol_definition_needs_a_new_version():
 
 
 def test_the_mini_protocol_and_the_mini_dataset_group_name_the_same_ten_tasks():
-    from pmg_core.data import list_groups
-    from pmg_core.protocols import get_protocol
+    from pmg_core.data.datasets import list_groups
+    from pmg_core.evaluation.protocols import get_protocol
 
     mini = get_protocol("mini")
     assert mini.dataset_names() == list_groups()["mini"] and set(mini.pinned) == set(mini.dataset_names())
 
 
 def test_tga_zsr_published_numbers_are_over_the_same_sixteen_sets_as_tecoa16():
-    from pmg_core.cards import parse_model, published_beside
-    from pmg_core.protocols import get_protocol
+    from pmg_core.leaderboard.cards import parse_model, published_beside
+    from pmg_core.evaluation.protocols import get_protocol
 
     averages = {"clean_acc": 0.5, "robust_acc": {"Linf 1/255": 0.4}}
     for entry in ("tga-zsr-b32", "comp-tga-b32"):
@@ -321,7 +321,7 @@ def _cli(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_under_torchrun_write_the_same_cards_as_one_and_the_board(tmp_path, checkpoint):
-    from pmg_core.cards import read_cards
+    from pmg_core.leaderboard.cards import read_cards
 
     models = f"{checkpoint},{checkpoint}+ttc"
     one, two = tmp_path / "one", tmp_path / "two"
@@ -363,6 +363,6 @@ if __name__ == "__main__":
 
     register_toy()
     _register_test_protocol()
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     sys.exit(main())

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import cli
-from pmg_core.checkpoints import save_finetune
-from pmg_core.errors import UserError
-from pmg_core.models import load_model
-from pmg_core.train import Trainer, TrainConfig
+from pmg_core.cli import commands as cli
+from pmg_core.models.checkpoints import save_finetune
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import load_model
+from pmg_core.training.loop import Trainer, TrainConfig
 
 EXAMPLE = str(Path(__file__).parents[1] / "assets" / "examples" / "example.png")
 
@@ -111,7 +111,7 @@ def test_eval_and_attack_share_one_cap_on_eot_draws(capsys):
 
 
 def test_attack_refuses_an_empty_label_as_the_app_does(capsys):
-    from pmg_core.inputs import parse_labels
+    from pmg_core.data.inputs import parse_labels
 
     err = run(["attack", EXAMPLE, "--models", "pmg-test", "--labels", "cat,,dog",
                "--true", "cat"], capsys)

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pmg_core.attacks import PGD
-from pmg_core.data import get_dataset
-from pmg_core.defenses import DefenseSettings, defend, get_defense, list_defenses
-from pmg_core.errors import UserError
-from pmg_core.models import load_model
+from pmg_core.attacks.pgd import PGD
+from pmg_core.data.datasets import get_dataset
+from pmg_core.attacks.defenses import DefenseSettings, defend, get_defense, list_defenses
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import load_model
 
 
 def _clipure(steps: int, eta: float):

@@ -1,7 +1,7 @@
 """Torch's threads fit the CPU share a container really has (a Space sees its host's cores under a quota)."""
 import torch
 
-from pmg_core import env
+from pmg_core.core import env
 
 
 def _cgroup(tmp_path, v2=None, v1=None):

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import checkpoints
-from pmg_core.checkpoints import load_tensors, read_metadata, save_base, save_finetune
-from pmg_core.errors import UserError
-from pmg_core.methods import StepOutput
-from pmg_core.models import load_model
-from pmg_core.train import TrainConfig, Trainer, state_path, train
+from pmg_core.models import checkpoints
+from pmg_core.models.checkpoints import load_tensors, read_metadata, save_base, save_finetune
+from pmg_core.core.errors import UserError
+from pmg_core.training.methods import StepOutput
+from pmg_core.models.clip import load_model
+from pmg_core.training.loop import TrainConfig, Trainer, state_path, train
 
 ROOT = Path(__file__).resolve().parent.parent
 # Runs `python -m pmg_core` with the toy dataset registered (the registry lives in the process).
 CHILD = ("import sys; sys.path[:0] = ['.', 'tests']; import torch; torch.set_num_threads(1); "
-         "from toy import register_toy; register_toy(); from pmg_core.cli import main; sys.exit(main(sys.argv[1:]))")
+         "from toy import register_toy; register_toy(); from pmg_core.cli.commands import main; sys.exit(main(sys.argv[1:]))")
 
 
 @contextlib.contextmanager
@@ -106,7 +106,7 @@ def test_crash_between_checkpoint_and_state_still_resumes_exactly(tiny_model, tm
             return real_unlink(self, missing_ok)
 
         if where == "between checkpoint and state":
-            monkeypatch.setattr("pmg_core.train.save_training_state", save_state)
+            monkeypatch.setattr("pmg_core.training.loop.save_training_state", save_state)
         else:
             monkeypatch.setattr(Path, "unlink", unlink)
         with pytest.raises(Killed):

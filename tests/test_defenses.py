@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from pmg_core.attacks import random_start
-from pmg_core.data import get_dataset
-from pmg_core.defenses import defend, get_defense, list_defenses, original_reference
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.models import load_model
+from pmg_core.attacks.pgd import random_start
+from pmg_core.data.datasets import get_dataset
+from pmg_core.attacks.defenses import defend, get_defense, list_defenses, original_reference
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
+from pmg_core.models.clip import load_model
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]
@@ -144,8 +144,8 @@ def test_both_attacks_are_reported_and_the_adaptive_one_is_never_the_weaker(embe
 def test_autoattack_through_the_defense_averages_its_gradients_over_draws(model):
     """AutoAttack's gradient attacks (APGD) take `eot` gradients per step through a randomised model, as
     the original's "rand" version does; an attack without EOT refuses rather than ignoring it."""
-    from pmg_core.attacks import make_attack
-    from pmg_core.evaluate import describe_protocol
+    from pmg_core.attacks.pgd import make_attack
+    from pmg_core.evaluation.accuracy import describe_protocol
 
     x, _ = make_toy(4, seed=2).tensors
     clf = model.classifier(CLASSES, ("a {} image",)).eval()
@@ -172,7 +172,7 @@ def test_autoattack_through_the_defense_averages_its_gradients_over_draws(model)
 
 
 def test_the_attack_through_the_defense_fools_the_defended_model_on_its_own(embedded):
-    from pmg_core.attacks import EOTPGD
+    from pmg_core.attacks.pgd import EOTPGD
 
     _, tecoa = embedded
     data, x, y = _task("synth-colour", 24)
@@ -186,7 +186,7 @@ def test_the_attack_through_the_defense_fools_the_defended_model_on_its_own(embe
 
 
 def test_compare_judges_each_model_with_and_without_the_defense(model):
-    from pmg_core.explore import AttackSettings, compare
+    from pmg_core.evaluation.explore import AttackSettings, compare
 
     x, _ = make_toy(1, seed=5).tensors
     settings = AttackSettings(eps=8 / 255, steps=3, defense="ttc", eot=2)

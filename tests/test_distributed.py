@@ -50,14 +50,14 @@ def _run(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _same(a: Path, b: Path) -> bool:
-    from pmg_core.checkpoints import load_tensors
+    from pmg_core.models.checkpoints import load_tensors
 
     x, y = load_tensors(a), load_tensors(b)
     return x.keys() == y.keys() and all(torch.allclose(x[k], y[k], rtol=1e-4, atol=1e-6) for k in x)
 
 
 def test_two_processes_train_to_the_same_weights_as_one_and_resume_on_any_world_size(tmp_path):
-    from pmg_core.checkpoints import read_metadata
+    from pmg_core.models.checkpoints import read_metadata
 
     # pmg-aft at eps 8/255 (random start drawn for the global batch, PGD through the DDP encoder,
     # frozen original, both KL terms, two-branch forward): 2 processes must match 1 process.
@@ -88,7 +88,7 @@ def test_only_the_image_encoder_is_wrapped_in_ddp(model, tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from pmg_core.train import Trainer, TrainConfig
+    from pmg_core.training.loop import Trainer, TrainConfig
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
@@ -174,6 +174,6 @@ if __name__ == "__main__":
     register_toy()
     torch.manual_seed(0)  # the same random pmg-test weights in every process and every run
 
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     sys.exit(main())

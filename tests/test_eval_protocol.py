@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pmg_core.attacks import PGD, PublicCodePGD, get_attack, make_attack
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, describe_protocol, evaluate, sample_noise, write_report
+from pmg_core.attacks.pgd import PGD, PublicCodePGD, get_attack, make_attack
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, describe_protocol, evaluate, sample_noise, write_report
 from toy import make_toy
 
 TASK = "toy-colours"

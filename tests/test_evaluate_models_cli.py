@@ -6,12 +6,12 @@ import time
 import pytest
 import torch
 
-from pmg_core import cli
-from pmg_core.attacks import PGD
-from pmg_core.data import get_dataset
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate, sample_noise, to_csv, to_markdown
-from pmg_core.models import ZeroShotClassifier, load_model
+from pmg_core.cli import commands as cli
+from pmg_core.attacks.pgd import PGD
+from pmg_core.data.datasets import get_dataset
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate, sample_noise, to_csv, to_markdown
+from pmg_core.models.clip import ZeroShotClassifier, load_model
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]
@@ -123,7 +123,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 
 
 def test_cli_eval_writes_the_documented_json(model, tmp_path, capsys):
-    from pmg_core.checkpoints import save_base
+    from pmg_core.models.checkpoints import save_base
 
     path = save_base(tmp_path / "base.safetensors", model, {"arch": "pmg-test"})
     out = tmp_path / "r.json"
@@ -140,8 +140,8 @@ def test_cli_eval_writes_the_documented_json(model, tmp_path, capsys):
 
 
 def test_cli_train_and_attack(model, tmp_path, capsys):
-    from pmg_core.checkpoints import read_metadata, save_base
-    from pmg_core.images import save_png
+    from pmg_core.models.checkpoints import read_metadata, save_base
+    from pmg_core.data.images import save_png
 
     base = save_base(tmp_path / "base.safetensors", model, {"arch": "pmg-test"})
     ft = tmp_path / "ft.safetensors"
@@ -162,7 +162,7 @@ def test_cli_train_and_attack(model, tmp_path, capsys):
 
 def test_train_compile_and_tf32_flags_reach_the_run_settings():
     """`train --compile` / `--attack-tf32` set their TrainConfig fields (`bench --compile` checks the compiled step)."""
-    from pmg_core.train import TrainConfig
+    from pmg_core.training.loop import TrainConfig
 
     def settings(*flags):
         return TrainConfig(**cli._settings(cli.build_parser().parse_args(["train", *flags]), TrainConfig, "train"))

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from pmg_core.data import get_dataset
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.models import checkpoint_path, load_model
-from pmg_core.presets import IMAGENET_MEAN
+from pmg_core.data.datasets import get_dataset
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
+from pmg_core.models.clip import checkpoint_path, load_model
+from pmg_core.data.presets import IMAGENET_MEAN
 
 TASK, LIMIT = "real-digits", 100  # a task on which the two normalisations (CLIP's, ImageNet's) disagree
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core.attacks import PGD
-from pmg_core.explore import AttackSettings, compare, iter_compare, predict, prepare_image, quantize_in_ball
-from pmg_core.images import load_image
-from pmg_core.models import load_model
+from pmg_core.attacks.pgd import PGD
+from pmg_core.evaluation.explore import AttackSettings, compare, iter_compare, predict, prepare_image, quantize_in_ball
+from pmg_core.data.images import load_image
+from pmg_core.models.clip import load_model
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "example.png"
 LABELS = ["circle", "square", "triangle", "diamond", "cross", "star"]
@@ -146,7 +146,7 @@ def test_a_stream_closed_early_or_failing_in_a_lane_leaves_no_worker_and_keeps_t
         shipped, image, monkeypatch):
     import threading
 
-    from pmg_core import explore
+    from pmg_core.evaluation import explore
 
     before = torch.get_num_threads()
     stream = iter_compare(shipped, image, LABELS, "circle", settings(lanes=2))
@@ -172,7 +172,7 @@ def test_a_stream_closed_early_or_failing_in_a_lane_leaves_no_worker_and_keeps_t
 
 
 def test_cpu_lanes_are_one_per_thread_up_to_the_models(shipped, one_thread):
-    from pmg_core.explore import cpu_lanes
+    from pmg_core.evaluation.explore import cpu_lanes
 
     assert cpu_lanes(shipped) == 1  # one thread: one lane
     torch.set_num_threads(3)

@@ -3,7 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pmg_core import findings
+from pmg_core.leaderboard import card_stats, findings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +159,7 @@ def test_about_shows_the_committed_robustness_cards_of_a_loaded_model():
 
     text = robustness_cards({"tecoa-tiny": None})
     card = json.loads((findings.BENCHMARKS / "cards" / "mini" / "tecoa-tiny.json").read_text())
-    assert card["weights_sha256"] in text and "tecoa-tiny+ttc@calibrated" in text and "mini v1" in text
-    assert "robust 45.0% [25.8, 65.8] (n = 20) at Linf 8/255" in text  # every number with its interval and n
+    assert card["weights_sha256"] in text and "tecoa-tiny+ttc@calibrated" in text and "mini v2" in text
+    robust = card_stats.intervals(card)["Linf 8/255"]
+    assert f"robust {robust.text()} at Linf 8/255" in text and "(n = 160)" in text  # every number with its interval and n
     assert "fare-tiny" not in text and robustness_cards({"a-model-without-cards": None}) == ""

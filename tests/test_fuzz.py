@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 
-from pmg_core import cli, inputs  # noqa: E402
-from pmg_core.errors import UserError  # noqa: E402
-from pmg_core.explore import prepare_image  # noqa: E402
-from pmg_core.images import MAX_PIXELS, load_image  # noqa: E402
+from pmg_core.cli import commands as cli  # noqa: E402
+from pmg_core.data import inputs  # noqa: E402
+from pmg_core.core.errors import UserError  # noqa: E402
+from pmg_core.evaluation.explore import prepare_image  # noqa: E402
+from pmg_core.data.images import MAX_PIXELS, load_image  # noqa: E402
 from studio import evaluation, one_image, training  # noqa: E402
 from studio.state import Studio  # noqa: E402
 from helpers import EACH, EXAMPLE, LABELS, tiny_models  # noqa: E402
@@ -426,9 +427,9 @@ CLI_COMMANDS = {
 @pytest.fixture
 def checks_only(monkeypatch):
     """CLI eval/train stop after every input check (a huge valid --steps or --max-steps would run for hours)."""
-    import pmg_core.evaluate as evaluate
-    import pmg_core.train as train
-    from pmg_core.zoo import load_models
+    import pmg_core.evaluation.accuracy as evaluate
+    import pmg_core.training.loop as train
+    from pmg_core.models.zoo import load_models
 
     def evaluate_checked(cfg, **_):
         cfg.validate()

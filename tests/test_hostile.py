@@ -30,9 +30,9 @@ import pytest
 from PIL import Image
 
 import app
-from pmg_core import images
-from pmg_core.errors import UserError
-from pmg_core.env import checkpoint_dir
+from pmg_core.core.env import checkpoint_dir
+from pmg_core.core.errors import UserError
+from pmg_core.data import images
 from studio import one_image, policy, safety, training
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, ROOT, tiny_models, wait_for
@@ -218,7 +218,7 @@ def test_reading_an_image_bomb_holds_at_most_the_cap_at_any_stage(bombs, tmp_pat
     import subprocess
     import sys
 
-    probe = ("import sys, pathlib; from pmg_core.images import load_image\n"
+    probe = ("import sys, pathlib; from pmg_core.data.images import load_image\n"
              "status = lambda k: next(int(l.split()[1]) for l in pathlib.Path('/proc/self/status').read_text()"
              ".splitlines() if l.startswith(k))\n"
              "before = status('VmRSS'); pathlib.Path('/proc/self/clear_refs').write_text('5')\n"
@@ -341,7 +341,7 @@ def test_the_quota_deletes_a_visitors_oldest_files_first_and_nothing_outside_its
 def test_a_shared_upload_counts_in_its_visitors_quota_and_the_page_gets_a_copy(public, tmp_path):
     """A link keeps the upload as attacked (share.keep_upload) in the visitor's quota; a page opened from the
     link is handed a copy, so Gradio's hourly sweep of the files it served never takes the kept one."""
-    from pmg_core.images import load_image
+    from pmg_core.data.images import load_image
     from studio import share
 
     photo = tmp_path / "photo.png"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pmg_core.checkpoints import (META_KEY, read_metadata, save_base, save_finetune,
+from pmg_core.models.checkpoints import (META_KEY, read_metadata, save_base, save_finetune,
                                   save_training_state)
-from pmg_core.errors import UserError
-from pmg_core.models import load_checkpoint_model, load_model
-from pmg_core.train import TrainConfig, Trainer, state_path
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import load_checkpoint_model, load_model
+from pmg_core.training.loop import TrainConfig, Trainer, state_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 
 import app  # noqa: E402
-from pmg_core import zoo  # noqa: E402
+from pmg_core.models import zoo  # noqa: E402
 from studio import one_image  # noqa: E402
 from helpers import EACH, first_step_shown, free_port, rss_mb, wait_for  # noqa: E402
 

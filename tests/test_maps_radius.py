@@ -7,11 +7,11 @@ import zipfile
 
 import pytest
 
-from pmg_core.env import checkpoint_dir
-from pmg_core.errors import UserError
-from pmg_core.explore import AttackSettings, label_presets, robustness_radius
-from pmg_core.images import load_image
-from pmg_core.models import load_model
+from pmg_core.core.env import checkpoint_dir
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.explore import AttackSettings, label_presets, robustness_radius
+from pmg_core.data.images import load_image
+from pmg_core.models.clip import load_model
 from studio import assets, one_image
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, ROOT, tiny_models

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from pmg_core.attacks import OUTER_AUTOCAST
-from pmg_core.errors import UserError
-from pmg_core.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
-from pmg_core.models import frozen_copy
+from pmg_core.attacks.pgd import OUTER_AUTOCAST
+from pmg_core.core.errors import UserError
+from pmg_core.training.methods import MethodSettings, fare_loss, get_method, list_methods, pmg_aft_loss
+from pmg_core.models.clip import frozen_copy
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]
@@ -110,7 +110,7 @@ def test_pmg_aft_method_matches_formula_and_tecoa(model, preset):
 
 def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(model):
     """The seed study's ablation: same loss, gradient of CE + alpha KL_gen + beta KL(f_t(x).detach() || f_t(x_adv))."""
-    from pmg_core.methods import PMGAFT
+    from pmg_core.training.methods import PMGAFT
 
     x, y = make_toy(8, seed=3).tensors
     x_adv = (x + 2 / 255).clamp(0, 1)
@@ -134,7 +134,7 @@ def test_detached_clean_target_only_stops_the_gradient_through_the_clean_branch(
 
 
 def test_public_code_kl_runs_in_the_papers_direction_unless_the_first_commit_is_asked_for():
-    from pmg_core.presets import get_preset
+    from pmg_core.data.presets import get_preset
 
     assert get_preset("public-code").kl_direction == get_preset("paper").kl_direction == "ref||adv"
     old = get_preset("public-code-4baf55d")
@@ -261,7 +261,7 @@ def test_attack_dtype_follows_preset_and_attack_amp(model, monkeypatch):
     assert get_method("pmg-aft", preset="public-code").attack_dtype == torch.float16
     assert get_method("fare", preset="public-code", attack_amp=True).attack_dtype == torch.float16
     # On a CPU the step has no autocast: attack_amp is the attack's own bf16 where the CPU has it.
-    monkeypatch.setattr("pmg_core.env.cpu_bf16", lambda: "avx512_bf16")
+    monkeypatch.setattr("pmg_core.core.env.cpu_bf16", lambda: "avx512_bf16")
     assert get_method("fare", attack_amp=True).pgd(model.classifier(["a", "b"])).dtype == torch.bfloat16
     with pytest.raises(UserError, match="attack_amp"):
         get_method("tecoa", attack_amp="yes")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pmg_core.cli import main
-from pmg_core.evaluate import averages
+from pmg_core.cli.commands import main
+from pmg_core.evaluation.accuracy import averages
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("clip-tiny", "tecoa-tiny", "pmg-aft-tiny", "tga-zsr-tiny", "fare-tiny")

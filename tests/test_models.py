@@ -7,9 +7,10 @@ import open_clip
 import pytest
 import torch
 
-from pmg_core import env, models
-from pmg_core.errors import UserError
-from pmg_core.models import load_model
+from pmg_core.core import env
+from pmg_core.models import clip as models
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import load_model
 
 CLASSES = ["red", "green", "blue", "grey"]
 
@@ -115,7 +116,7 @@ def test_the_network_probe_says_reachable_when_it_connects(monkeypatch):
 
 
 def test_loading_a_saved_model_does_not_claim_random_weights(model, tmp_path, caplog):
-    from pmg_core.checkpoints import save_base
+    from pmg_core.models.checkpoints import save_base
 
     path = save_base(tmp_path / "base.safetensors", model, {"arch": "pmg-test"})
     with caplog.at_level(logging.WARNING):

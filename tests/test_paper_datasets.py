@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pmg_core.attacks import AutoAttackAdapter, make_attack
-from pmg_core.data import expand_names, get_dataset
-from pmg_core.errors import UserError
-from pmg_core.paper_datasets import IMAGENET_NAMES_FILE, SPECS
+from pmg_core.attacks.pgd import AutoAttackAdapter, make_attack
+from pmg_core.data.datasets import expand_names, get_dataset
+from pmg_core.core.errors import UserError
+from pmg_core.data.paper_datasets import IMAGENET_NAMES_FILE, SPECS
 
 # One clearly different grey level per class lets a test check that each image kept its own label.
 LEVELS = [30, 130, 230]

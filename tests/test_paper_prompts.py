@@ -7,11 +7,11 @@ No dataset files are needed: the mapping from the names a dataset's files give t
 import pytest
 from torchvision.datasets import Flowers102
 
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig
-from pmg_core.paper_datasets import imagenet_names
-from pmg_core.paper_prompts import class_prompts, first_synonyms
-from pmg_core.train import TrainConfig
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig
+from pmg_core.data.paper_datasets import imagenet_names
+from pmg_core.data.paper_prompts import class_prompts, first_synonyms
+from pmg_core.training.loop import TrainConfig
 
 
 def prompts(dataset: str, raw: list[str], protocol: str = "public-code") -> list[str]:
@@ -103,7 +103,7 @@ def test_clip_curated_names_go_by_position_in_the_datasets_class_order():
 
 
 def test_clip_imagenet_names_and_templates_are_openais():
-    from pmg_core.paper_datasets import imagenet_words
+    from pmg_core.data.paper_datasets import imagenet_words
 
     wnids = list(imagenet_names())
     names = imagenet_words(wnids, directory=None, prompts="clip")

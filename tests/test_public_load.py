@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import app
-from pmg_core.paper_datasets import imagenet_names
+from pmg_core.data.paper_datasets import imagenet_names
 from studio import turns, visitors
 from helpers import EACH, EXAMPLE, LABELS, behind_loopback_proxy, free_port, rss_mb, tiny_models, wait_for
 

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 import app
-from pmg_core import env, inputs, paper_datasets
-from pmg_core.errors import UserError
+from pmg_core.core import env
+from pmg_core.data import inputs, paper_datasets
+from pmg_core.core.errors import UserError
 from studio import evaluation, policy, training, visitors
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, behind_loopback_proxy, first_step_shown, free_port, tiny_models, wait_for
@@ -301,7 +302,7 @@ def test_text_features_of_new_label_sets_are_kept_for_the_last_64_only():
 
 
 def test_pil_opens_only_the_formats_the_app_accepts(tmp_path):
-    from pmg_core.images import load_image
+    from pmg_core.data.images import load_image
 
     eps = tmp_path / "drawing.png"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
@@ -311,7 +312,7 @@ def test_pil_opens_only_the_formats_the_app_accepts(tmp_path):
 
 
 def test_a_broken_checkpoint_is_read_once_until_it_changes(public, monkeypatch):
-    from pmg_core import zoo
+    from pmg_core.models import zoo
 
     broken = public.checkpoint_dir / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")
@@ -334,7 +335,7 @@ def test_a_float_tiff_that_decodes_to_150_mb_is_refused_from_its_header(tmp_path
     import numpy as np
     from PIL import Image
 
-    from pmg_core.images import load_image
+    from pmg_core.data.images import load_image
 
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((6300, 6300), np.float32), "F").save(buffer, format="TIFF", compression="tiff_deflate")

@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pmg_core.checkpoints import load_tensors, read_metadata
-from pmg_core.cli import main
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.importers import guess_base, import_checkpoint, load_torch_file
-from pmg_core.models import load_model
-from pmg_core.recipes import load_recipe, save_recipe
-from pmg_core.train import TrainConfig
+from pmg_core.models.checkpoints import load_tensors, read_metadata
+from pmg_core.cli.commands import main
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
+from pmg_core.models.importers import guess_base, import_checkpoint, load_torch_file
+from pmg_core.models.clip import load_model
+from pmg_core.cli.recipes import load_recipe, save_recipe
+from pmg_core.training.loop import TrainConfig
 from published_files import NUMPY1_SCALAR, pickle_globals, public_code_checkpoint, save_numpy1_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -59,7 +59,7 @@ def test_shipped_recipes_hold_the_papers_settings():
     assert public == {**pmg, "preset": "public-code", "out": public["out"]} and public["out"] != pmg["out"]
     methods = {n: load_recipe(CONFIGS / f"{n}_vitb32.yaml", "train")["method"] for n in ("tecoa", "fare")}
     assert methods == {"tecoa": "tecoa", "fare": "fare"}
-    from pmg_core.env import checkpoint_dir  # where eval_paper.yaml's models are looked up by name
+    from pmg_core.core.env import checkpoint_dir  # where eval_paper.yaml's models are looked up by name
 
     assert Path(pmg["out"]) == checkpoint_dir() / "pmg-aft-vitb32.safetensors"
 
@@ -105,7 +105,7 @@ def test_cli_train_uses_the_recipe_and_flags_override_it(tmp_path, capsys):
 
 
 def _cli_settings(argv, cls):
-    from pmg_core.cli import _settings, build_parser
+    from pmg_core.cli.commands import _settings, build_parser
 
     args = build_parser().parse_args(argv)
     return cls(**_settings(args, cls, argv[0]))
@@ -283,7 +283,7 @@ def test_base_guessed_from_openai_vit_shapes():
 
 def _fake_hub_model(hub: Path, repo: str, visual: dict) -> None:
     """An open_clip model in a Hugging Face cache laid out as hf_hub_download leaves it."""
-    from pmg_core.models import CONFIG_DIR, _open_clip
+    from pmg_core.models.clip import CONFIG_DIR, _open_clip
 
     torch.manual_seed(3)
     clip = _open_clip().create_model("pmg-test")

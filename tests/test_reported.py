@@ -2,7 +2,8 @@
 and not measured here, carries no invented interval, and stays when a card of the same model is measured here."""
 import re
 
-from pmg_core import reported, zoo
+from pmg_core.leaderboard import reported
+from pmg_core.models import zoo
 
 
 def test_at_least_twelve_published_robust_clips_have_reported_numbers_with_their_sources():

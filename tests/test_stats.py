@@ -3,8 +3,8 @@ data with fixed seeds (a 95% interval should hold the truth about 95 times in 10
 import numpy as np
 import pytest
 
-from pmg_core import stats
-from pmg_core.errors import UserError
+from pmg_core.leaderboard import stats
+from pmg_core.core.errors import UserError
 
 
 @pytest.mark.parametrize("k, n, low, high", [  # Newcombe (1998), Statistics in Medicine 17:857, Table I (Wilson)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pmg_core import synthetic as S
-from pmg_core.data import expand_names, get_dataset, list_groups
+from pmg_core.data import synthetic as S
+from pmg_core.data.datasets import expand_names, get_dataset, list_groups
 
 EVAL_TASKS = [n for n, t in S.TASKS.items() if t.group == "mini"]
 
@@ -179,8 +179,8 @@ def test_real_digits_are_scikit_learn_images():
 
 
 def _expected_accuracies():
-    from pmg_core.checkpoints import read_metadata
-    from pmg_core.env import checkpoint_dir
+    from pmg_core.models.checkpoints import read_metadata
+    from pmg_core.core.env import checkpoint_dir
 
     path = checkpoint_dir() / "clip-tiny.safetensors"
     assert path.is_file(), "checkpoints/clip-tiny.safetensors is shipped with the repository"
@@ -189,8 +189,8 @@ def _expected_accuracies():
 
 
 def test_shipped_clip_tiny_reproduces_its_clean_accuracies():
-    from pmg_core.models import load_model
-    from pmg_core.pretrain import CHECK_LIMIT, zero_shot_accuracies
+    from pmg_core.models.clip import load_model
+    from pmg_core.training.pretrain import CHECK_LIMIT, zero_shot_accuracies
 
     metrics = _expected_accuracies()
     expected = metrics["check_accuracy"]

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pmg_core.errors import UserError
-from pmg_core.methods import get_method, list_methods
-from pmg_core.models import frozen_copy
-from pmg_core.text_attention import image_tokens, text_guided_attention, tga_zsr_loss
+from pmg_core.core.errors import UserError
+from pmg_core.training.methods import get_method, list_methods
+from pmg_core.models.clip import frozen_copy
+from pmg_core.attacks.text_attention import image_tokens, text_guided_attention, tga_zsr_loss
 from toy import make_toy
 
 CLASSES = ["red", "green", "blue", "grey"]

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from pmg_core import env
-from pmg_core.checkpoints import load_tensors, read_metadata
-from pmg_core.errors import UserError
-from pmg_core.evaluate import EvalConfig, evaluate
-from pmg_core.models import load_model
-from pmg_core.train import Trainer, TrainConfig, state_path, train
+from pmg_core.core import env
+from pmg_core.models.checkpoints import load_tensors, read_metadata
+from pmg_core.core.errors import UserError
+from pmg_core.evaluation.accuracy import EvalConfig, evaluate
+from pmg_core.models.clip import load_model
+from pmg_core.training.loop import Trainer, TrainConfig, state_path, train
 
 
 def cfg(**kw):
@@ -176,7 +176,7 @@ def test_mismatched_checkpoint_is_refused(model, tmp_path):
     out = tmp_path / "ft.safetensors"
     train(cfg(method="clean", max_steps=1, out=str(out)), progress=False, model=model)
     other = load_model("pmg-tiny")
-    from pmg_core.checkpoints import load_visual_into
+    from pmg_core.models.checkpoints import load_visual_into
 
     with pytest.raises(UserError, match="does not fit the image encoder"):
         load_visual_into(other, load_tensors(out), "ft.safetensors")

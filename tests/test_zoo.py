@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import downloads, zoo
-from pmg_core.checkpoints import read_metadata
-from pmg_core.data import list_datasets
-from pmg_core.errors import UserError
-from pmg_core.models import load_model
+from pmg_core.models import downloads, zoo
+from pmg_core.models.checkpoints import read_metadata
+from pmg_core.data.datasets import list_datasets
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import load_model
 from published_files import (DRIVE_QUOTA_PAGE, FileServer, Route, drive_confirm_page, public_code_checkpoint,
                              save_numpy1_checkpoint)
 
@@ -259,7 +259,7 @@ def test_loading_a_zoo_model_needs_nothing_but_the_converted_file(server, cache,
 # --- the command line ------------------------------------------------------------------------------------
 
 def test_zoo_commands_list_show_and_fetch(server, cache, weights, capsys):
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     server.routes["/f"] = Route(state_dict_file(weights))
     entry(server, "cli-test", "state-dict", path="/f")
@@ -278,7 +278,7 @@ def test_zoo_commands_list_show_and_fetch(server, cache, weights, capsys):
 
 
 def test_a_failed_fetch_names_the_entry_once(server, cache, weights, tmp_path, capsys):
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     server.routes["/f"] = Route(pth_tar(weights, tmp_path)[:20_000])  # cut at the source
     entry(server, "cut-test", "pth.tar", path="/f")
@@ -290,7 +290,7 @@ def test_a_failed_fetch_names_the_entry_once(server, cache, weights, tmp_path, c
 
 
 def test_zoo_verify_prints_ours_beside_theirs(server, cache, weights, capsys):
-    from pmg_core.cli import main
+    from pmg_core.cli.commands import main
 
     server.routes["/f"] = Route(state_dict_file(weights))
     recipe = zoo.Protocol("toy recipe", ("toy-colours",), "pgd", 2, "clip", 16, "a toy")

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import app
-from pmg_core import downloads, env, zoo
-from pmg_core.models import load_model
+from pmg_core.models import downloads, zoo
+from pmg_core.core import env
+from pmg_core.models.clip import load_model
 from published_files import FileServer, Route
 from studio import assets, one_image, state
 
@@ -99,8 +100,8 @@ def test_offline_the_app_fetches_nothing(monkeypatch, tmp_path):
 
 
 def test_real_clip_mode_offers_photo_examples_with_imagenet_labels():
-    from pmg_core.explore import label_presets
-    from pmg_core.paper_datasets import imagenet_names
+    from pmg_core.evaluation.explore import label_presets
+    from pmg_core.data.paper_datasets import imagenet_names
 
     photos = [e for e in assets.examples(label_presets(real_clip=True)) if not e[0].startswith(str(assets.EXAMPLES_DIR))]
     assert [p[0].rsplit("/", 1)[-1] for p in photos] == ["china.jpg", "flower.jpg"]

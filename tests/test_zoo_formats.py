@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from pmg_core import downloads, zoo
-from pmg_core.checkpoints import read_metadata
-from pmg_core.errors import UserError
-from pmg_core.models import load_model
+from pmg_core.models import downloads, zoo
+from pmg_core.models.checkpoints import read_metadata
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import load_model
 from published_files import (FileServer, Route, drive_folder_listing, public_code_checkpoint,
                              save_numpy1_checkpoint, transformers_clip_state)
 

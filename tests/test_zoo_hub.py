@@ -10,11 +10,11 @@ import open_clip
 import pytest
 import torch
 
-from pmg_core import downloads, zoo
-from pmg_core.checkpoints import read_metadata
-from pmg_core.cli import main
-from pmg_core.errors import UserError
-from pmg_core.models import CONFIG_DIR, load_model
+from pmg_core.models import downloads, zoo
+from pmg_core.models.checkpoints import read_metadata
+from pmg_core.cli.commands import main
+from pmg_core.core.errors import UserError
+from pmg_core.models.clip import CONFIG_DIR, load_model
 from published_files import (FileServer, Route, flip_tensor_bytes, hub_repo, open_clip_config,
                              word_tokenizer_files)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pmg_core import downloads, zoo
-from pmg_core.cli import main
-from pmg_core.errors import UserError
-from pmg_core.importers import import_checkpoint
-from pmg_core.integrity import read_lock
+from pmg_core.models import downloads, zoo
+from pmg_core.cli.commands import main
+from pmg_core.core.errors import UserError
+from pmg_core.models.importers import import_checkpoint
+from pmg_core.models.integrity import read_lock
 from published_files import FileServer, Route, flip_tensor_bytes, public_code_checkpoint, save_numpy1_checkpoint
 
 

@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import TensorDataset
 
-from pmg_core.data import ZeroShotDataset, register_dataset
+from pmg_core.data.datasets import ZeroShotDataset, register_dataset
 
 # Close colours: learnable at a glance, but an eps of a few /255 can push one toward another.
 COLOURS = {"red": (0.62, 0.45, 0.45), "green": (0.45, 0.62, 0.45), "blue": (0.45, 0.45, 0.62), "grey": (0.5, 0.5, 0.5)}
@@ -95,7 +95,7 @@ class ScriptedPath(torch.nn.Module):
 def scripted_defense(shifts, randomised: bool = True):
     """A test-time defense adding shifts[k % len] to every pixel on its k-th draw (a fixed cycle,
     no noise), behind which `classifier` then answers; randomised=False makes it a deterministic one."""
-    from pmg_core.defenses import Defense, DefenseSettings
+    from pmg_core.attacks.defenses import Defense, DefenseSettings
 
     class Cycle(Defense):
         name = "scripted-cycle"

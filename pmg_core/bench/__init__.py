@@ -12,6 +12,9 @@ reused alone:
 - early_stop: the early-stop study of robust evaluation;
 - run: run_bench, every requested part as one JSON report; report: that report as Markdown;
 - cli: the `bench` sub-command.
+
+Imports the floors below it (core/ to evaluation/: it times the library's own code paths); only
+cli/ imports it.
 """
 from .cli import add_parser
 from .config import METHODS, PARTS, BenchConfig, fixed_batch, make_trainer

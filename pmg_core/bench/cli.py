@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..env import check_device
-from ..errors import check, check_number
-from ..units import from_255, to_255
+from ..core.env import check_device
+from ..core.errors import check, check_number
+from ..core.units import from_255, to_255
 from .config import DEFAULT_PARTS, METHODS, BenchConfig
 from .report import to_markdown
 from .run import run_bench

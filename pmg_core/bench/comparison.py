@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from ..units import to_255
+from ..core.units import to_255
 from .config import BenchConfig, class_names
 from .instruments import sync
 
@@ -38,7 +38,7 @@ STOP_MARGIN = 1.0  # the app's default (studio's Attack tab)
 
 
 def bench_models(cfg: BenchConfig, device: torch.device) -> list:
-    from ..models import load_model
+    from ..models.clip import load_model
 
     models = []
     for i in range(cfg.app_models):
@@ -53,8 +53,8 @@ def bench_models(cfg: BenchConfig, device: torch.device) -> list:
 
 def todays_path(models, image: torch.Tensor, classes: list[str], true_label: str, settings) -> list:
     """The comparison as it ran before streaming: -> [(model, clean Prediction, adversarial Prediction, image)]."""
-    from ..attacks import PGD
-    from ..explore import predict, prepare_image, quantize_in_ball
+    from ..attacks.pgd import PGD
+    from ..evaluation.explore import predict, prepare_image, quantize_in_ball
 
     x = prepare_image(image, settings.max_side)
     t = classes.index(true_label)
@@ -71,7 +71,7 @@ def todays_path(models, image: torch.Tensor, classes: list[str], true_label: str
 
 def _comparison(streamed: dict, image, classes, true_label, settings):
     """The Comparison a streamed run ended with (its verdicts, the image as attacked)."""
-    from ..explore import Comparison, prepare_image
+    from ..evaluation.explore import Comparison, prepare_image
 
     return Comparison(prepare_image(image, settings.max_side), classes, true_label, streamed["verdicts"])
 
@@ -79,7 +79,7 @@ def _comparison(streamed: dict, image, classes, true_label, settings):
 def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
     from dataclasses import replace
 
-    from ..explore import AttackSettings, cpu_lanes, iter_compare
+    from ..evaluation.explore import AttackSettings, cpu_lanes, iter_compare
 
     models = bench_models(cfg, device)
     classes = class_names(cfg.classes)
@@ -114,8 +114,8 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
 
     def with_extras() -> dict:
         """The app's path with its extras on: maps and every model's robustness radius after the verdicts."""
-        from ..explore import robustness_radius
-        from ..maps import comparison_maps
+        from ..evaluation.explore import robustness_radius
+        from ..evaluation.maps import comparison_maps
 
         t0 = time.perf_counter()
         out = streamed(laned)
@@ -172,7 +172,7 @@ def bench_app(cfg: BenchConfig, device: torch.device) -> dict:
 def pass_seconds(model, image: torch.Tensor, classes: list[str], repeats: int) -> dict[str, float]:
     """The median time of one gradient pass (forward and backward, one 224 px image) of `model`'s
     classifier in fp32 and under bf16 autocast, the two taken in turn."""
-    from ..attacks import PGD
+    from ..attacks.pgd import PGD
 
     clf = model.classifier(classes).eval()
     x, y = image[None].to(model.device), torch.zeros(1, dtype=torch.long, device=model.device)

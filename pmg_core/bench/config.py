@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import check, check_number
+from ..core.errors import check, check_number
 
 METHODS = ("clean", "tecoa", "pmg-aft", "fare")
 PARTS = ("steps", "attack", "study", "app")  # training steps; PGD alone + robust eval; early-stop study; the live comparison
@@ -82,7 +82,7 @@ def class_names(n: int) -> list[str]:
 
 def random_data(classes: int, image_size: int, n: int):
     """`n` random images of the model's size with labels among `classes` prompts: all timing needs."""
-    from ..data import ZeroShotDataset
+    from ..data.datasets import ZeroShotDataset
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, image_size, image_size, generator=g)
@@ -92,7 +92,7 @@ def random_data(classes: int, image_size: int, n: int):
 
 def make_trainer(model, method: str, cfg: BenchConfig, device: torch.device):
     """The real training setup (Trainer) for `method` on random data with `cfg.classes` classes."""
-    from ..train import TrainConfig, Trainer
+    from ..training.loop import TrainConfig, Trainer
 
     data = random_data(cfg.classes, model.image_size, cfg.batch_size)
     tcfg = TrainConfig(model=model.spec, method=method, dataset=data.name, eps=cfg.eps, attack_steps=cfg.pgd_steps,
@@ -108,7 +108,7 @@ def attack_autocast(trainer, cfg: BenchConfig) -> Callable:
     if not cfg.attack_amp:
         return contextlib.nullcontext
     if trainer.device.type == "cpu":
-        from ..precision import amp_attack_dtype
+        from ..core.precision import amp_attack_dtype
 
         dtype = amp_attack_dtype(trainer.device)
         return (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..units import to_255
+from ..core.units import to_255
 from .config import BenchConfig
 from .instruments import best_seconds, count_passes, sync
 
@@ -21,9 +21,9 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
 
     The datasets are built once before timing (rendering them is the same for every variant and no
     part of the attack); each timed run is the evaluation proper: text features, batches, attack."""
-    from ..data import expand_names, get_dataset
-    from ..evaluate import EvalConfig, evaluate_model
-    from ..models import checkpoint_path, load_model
+    from ..data.datasets import expand_names, get_dataset
+    from ..evaluation.accuracy import EvalConfig, evaluate_model
+    from ..models.clip import checkpoint_path, load_model
 
     spec = cfg.eval_model
     note = None
@@ -87,7 +87,7 @@ def eval_early_stop_study(cfg: BenchConfig, device: torch.device) -> dict:
 
 def gradient_pass_cost(model, data, cfg, device: torch.device, repeats: int = 5) -> float:
     """Time of one forward + input-gradient pass over a full batch, in forwards of that batch."""
-    from ..evaluate import model_preset
+    from ..evaluation.accuracy import model_preset
 
     clf = model.classifier(data.classes, data.templates, model_preset(model, cfg)).eval()
     x = torch.stack([data.data[i][0] for i in range(min(len(data), cfg.batch_size))]).to(device)
@@ -108,8 +108,8 @@ def attack_everything(model, cfg, datasets) -> list[dict]:
     per-sample random starts as evaluate(); robust = correct at every iterate."""
     from torch.utils.data import DataLoader
 
-    from ..attacks import PGD
-    from ..evaluate import model_preset, sample_noise
+    from ..attacks.pgd import PGD
+    from ..evaluation.accuracy import model_preset, sample_noise
 
     rows = []
     for data in datasets:

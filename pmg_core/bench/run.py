@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ..units import to_255
+from ..core.units import to_255
 from .comparison import bench_app
 from .config import BenchConfig
 from .early_stop import eval_early_stop_study
@@ -16,8 +16,8 @@ from .steps import bench_attack_and_eval, bench_method
 
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Run every requested measurement; returns the JSON-ready report."""
-    from ..env import default_device
-    from ..models import load_model
+    from ..core.env import default_device
+    from ..models.clip import load_model
 
     cfg.validate()
     say = progress or (lambda _msg: None)
@@ -48,7 +48,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
 
 def training_attack_precision(cfg: BenchConfig, device: torch.device) -> str:
     """The precision of our training attack's passes (Method.attack_dtype_on), in words."""
-    from ..precision import amp_attack_dtype
+    from ..core.precision import amp_attack_dtype
 
     if cfg.attack_tf32 and device.type == "cuda":
         return "tf32"

@@ -56,7 +56,7 @@ def bench_method(model, method: str, cfg: BenchConfig, device: torch.device, mem
 def bench_attack_and_eval(model, cfg: BenchConfig, device: torch.device, memory: PeakMemory,
                           peaks: dict[str, float]) -> dict[str, dict]:
     """PGD alone (training attack, K steps) and robust evaluation (PGD-eval_steps with early stop)."""
-    from ..evaluate import EvalConfig, evaluate_batch
+    from ..evaluation.accuracy import EvalConfig, evaluate_batch
 
     trainer = make_trainer(model, "tecoa", cfg, device)
     ref = Reference(trainer)

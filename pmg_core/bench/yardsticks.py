@@ -106,7 +106,7 @@ class Reference:
         return x_adv
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from ..methods import fare_loss, pmg_aft_loss
+        from ..training.methods import fare_loss, pmg_aft_loss
 
         if self.method == "clean":
             return F.cross_entropy(self.logits(self.visual, x), y)
