@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,10 +46,17 @@ def load() -> str:
 
 
 def serve(args, **env) -> PublicServer:
+    """A public server with a folder of its own (its temporary files, and the files its visitors send)."""
     folder = Path(tempfile.mkdtemp(prefix="pmg-load-"))
     server = PublicServer(folder, env=env)
     print(f"server pid {server.process.pid} at {server.url} ({load()})", flush=True)
     return server
+
+
+def finish(server: PublicServer, sig=None) -> None:
+    """Stop the server and remove its folder."""
+    server.stop(sig)
+    shutil.rmtree(server.folder, ignore_errors=True)
 
 
 def honest_args(image, models, labels):
@@ -96,7 +104,7 @@ def fairness(args) -> None:
         for p in hostile:
             p.kill()
     finally:
-        server.stop(9)
+        finish(server, 9)
 
 
 MODELS = ["clip-tiny", "tecoa-tiny", "pmg-aft-tiny", "fare-tiny", "tga-zsr-tiny"]
@@ -146,7 +154,7 @@ def hostile_client(url, address, kind, stop, answered, refused) -> None:
 def bombs(args) -> None:
     server = serve(args)
     try:
-        files = list(image_bombs(Path(tempfile.mkdtemp(prefix="pmg-bombs-"))).values())
+        files = list(image_bombs(server.folder / "files").values())
         clients = [QueueClient(server.url, f"127.0.0.{2 + i // 4}") for i in range(16)]
         uploaded = [c.upload(files[i % 3]) for i, c in enumerate(clients)]
         for round_ in range(args.rounds):
@@ -166,7 +174,7 @@ def bombs(args) -> None:
                   f"after +{server.status('VmRSS') - before:.0f} MB; {sum(ok for ok, _ in answers)} shown, the rest: "
                   f"{sorted({str(out)[:70] for ok, out in answers if not ok})} ({load()})", flush=True)
     finally:
-        server.stop()
+        finish(server)
 
 
 def sessions(args) -> None:
@@ -175,7 +183,7 @@ def sessions(args) -> None:
 
     server = serve(args, PMG_SESSION_LIFETIME_S=str(args.lifetime))
     try:
-        photo = Path(tempfile.mkdtemp(prefix="pmg-photo-")) / "photo.png"
+        photo = server.folder / "photo.png"
         Image.fromarray(np.random.default_rng(1).integers(0, 256, (640, 640, 3), np.uint8)).save(photo)
         visitor = QueueClient(server.url, HONEST)
         image = visitor.upload(photo)
@@ -198,7 +206,7 @@ def sessions(args) -> None:
               f"{server.status('VmRSS'):.0f} MB ({server.status('VmRSS') - before:+.0f}) once their lifetime of "
               f"{args.lifetime:g} s was over ({load()})")
     finally:
-        server.stop()
+        finish(server)
 
 
 def memory(args) -> None:
@@ -233,7 +241,7 @@ def memory(args) -> None:
         print(f"{args.requests} requests {kinds}: server RSS {before:.0f} -> {after:.0f} MB ({after - before:+.0f} MB; "
               f"{load()})")
     finally:
-        server.stop()
+        finish(server)
 
 
 LABEL_CLIENTS = """
@@ -265,7 +273,7 @@ def big_labels(args) -> None:
               f"MB, after {server.status('VmRSS'):.0f} MB ({load()})")
         print(done.stdout + done.stderr[-500:])
     finally:
-        server.stop()
+        finish(server)
 
 
 if __name__ == "__main__":
