@@ -1,24 +1,27 @@
-"""Issue 26's load figures for a public-mode app on 127.0.0.1 (the embedded models, offline).
+"""What hostile visitors cost a public server: `python app.py --public` on 127.0.0.1, in a process of its own
+(the embedded models, offline), visited from loopback addresses of their own (127.0.0.2 and up), each
+client in a process of its own. Every part prints its figures with the machine's load average.
 
-    PMG_OFFLINE=1 python scripts/public_load.py fairness [--train] [--honest 8]
-    PMG_OFFLINE=1 python scripts/public_load.py memory [--requests 2000]
-    PMG_OFFLINE=1 python scripts/public_load.py labels
+    python scripts/public_load.py fairness --hostile 1      # then --hostile 3
+    python scripts/public_load.py bombs
+    python scripts/public_load.py sessions [--sessions 1000] [--lifetime 60]
+    python scripts/public_load.py memory [--requests 2000]
+    python scripts/public_load.py labels
 
-fairness: one honest visitor attacks with the Attack tab's defaults (every model, 10 steps, stop early)
-on the idle server, then while one hostile address keeps its places in the attack lane full with
-attacks at the cap (TTC, 1,000 fresh labels, no early stop) and, with --train, a Train at the cap
-in the jobs lane; prints the honest median under load over the idle median.
-memory: the server's RSS before and after `--requests` mixed requests (previews, label edits,
-small attacks and sweeps, refusals). labels: 4 concurrent 40 MB label requests, peak RSS growth.
-Visitors are told apart by X-Forwarded-For, from a loopback proxy the script trusts.
+fairness: an honest visitor attacks with the Attack tab's defaults (every model, 10 steps, stop early)
+on the idle server, then while each of --hostile addresses keeps its places full: four attacks at the
+cap (TTC, 1,000 fresh labels, no early stop) each followed by its maps and radius, a Train and an
+Evaluate at their caps, within their budget per minute (what is refused, they ask again). Prints the
+honest median under load over the idle median and the server's peak RSS.
+bombs: 16 previews at once of a palette, an RGBA and a 16-bit PNG bomb, from four addresses: the
+server's peak RSS growth and what each got. sessions: --sessions sessions with one cheap attack each
+(every model, 0 steps, a 640 px photo), RSS before, after and once their lifetime (--lifetime s) is
+over. memory: RSS before and after --requests mixed requests (previews, label edits, small attacks and
+sweeps, refusals). labels: 4 concurrent 40 MB label requests, peak RSS growth.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
-import json
 import multiprocessing
 import os
 import shutil
@@ -30,159 +33,215 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PMG_OFFLINE", "1")
-os.environ.setdefault("PMG_TRUSTED_PROXIES", "127.0.0.1")  # the script's clients stand behind a loopback proxy
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import httpx  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
+from public_server import EXAMPLE, PublicServer, QueueClient, image_bombs  # noqa: E402 - light: no torch in a client
 
-
-EXAMPLE = str(ROOT / "assets" / "examples" / "example.png")
 EACH = "each model attacks itself"
-HOSTILE, HONEST = "1.0.0.1", "8.8.4.4"
+HONEST = "127.0.0.100"
 
 
-def rss_mb() -> float:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def serve():
-    import app  # here: the hostile clients, other processes, need only gradio_client
-
-    ckpt = Path(tempfile.mkdtemp(prefix="pmg-load-"))
-    for f in (ROOT / "checkpoints").glob("*.safetensors"):
-        shutil.copy(f, ckpt)
-    demo = app.build_app(checkpoint_dir=ckpt, public=True)
-    sock = __import__("socket").socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **app.launch_options())
-    return demo, f"http://127.0.0.1:{port}/", ckpt
+def serve(args, **env) -> PublicServer:
+    """A public server with a folder of its own (its temporary files, and the files its visitors send)."""
+    folder = Path(tempfile.mkdtemp(prefix="pmg-load-"))
+    server = PublicServer(folder, env=env)
+    print(f"server pid {server.process.pid} at {server.url} ({load()})", flush=True)
+    return server
 
 
-def client(url: str, address: str) -> Client:
-    return Client(url, verbose=False, headers={"X-Forwarded-For": address},
-                  download_files=tempfile.mkdtemp(prefix="pmg-load-dl-"))
+def finish(server: PublicServer, sig=None) -> None:
+    """Stop the server and remove its folder."""
+    server.stop(sig)
+    shutil.rmtree(server.folder, ignore_errors=True)
 
 
-def honest_args(names, labels):
-    return [handle_file(EXAMPLE), ", ".join(labels), labels[0], "Linf", 4, 10, 1, "cross-entropy", "", EACH, names,
-            False, True]
+def honest_args(image, models, labels):
+    return [image, ", ".join(labels), labels[0], "Linf", 4, 10, 1, "cross-entropy", "", EACH, models, False, True]
 
 
 def fairness(args) -> None:
-    demo, url, _ = serve()
-    if not args.budget and hasattr(demo.studio, "budget"):  # places kept full: the turns alone are measured
-        from studio.turns import Budget
+    server = serve(args)
+    try:
+        honest = QueueClient(server.url, HONEST)
+        names = MODELS
+        image = honest.upload(EXAMPLE)
 
-        demo.studio.budget = Budget(None)
-    names = demo.studio.names
-    labels = next(iter(demo.studio.presets().values()))
-    honest = client(url, HONEST)
+        def timed() -> float:
+            start = time.perf_counter()
+            ok, out = honest.call("attack", *honest_args(image, names, SHAPES))
+            assert ok, out
+            return time.perf_counter() - start
 
-    def timed() -> float:
+        timed()  # warm-up
+        idle = [timed() for _ in range(args.honest)]
+        idle_load = load()
+        ctx = multiprocessing.get_context("spawn")
+        stop, answered, refused = ctx.Event(), ctx.Value("i", 0), ctx.Value("i", 0)
+        hostile = [ctx.Process(target=hostile_address, args=(server.url, f"127.0.0.{2 + a}", stop, answered, refused),
+                               daemon=True) for a in range(args.hostile)]
+        for p in hostile:
+            p.start()
+        time.sleep(args.settle)
+        server.reset_peak()
+        loaded, deadline = [], time.time() + args.budget_s
+        while len(loaded) < args.honest and time.time() < deadline:
+            loaded.append(timed())
+        busy_load, peak = load(), server.status("VmHWM")
+        stop.set()
+        ratio = statistics.median(loaded) / statistics.median(idle)
+        print(f"hostile addresses: {args.hostile} (each: 4 attacks at the cap with maps and radius, a Train and an "
+              f"Evaluate at the cap, within the budget per minute)")
+        print(f"idle: {', '.join(f'{t:.2f}' for t in idle)} s (median {statistics.median(idle):.2f}; {idle_load})")
+        print(f"under attack: {', '.join(f'{t:.2f}' for t in loaded)} s (median {statistics.median(loaded):.2f}; "
+              f"{busy_load})")
+        print(f"ratio (median under attack / idle median, n = {len(loaded)} and {len(idle)}): {ratio:.2f}")
+        print(f"server peak RSS under attack: {peak:.0f} MB")
+        print(f"hostile jobs answered: {answered.value}, refused: {refused.value}")
+        for p in hostile:
+            p.kill()
+    finally:
+        finish(server, 9)
+
+
+MODELS = ["clip-tiny", "tecoa-tiny", "pmg-aft-tiny", "fare-tiny", "tga-zsr-tiny"]
+SHAPES = ["circle", "square", "triangle", "diamond", "cross", "star"]
+
+
+def hostile_address(url, address, stop, answered, refused) -> None:
+    """One hostile address, a process of its own (a machine elsewhere): at every one of its caps at once."""
+    os.nice(10)  # a client stands for another machine: its own parsing should not take the server's cores
+    kinds = ["attack"] * 4 + ["train", "evaluate"]
+    clients = [threading.Thread(target=hostile_client, args=(url, address, kind, stop, answered, refused))
+               for kind in kinds]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+
+
+def hostile_client(url, address, kind, stop, answered, refused) -> None:
+    """One hostile session at its cap, again and again, from `address`."""
+    c = QueueClient(url, address, timeout=900)
+    image = c.upload(EXAMPLE) if kind == "attack" else None
+    n, said = 0, set()
+    while not stop.is_set():
+        n += 1
+        c.new_session()
+        if kind == "attack":  # 5 x 23 passes x (1 + 4 EOT) = 575 of 600; maps and radius 5 x (5 x 23 + 4) = 595 of 600
+            fresh = [f"thing {k} {address}-{n}" for k in range(1000)]
+            ok, why = c.call("attack", image, ", ".join(fresh), fresh[0], "Linf", 4, 22, 1, "cross-entropy", "", EACH,
+                             MODELS, "TTC (test-time counterattacks)", False)
+            if ok:
+                ok, why = c.call("attack_extras", None, True, True)
+        elif kind == "train":  # 260 steps x 64 images x 12 passes: near the 200,000 cap
+            ok, why = c.call("train", "clip-tiny", "pmg-aft", "synth-finetune", 1, 10, 0.01, 260, 64, 1, 1,
+                             f"hostile-{address}-{n}")
+        else:  # 300 images x 5 models x 11 passes: 16,500 of the 100,000 cap, 300 samples x the mini group's tasks
+            ok, why = c.call("evaluate", MODELS, "mini", "", 1, 10, 1, 300)
+        with (answered if ok else refused).get_lock():
+            (answered if ok else refused).value += 1
+        if not ok:
+            if why not in said:  # each distinct refusal once: what held the hostile visitor back
+                said.add(why)
+                print(f"{address} {kind} refused: {str(why)[:150]}", file=sys.stderr, flush=True)
+            time.sleep(0.5)
+
+
+def bombs(args) -> None:
+    server = serve(args)
+    try:
+        files = list(image_bombs(server.folder / "files").values())
+        clients = [QueueClient(server.url, f"127.0.0.{2 + i // 4}") for i in range(16)]
+        uploaded = [c.upload(files[i % 3]) for i, c in enumerate(clients)]
+        for round_ in range(args.rounds):
+            before = server.reset_peak()
+            answers = [None] * 16
+            threads = [threading.Thread(target=lambda i: answers.__setitem__(i, clients[i].call("preview", uploaded[i])),
+                                        args=(i,)) for i in range(16)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.perf_counter() - start
+            time.sleep(2)
+            print(f"round {round_ + 1}: 16 previews (palette, RGBA, 16-bit bombs) in {took:.1f} s: server RSS "
+                  f"{before:.0f} MB before, peak +{server.status('VmHWM') - before:.0f} MB, "
+                  f"after +{server.status('VmRSS') - before:.0f} MB; {sum(ok for ok, _ in answers)} shown, the rest: "
+                  f"{sorted({str(out)[:70] for ok, out in answers if not ok})} ({load()})", flush=True)
+    finally:
+        finish(server)
+
+
+def sessions(args) -> None:
+    from PIL import Image
+    import numpy as np
+
+    server = serve(args, PMG_SESSION_LIFETIME_S=str(args.lifetime))
+    try:
+        photo = server.folder / "photo.png"
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (640, 640, 3), np.uint8)).save(photo)
+        visitor = QueueClient(server.url, HONEST)
+        image = visitor.upload(photo)
+        cheap = [image, ", ".join(SHAPES), SHAPES[0], "Linf", 4, 0, 1, "cross-entropy", "", EACH, MODELS, False, True]
+        for _ in range(3):
+            visitor.new_session()
+            assert visitor.call("attack", *cheap)[0]
+        time.sleep(args.lifetime * 1.5)
+        before = server.reset_peak()
         start = time.perf_counter()
-        honest.predict(*honest_args(names, labels), api_name="/attack")
-        return time.perf_counter() - start
-
-    timed()  # warm-up
-    idle = [timed() for _ in range(5)]
-    steps = 600 // (len(names) * 5) - 1  # models x (steps + 1) x (1 + EOT 4) <= 600
-    # The hostile clients are other processes, as they would be: their own Python work is not the server's.
-    ctx = multiprocessing.get_context("spawn")
-    stop, answered, refused = ctx.Event(), ctx.Value("i", 0), ctx.Value("i", 0)
-    hostile = [ctx.Process(target=hostile_attacks, args=(url, i, names, steps, stop, answered, refused), daemon=True)
-               for i in range(6)]
-    if args.train:
-        hostile.append(ctx.Process(target=hostile_train, args=(url, stop, answered), daemon=True))
-    for p in hostile:
-        p.start()
-    time.sleep(args.settle)
-    loaded = []
-    deadline = time.time() + args.budget_s
-    while len(loaded) < args.honest and time.time() < deadline:
-        loaded.append(timed())
-    stop.set()
-    ratio = statistics.median(loaded) / statistics.median(idle)
-    print(f"steps of a hostile attack: {steps}; train in the other lane: {args.train}")
-    print(f"idle: {', '.join(f'{t:.2f}' for t in idle)} s (median {statistics.median(idle):.2f})")
-    print(f"under attack: {', '.join(f'{t:.2f}' for t in loaded)} s (median {statistics.median(loaded):.2f})")
-    print(f"ratio (median under attack / idle median): {ratio:.2f}")
-    print(f"hostile jobs answered: {answered.value}, refused: {refused.value}")
-    for p in hostile:
-        p.kill()
-    os._exit(0)  # the hostile jobs are still running on the server
-
-
-def hostile_attacks(url, i, names, steps, stop, answered, refused) -> None:
-    """One hostile session: attacks at the cap, back to back, retried at once when refused."""
-    os.nice(19)  # a client stands for another machine: its own parsing should not take the server's cores
-    c, n = client(url, HOSTILE), 0
-    while not stop.is_set():
-        n += 1
-        fresh = [f"thing {k} {i}-{n}" for k in range(1000)]  # new labels: no cached text features
-        try:
-            c.predict(handle_file(EXAMPLE), ", ".join(fresh), fresh[0], "Linf", 4, steps, 1, "cross-entropy", "",
-                      EACH, names, True, False, api_name="/attack")
-            answered.value += 1
-        except Exception:  # noqa: BLE001 - refusals: the places are full, try again
-            refused.value += 1
-            time.sleep(0.2)
-
-
-def hostile_train(url, stop, answered) -> None:
-    """A Train at the cap in the jobs lane, again and again."""
-    os.nice(19)
-    c, n = client(url, HOSTILE), 0
-    while not stop.is_set():
-        n += 1
-        with contextlib.suppress(Exception):
-            c.predict("clip-tiny", "pmg-aft", "synth-finetune", 1, 10, 0.01, 260, 64, 1, 1, f"hostile-{n}",
-                      api_name="/train")
-            answered.value += 1
+        for i in range(args.sessions):
+            visitor.new_session()
+            ok, out = visitor.call("attack", *cheap)
+            assert ok, out
+        took = time.perf_counter() - start
+        after = server.status("VmRSS")
+        time.sleep(args.lifetime * 1.5)
+        print(f"{args.sessions} sessions with one cheap attack each in {took:.0f} s: server RSS {before:.0f} MB before, "
+              f"{after:.0f} MB after (+{after - before:.0f}), peak {server.status('VmHWM'):.0f} MB; "
+              f"{server.status('VmRSS'):.0f} MB ({server.status('VmRSS') - before:+.0f}) once their lifetime of "
+              f"{args.lifetime:g} s was over ({load()})")
+    finally:
+        finish(server)
 
 
 def memory(args) -> None:
-    demo, url, _ = serve()
-    names = demo.studio.names
-    labels = next(iter(demo.studio.presets().values()))
-    visitor = client(url, HONEST)
-    visitor.predict(*honest_args(names[:1], labels), api_name="/attack")
-    before = rss_mb()
-    kinds = {"labels": 0, "preview": 0, "attack": 0, "sweep": 0, "refused": 0}
-    http = httpx.Client(timeout=60)
-    for i in range(args.requests):
-        kind = ("labels", "preview", "attack", "labels", "refused", "sweep", "labels", "preview")[i % 8]
-        try:
+    import httpx
+
+    server = serve(args)
+    try:
+        visitor = QueueClient(server.url, HONEST)
+        image = visitor.upload(EXAMPLE)
+        visitor.call("attack", *honest_args(image, MODELS[:1], SHAPES))
+        before = server.status("VmRSS")
+        kinds = {"labels": 0, "preview": 0, "attack": 0, "sweep": 0, "refused": 0}
+        http = httpx.Client(timeout=60)
+        for i in range(args.requests):
+            kind = ("labels", "preview", "attack", "labels", "refused", "sweep", "labels", "preview")[i % 8]
             if kind == "labels":
-                http.post(f"{url}gradio_api/run/labels", json={"data": [", ".join(f"l{i}-{k}" for k in range(50))]})
+                ok = http.post(f"{server.url}gradio_api/run/labels",
+                               json={"data": [", ".join(f"l{i}-{k}" for k in range(50))]}).status_code == 200
             elif kind == "preview":
-                visitor.predict(handle_file(EXAMPLE), api_name="/preview")
+                ok, _ = visitor.call("preview", image)
             elif kind == "attack":
-                visitor.predict(handle_file(EXAMPLE), ", ".join(labels), labels[0], "Linf", 4, 1, 1, "cross-entropy",
-                                "", EACH, names[i % len(names):][:2], False, True, api_name="/attack")
+                ok, _ = visitor.call("attack", image, ", ".join(SHAPES), SHAPES[0], "Linf", 4, 1, 1, "cross-entropy", "",
+                                     EACH, MODELS[i % len(MODELS):][:2], False, True)
             elif kind == "sweep":
-                visitor.predict(handle_file(EXAMPLE), ", ".join(labels), labels[0], "Linf", "0, 2, 4", 1, 1,
-                                "cross-entropy", "", EACH, names[:1], api_name="/eps_sweep")
+                ok, _ = visitor.call("eps_sweep", image, ", ".join(SHAPES), SHAPES[0], "Linf", "0, 2, 4", 1, 1,
+                                     "cross-entropy", "", EACH, MODELS[:1])
             else:
-                visitor.predict(handle_file(EXAMPLE), "a,,b", "a", "Linf", 4, 1, 1, "cross-entropy", "", EACH,
-                                names[:1], False, True, api_name="/attack")
-        except Exception:  # noqa: BLE001 - the refusals are meant
-            kinds["refused"] += 1
-            continue
-        kinds[kind] += 1
-    after = rss_mb()
-    print(f"{args.requests} requests {kinds}: RSS {before:.0f} -> {after:.0f} MB ({after - before:+.0f} MB)")
-    demo.close()
+                ok, _ = visitor.call("attack", image, "a,,b", "a", "Linf", 4, 1, 1, "cross-entropy", "", EACH,
+                                     MODELS[:1], False, True)
+            kinds[kind if ok else "refused"] += 1
+        after = server.status("VmRSS")
+        print(f"{args.requests} requests {kinds}: server RSS {before:.0f} -> {after:.0f} MB ({after - before:+.0f} MB; "
+              f"{load()})")
+    finally:
+        finish(server)
 
 
 LABEL_CLIENTS = """
@@ -202,39 +261,31 @@ threads = [threading.Thread(target=send) for _ in range(4)]
 
 
 def big_labels(args) -> None:
-    """Four 40 MB label texts at once from another process, so this process's memory is the server's."""
+    """Four 40 MB label texts at once from another process."""
     import subprocess
 
-    demo, url, _ = serve()
-    before, peak = rss_mb(), [0.0]
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    peak[0] = max(peak[0], int(line.split()[1]) / 1024)
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    done = subprocess.run([sys.executable, "-c", LABEL_CLIENTS, url], capture_output=True, text=True, timeout=600)
-    stop.set()
-    watcher.join()
-    print(f"4 x 40 MB label requests: server RSS {before:.0f} MB before, peak {peak[0]:.0f} "
-          f"(+{peak[0] - before:.0f} MB), after {rss_mb():.0f} MB")
-    print(done.stdout + done.stderr[-500:])
-    demo.close()
+    server = serve(args)
+    try:
+        before = server.reset_peak()
+        done = subprocess.run([sys.executable, "-c", LABEL_CLIENTS, server.url], capture_output=True, text=True,
+                              timeout=600)
+        print(f"4 x 40 MB label requests: server RSS {before:.0f} MB before, peak +{server.status('VmHWM') - before:.0f} "
+              f"MB, after {server.status('VmRSS'):.0f} MB ({load()})")
+        print(done.stdout + done.stderr[-500:])
+    finally:
+        finish(server)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["fairness", "memory", "labels"])
-    p.add_argument("--train", action="store_true", help="fairness: also a Train at the cap in the jobs lane")
-    p.add_argument("--budget", action="store_true", help="fairness: keep the visitors' budget per minute on")
-    p.add_argument("--honest", type=int, default=8, help="fairness: honest attacks under load")
-    p.add_argument("--budget-s", type=float, default=600, help="fairness: stop measuring after this long")
-    p.add_argument("--settle", type=float, default=20, help="fairness: seconds for the hostile places to fill")
+    p.add_argument("part", choices=["fairness", "bombs", "sessions", "memory", "labels"])
+    p.add_argument("--hostile", type=int, default=1, help="fairness: hostile addresses, each at its caps")
+    p.add_argument("--honest", type=int, default=8, help="fairness: honest attacks idle and under load")
+    p.add_argument("--budget-s", type=float, default=900, help="fairness: stop measuring after this long")
+    p.add_argument("--settle", type=float, default=30, help="fairness: seconds for the hostile places to fill")
+    p.add_argument("--rounds", type=int, default=2, help="bombs: rounds of 16 previews")
+    p.add_argument("--sessions", type=int, default=1000)
+    p.add_argument("--lifetime", type=float, default=60, help="sessions: the server's session lifetime (s)")
     p.add_argument("--requests", type=int, default=2000)
     a = p.parse_args()
-    {"fairness": fairness, "memory": memory, "labels": big_labels}[a.part](a)
+    {"fairness": fairness, "bombs": bombs, "sessions": sessions, "memory": memory, "labels": big_labels}[a.part](a)

@@ -7,6 +7,7 @@ details and `python -m pmg_core attack --json` are the same document.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -31,7 +32,7 @@ from pmg_core.data.images import load_image, new_output_folder, save_png, slug, 
 from pmg_core.models.clip import ClipModel
 from pmg_core.core.units import from_255, to_255
 
-from . import policy
+from . import policy, sessions
 from .html import maps_html, progress_html, verdict_html
 from .state import Studio
 
@@ -57,20 +58,29 @@ def defense_name(defend) -> str:
     return DEFENSES.get(defend) or inputs.parse_choice("test-time defense", defend, list(DEFENSES.values()))
 
 
-def preview(studio: Studio, image) -> np.ndarray | None:
-    """The uploaded image as the models will see it (a bad file is refused here, right after upload)."""
+def preview(studio: Studio, image, request: gr.Request | None = None) -> np.ndarray | None:
+    """The uploaded image as the models will see it (a bad file is refused here, right after upload). An
+    upload (Gradio fills `request`) is charged to its visitor's budget and read in their turn on a public
+    server, as an attack's passes are; the app's own examples (no request) are small and free."""
     if image is None:
         return None
-    return to_uint8(prepare_image(load_image(inputs.upload_path(image)), ATTACK_SIDE))
+    path = inputs.upload_path(image)
+    gate = None
+    if request is not None:
+        studio.budget.charge(studio.visitor(request), policy.PREVIEW_PASSES, studio.limits.where)
+        gate = studio.gate(request)
+    with gate() if gate is not None else contextlib.nullcontext():
+        return to_uint8(prepare_image(load_image(path), ATTACK_SIDE))
 
 
 def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,
-                  model_names, request=None) -> tuple[list[ClipModel], torch.Tensor, list[str], str | None, AttackSettings]:
-    """The first tab's fields, checked -> (models, image, classes, true label, attack settings); on a
-    public server each model pass of the attack waits for `request`'s visitor's turn."""
+                  model_names, request=None) -> tuple[list[ClipModel], str, list[str], str | None, AttackSettings]:
+    """The first tab's fields, checked -> (models, the image's file, classes, true label, attack settings);
+    on a public server each model pass of the attack waits for `request`'s visitor's turn. The image is
+    read by `read_image`, once the request is charged."""
     limits = studio.limits
     models = studio.pick(model_names)
-    x = load_image(inputs.upload_path(image))
+    path = inputs.upload_path(image)
     classes = inputs.parse_labels(labels)
     norm = inputs.parse_choice("norm", norm, NORMS)
     loss = LOSSES[inputs.parse_choice("loss", loss, list(LOSSES))]
@@ -81,8 +91,15 @@ def attack_inputs(studio: Studio, image, labels, true_label, norm, eps_255, step
     target = inputs.parse_choice("target class", target, classes, optional=True)
     source = None if source in (None, "", EACH_MODEL) else inputs.parse_choice("attack source", source, [m.name for m in models])
     # On a CPU, several models are attacked at once (one per core): the same verdicts, sooner.
-    return models, x, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source,
-                                                          lanes=cpu_lanes(models), gate=studio.gate(request))
+    return models, path, classes, true_label, AttackSettings(eps, steps, step, norm, loss, target, source,
+                                                             lanes=cpu_lanes(models), gate=studio.gate(request))
+
+
+def read_image(path: str, settings: AttackSettings) -> torch.Tensor:
+    """A visitor's image, read in their turn once their request is charged: a refused request reads
+    nothing, and a large file's decode shares the machine like a model pass."""
+    with settings.turn():
+        return load_image(path)
 
 
 def charge(studio: Studio, request, passes: int, models: list[ClipModel], classes: list[str]) -> None:
@@ -111,7 +128,7 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
     then) come with the last update.
     stop_early: stop attacking a model once it is fooled by STOP_MARGIN (see explore.iter_compare).
     result: filled at the end with what `extras` needs (comparison, settings, model names, folder)."""
-    models, x, classes, true_label, settings = attack_inputs(
+    models, path, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source, model_names,
         request)
     settings.defense = defense_name(defend)
@@ -120,6 +137,7 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
     passes = policy.check_attack(studio.limits, len(models), settings.steps,
                                  defended_eot=settings.eot if settings.defense != "none" else 0)
     charge(studio, request, passes, models, classes)
+    x = read_image(path, settings)
     settings.stop_margin = STOP_MARGIN if stop_early else None
     folder = new_output_folder(studio.out_dir)
     order = [m.name for m in models]
@@ -136,11 +154,11 @@ def attack_stream(studio: Studio, image, labels, true_label, norm, eps_255, step
             yield (UNCHANGED,) * 2 + (progress_html(event) + verdict_html(shown, settings, summary=False),) + (UNCHANGED,) * 2
             continue
         shown = event["comparison"]
-        if result is not None:  # what the extras (maps, radius, zip) start from
-            result.update(comparison=shown, settings=settings, models=order, folder=str(folder), originals=originals)
         advs = _distinct_adversarials(shown)
         # Named by the model whose gradients made it, first, so a list that cuts long names still tells them apart.
-        files = [str(save_png(adv, folder / f"{slug(name)}-adversarial.png")) for name, adv in advs]
+        files = [str(save_png(adv, folder / sessions.adversarial_file(name))) for name, adv in advs]
+        if result is not None:  # what the extras (maps, radius, zip) start from: the session keeps no tensors
+            result.update(sessions.keep(shown, settings, order, folder, originals))
         gallery = [(to_uint8(adv), name) for name, adv in advs]
         perturb = [(to_uint8(analysis.amplify_perturbation(shown.image, adv)), name) for name, adv in advs]
         yield gallery, perturb, verdict_html(shown, settings, originals=originals), files, shown.to_dict(settings)
@@ -160,9 +178,10 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     any work, as an attack is (the radius's bisection counted like a sweep's radii)."""
     if not result:
         return
-    comp, settings, folder = result["comparison"], result["settings"], Path(result["folder"])
+    comp, settings, names, folder = sessions.restore(result)
+    settings = dataclasses.replace(settings, gate=studio.gate(request))  # each pass in its visitor's turn
     originals = result.get("originals", ())
-    models = studio.pick(result["models"])
+    models = studio.pick(names)
     rounds = radius_attacks() if with_radius else 0
     if with_radius:
         check(comp.true_label is not None, "The robustness radius needs the true label; choose it under the labels.")
@@ -171,7 +190,7 @@ def extras(studio: Studio, result: dict | None, with_maps: bool, with_radius: bo
     charge(studio, request, passes, models, comp.classes)
     grid, files, radii, chart = "", [], [], None
     if with_maps:
-        maps = comparison_maps(models, comp)
+        maps = comparison_maps(models, comp, gate=settings.gate)
         files += save_maps(maps, comp, folder / "maps")
         grid = maps_html(maps, comp)
     if with_radius:
@@ -213,10 +232,10 @@ def _sweep_eps(studio: Studio, eps_list, settings: AttackSettings, models: list[
 def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, target, source,
               model_names, request: gr.Request | None = None):
     """-> (plotly figure of true-class, or target-class, confidence vs eps; rows)."""
-    models, x, classes, true_label, settings = attack_inputs(
+    models, path, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, target, source, model_names, request)
     eps = _sweep_eps(studio, eps_list, settings, models, classes, request)
-    comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+    comps = analysis.eps_sweep(models, read_image(path, settings), classes, true_label, eps, settings)
     rows = analysis.sweep_rows(comps, eps, settings.target)
     return plots.sweep_figure(rows), rows
 
@@ -224,11 +243,11 @@ def eps_sweep(studio: Studio, image, labels, true_label, norm, eps_list, steps, 
 def distances(studio: Studio, image, labels, true_label, norm, eps_list, steps, step_size_255, loss, model_names,
               reference, request: gr.Request | None = None):
     """-> (displacement figure, distance-from-original figure, PCA projection figure, rows)."""
-    models, x, classes, true_label, settings = attack_inputs(
+    models, path, classes, true_label, settings = attack_inputs(
         studio, image, labels, true_label, norm, 0, steps, step_size_255, loss, None, None, model_names, request)
     eps = _sweep_eps(studio, eps_list, settings, models, classes, request)
     reference = inputs.parse_choice("reference model", reference, [m.name for m in models], optional=True)
-    comps = analysis.eps_sweep(models, x, classes, true_label, eps, settings)
+    comps = analysis.eps_sweep(models, read_image(path, settings), classes, true_label, eps, settings)
     rows = analysis.feature_distances(models, comps, eps, reference)
     proj = analysis.projection(models, comps[-1])
     return (plots.distance_figure(rows), plots.distance_figure(rows, from_reference=True), plots.projection_figure(proj),

@@ -10,13 +10,17 @@ so ImageNet's thousand classes fit a link.
 
 `keep_upload` is the one function that writes a kept image (under the app's output folder, which
 the server removes when it exits): what it keeps expires after KEEP_S and at most KEPT_FILES are
-kept (the oldest goes first), so links cannot fill the disk. A link that outlives its image still
-applies its settings and says that the image is gone.
+kept (the oldest goes first), so links cannot fill the disk; on a public server it counts against
+its visitor's disk quota (disk.py), which may delete it sooner. A link that outlives its image still
+applies its settings and says that the image is gone. A page opened from a link is handed a copy
+in a request folder of its own, never the kept file: Gradio deletes what it served an hour after
+the file was made, when it lies in its cache folder, as the output folder does on a public server.
 """
 from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -25,10 +29,10 @@ import torch
 
 from pmg_core.core.errors import UserError, check
 from pmg_core.evaluation.explore import prepare_image
-from pmg_core.data.images import load_image, save_png
+from pmg_core.data.images import load_image, new_output_folder, save_png
 from pmg_core.core.units import to_255
 
-from . import one_image
+from . import one_image, sessions
 from .state import Studio
 
 KEEP_S = 7 * 24 * 3600  # how long a shared upload is kept (and never beyond the server's run)
@@ -45,7 +49,7 @@ def keep_upload(studio: Studio, image: torch.Tensor, request=None) -> str:
     """Keep an uploaded image (as attacked, [3,H,W] on the 8-bit grid) for links; -> its token.
 
     The one place a link writes to disk: expired files are removed, then the oldest beyond
-    KEPT_FILES. `request`: the visitor whose link it is (for a per-visitor disk quota)."""
+    KEPT_FILES. `request`: the visitor whose link it is (their disk quota counts the file)."""
     folder = Path(studio.out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     kept = sorted(folder.glob(f"{PREFIX}*.png"), key=_mtime)
@@ -54,7 +58,9 @@ def keep_upload(studio: Studio, image: torch.Tensor, request=None) -> str:
         old.unlink(missing_ok=True)
     path = save_png(image, folder / f"{PREFIX}partial-{time.monotonic_ns()}.png")
     token = hashlib.sha256(path.read_bytes()).hexdigest()[:16]  # the same image twice is kept once
-    path.replace(folder / f"{PREFIX}{token}.png")
+    kept = path.replace(folder / f"{PREFIX}{token}.png")
+    if studio.disk is not None and request is not None:
+        studio.disk.keep(studio.visitor(request), kept)
     return token
 
 
@@ -90,7 +96,7 @@ def link_query(studio: Studio, result: dict, examples: list[list], with_maps: bo
     one, one_image.attack_stream: its settings, not the fields as they may have been changed since)
     with the extras ticked now; an uploaded image is kept (keep_upload)."""
     check(bool(result), "Attack first: the link shares the comparison on the page.")
-    comp, settings = result["comparison"], result["settings"]
+    comp, settings, _, _ = sessions.restore(result)
     example = example_named(examples, comp.image)
     query: dict[str, str] = {"example": example} if example else {"image": keep_upload(studio, comp.image, request)}
     preset = next((name for name, classes in studio.presets().items() if classes == comp.classes), None)
@@ -134,8 +140,8 @@ def link_settings(studio: Studio, params: dict, examples: list[list]) -> dict | 
     if "example" in params:
         image = next((path for path, _, _ in examples if Path(path).name == params["example"]), None)
         check(image is not None, f"This link's example '{params['example'][:60]}' is not among this app's examples.")
-    else:
-        image = str(kept_upload(studio, params["image"]))
+    else:  # a copy for the page (module docstring)
+        image = shutil.copy(kept_upload(studio, params["image"]), new_output_folder(studio.out_dir))
     presets = studio.presets()
     if "preset" in params:
         check(params["preset"] in presets, f"This link's label preset '{params['preset'][:60]}' is not offered here.")

@@ -7,17 +7,15 @@ lowers the job limits and switches off reading folders from the server's disk.
 """
 from __future__ import annotations
 
-import atexit
 import html
 import json
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+from gradio.utils import get_upload_folder
 
 from pmg_core.leaderboard import board, findings
 from pmg_core.data import inputs
@@ -30,6 +28,7 @@ from pmg_core.models.zoo import finetunes_of, load_default_models, order_key, wi
 
 from .assets import METHOD_IN_PLAIN_WORDS
 
+from .disk import Quota, run_folder
 from .jobs import Jobs
 from .turns import Budget, Turns
 from .visitors import Proxies, visitor_of
@@ -49,7 +48,7 @@ class Studio:
     mode: str
     checkpoint_dir: Path = field(default_factory=env.checkpoint_dir)
     public: bool = False  # serving beyond this machine: no server folders, shorter jobs
-    out_dir: Path = field(default_factory=lambda: _temporary_folder())
+    out_dir: Path = field(default_factory=lambda: run_folder() / "outputs")  # removed when the server exits
     jobs: Jobs = field(default_factory=Jobs)
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model lists (rescan loads under it)
     version: int = 0  # grows whenever a model joins: sessions redraw their lists when it changed
@@ -62,15 +61,18 @@ class Studio:
     proxies: Proxies = field(default_factory=Proxies)
     turns: Turns | None = None
     budget: Budget = field(default_factory=lambda: Budget(None))
+    disk: Quota | None = None  # each visitor's files on disk (disk.py), on a public server
 
     def __post_init__(self) -> None:
         if self.public:
             self.jobs.cancel_wait = 0
             self.proxies = Proxies.from_env()
             on_cpu = not self.models or self.device.type == "cpu"
-            # On a CPU one turn per torch thread, each on one; a GPU's kernels are parallel already.
+            # On a CPU one turn per torch thread, each on one; a GPU's kernels are parallel already. A
+            # visitor behind everyone running takes the spare turn instead of waiting (turns.py).
             self.turns = Turns(torch.get_num_threads() if on_cpu else 1, threads=1 if on_cpu else None)
             self.budget = Budget(self.limits.work_per_minute)
+            self.disk = Quota([self.out_dir.parent, get_upload_folder()])
 
     def visitor(self, request) -> str:
         return visitor_of(request, self.proxies)
@@ -130,7 +132,9 @@ class Studio:
 
     def pick(self, names) -> list[ClipModel]:
         # A name ticked twice is one model, run once.
-        names = list(dict.fromkeys([names] if isinstance(names, str) else list(names or [])))
+        names = [names] if isinstance(names, str) else list(names or [])
+        check(all(isinstance(n, str) for n in names), "Give the models as a list of their names, e.g. [\"clip-tiny\"].")
+        names = list(dict.fromkeys(names))
         if not names:
             raise UserError("Choose at least one model.")
         unknown = [n for n in names if n not in self.models]
@@ -220,13 +224,6 @@ class Studio:
         if EMBEDDED_TGA_ZSR in self.models:
             found.insert(1, findings.tga_zsr_vs_tecoa())
         return "\n\n".join(text for text in found if text)
-
-
-def _temporary_folder() -> Path:
-    """Where adversarial PNGs for download go; removed when the server exits (one per start otherwise piles up)."""
-    path = Path(tempfile.mkdtemp(prefix="pmg_studio_"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
 
 
 def _signature(path: Path) -> tuple[float, int] | None:

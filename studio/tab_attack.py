@@ -17,7 +17,7 @@ from pmg_core.evaluation.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, r
 
 from . import assets, one_image, share
 from .model_choices import DefenseChoice, ModelChecklist, model_dropdown
-from .safety import INTERACTIVE_GPU_S, gpu, image_upload, interactive, safe
+from .safety import INTERACTIVE_GPU_S, PREVIEWS_AT_ONCE, gpu, image_upload, interactive, safe
 from .state import Studio
 
 SEEN_BY_MODELS = (f"What the models see: the image is center-cropped to a square and scaled to at most "
@@ -118,7 +118,7 @@ def build(studio: Studio, demo: gr.Blocks) -> AttackTab:
     own.preset.input(on_preset, own.preset, [tab.labels, tab.true_label, own.target], api_name="preset", queue=False)
     tab.labels.change(on_labels, tab.labels, [tab.true_label, own.target], api_name="labels", queue=False)
     tab.image.change(safe(one_image.preview, studio), tab.image, own.seen, api_name="preview",
-                     show_progress="minimal", concurrency_id="preview", concurrency_limit=2)
+                     show_progress="minimal", concurrency_id="preview", concurrency_limit=PREVIEWS_AT_ONCE)
     if own.examples is not None:
         own.examples.select(safe(on_example), None, [tab.image, tab.labels, tab.true_label, own.target, own.preset,
                                                      own.seen, own.hint], api_name="example", queue=False)
@@ -138,9 +138,11 @@ def build(studio: Studio, demo: gr.Blocks) -> AttackTab:
                      show_progress="hidden", **interactive(studio.public))
     # A new comparison: its link is made afresh on request, the old one no longer stands for the page.
     # What had nothing to show before the first comparison appears with it (the API's outputs stay plain values).
-    attacked.success(lambda: (*[gr.update(visible=True)] * 4, ""),
-                     None, [res.images_row, res.files_row, res.details_box, res.share_row, res.link], queue=False,
-                     api_visibility="private")
+    def show_results():
+        return (*[gr.update(visible=True)] * 4, "")
+
+    attacked.success(show_results, None, [res.images_row, res.files_row, res.details_box, res.share_row, res.link],
+                     queue=False, api_visibility="private")
     _share_links(studio, demo, examples, presets, tab, own, res)
     sweep_settings = [res.sweep_eps if c is own.eps else c for c in settings]  # the sweep's radii replace eps
     res.sweep_btn.click(gpu(INTERACTIVE_GPU_S)(safe(one_image.eps_sweep, studio)), sweep_settings,

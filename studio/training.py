@@ -3,7 +3,8 @@
 The run goes on in a thread of its own and the stream only relays its steps. Gradio's cancels=
 closes a stream on its event loop; were the run inside the stream, the last step, the checkpoint
 save and the rescan would run there and hold up every session. So closing the stream only sets
-the stop flag, and the run's thread saves, rescans and ends the job.
+the stop flag, and the run's thread saves, rescans and ends the job. A Train that arrives while
+that thread is still saving is refused in a sentence: no handler sleeps waiting for the slot.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from .state import Studio
 from .turns import in_turns
 
 REDRAW_S = 0.5  # the loss curve is redrawn at most this often (the last step always)
+STILL_STOPPING = ("The previous training run is still finishing its last step and saving; press Train again in a few "
+                  "seconds.")
 
 
 def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr, max_steps, batch_size, alpha, beta,
@@ -53,9 +56,11 @@ def train(studio: Studio, base_name, method, dataset, eps_255, attack_steps, lr,
                         **({"made_by": policy.VISITOR_MARK} if studio.public else {})})
     policy.check_train(limits, base, cfg.max_steps, cfg.batch_size, cfg.attack_steps)
     out = studio.reserve_checkpoint(name)
-    # The jobs lane frees only when the previous run's thread has really stopped (a cancelled run
-    # still finishes its step and saves): two trainers never overlap.
-    studio.job_slot.acquire()
+    # Two trainers never overlap: a run closed by Gradio still finishes its step and saves in its own
+    # thread while the jobs lane moves on. Its successor is refused then, never kept waiting in a thread.
+    if not studio.job_slot.acquire(blocking=False):
+        studio.release_checkpoint(out)
+        raise UserError(STILL_STOPPING)
     try:
         cfg.out = str(out)
         studio.forget(policy.make_room(studio.checkpoint_dir, limits, policy.checkpoint_mb(base)))
@@ -102,9 +107,9 @@ def _run(studio: Studio, handed: list[Trainer], out: Path, job: Job, updates: qu
             studio.rescan()  # what it saved joins the model lists
         finally:
             job.final = _final_status(ending, steps, skipped, out, reason)
-            studio.jobs.end(job)
             policy.release_memory()
-            studio.job_slot.release()
+            studio.job_slot.release()  # before the job ends: whoever saw it end may train at once
+            studio.jobs.end(job)
             updates.put(("end", error, skipped))
 
 

@@ -3,8 +3,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,8 @@ import torch
 from pmg_core.models.clip import load_model
 from studio.one_image import EACH_MODEL as EACH  # noqa: F401 - re-exported: "each model attacks itself"
 from studio.visitors import TRUSTED_PROXIES_ENV
+from public_server import EXAMPLE, ROOT, free_port, wait_for  # noqa: F401 - light, shared with scripts/public_load.py
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = str(ROOT / "assets" / "examples" / "example.png")
 LABELS = "circle, square, triangle, diamond, cross, star"
 
 
@@ -32,20 +29,6 @@ def tiny_models():
                 p.add_(0.05 * (i + 1) * torch.randn_like(p))
         out.append(m)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, seconds: float = 120) -> bool:
-    """Poll `predicate` until it holds or `seconds` pass; its last answer."""
-    deadline = time.time() + seconds
-    while time.time() < deadline and not predicate():
-        time.sleep(0.1)
-    return predicate()
 
 
 def first_step_shown(job) -> bool:

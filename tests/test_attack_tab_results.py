@@ -14,7 +14,7 @@ from pmg_core.evaluation import plots
 from pmg_core.core.errors import UserError
 from pmg_core.data.images import load_image
 from pmg_core.models.zoo import load_default_models
-from studio import assets, evaluation, one_image, share
+from studio import assets, evaluation, one_image, sessions, share
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, tiny_models
 
@@ -142,7 +142,8 @@ def test_a_link_to_an_upload_keeps_the_image_as_attacked_until_it_expires(tiny, 
     token = re.search(r"image=([0-9a-f]{16})", query)[1]
     link = share.link_settings(tiny, {"image": token, "labels": "red, blue", "models": "clip,nosuch"},
                                assets.examples(tiny.presets()))
-    assert load_image(link["image"]).equal(result["comparison"].image)  # the very tensor attacked: same verdicts
+    attacked = sessions.restore(result)[0].image  # the session keeps the comparison's images as files
+    assert load_image(link["image"]).equal(attacked)  # the very tensor attacked: same verdicts
     assert link["models"] == ["clip"] and link["missing"] == ["nosuch"]
     kept = tiny.out_dir / f"{share.PREFIX}{token}.png"
     os.utime(kept, (time.time() - share.KEEP_S - 1,) * 2)
@@ -151,7 +152,7 @@ def test_a_link_to_an_upload_keeps_the_image_as_attacked_until_it_expires(tiny, 
     with pytest.raises(UserError, match="not valid"):
         share.link_settings(tiny, {"image": "../../etc/passwd"}, [])
     monkeypatch.setattr(share, "KEPT_FILES", 2)
-    tokens = [share.keep_upload(tiny, result["comparison"].image * (i + 1) / 4) for i in range(3)]
+    tokens = [share.keep_upload(tiny, attacked * (i + 1) / 4) for i in range(3)]
     assert sorted(p.name for p in tiny.out_dir.glob(f"{share.PREFIX}*")) == sorted(
         f"{share.PREFIX}{t}.png" for t in tokens[1:])  # the oldest and the expired one went
     assert share.link_settings(tiny, {"page": "1"}, []) is None  # not opened from a link

@@ -122,3 +122,33 @@ def test_a_visitor_with_one_job_gets_half_the_turns_beside_one_with_four():
     honest = [i for i, v in enumerate(granted) if v == "honest"]
     assert len(honest) == 10
     assert granted[honest[0]:honest[-1]].count("hostile") <= 15, granted
+
+
+def test_a_visitor_behind_everyone_takes_the_spare_turn_while_long_passes_hold_every_slot():
+    """Every slot held by a long pass of a visitor with many jobs: another visitor's pass runs at once on
+    the spare turn (turns.SPARE), while the busy visitor's next pass waits for a slot."""
+    shared = turns.Turns(slots=1, threads=None)
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def long_pass(visitor: str) -> None:
+        with shared.turn(visitor):
+            order.append(visitor)
+            inside.set()
+            release.wait(30)
+
+    for _ in range(3):  # the busy visitor has had turns already
+        with shared.turn("hostile"):
+            time.sleep(0.01)
+    busy = [threading.Thread(target=long_pass, args=("hostile",)) for _ in range(3)]
+    busy[0].start()
+    assert inside.wait(10)
+    for t in busy[1:]:
+        t.start()
+    assert wait_for(lambda: shared.busy() == 3, 10)
+    honest = threading.Thread(target=long_pass, args=("honest",))
+    honest.start()
+    assert wait_for(lambda: order == ["hostile", "honest"], 10), order  # the slot still held: the spare turn
+    release.set()
+    for t in [*busy, honest]:
+        t.join(10)
+    assert sorted(order) == ["honest", "hostile", "hostile", "hostile"]

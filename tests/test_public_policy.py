@@ -246,10 +246,24 @@ def test_a_storm_of_cancels_answers_at_once_and_the_next_run_waits_for_the_last_
     assert len(answers) == 40 and any(a.startswith("Stopping") for a in answers)
     assert all(a.startswith(("Stopping", "No train run")) for a in answers), set(answers)
     gen.close()  # the browser's stream goes away; the run's thread finishes its step and saves
-    nxt = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "after-storm")
-    next(nxt)  # the jobs lane is handed over only once the stormed run has really stopped
-    assert job.done.is_set()
-    assert "Done" in list(nxt)[-1][0]
+    started = []
+
+    def next_run_starts() -> bool:
+        """A Train now: refused in a sentence while the stormed run still saves, never kept waiting."""
+        if started:  # wait_for asks once more after the answer it waited for
+            return True
+        run = training.train(public, "clip", "tecoa", "toy-colours", 1, 1, 0.01, 1, 8, 1, 1, "after-storm")
+        try:
+            next(run)
+        except UserError as e:
+            assert str(e) == training.STILL_STOPPING
+            return False
+        started.append(run)
+        return True
+
+    assert wait_for(next_run_starts, 60)
+    assert job.done.is_set()  # the slot was handed over only once the stormed run had really stopped
+    assert "Done" in list(started[0])[-1][0]
 
 
 # --- no downloads from visitors ---------------------------------------------------------------------
@@ -328,7 +342,7 @@ def test_a_float_tiff_that_decodes_to_150_mb_is_refused_from_its_header(tmp_path
     path = tmp_path / "float.tiff"
     path.write_bytes(buffer.getvalue())  # 252 kB on disk
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the pixels were decoded"))
-    with pytest.raises(UserError, match=r"6300x6300 pixels of mode F take 151 MB; .* at most 128 MB decoded"):
+    with pytest.raises(UserError, match=r"6300x6300 pixels of mode F take 197 MB to read; .* at most 128 MB decoded"):
         load_image(str(path))
 
 
@@ -417,3 +431,21 @@ def test_within_a_lane_a_visitors_second_job_waits_behind_every_other_visitors_f
     # The first visitor's two runs queued before the second's one; the second's ran between them.
     assert [p.stem[:-2] if p.stem[-1].isdigit() else p.stem for p in saved if p.stem != "turn-blocker"] == [
         "turn-first", "turn-second", "turn-first"]
+
+
+def test_an_update_that_leaves_every_output_but_one_as_it_is_sets_that_one():
+    """safety.cheap_skips passes over the outputs a streamed update skips (the rest, even one, is Gradio's)."""
+    import asyncio
+
+    import gradio as gr
+
+    from studio import safety
+
+    with gr.Blocks() as demo:
+        text, image = gr.Textbox(), gr.Image()
+        gr.Button().click(lambda: None, None, [text, image])
+    assert safety.cheap_skips(demo)
+    (fn,) = [f for f in demo.fns.values() if len(f.outputs) == 2]
+    assert asyncio.run(demo.postprocess_data(fn, [gr.skip(), None], None)) == [safety.SKIP, None]
+    shown = asyncio.run(demo.postprocess_data(fn, ["hello", gr.skip()], None))
+    assert shown[0] == "hello" and shown[1] == safety.SKIP

@@ -22,6 +22,7 @@ MAX_LABEL_TEXT = MAX_LABELS * (MAX_LABEL_CHARS + 2)  # characters: every label a
 MAX_NUMBER_LIST_TEXT = 1000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also passed to Gradio's launch(max_file_size=...)
 CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # what people type as a number
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,11 @@ def parse_choice(name: str, value, choices: Sequence[str], optional: bool = Fals
 
 def parse_number(name: str, value, low: float | None = None, high: float | None = None,
                  integer: bool = False, where: str = "") -> float | int:
-    """A number typed or picked in the UI (a float, int or numeric string) -> checked by check_number."""
+    """A number typed or picked in the UI (a float, int or plain decimal string) -> checked by check_number.
+    Strings Python's float() reads but a person does not write as a number ('1_0', 'nan', ' inf') are refused."""
     if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            value = value[:30]  # refused by check_number, with the accepted range
+        text = value.strip()
+        value = float(text) if DECIMAL.fullmatch(text) else text[:30]  # refused by check_number, with the range
     check_number(name, value, low=low, high=high, integer=integer, where=where)
     return int(value) if integer else float(value)
 

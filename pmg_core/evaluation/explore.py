@@ -546,7 +546,7 @@ def robustness_radius(model: ClipModel, image: torch.Tensor, classes: Sequence[s
     """
     check(high_255 > 0 and tolerance_255 > 0, "The radius's upper bound and tolerance must be above 0.")
     probe = AttackSettings(eps=high_255 / 255, steps=settings.steps, norm=settings.norm, loss=settings.loss,
-                           max_side=settings.max_side)
+                           max_side=settings.max_side, gate=settings.gate)  # each pass in its turn, as the attack's
     setup = _Setup([model], image, classes, true_label, probe, templates)
     check(setup.true_idx is not None, "The robustness radius needs the true label.")
     job = setup.judge_clean(0, model)
@@ -562,7 +562,8 @@ def robustness_radius(model: ClipModel, image: torch.Tensor, classes: Sequence[s
         passes = pgd.iterate(setup.x[None].to(y.device), y, clean_logits=job.clean_logits)
         while True:
             try:
-                step = next(passes)
+                with setup.settings.turn():
+                    step = next(passes)
             except StopIteration as end:
                 return _wrong(setup, job, setup.quantized(end.value.adv[0]))
             if step.step >= 1 and int(step.logits.argmax(1)) != setup.true_idx \
@@ -583,7 +584,8 @@ def robustness_radius(model: ClipModel, image: torch.Tensor, classes: Sequence[s
 @torch.no_grad()
 def _wrong(setup: _Setup, job: _Attacked, adv: torch.Tensor) -> bool:
     """Whether the model's top-1 on `adv` (an 8-bit image) is not the true label."""
-    return int(job.clf(adv[None].to(job.clean_logits.device)).argmax(1)) != setup.true_idx
+    with setup.settings.turn():
+        return int(job.clf(adv[None].to(job.clean_logits.device)).argmax(1)) != setup.true_idx
 
 
 # Where an attack starts when nobody typed one (the app's tabs, the `attack` command): the benchmark

@@ -13,8 +13,10 @@ the public policy counts (MAP_PASSES per model).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -57,24 +59,30 @@ def saliency_map(clf, x: torch.Tensor, class_index: int, device) -> torch.Tensor
     return sal / sal.max().clamp_min(1e-12)
 
 
-def comparison_maps(models: list[ClipModel], comp: Comparison, templates=DEFAULT_TEMPLATES) -> list[ModelMaps]:
-    """Every verdict's maps on the clean image and on its adversarial image, in the verdicts' order."""
+def comparison_maps(models: list[ClipModel], comp: Comparison, templates=DEFAULT_TEMPLATES,
+                    gate: Callable[[], ContextManager] | None = None) -> list[ModelMaps]:
+    """Every verdict's maps on the clean image and on its adversarial image, in the verdicts' order.
+    `gate`: what each image's passes wait for first (AttackSettings.gate: a public server's turns)."""
     by_name = {m.name: m for m in models}
     true_idx = comp.classes.index(comp.true_label) if comp.true_label is not None else None
     out = []
     for v in comp.verdicts:
         m = by_name[v.model]
+        if gate is not None:  # the labels' text features, batch by batch in turns, if no longer cached
+            m.text_features(comp.classes, templates, turn=gate)
         clf = m.classifier(comp.classes, templates).eval()
         one = ModelMaps(v.model, {"clean": v.clean.labels[0], "adversarial": v.adversarial.labels[0]})
         for image, x, pred in (("clean", comp.image, v.clean), ("adversarial", v.adv_image, v.adversarial)):
             predicted = comp.classes.index(pred.labels[0])
             kinds = {}
             wanted = ([true_idx] if true_idx is not None else []) + [predicted]
-            maps = attention_maps(m, clf, x, wanted)
+            with gate() if gate is not None else contextlib.nullcontext():
+                maps = attention_maps(m, clf, x, wanted)
+                saliency = saliency_map(clf, x, predicted, m.device)
             if true_idx is not None:
                 kinds[KINDS[0]] = maps[0]
             kinds[KINDS[1]] = maps[-1]
-            kinds[KINDS[2]] = saliency_map(clf, x, predicted, m.device)
+            kinds[KINDS[2]] = saliency
             one.maps[image] = kinds
         out.append(one)
     return out
