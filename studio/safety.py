@@ -197,8 +197,14 @@ def cheap_skips(demo: gr.Blocks) -> bool:
         done = iter(await original(rest, kept[0] if len(kept) == 1 else kept, state))
         return [dict(SKIP) if i in skipped else next(done) for i in range(len(outputs))]
 
+    postprocess_data.passes_over_skips = True
     demo.postprocess_data = postprocess_data
     return True
+
+
+def skips_pass_over(demo: gr.Blocks) -> bool:
+    """Whether cheap_skips is in place on `demo`: a skipped output is then left untouched, session copy included."""
+    return getattr(getattr(demo, "postprocess_data", None), "passes_over_skips", False)
 
 
 SKIP = {"__type__": "update"}  # gr.skip(): leave this output as it is

@@ -17,7 +17,7 @@ from pmg_core.evaluation.explore import RADIUS_HIGH_255, RADIUS_TOLERANCE_255, r
 
 from . import assets, one_image, share
 from .model_choices import DefenseChoice, ModelChecklist, model_dropdown
-from .safety import INTERACTIVE_GPU_S, PREVIEWS_AT_ONCE, gpu, image_upload, interactive, safe
+from .safety import INTERACTIVE_GPU_S, PREVIEWS_AT_ONCE, gpu, image_upload, interactive, safe, skips_pass_over
 from .state import Studio
 
 SEEN_BY_MODELS = (f"What the models see: the image is center-cropped to a square and scaled to at most "
@@ -165,15 +165,18 @@ def _share_links(studio: Studio, demo: gr.Blocks, examples: list[list], presets:
               tab.norm, tab.loss, tab.source, tab.chosen, own.defend, own.stop_early, own.with_maps, own.with_radius,
               own.hint]
 
-    # The image is always given a plain value (None: a page just opened has none): any update would
-    # replace the session's copy of the component and, with it, image_upload's own preprocess.
+    # A page not opened from a link keeps the image as it is: a visitor may have uploaded one before this
+    # answer arrives. Where Gradio would rebuild a skipped output (skips_pass_over is False), that
+    # would replace the session's copy of the component and, with it, image_upload's own preprocess, so
+    # the image is then given a plain value (None) instead.
     def open_link(request: gr.Request):
+        as_it_is = gr.skip() if skips_pass_over(demo) else None
         try:
             link = share.link_settings(studio, dict(request.query_params), examples)
         except UserError as e:  # an expired upload, an example this app lacks: said beside the button
-            return (None, *[gr.skip()] * (len(fields) - 2), f"<p class='pmg-hint'>{html.escape(str(e))}</p>")
+            return (as_it_is, *[gr.skip()] * (len(fields) - 2), f"<p class='pmg-hint'>{html.escape(str(e))}</p>")
         if link is None:  # not opened from a link
-            return (None, *[gr.skip()] * (len(fields) - 1))
+            return (as_it_is, *[gr.skip()] * (len(fields) - 1))
         classes = link["classes"]
         missing = (f"<p class='pmg-hint'>This link also compares {', '.join(map(html.escape, link['missing']))}, "
                    "not loaded here.</p>") if link["missing"] else ""
@@ -185,8 +188,11 @@ def _share_links(studio: Studio, demo: gr.Blocks, examples: list[list], presets:
                 link["loss"] or gr.skip(), link["source"], link["models"], link["defend"], link["stop_early"],
                 link["with_maps"], link["with_radius"], missing)
 
+    # Attack is pressed for a page opened from a link, not for an image the visitor uploaded meanwhile.
     demo.load(open_link, None, fields, api_visibility="private", queue=False).then(
-        None, tab.image, None, js="(image) => { if (image) document.querySelector('#pmg-attack')?.click(); }")
+        None, tab.image, None, js="(image) => { const q = new URLSearchParams(window.location.search); "
+                                  "if (image && (q.has('example') || q.has('image'))) "
+                                  "document.querySelector('#pmg-attack')?.click(); }")
 
 
 def attack(studio: Studio, image, labels, true_label, norm, eps_255, steps, step_size_255, loss, target, source,

@@ -158,6 +158,25 @@ def test_a_link_to_an_upload_keeps_the_image_as_attacked_until_it_expires(tiny, 
     assert share.link_settings(tiny, {"page": "1"}, []) is None  # not opened from a link
 
 
+def test_opening_the_page_leaves_an_image_uploaded_before_the_page_finished_loading(tmp_path):
+    """The page's load event (a share link's settings) answers after the page is drawn: on a slow server a
+    visitor may have uploaded an image by then, and an answer that is not a link must leave it as it is."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from studio import safety
+
+    demo = app.build_app(tiny_models(), checkpoint_dir=tmp_path)
+    (load,) = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "open_link"]
+    image = [o for o in load.outputs if o.elem_id == "pmg-image"]
+    assert len(image) == 1
+    at = load.outputs.index(image[0])
+    for query, hint in (({}, False), ({"image": "../../etc/passwd"}, True)):  # no link; a link that is not valid
+        sent = asyncio.run(demo.postprocess_data(load, load.fn(SimpleNamespace(query_params=query)), None))
+        assert sent[at] == safety.SKIP
+        assert ("not valid" in str(sent[-1])) == hint
+
+
 def test_evaluate_ends_with_a_per_model_summary_with_n_and_an_interval(tiny):
     status, table, fig = list(evaluation.evaluate(tiny, tiny.names, "toy-colours", "", 8, 2, 2, 16))[-1]
     lines = status.splitlines()
