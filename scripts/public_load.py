@@ -77,7 +77,7 @@ def fairness(args) -> None:
             return time.perf_counter() - start
 
         timed()  # warm-up
-        idle = [timed() for _ in range(args.honest)]
+        idle = [time.sleep(args.pause) or timed() for _ in range(args.honest)]
         idle_load = load()
         ctx = multiprocessing.get_context("spawn")
         stop, answered, refused = ctx.Event(), ctx.Value("i", 0), ctx.Value("i", 0)
@@ -89,6 +89,7 @@ def fairness(args) -> None:
         server.reset_peak()
         loaded, deadline = [], time.time() + args.budget_s
         while len(loaded) < args.honest and time.time() < deadline:
+            time.sleep(args.pause)
             loaded.append(timed())
         busy_load, peak = load(), server.status("VmHWM")
         stop.set()
@@ -282,6 +283,7 @@ if __name__ == "__main__":
     p.add_argument("--hostile", type=int, default=1, help="fairness: hostile addresses, each at its caps")
     p.add_argument("--honest", type=int, default=8, help="fairness: honest attacks idle and under load")
     p.add_argument("--budget-s", type=float, default=900, help="fairness: stop measuring after this long")
+    p.add_argument("--pause", type=float, default=3, help="fairness: seconds the honest visitor reads each result")
     p.add_argument("--settle", type=float, default=30, help="fairness: seconds for the hostile places to fill")
     p.add_argument("--rounds", type=int, default=2, help="bombs: rounds of 16 previews")
     p.add_argument("--sessions", type=int, default=1000)

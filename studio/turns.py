@@ -15,8 +15,10 @@
   own turns running, and no more turns wanted than there are slots: a person's attack, not a
   visitor's many jobs) does not wait for a slot to free: it takes the one spare turn, so its short
   passes never queue behind others' long ones (a training step, a batch of an evaluation, a pass
-  through a test-time defense). Beside three hostile addresses at their caps, on two cores, that
-  and one turn per core took an honest attack from 8x its idle time to about 3x (SPACES.md).
+  through a test-time defense). While the spare turn runs, a slot freed meanwhile waits for it, so
+  the cores run more turns than there are slots for at most one pass. Beside three hostile addresses
+  at their caps, on two cores, these turns keep an honest attack within about 3x its idle time
+  (docs/SPACES.md).
 - **Budget.** `Budget.charge` counts each visitor's model-passes over the last minute (attacks,
   sweeps and distances, label text included) and refuses, before any work, a request that would
   go over, in one sentence that says when the visitor may come back.
@@ -81,6 +83,8 @@ class Turns:
             number = min(self._waiting, key=lambda t: (self._used[self._waiting[t].visitor], t))
             ticket = self._waiting[number]
             if self._free > 0:
+                if self._spare < SPARE and not self._behind_everyone_running(ticket.visitor):
+                    return  # while the spare turn runs, a freed slot waits for it, so no core runs three turns
                 self._free -= 1
             elif self._spare > 0 and self._behind_everyone_running(ticket.visitor):
                 self._spare -= 1

@@ -152,3 +152,37 @@ def test_a_visitor_behind_everyone_takes_the_spare_turn_while_long_passes_hold_e
     for t in [*busy, honest]:
         t.join(10)
     assert sorted(order) == ["honest", "hostile", "hostile", "hostile"]
+
+
+def test_while_the_spare_turn_runs_a_freed_slot_waits_for_it():
+    """No core runs three turns for long: a slot freed while a visitor behind everyone holds the spare turn
+    goes to the busy visitor's next pass only once the spare is back (turns.Turns._grant)."""
+    shared = turns.Turns(slots=1, threads=None)
+    order, started = [], {name: threading.Event() for name in ("first", "second", "honest")}
+    done = {name: threading.Event() for name in started}
+
+    def held_pass(visitor: str, name: str) -> None:
+        with shared.turn(visitor):
+            order.append(name)
+            started[name].set()
+            done[name].wait(30)
+
+    for _ in range(3):  # the busy visitor has had turns already
+        with shared.turn("hostile"):
+            time.sleep(0.01)
+    threads = {name: threading.Thread(target=held_pass, args=("honest" if name == "honest" else "hostile", name))
+               for name in started}
+    threads["first"].start()
+    assert started["first"].wait(10)
+    threads["second"].start()
+    assert wait_for(lambda: shared.busy() == 2, 10)
+    threads["honest"].start()
+    assert started["honest"].wait(10)  # the spare turn
+    done["first"].set()
+    assert not started["second"].wait(0.5), order  # the freed slot waits while the spare runs
+    done["honest"].set()
+    assert started["second"].wait(10), order
+    done["second"].set()
+    for t in threads.values():
+        t.join(10)
+    assert order == ["first", "honest", "second"]
