@@ -11,14 +11,15 @@
   already running. As a waking task in Linux's fair scheduler, a visitor who arrives is placed a
   little ahead of the least-served one (WAKE_CREDIT_S of turn time), so a short attack between
   pauses, what a person does, runs at once, while a visitor who never pauses has no credit.
-  A visitor behind everyone running (less turn time than each visitor holding a slot, none of its
-  own turns running, and no more turns wanted than there are slots: a person's attack, not a
-  visitor's many jobs) does not wait for a slot to free: it takes the one spare turn, so its short
-  passes never queue behind others' long ones (a training step, a batch of an evaluation, a pass
-  through a test-time defense). While the spare turn runs, a slot freed meanwhile waits for it, so
-  the cores run more turns than there are slots for at most one pass. Beside three hostile addresses
-  at their caps, on two cores, these turns keep an honest attack within about 3x its idle time
-  (docs/SPACES.md).
+  A visitor behind everyone running (less turn time than each other visitor holding a turn, and no
+  more turns wanted than there are slots: a person's attack, not a visitor's many jobs) does not
+  wait for a slot to free: it takes a spare turn (there are as many as slots), so its short passes
+  never queue behind others' long ones (a training step, a batch of an evaluation, a pass through a
+  test-time defense). While a spare turn runs, a slot freed meanwhile waits for it, so the cores run
+  more turns than there are slots for at most one pass, and a person's attack then has most of the
+  machine: the price for everyone else is that attack's few seconds, and turn time still counts, so
+  no visitor stays behind everyone for long. Beside three hostile addresses at their caps, on two
+  cores, a person's attack took 2.3x its idle time (pooled over three runs; docs/SPACES.md).
 - **Budget.** `Budget.charge` counts each visitor's model-passes over the last minute (attacks,
   sweeps and distances, label text included) and refuses, before any work, a request that would
   go over, in one sentence that says when the visitor may come back.
@@ -37,7 +38,6 @@ from typing import Callable, Iterator
 from pmg_core.core.errors import UserError
 from pmg_core.core.threads import own_threads
 
-SPARE = 1  # turns beyond `slots`, only for a visitor behind everyone running (module docstring)
 FORGET_S = 60.0  # a visitor's turn time is kept this long after their last turn (a pause is no credit)
 WAKE_CREDIT_S = 1.0  # how far ahead of the least-served visitor one who arrives is placed (seconds of turns)
 
@@ -48,7 +48,7 @@ class Turns:
     def __init__(self, slots: int, threads: int | None = 1, clock: Callable[[], float] = time.monotonic):
         self.slots, self.threads, self.clock = max(1, int(slots)), threads, clock
         self._lock = threading.Lock()
-        self._free, self._spare = self.slots, SPARE
+        self._free, self._spare = self.slots, self.slots  # spare turns: module docstring
         self._running = collections.Counter()  # each visitor's turns running now
         self._used: dict[str, float] = {}  # turn seconds per visitor
         self._seen: dict[str, float] = {}  # when each visitor last finished a turn
@@ -77,14 +77,14 @@ class Turns:
 
     def _grant(self) -> None:
         """Free slots to the waiting tickets whose turn it is: the least-served visitor's oldest first,
-        the spare turn to that visitor if it is behind everyone running. Only those are woken (a wake-up
+        a spare turn to that visitor if it is behind everyone running. Only those are woken (a wake-up
         for every waiter on every turn would cost more than the turns)."""
         while self._waiting:
             number = min(self._waiting, key=lambda t: (self._used[self._waiting[t].visitor], t))
             ticket = self._waiting[number]
             if self._free > 0:
-                if self._spare < SPARE and not self._behind_everyone_running(ticket.visitor):
-                    return  # while the spare turn runs, a freed slot waits for it, so no core runs three turns
+                if self._spare < self.slots and not self._behind_everyone_running(ticket.visitor):
+                    return  # while a spare turn runs, a freed slot waits for it (module docstring)
                 self._free -= 1
             elif self._spare > 0 and self._behind_everyone_running(ticket.visitor):
                 self._spare -= 1
@@ -97,8 +97,8 @@ class Turns:
 
     def _behind_everyone_running(self, visitor: str) -> bool:
         used = self._used[visitor]
-        return (not self._running[visitor] and self._wanting[visitor] <= self.slots
-                and all(used < self._used.get(v, 0.0) for v, n in self._running.items() if n))
+        return (self._wanting[visitor] <= self.slots
+                and all(used < self._used.get(v, 0.0) for v, n in self._running.items() if n and v != visitor))
 
     @contextlib.contextmanager
     def turn(self, visitor: str) -> Iterator[None]:
@@ -132,7 +132,7 @@ class Turns:
 
 @dataclasses.dataclass
 class _Ticket:
-    """A turn asked for: whose, its go-ahead, and whether it holds the spare turn."""
+    """A turn asked for: whose, its go-ahead, and whether it holds a spare turn."""
 
     visitor: str
     go: threading.Event = dataclasses.field(default_factory=threading.Event)

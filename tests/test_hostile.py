@@ -13,9 +13,10 @@ cases, by the issue's numbers:
 3. routes and disk: the upload route by its exact path, files per request, each visitor's quota
    (share links' kept uploads too), the run folder gone after SIGTERM and leftovers gone at start;
 4. sessions: their memory returned after their lifetime;
-5. fairness: an honest visitor answered beside three hostile addresses at their caps (the 3x
-   target is measured by scripts/public_load.py; here a bound a loaded CI machine keeps; next to
-   last, as what the hostile visitors leave running ends with the server). What made the honest
+5. fairness: an honest visitor answered beside three hostile addresses at their caps, none starved
+   (the 3x target is measured by scripts/public_load.py on a quiet machine; here how much slower
+   goes to tests/artifacts; next to last, as what the hostile visitors leave running ends with the
+   server). What made the honest
    visitor wait is held by the cases of 1 (the extras and image reads in turns) and by
    test_public_load.py (the spare turn);
 7. the smaller items; and the earlier rounds' image probes the other suites do not hold.
@@ -316,6 +317,25 @@ def test_a_visitors_uploads_and_outputs_stay_within_their_quota(server):
     assert grown <= 200 * 2**20 + 20 * 2**20, f"{grown / 2**20:.0f} MB kept for one visitor"
 
 
+def test_a_visitors_outputs_count_in_their_quota_with_their_uploads(server):
+    """Uploads just inside the quota, then an attack with its maps: the files it returns take the visitor
+    over, and their oldest upload goes (disk.watch_outputs)."""
+    visitor = QueueClient(server.url, "127.0.0.21")
+    rng = np.random.default_rng(1)
+    filled = []
+    for i in range(10):  # 10 x 19.95 MB: 199.5 MB of the 200 MB quota
+        answer = visitor.http.post(visitor.url + "gradio_api/upload", files=[(
+            "files", (f"fill-{i}.png", rng.bytes(int(19.95 * 2**20)), "image/png"))])
+        assert answer.status_code == 200, answer.text
+        filled.append(Path(answer.json()[0]))
+    assert all(p.is_file() for p in filled)
+    ok, out = visitor.call("attack", *attack_args(visitor.upload(EXAMPLE), MODELS))
+    assert ok, out
+    assert visitor.call("attack_extras", None, True, False)[0]
+    assert not filled[0].exists(), "the attack's files were not counted: the visitor's oldest upload is still kept"
+    assert all(p.is_file() for p in filled[2:])
+
+
 def test_the_quota_deletes_a_visitors_oldest_files_first_and_nothing_outside_its_roots(tmp_path):
     from studio import disk
 
@@ -537,7 +557,7 @@ def _hostile_loop(url, address, kind, stop, sessions_of):
         elif kind == "train":
             c.call("train", "clip-tiny", "pmg-aft", "synth-finetune", 1, 10, 0.01, 260, 64, 1, 1, f"h-{address}-{n}")
         else:
-            c.call("evaluate", MODELS, "mini", "", 1, 10, 1, 300)
+            c.call("evaluate", MODELS, "mini", "", 1, 10, 1, 180)  # 99,000 passes of the 100,000 cap
         time.sleep(0.2)
 
 

@@ -8,6 +8,7 @@ keeps timed assertions out of tests) and the server's memory go to tests/artifac
 `scripts/public_load.py` measures the same on the embedded models, longer. The turn-taking itself is
 checked without a server: a visitor with one job gets about half the turns beside one with four.
 """
+import collections
 import statistics
 import threading
 import time
@@ -126,7 +127,7 @@ def test_a_visitor_with_one_job_gets_half_the_turns_beside_one_with_four():
 
 def test_a_visitor_behind_everyone_takes_the_spare_turn_while_long_passes_hold_every_slot():
     """Every slot held by a long pass of a visitor with many jobs: another visitor's pass runs at once on
-    the spare turn (turns.SPARE), while the busy visitor's next pass waits for a slot."""
+    a spare turn (as many as slots), while the busy visitor's next pass waits for a slot."""
     shared = turns.Turns(slots=1, threads=None)
     inside, release, order = threading.Event(), threading.Event(), []
 
@@ -186,3 +187,31 @@ def test_while_the_spare_turn_runs_a_freed_slot_waits_for_it():
     for t in threads.values():
         t.join(10)
     assert order == ["first", "honest", "second"]
+
+
+def test_a_person_s_attack_behind_everyone_runs_all_its_lanes_at_once_while_every_slot_is_held():
+    """Two slots held by a busy visitor's long passes: a person's attack with a lane per core runs both
+    lanes at once, on the spare turns, as on an idle machine."""
+    shared = turns.Turns(slots=2, threads=None)
+    release, running = threading.Event(), collections.Counter()
+
+    def long_pass(visitor: str) -> None:
+        with shared.turn(visitor):
+            running[visitor] += 1
+            release.wait(30)
+
+    for _ in range(3):  # the busy visitor has had turns already
+        with shared.turn("hostile"):
+            time.sleep(0.01)
+    threads = [threading.Thread(target=long_pass, args=(v,)) for v in ("hostile",) * 3 + ("honest",) * 2]
+    for t in threads[:3]:
+        t.start()
+    assert wait_for(lambda: running["hostile"] == 2 and shared.busy() == 3, 10)
+    for t in threads[3:]:
+        t.start()
+    assert wait_for(lambda: running["honest"] == 2, 10), running
+    assert running["hostile"] == 2
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert running == {"hostile": 3, "honest": 2}
