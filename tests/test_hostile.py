@@ -37,7 +37,7 @@ import app
 from pmg_core.core.env import checkpoint_dir
 from pmg_core.core.errors import UserError
 from pmg_core.data import images
-from studio import one_image, policy, safety, training
+from studio import disk, one_image, policy, safety, training
 from studio.state import Studio
 from helpers import EACH, EXAMPLE, LABELS, ROOT, tiny_models, wait_for
 from public_server import PublicServer, QueueClient, image_bombs
@@ -318,14 +318,15 @@ def test_a_visitors_uploads_and_outputs_stay_within_their_quota(server):
 
 
 def test_a_visitors_outputs_count_in_their_quota_with_their_uploads(server):
-    """Uploads just inside the quota, then an attack with its maps: the files it returns take the visitor
-    over, and their oldest upload goes (disk.watch_outputs)."""
+    """Uploads that leave 4 kB of the quota, then an attack with its maps: the files it returns take the
+    visitor over, and their oldest upload goes (disk.watch_outputs)."""
     visitor = QueueClient(server.url, "127.0.0.21")
     rng = np.random.default_rng(1)
+    room = disk.PER_VISITOR_BYTES - Path(EXAMPLE).stat().st_size - 4096
     filled = []
-    for i in range(10):  # 10 x 19.95 MB: 199.5 MB of the 200 MB quota
+    for i, size in enumerate([room // 10] * 9 + [room - 9 * (room // 10)]):
         answer = visitor.http.post(visitor.url + "gradio_api/upload", files=[(
-            "files", (f"fill-{i}.png", rng.bytes(int(19.95 * 2**20)), "image/png"))])
+            "files", (f"fill-{i}.png", rng.bytes(size), "image/png"))])
         assert answer.status_code == 200, answer.text
         filled.append(Path(answer.json()[0]))
     assert all(p.is_file() for p in filled)
