@@ -8,11 +8,11 @@ client in a process of its own. Every part prints its figures with the machine's
     python scripts/public_load.py memory [--requests 2000]
     python scripts/public_load.py labels
 
-fairness: an honest visitor attacks with the Attack tab's defaults (every model, 10 steps, stop early)
-on the idle server, then while each of --hostile addresses keeps its places full: four attacks at the
+fairness: an honest visitor attacks with the Attack tab's defaults (every model, 10 steps, stop early),
+reading each result for --pause seconds first, on the idle server, then while each of --hostile addresses keeps its places full: four attacks at the
 cap (TTC, 1,000 fresh labels, no early stop) each followed by its maps and radius, a Train and an
 Evaluate at their caps, within their budget per minute (what is refused, they ask again). Prints the
-honest median under load over the idle median and the server's peak RSS.
+honest median under load over the idle median, with a 95% bootstrap interval, and the server's peak RSS.
 bombs: 16 previews at once of a palette, an RGBA and a 16-bit PNG bomb, from four addresses: the
 server's peak RSS growth and what each got. sessions: --sessions sessions with one cheap attack each
 (every model, 0 steps, a 640 px photo), RSS before, after and once their lifetime (--lifetime s) is
@@ -78,8 +78,12 @@ def fairness(args) -> None:
             assert ok, out
             return time.perf_counter() - start
 
+        def read_then_attack() -> float:
+            time.sleep(args.pause)  # a person reads the last result before the next attack
+            return timed()
+
         timed()  # warm-up
-        idle = [time.sleep(args.pause) or timed() for _ in range(args.honest)]
+        idle = [read_then_attack() for _ in range(args.honest)]
         idle_load = load()
         ctx = multiprocessing.get_context("spawn")
         stop, answered, refused = ctx.Event(), ctx.Value("i", 0), ctx.Value("i", 0)
@@ -91,8 +95,7 @@ def fairness(args) -> None:
         server.reset_peak()
         loaded, deadline = [], time.time() + args.budget_s
         while len(loaded) < args.honest and time.time() < deadline:
-            time.sleep(args.pause)
-            loaded.append(timed())
+            loaded.append(read_then_attack())
         busy_load, peak = load(), server.status("VmHWM")
         stop.set()
         ratio = statistics.median(loaded) / statistics.median(idle)
