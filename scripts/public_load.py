@@ -9,10 +9,11 @@ client in a process of its own. Every part prints its figures with the machine's
     python scripts/public_load.py labels
 
 fairness: an honest visitor attacks with the Attack tab's defaults (every model, 10 steps, stop early),
-reading each result for --pause seconds first, on the idle server, then while each of --hostile addresses keeps its places full: four attacks at the
-cap (TTC, 1,000 fresh labels, no early stop) each followed by its maps and radius, a Train and an
-Evaluate at their caps, within their budget per minute (what is refused, they ask again). Prints the
-honest median under load over the idle median, with a 95% bootstrap interval, and the server's peak RSS.
+reading each result for --pause seconds first, on the idle server, then while each of --hostile
+addresses keeps its places full: four attacks at the cap (TTC, 1,000 fresh labels, no early stop)
+each followed by its maps and radius, a Train and an Evaluate at their caps, within their budget
+per minute (what is refused, they ask again). Prints the honest median under load over the idle
+median, with a 95% bootstrap interval, and the server's peak RSS.
 bombs: 16 previews at once of a palette, an RGBA and a 16-bit PNG bomb, from four addresses: the
 server's peak RSS growth and what each got. sessions: --sessions sessions with one cheap attack each
 (every model, 0 steps, a 640 px photo), RSS before, after and once their lifetime (--lifetime s) is
