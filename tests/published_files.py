@@ -253,3 +253,15 @@ def word_tokenizer_files(words) -> dict[str, bytes]:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]", "unk_token": "[UNK]",
               "bos_token": "[BOS]", "eos_token": "[EOS]", "model_max_length": 512}
     return {"tokenizer.json": tok.to_str().encode(), "tokenizer_config.json": json.dumps(config).encode()}
+
+
+def cached_files(cache: Path) -> list[str]:
+    """Every file under `cache`, relative to it: what a refused fetch must not leave behind."""
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def one_sentence(err) -> str:
+    """A refusal's text (pytest.raises' ExceptionInfo), checked to be one line with no traceback."""
+    msg = str(err.value)
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    return msg

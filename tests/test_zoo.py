@@ -14,8 +14,8 @@ from pmg_core.models.checkpoints import read_metadata
 from pmg_core.data.datasets import list_datasets
 from pmg_core.core.errors import UserError
 from pmg_core.models.clip import load_model
-from published_files import (DRIVE_QUOTA_PAGE, FileServer, Route, drive_confirm_page, public_code_checkpoint,
-                             save_numpy1_checkpoint)
+from published_files import (DRIVE_QUOTA_PAGE, FileServer, Route, cached_files, drive_confirm_page, one_sentence,
+                             public_code_checkpoint, save_numpy1_checkpoint)
 
 
 @pytest.fixture
@@ -59,16 +59,6 @@ def entry(server, name, fmt="pth.tar", path=None, **kw) -> zoo.Entry:
     return zoo.register(e)
 
 
-def leftovers(cache: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
-
-
-def one_sentence(err) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
-
-
 # --- fetch -> check -> convert -> load -----------------------------------------------------------------
 
 def test_a_drive_file_behind_its_virus_scan_page_is_fetched_checked_converted_and_loaded(server, cache, weights,
@@ -89,7 +79,7 @@ def test_a_drive_file_behind_its_virus_scan_page_is_fetched_checked_converted_an
     assert (meta["zoo_id"], meta["method"], meta["preset"], meta["base"]) == ("ttc-test", "tecoa", "paper", "pmg-test")
     model = zoo.load_entry("ttc-test")
     assert all(torch.equal(model.visual.state_dict()[k], v) for k, v in weights.items())
-    assert leftovers(cache) == ["models/ttc-test.safetensors"]  # the downloaded file is gone once converted
+    assert cached_files(cache) == ["models/ttc-test.safetensors"]  # the downloaded file is gone once converted
     assert any("confirm=t" in path for path, _ in server.requests)
 
 
@@ -114,11 +104,11 @@ def test_a_cut_download_resumes_where_it_stopped(server, cache, weights):
         zoo.fetch("cut-test")
     assert "stopped at" in one_sentence(err) and "resume" in str(err.value)
     assert not (cache / "models").exists() or not any((cache / "models").iterdir())
-    assert leftovers(cache) == ["downloads/cut-test/cut-test.pt.part"]  # only the part the server can continue
+    assert cached_files(cache) == ["downloads/cut-test/cut-test.pt.part"]  # only the part the server can continue
     server.routes["/f"] = Route(body)
     zoo.fetch("cut-test")
     assert server.requests[-1][1] == f"bytes={len(body) // 2}-"
-    assert leftovers(cache) == ["models/cut-test.safetensors"]
+    assert cached_files(cache) == ["models/cut-test.safetensors"]
 
 
 def test_a_mirror_serves_converted_checkpoints(server, cache, weights, tmp_path, monkeypatch):
@@ -177,7 +167,7 @@ def test_a_bad_download_ends_in_one_sentence_with_nothing_left(server, cache, we
     with pytest.raises(UserError, match=words) as err:
         zoo.fetch("bad")
     assert "bad" in one_sentence(err)
-    assert leftovers(cache) == [] and not (tmp_path / "pwned").exists()
+    assert cached_files(cache) == [] and not (tmp_path / "pwned").exists()
     assert not zoo.is_cached(zoo.get("bad"))
 
 
@@ -188,7 +178,7 @@ def test_a_pinned_hash_that_does_not_match_refuses_the_file(server, cache, weigh
     with pytest.raises(UserError, match="does not match its pinned sha256") as err:
         zoo.fetch("pinned")
     one_sentence(err)
-    assert leftovers(cache) == []
+    assert cached_files(cache) == []
     monkeypatch.setitem(zoo.ZOO, "pinned", zoo.Entry(**{**vars(zoo.get("pinned")),
                                                        "sha256": hashlib.sha256(body).hexdigest()}))
     assert Path(zoo.fetch("pinned")).is_file()  # the right hash passes

@@ -11,8 +11,8 @@ from pmg_core.models import downloads, zoo
 from pmg_core.models.checkpoints import read_metadata
 from pmg_core.core.errors import UserError
 from pmg_core.models.clip import load_model
-from published_files import (FileServer, Route, drive_folder_listing, public_code_checkpoint,
-                             save_numpy1_checkpoint, transformers_clip_state)
+from published_files import (FileServer, Route, cached_files, drive_folder_listing, one_sentence,
+                             public_code_checkpoint, save_numpy1_checkpoint, transformers_clip_state)
 
 LATER = ("advflyp-b32", "advflyp-noreg-b32", "tga-zsr-b32", "comp-tga-b32", "saft-b32", "simclip2-l14", "simclip4-l14",
          "leaf-fare2-l14", "leaf-rho50-fare2-l14", "delta-clip-l14-224", "delta-clip-l14-336", "delta-clip-h14-336",
@@ -33,16 +33,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(downloads, "TIMEOUT_S", 2.0)
     monkeypatch.setattr(zoo, "ZOO", dict(zoo.ZOO))  # entries registered by a test leave with it
     return tmp_path / "cache"
-
-
-def _files(cache):
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
-
-
-def _one_sentence(err) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
 
 
 def _perturbed(state: dict, seed: int, keep=lambda k: True) -> dict:
@@ -73,7 +63,7 @@ def test_a_checkpoint_inside_a_shared_drive_folder_is_found_fetched_converted_an
     assert all(torch.equal(model.visual.state_dict()[k], weights[k]) for k in weights)
     meta = read_metadata(path)
     assert meta["zoo_id"] == "folder-test" and meta["source_url"].endswith("/uc?export=download&id=CKPT")
-    assert _files(cache) == ["models/folder-test.safetensors"]  # the download was converted and removed
+    assert cached_files(cache) == ["models/folder-test.safetensors"]  # the download was converted and removed
     assert [p for p, _ in server.requests][:2] == ["/embeddedfolderview?id=TOP", "/embeddedfolderview?id=RUN"]
 
 
@@ -106,16 +96,16 @@ def test_a_drive_folder_without_the_file_or_with_several_is_refused_in_one_sente
                                method="tga-zsr", trainer="t", licence="CC0", paper="p"))
     with pytest.raises(UserError) as err:
         zoo.fetch("none-there")
-    assert "lists no checkpoint file" in _one_sentence(err) and "notes.txt" in str(err.value)
+    assert "lists no checkpoint file" in one_sentence(err) and "notes.txt" in str(err.value)
     with pytest.raises(UserError) as err:
         zoo.fetch("two-there")
-    assert "several checkpoint files" in _one_sentence(err) and "a.pth.tar, b.pth.tar" in str(err.value)
+    assert "several checkpoint files" in one_sentence(err) and "a.pth.tar, b.pth.tar" in str(err.value)
     server.routes["/embeddedfolderview?id=C"] = Route(status=404)
     zoo.register(zoo.Entry("gone", "gone", "pmg-test", "drive-folder", urls=(f"{server.url}/embeddedfolderview?id=C",),
                            method="tga-zsr", trainer="t", licence="CC0", paper="p"))
     with pytest.raises(UserError) as err:
         zoo.fetch("gone")
-    assert "HTTP 404" in _one_sentence(err)
+    assert "HTTP 404" in one_sentence(err)
     assert not list((cache / "models").glob("*")) if (cache / "models").exists() else True
 
 
@@ -182,13 +172,13 @@ def test_a_broken_transformers_file_is_refused_in_one_sentence_and_leaves_nothin
         _leaf_entry(server, name, text_tower=True)
         with pytest.raises(UserError) as err:
             zoo.fetch(name)
-        assert says in _one_sentence(err), err.value
+        assert says in one_sentence(err), err.value
     server.routes["/leaf-pickle/resolve/main/model.safetensors"] = Route(_pickled(state))
     _leaf_entry(server, "leaf-pickle", text_tower=True)
     with pytest.raises(UserError) as err:
         zoo.fetch("leaf-pickle")  # a pickle under the safetensors name is read as data, never unpickled
-    _one_sentence(err)
-    assert _files(cache) == []
+    one_sentence(err)
+    assert cached_files(cache) == []
 
 
 def _pickled(state) -> bytes:

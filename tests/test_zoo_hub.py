@@ -15,8 +15,8 @@ from pmg_core.models.checkpoints import read_metadata
 from pmg_core.cli.commands import main
 from pmg_core.core.errors import UserError
 from pmg_core.models.clip import CONFIG_DIR, load_model
-from published_files import (FileServer, Route, flip_tensor_bytes, hub_repo, open_clip_config,
-                             word_tokenizer_files)
+from published_files import (FileServer, Route, cached_files, flip_tensor_bytes, hub_repo, one_sentence,
+                             open_clip_config, word_tokenizer_files)
 
 WORDS = ("a", "photo", "of", "circle", "square", "triangle", ".")
 TINY_CONVNEXT = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False,
@@ -47,12 +47,6 @@ def _changed(state: dict, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.dim() else v.clone()
             for k, v in state.items()}
-
-
-def _one_sentence(err) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
 
 
 def delta_stand_in(hub: Path, entry_id: str, seed: int = 1, tokenizer: bool = True, **text_keys) -> dict:
@@ -93,7 +87,7 @@ def test_without_the_extra_a_delta_clip_entry_refuses_in_one_sentence_naming_it(
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(UserError) as err:
         zoo.load_entry("delta-clip-l14-224")
-    msg = _one_sentence(err)
+    msg = one_sentence(err)
     assert "transformers" in msg and "pip install -r requirements-extra.txt" in msg
     with pytest.raises(UserError, match="needs the optional package transformers"):  # named by hub id, not zoo id
         load_model("hf-hub:zw123/delta_clip_l14_224")
@@ -107,7 +101,7 @@ def test_a_config_key_open_clip_cannot_build_is_refused_by_name(hub):
     delta_stand_in(hub, "delta-clip-h14-336", tokenizer=False, rope_theta=10000)
     with pytest.raises(UserError, match=r"keys open_clip cannot build \(text_cfg.rope_theta\)") as err:
         load_model("hf-hub:zw123/delta_clip_h14_336")
-    _one_sentence(err)
+    one_sentence(err)
 
 
 # --- RobustVLM's LAION ConvNeXt-B (open_clip hub format) and R-CLIP (Nextcloud state dicts) -----------------
@@ -144,13 +138,13 @@ def test_robustvlm_laion_convnext_entries_load_from_their_hub_format_and_refuse_
     monkeypatch.setenv("PMG_ZOO_LOCK", str(tmp_path / "zoo.lock"))
     with pytest.raises(UserError, match="does not match its pinned sha256") as err:
         zoo.load_entry("fare4-convnext-laion")
-    _one_sentence(err)
+    one_sentence(err)
     monkeypatch.delenv("PMG_ZOO_LOCK")
     # damaged in the cache, with no hash pinned: the CRC-32 check refuses it before open_clip unpickles it
     weights.write_bytes(flip_tensor_bytes(weights.read_bytes()))
     with pytest.raises(UserError, match="does not match the CRC-32") as err:
         zoo.load_entry("fare4-convnext-laion")
-    _one_sentence(err)
+    one_sentence(err)
 
 
 def test_an_rclip_state_dict_converts_onto_its_laion_base(hub, tmp_path, monkeypatch):

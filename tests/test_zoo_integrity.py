@@ -12,7 +12,8 @@ from pmg_core.cli.commands import main
 from pmg_core.core.errors import UserError
 from pmg_core.models.importers import _numpy_scalar_globals, import_checkpoint
 from pmg_core.models.integrity import read_lock
-from published_files import FileServer, Route, flip_tensor_bytes, public_code_checkpoint, save_numpy1_checkpoint
+from published_files import (FileServer, Route, cached_files, flip_tensor_bytes, one_sentence, public_code_checkpoint,
+                             save_numpy1_checkpoint)
 
 
 @pytest.fixture
@@ -49,16 +50,6 @@ def _entry(server, name, fmt="state-dict", path="/f") -> zoo.Entry:
                                   trainer="the test suite", licence="CC0 (test)", paper="a test"))
 
 
-def _files(cache: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
-
-
-def _one_sentence(err) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg and "Traceback" not in msg, msg
-    return msg
-
-
 # --- the CRC-32 of every member, no hash needed ------------------------------------------------------------
 
 def test_a_torch_zip_with_flipped_bytes_in_its_tensor_data_is_refused_with_no_hash_pinned(server, cache, tiny_model,
@@ -75,8 +66,8 @@ def test_a_torch_zip_with_flipped_bytes_in_its_tensor_data_is_refused_with_no_ha
     assert not e.sha256
     with pytest.raises(UserError, match="does not match the CRC-32") as err:
         zoo.fetch("flipped")
-    assert "flipped" in _one_sentence(err) and "/data/" in str(err.value)  # it names the damaged member
-    assert _files(cache) == [] and not zoo.is_cached(zoo.get("flipped"))
+    assert "flipped" in one_sentence(err) and "/data/" in str(err.value)  # it names the damaged member
+    assert cached_files(cache) == [] and not zoo.is_cached(zoo.get("flipped"))
     # the importer refuses it the same way, and writes nothing
     with pytest.raises(UserError, match="does not match the CRC-32"):
         import_checkpoint(str(tmp_path / "damaged.pth.tar"), tmp_path / "out.safetensors", base="pmg-test")
@@ -92,7 +83,7 @@ def test_a_zip_whose_directory_is_damaged_is_refused_in_one_sentence(tmp_path, t
     (tmp_path / "bad.pt").write_bytes(bytes(body))
     with pytest.raises(UserError) as err:
         import_checkpoint(str(tmp_path / "bad.pt"), tmp_path / "out.safetensors", base="pmg-test")
-    assert "bad.pt" in _one_sentence(err) and not (tmp_path / "out.safetensors").exists()
+    assert "bad.pt" in one_sentence(err) and not (tmp_path / "out.safetensors").exists()
 
 
 # --- lock files: zoo pin, then fetch --require-hashes / PMG_ZOO_LOCK -----------------------------------------
@@ -116,13 +107,13 @@ def test_zoo_pin_writes_what_is_cached_and_a_locked_fetch_refuses_a_file_whose_h
     assert main(["zoo", "fetch", "locked", "--require-hashes", "--lock", str(lock_path)]) == 2
     said = capsys.readouterr()
     assert "does not match its pinned sha256" in said.out and "could not be fetched: locked" in said.err
-    assert _files(cache) == []
+    assert cached_files(cache) == []
     # Through PMG_ZOO_LOCK, the app's path (load_entry) holds to it too.
     monkeypatch.setenv("PMG_ZOO_LOCK", str(lock_path))
     with pytest.raises(UserError, match="does not match its pinned sha256") as err:
         zoo.load_entry("locked")
-    _one_sentence(err)
-    assert _files(cache) == []
+    one_sentence(err)
+    assert cached_files(cache) == []
     # The pinned bytes pass, under the flag and under the variable.
     server.routes["/f"] = Route(good)
     assert main(["zoo", "fetch", "locked", "--require-hashes", "--lock", str(lock_path)]) == 0
@@ -142,7 +133,7 @@ def test_under_a_lock_an_entry_without_a_hash_is_refused_before_any_download(ser
     monkeypatch.setenv("PMG_ZOO_LOCK", str(lock_path))
     with pytest.raises(UserError, match="has no hash in the lock file"):
         zoo.load_entry("unpinned")
-    assert server.requests == [] and _files(cache) == []
+    assert server.requests == [] and cached_files(cache) == []
 
 
 def test_a_cached_checkpoint_converted_from_another_file_is_refused_under_the_lock(server, cache, tiny_model,
@@ -155,7 +146,7 @@ def test_a_cached_checkpoint_converted_from_another_file_is_refused_under_the_lo
     monkeypatch.setenv("PMG_ZOO_LOCK", str(lock_path))
     with pytest.raises(UserError, match="converted from a file whose sha256") as err:
         zoo.load_entry("stale")
-    _one_sentence(err)
+    one_sentence(err)
 
 
 def test_a_lock_file_that_cannot_be_read_is_refused_in_one_sentence(tmp_path):
@@ -163,6 +154,6 @@ def test_a_lock_file_that_cannot_be_read_is_refused_in_one_sentence(tmp_path):
     bad.write_text("tecoa1-b32-rvlm sha256=deadbeef\n")
     with pytest.raises(UserError, match="Line 1 of the lock file") as err:
         read_lock(bad)
-    _one_sentence(err)
+    one_sentence(err)
     with pytest.raises(UserError, match="does not exist"):
         read_lock(tmp_path / "missing.lock")
